@@ -1,0 +1,180 @@
+"""``relevance()``: LRP of the current model for a batch, without touching the training state."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ._composites import make_zennit_composite
+from ._state import model_device, preserved_model_state, unwrap_model
+
+__all__ = ["relevance", "BACKENDS"]
+
+BACKENDS = ("auto", "zennit")
+
+
+def check_not_in_worker(caller: str) -> None:
+    """Attribution in a DataLoader worker would use a stale copy of the model (and no CUDA after fork)."""
+    if torch.utils.data.get_worker_info() is not None:
+        raise RuntimeError(
+            f"{caller} runs inside a DataLoader worker process, which holds a stale copy of the model and cannot use "
+            "CUDA after fork. Attribute in the main process: wrap the loader with "
+            "reldrop_transforms.RelevanceLoader(loader, transform) (workers allowed), or use RelevanceCollate only "
+            "with num_workers=0."
+        )
+
+
+def check_inputs(model: nn.Module, inputs: Tensor, *, caller: str = "relevance") -> torch.device | None:
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"{caller} expects the inputs as a torch.Tensor, but got {type(inputs).__name__}.")
+    if not inputs.is_floating_point():
+        raise TypeError(
+            f"{caller} expects floating-point inputs, but got dtype {inputs.dtype}. Convert images first, "
+            "e.g. with v2.ToDtype(torch.float32, scale=True)."
+        )
+    if inputs.ndim < 1:
+        raise ValueError(f"{caller} expects a batch of shape (B, *), but got a scalar.")
+    device = model_device(model)
+    if device is not None and inputs.device != device:
+        raise ValueError(
+            f"{caller}: the inputs are on {inputs.device} but the model is on {device}. Move the batch to "
+            f"{device} first, or wrap the loader with RelevanceLoader, which does so."
+        )
+    floating = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    if floating and inputs.dtype != floating[0]:
+        raise ValueError(
+            f"{caller}: the inputs have dtype {inputs.dtype} but the model's parameters have {floating[0]}. "
+            "Convert one of them so that they match."
+        )
+    return device
+
+
+def output_relevance(logits: Tensor, targets: Tensor | None, batch_size: int) -> Tensor:
+    """The relevance put on the model's output: one-hot targets, soft targets as given, or the predicted class."""
+    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != batch_size:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(
+            f"the model should return logits of shape (B, K) = ({batch_size}, K) for a batch of {batch_size}, "
+            f"but returned {shape}."
+        )
+    num_classes = logits.shape[1]
+    if targets is None:
+        return nn.functional.one_hot(logits.detach().argmax(1), num_classes).to(logits.dtype)
+    if targets.ndim == 1:
+        if targets.shape[0] != batch_size:
+            raise ValueError(f"labels of shape {tuple(targets.shape)} do not match a batch of {batch_size} samples.")
+        if targets.is_floating_point() or targets.dtype == torch.bool or targets.is_complex():
+            raise TypeError(
+                f"labels of shape (B,) should be integer class indices, but got dtype {targets.dtype}. "
+                "Soft labels have shape (B, K)."
+            )
+        targets = targets.to(logits.device)
+        outside = (targets < 0) | (targets >= num_classes)
+        if bool(outside.any()):
+            bad = targets[outside][:5].tolist()
+            raise ValueError(
+                f"labels should be class indices in [0, {num_classes - 1}] (the model has {num_classes} outputs), "
+                f"but got {bad}."
+            )
+        return nn.functional.one_hot(targets.long(), num_classes).to(logits.dtype)
+    if targets.ndim == 2:
+        if targets.shape != logits.shape:
+            raise ValueError(
+                f"labels of shape {tuple(targets.shape)} do not match the model's output of shape "
+                f"{tuple(logits.shape)}: soft labels should have shape (B, K) = {tuple(logits.shape)}."
+            )
+        if not targets.is_floating_point():
+            targets = targets.float()
+        return targets.to(device=logits.device, dtype=logits.dtype)
+    raise ValueError(
+        f"labels should be class indices of shape (B,) or soft labels of shape (B, K), "
+        f"but got shape {tuple(targets.shape)}."
+    )
+
+
+def check_finite(rel: Tensor, caller: str = "relevance") -> None:
+    flat = rel.reshape(rel.shape[0], -1)
+    finite = torch.isfinite(flat)
+    if bool(finite.all()):
+        return
+    bad = (~finite).any(1).nonzero().flatten()
+    n_nan = int(torch.isnan(flat).sum())
+    n_inf = int(torch.isinf(flat).sum())
+    raise ValueError(
+        f"{caller}: the relevance is not finite ({n_nan} NaN and {n_inf} infinite values) for sample(s) "
+        f"{bad[:10].tolist()}{' ...' if bad.numel() > 10 else ''}. Check the model's outputs for these inputs, "
+        "and use epsilon > 0."
+    )
+
+
+def relevance(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor | None = None,
+    *,
+    composite="epsilon_flat",
+    epsilon: float = 1e-3,
+    backend: str = "auto",
+    check_finite_values: bool = True,
+) -> Tensor:
+    """LRP relevance of ``model`` for a batch, computed in eval mode without touching the training state.
+
+    The model is unwrapped from DDP/DataParallel/``torch.compile``, put in eval mode, attributed, and restored:
+    the same parameter objects with the same values, buffers, ``.grad``, ``requires_grad``, every submodule's
+    train/eval flag, and no hooks left, also when the model raises. Gradients are enabled inside even under
+    ``torch.no_grad()`` or ``torch.inference_mode()``; autocast is disabled (float32 models attribute in float32).
+
+    Args:
+        model: A classifier returning logits ``(B, K)``.
+        inputs: The batch, on the model's device.
+        targets: Class indices ``(B,)``, one-hot or soft labels ``(B, K)`` (the output relevance as given), or
+            ``None`` for the predicted class.
+        composite: ``"epsilon_flat"`` (the paper's: Flat first layer, Epsilon elsewhere, BatchNorm merged, Pass
+            on activations, Norm on average pooling and residual sums), a zennit registry name such as
+            ``"epsilon_plus_flat"`` or ``"epsilon_gamma_box"``, or a zennit ``Composite``.
+        epsilon: The Epsilon rule's stabiliser (the paper found 1e-3 best).
+        backend: ``"auto"`` or ``"zennit"`` (the reference implementation).
+        check_finite_values: Raise a ``ValueError`` naming the samples whose relevance is NaN or infinite
+            (costs one host-device synchronisation).
+
+    Shape:
+        - inputs: (B, *), floating.
+        - targets: (B,) integer, or (B, K) floating.
+        - output: same as ``inputs``.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        >>> relevance(model, torch.randn(2, 3, 2, 2), torch.tensor([0, 2])).shape
+        torch.Size([2, 3, 2, 2])
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model should be a torch.nn.Module, but got {type(model).__name__}.")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend should be one of {BACKENDS}, but got {backend!r} instead.")
+    check_not_in_worker("relevance")
+    model = unwrap_model(model)
+    check_inputs(model, inputs)
+    if targets is not None and not isinstance(targets, Tensor):
+        raise TypeError(f"targets should be a torch.Tensor or None, but got {type(targets).__name__}.")
+    batch_size = inputs.shape[0]
+    if targets is not None and targets.shape[:1] != inputs.shape[:1]:
+        raise ValueError(f"labels of shape {tuple(targets.shape)} do not match a batch of {batch_size} samples.")
+    if inputs.numel() == 0:
+        return torch.zeros_like(inputs)
+
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(inputs.device.type, enabled=False):
+        # A fresh leaf: never the caller's tensor (nor an inference tensor), never its autograd graph.
+        x = inputs.detach().clone().requires_grad_(True)
+        with preserved_model_state(model, keep_values=True):
+            model.eval()
+            zennit_composite = make_zennit_composite(composite, model, x, epsilon)
+            with zennit_composite.context(model) as hooked:
+                logits = hooked(x)
+                grad_output = output_relevance(logits, targets, batch_size)
+                (rel,) = torch.autograd.grad(logits, x, grad_output, allow_unused=True)
+        if rel is None:  # the output does not depend on the input
+            rel = torch.zeros_like(x)
+    rel = rel.detach()
+    if check_finite_values:
+        check_finite(rel)
+    return rel

@@ -1,0 +1,159 @@
+"""Pure tensor kernels of the RelDrop mask rule (METHOD.md section 1). No model in here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .._checks import check_unit_interval
+
+__all__ = ["normalize_relevance", "relevance_dropout_mask", "fill_dropped", "sample_coins", "uniform_like"]
+
+
+def _as_float(relevance: Tensor) -> Tensor:
+    if not isinstance(relevance, Tensor):
+        raise TypeError(f"relevance should be a torch.Tensor, but got {type(relevance).__name__}.")
+    if relevance.ndim < 1:
+        raise ValueError(f"relevance should have a batch dimension, shape (B, *), but got shape {tuple(relevance.shape)}.")
+    if relevance.is_complex():
+        raise TypeError(f"relevance should be real, but got dtype {relevance.dtype}.")
+    return relevance if relevance.is_floating_point() else relevance.float()
+
+
+def normalize_relevance(relevance: Tensor) -> Tensor:
+    """Per-sample min-max normalisation of relevance to [0, 1].
+
+    Each row ``r`` becomes ``(r - r.min()) / (r.max() - r.min())``. A row whose range is zero or negligible
+    against its magnitude (within the dtype's machine epsilon) is flat: it carries no ranking and maps to all
+    zeros, never to NaN.
+
+    Args:
+        relevance: Relevance per element, one row per sample (channels already summed).
+
+    Shape:
+        - relevance: (B, *), any real dtype (integers are promoted to float32).
+        - output: (B, *), floating, values in [0, 1].
+
+    Example:
+        >>> normalize_relevance(torch.tensor([[1.0, 3.0], [2.0, 2.0]]))
+        tensor([[0., 1.],
+                [0., 0.]])
+    """
+    relevance = _as_float(relevance)
+    if relevance.numel() == 0:
+        return relevance.clone()
+    flat = relevance.reshape(relevance.shape[0], -1)
+    low = flat.amin(dim=1, keepdim=True)
+    high = flat.amax(dim=1, keepdim=True)
+    span = high - low
+    # A span at or below one ulp of the row's magnitude is rounding noise, not a ranking.
+    negligible = torch.finfo(flat.dtype).eps * torch.maximum(high.abs(), low.abs())
+    is_flat = span <= negligible
+    scaled = (flat - low) / torch.where(is_flat, torch.ones_like(span), span)
+    out = torch.where(is_flat, torch.zeros_like(scaled), scaled).clamp_(0.0, 1.0)
+    return out.reshape(relevance.shape)
+
+
+def uniform_like(reference: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """``U[0, 1)`` noise of ``reference``'s shape, dtype and device, drawn from ``generator``.
+
+    Drawn on the generator's device (or ``reference``'s without one) and moved to ``reference``'s device, so a
+    CPU generator drives a CUDA batch reproducibly (at the price of a copy: give a generator on the batch's
+    device for speed).
+    """
+    device = reference.device if generator is None else generator.device
+    noise = torch.rand(reference.shape, generator=generator, device=device, dtype=reference.dtype)
+    return noise.to(reference.device, non_blocking=True)
+
+
+def relevance_dropout_mask(
+    relevance: Tensor, alpha: float, beta: float, *, generator: torch.Generator | None = None
+) -> Tensor:
+    """Mask of the elements RelDrop occludes.
+
+    With ``Rn = normalize_relevance(relevance)`` and ``U ~ Uniform[0, 1)`` drawn independently per element, an
+    element is dropped where ``alpha * U + (1 - alpha) * Rn >= 1 - beta``. Hence
+    ``P(drop | Rn = r) = clip((beta - (1 - alpha) * (1 - r)) / alpha, 0, 1)`` for ``alpha > 0``; ``alpha = 1`` is
+    plain random dropout at rate ``beta``; ``alpha = 0`` is the deterministic threshold ``Rn >= 1 - beta`` (no
+    noise is drawn). Vectorised over the batch, with no host-device synchronisation.
+
+    Args:
+        relevance: Relevance per element, one row per sample (channels already summed).
+        alpha: Weight of the random term, in [0, 1].
+        beta: Drop threshold offset, in [0, 1].
+        generator: Source of the noise; see :func:`uniform_like`.
+
+    Shape:
+        - relevance: (B, *), any real dtype.
+        - output: (B, *), bool.
+
+    Example:
+        >>> relevance_dropout_mask(torch.rand(2, 8, 8), alpha=0.5, beta=0.5).shape
+        torch.Size([2, 8, 8])
+    """
+    alpha = check_unit_interval("alpha", alpha)
+    beta = check_unit_interval("beta", beta)
+    rn = normalize_relevance(relevance)
+    score = (1.0 - alpha) * rn
+    if alpha > 0.0:
+        score = score + alpha * uniform_like(rn, generator)
+    return score >= 1.0 - beta
+
+
+def sample_coins(batch_size: int, p: float, *, device: torch.device | str | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+    """Per-sample coins: ``True`` with probability ``p`` (bool tensor of shape ``(batch_size,)``).
+
+    ``p = 1`` and ``p = 0`` draw nothing, so they leave the generator untouched.
+    """
+    p = check_unit_interval("p", p)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if p >= 1.0 or p <= 0.0:
+        return torch.full((batch_size,), p >= 1.0, dtype=torch.bool, device=device)
+    reference = torch.empty(batch_size, device=device)
+    return uniform_like(reference, generator) < p
+
+
+def fill_dropped(inpt: Tensor, mask: Tensor, value: float | Sequence[float] | Tensor = 0.0, *, channel_dim: int = 1) -> Tensor:
+    """Return a copy of ``inpt`` with the masked elements replaced by ``value``; ``inpt`` is not modified.
+
+    ``value`` lives in the space of ``inpt`` as given: after ``Normalize``, ``0.0`` is the dataset mean.
+
+    Args:
+        inpt: Batch whose masked elements are filled.
+        mask: Bool mask over every dimension of ``inpt`` except ``channel_dim``.
+        value: A number, or one number per channel.
+        channel_dim: The channel dimension of ``inpt`` that ``mask`` lacks and ``value`` runs along.
+
+    Shape:
+        - inpt: (B, C, *) with ``channel_dim=1`` (the default; (B, N, C) for points with ``channel_dim=-1``).
+        - mask: ``inpt``'s shape without ``channel_dim``, bool.
+        - output: same as ``inpt``.
+
+    Example:
+        >>> x = torch.ones(1, 3, 2, 2)
+        >>> fill_dropped(x, torch.tensor([[[True, False], [False, False]]]), (0.5, 0.0, -1.0))[0, :, 0, 0]
+        tensor([ 0.5000,  0.0000, -1.0000])
+    """
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"mask should be a bool tensor, but got {getattr(mask, 'dtype', type(mask).__name__)}.")
+    channel_dim = channel_dim % inpt.ndim
+    expected = inpt.shape[:channel_dim] + inpt.shape[channel_dim + 1:]
+    if mask.shape != expected:
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} does not match a batch of shape {tuple(inpt.shape)}: "
+            f"expected {tuple(expected)} (the batch without dimension {channel_dim})."
+        )
+    channels = inpt.shape[channel_dim]
+    fill = torch.as_tensor(value, dtype=inpt.dtype, device=inpt.device)
+    if fill.ndim > 1 or (fill.ndim == 1 and fill.numel() not in (1, channels)):
+        raise ValueError(
+            f"value should be a number or a sequence of {channels} numbers (one per channel), "
+            f"but got {tuple(fill.shape) if fill.ndim else fill} instead."
+        )
+    view = [1] * inpt.ndim
+    view[channel_dim] = -1
+    fill = fill.reshape(view)
+    return torch.where(mask.unsqueeze(channel_dim), fill, inpt)

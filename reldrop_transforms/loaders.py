@@ -1,0 +1,139 @@
+"""Loader hooks: run a relevance transform on whole batches, in the main process, on the model's device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import default_collate, get_worker_info
+
+from .attribution._state import model_device, unwrap_model
+
+__all__ = ["RelevanceCollate", "RelevanceLoader", "move_to_device"]
+
+
+def _find_model(transform: Any) -> nn.Module | None:
+    model = getattr(transform, "model", None)
+    if isinstance(model, nn.Module):
+        return model
+    for child in getattr(transform, "transforms", None) or ():
+        model = _find_model(child)
+        if model is not None:
+            return model
+    return None
+
+
+def move_to_device(batch: Any, device: torch.device | None) -> Any:
+    """Move every tensor in a (nested) batch to ``device``; containers keep their type."""
+    if device is None:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return type(batch)({key: move_to_device(value, device) for key, value in batch.items()})
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(move_to_device(value, device) for value in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(value, device) for value in batch)
+    to = getattr(batch, "to", None)
+    if callable(to) and not isinstance(batch, nn.Module):  # e.g. PyG Data/Batch
+        return to(device, non_blocking=True)
+    return batch
+
+
+class _DeviceResolver:
+    def __init__(self, transform: Any, device: torch.device | str | None, owner: str) -> None:
+        if not callable(transform):
+            raise TypeError(f"{owner} expects a callable transform, but got {type(transform).__name__}.")
+        self.transform = transform
+        self.device = None if device is None else torch.device(device)
+        if self.device is None and _find_model(transform) is None:
+            raise ValueError(
+                f"{owner} could not find the model in {type(transform).__name__}; pass device= explicitly."
+            )
+
+    def target_device(self) -> torch.device | None:
+        # Resolved per batch: the model may be moved after the loader was built.
+        if self.device is not None:
+            return self.device
+        return model_device(unwrap_model(_find_model(self.transform)))
+
+
+class RelevanceCollate(_DeviceResolver):
+    """A DataLoader ``collate_fn`` that collates, moves the batch to the model's device and applies ``transform``.
+
+    Only for ``num_workers=0``: a collate function runs in the worker processes otherwise, where the model is a
+    stale copy and CUDA is unavailable; there it raises and names :class:`RelevanceLoader`.
+
+    Args:
+        transform: A batch transform (e.g. ``RelevanceDropout2d`` or a ``v2.Compose`` holding one).
+        collate_fn: The collation to run first; ``torch.utils.data.default_collate`` by default.
+        device: Where the batch goes before the transform; the transform's model's device by default.
+
+    Example:
+        >>> loader = DataLoader(dataset, batch_size=64, collate_fn=RelevanceCollate(RelevanceDropout2d(model)))
+    """
+
+    def __init__(self, transform: Callable, collate_fn: Callable | None = None, device=None) -> None:
+        super().__init__(transform, device, "RelevanceCollate")
+        self.collate_fn = default_collate if collate_fn is None else collate_fn
+
+    def __call__(self, samples: list) -> Any:
+        if get_worker_info() is not None:
+            raise RuntimeError(
+                "RelevanceCollate was called inside a DataLoader worker process (num_workers > 0), where the model "
+                "is a stale copy and CUDA is unavailable. Use num_workers=0, or keep the workers and wrap the "
+                "loader instead: RelevanceLoader(DataLoader(..., num_workers=N), transform)."
+            )
+        batch = move_to_device(self.collate_fn(samples), self.target_device())
+        return self.transform(batch)
+
+
+class RelevanceLoader(_DeviceResolver):
+    """Wrap a DataLoader: each batch is moved to the model's device and transformed in the main process.
+
+    Workers are allowed (they only load and collate). Works with ``torch.utils.data.DataLoader`` and any other
+    iterable of batches. ``len()`` is the wrapped loader's; :meth:`set_epoch` reaches a ``DistributedSampler``;
+    other attributes (``dataset``, ``batch_size``, ...) are the wrapped loader's.
+
+    Args:
+        loader: The DataLoader (or any iterable of batches).
+        transform: A batch transform (e.g. ``RelevanceDropout2d`` or a ``v2.Compose`` holding one).
+        device: Where batches go; the transform's model's device by default (looked up per batch).
+
+    Example:
+        >>> train_loader = RelevanceLoader(DataLoader(train_set, batch_size=128, num_workers=4, pin_memory=True),
+        ...                                RelevanceDropout2d(model))
+        >>> for images, labels in train_loader:
+        ...     loss = criterion(model(images), labels)
+    """
+
+    def __init__(self, loader, transform: Callable, device=None) -> None:
+        super().__init__(transform, device, "RelevanceLoader")
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            yield self.transform(move_to_device(batch, self.target_device()))
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pass the epoch to the loader's (batch) sampler, e.g. a ``DistributedSampler``."""
+        if callable(getattr(self.loader, "set_epoch", None)):
+            self.loader.set_epoch(epoch)
+            return
+        samplers = [getattr(self.loader, "sampler", None)]
+        samplers.append(getattr(getattr(self.loader, "batch_sampler", None), "sampler", None))
+        for sampler in samplers:
+            if callable(getattr(sampler, "set_epoch", None)):
+                sampler.set_epoch(epoch)
+                return
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("loader", "transform", "device") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.loader, name)

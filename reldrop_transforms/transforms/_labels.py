@@ -1,0 +1,46 @@
+"""Finding the labels in a transform's input (internal)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import Tensor
+
+
+def _labels_from_mapping(mapping: Mapping) -> Any:
+    keys = [key for key in mapping if isinstance(key, str)]
+    for key in keys:
+        if key.lower() == "labels":
+            return mapping[key]
+    for key in keys:
+        if "label" in key.lower():
+            return mapping[key]
+    raise ValueError(
+        f"could not find the labels in a dict with keys {list(mapping)}: name them 'labels', pass a "
+        "labels_getter callable, or labels_getter=None to attribute the predicted class."
+    )
+
+
+def default_labels_getter(sample: Any) -> Any:
+    """``(images, labels)`` -> labels; ``(images, {"labels": ...})`` or ``{"labels": ...}`` -> that entry."""
+    if isinstance(sample, (tuple, list)) and len(sample) >= 2:
+        second = sample[1]
+        if isinstance(second, Tensor):
+            return second
+        if isinstance(second, Mapping):
+            return _labels_from_mapping(second)
+    if isinstance(sample, Mapping):
+        return _labels_from_mapping(sample)
+    raise ValueError(
+        "could not find the labels: call the transform as t(images, labels), pass a labels_getter callable, or "
+        "labels_getter=None to attribute the predicted class."
+    )
+
+
+def parse_labels_getter(labels_getter: str | Callable | None) -> Callable | None:
+    if labels_getter == "default":
+        return default_labels_getter
+    if labels_getter is None or callable(labels_getter):
+        return labels_getter
+    raise ValueError(f"labels_getter should be 'default', a callable or None, but got {labels_getter!r} instead.")
