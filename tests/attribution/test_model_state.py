@@ -1,0 +1,200 @@
+"""Attribution leaves the training state exactly as it found it (issue: model-state guarantees).
+
+This module also runs against zennit 1.0.0 (see test_zennit_versions.py), which replaces nn.Parameter objects,
+adds `bias` keys and shadows attributes while attributing; everything here must hold for both releases.
+"""
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import reldrop_transforms as rt
+from reldrop_transforms.attribution import preserved_model_state, relevance
+
+from _models import Boom, small_cnn, tiny_resnet, warm_up_batchnorm
+
+HOOK_DICTS = (
+    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+    "_state_dict_hooks", "_load_state_dict_pre_hooks",
+)
+
+
+def snapshot(model: nn.Module) -> dict:
+    state = model.state_dict(keep_vars=True)
+    return {
+        "param_objects": [(name, id(p)) for name, p in model.named_parameters()],
+        "state_keys": list(state),
+        "values": {name: t.detach().clone() for name, t in state.items()},
+        "data_ptrs": {name: t.data_ptr() for name, t in state.items()},
+        "grads": {name: (p.grad, None if p.grad is None else p.grad.clone()) for name, p in model.named_parameters()},
+        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
+        "training": {name: m.training for name, m in model.named_modules()},
+        "hooks": {name: sum(len(getattr(m, h)) for h in HOOK_DICTS) for name, m in model.named_modules()},
+        "tensor_hooks": {name: len(p._backward_hooks or {}) for name, p in model.named_parameters()},
+        "attributes": {name: sorted(vars(m)) for name, m in model.named_modules()},
+        "eps": {name: m.eps for name, m in model.named_modules() if hasattr(m, "eps")},
+    }
+
+
+def assert_same_state(before: dict, model: nn.Module) -> None:
+    after = snapshot(model)
+    assert after["param_objects"] == before["param_objects"], "nn.Parameter objects were replaced"
+    assert after["state_keys"] == before["state_keys"], "state_dict keys changed"
+    for name, value in before["values"].items():
+        assert torch.equal(after["values"][name], value), f"{name} changed value"
+    assert after["data_ptrs"] == before["data_ptrs"], "storage was swapped"
+    for name, (grad, grad_value) in before["grads"].items():
+        now = dict(model.named_parameters())[name].grad
+        assert now is grad, f"{name}.grad was replaced"
+        if grad is not None:
+            assert torch.equal(now, grad_value), f"{name}.grad was written"
+    for key in ("requires_grad", "training", "hooks", "tensor_hooks", "attributes", "eps"):
+        assert after[key] == before[key], f"{key} changed"
+
+
+def prepared(model: nn.Module) -> nn.Module:
+    """A model in the middle of training: warm BN statistics, existing .grad, a frozen and an eval submodule."""
+    warm_up_batchnorm(model)
+    model.train()
+    model(torch.randn(4, 3, 16, 16)).sum().backward()
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    first.weight.requires_grad_(False)
+    first.weight.grad = None
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    bn.eval()  # deliberately frozen BatchNorm must stay in eval
+    model.register_forward_hook(lambda *args: None)  # the user's own hook must survive
+    return model
+
+
+MODELS = {"small_cnn": small_cnn, "resnet18": tiny_resnet}
+
+
+def test_zennit_version_under_test():
+    """When run by test_zennit_versions.py, make sure the intended zennit release is the one imported."""
+    import importlib.metadata
+
+    import zennit
+
+    expected = os.environ.get("RELDROP_EXPECT_ZENNIT")
+    version = importlib.metadata.version("zennit")
+    if expected is None:
+        assert version.startswith(("0.5", "1.0")), version
+    else:
+        assert version == expected, (version, zennit.__file__)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("composite", ["epsilon_flat", "epsilon_plus_flat"])
+def test_relevance_restores_everything(name, composite):
+    torch.manual_seed(0)
+    model = prepared(MODELS[name]())
+    before = snapshot(model)
+    rel = relevance(model, torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 4]), composite=composite)
+    assert rel.shape == (3, 3, 16, 16)
+    assert rel.abs().sum() > 0
+    assert_same_state(before, model)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_transform_restores_everything_and_optimizer_still_updates(name):
+    torch.manual_seed(0)
+    model = prepared(MODELS[name]())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = snapshot(model)
+    transform = rt.RelevanceDropout2d(model, p=1.0)
+    images, labels = transform(torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]))
+    assert_same_state(before, model)
+
+    # The optimizer built before the call still owns (and updates) every trainable parameter.
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(images), labels).backward()
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer.step()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, n
+            if p.grad.abs().sum() > 0:
+                assert not torch.equal(p.detach(), trainable[n]), f"{n} was not updated by the optimizer"
+
+
+@pytest.mark.parametrize("composite", ["epsilon_flat", "epsilon_plus_flat"])
+def test_state_restored_when_model_raises_mid_forward(composite):
+    torch.manual_seed(0)
+    body = small_cnn()
+    boom = Boom()
+    model = nn.Sequential(body[:6], boom, body[6:])  # fails after the BatchNorm was merged
+    prepared(model)
+    boom.armed = True
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        relevance(model, torch.randn(2, 3, 16, 16), torch.tensor([0, 1]), composite=composite)
+    assert_same_state(before, model)
+    with pytest.raises(RuntimeError, match="boom"):
+        rt.RelevanceDropout2d(model, p=1.0)(torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))
+    assert_same_state(before, model)
+
+
+def test_state_restored_on_bad_labels():
+    model = prepared(small_cnn())
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="class indices"):
+        relevance(model, torch.randn(2, 3, 16, 16), torch.tensor([0, 99]))
+    assert_same_state(before, model)
+
+
+def test_autograd_graph_of_a_pending_step_survives():
+    """A training forward taken before attribution can still be backpropagated after it (no version bumps)."""
+    torch.manual_seed(0)
+    model = prepared(small_cnn())
+    x = torch.randn(4, 3, 16, 16)
+    loss = model(x).square().mean()
+    relevance(model, x, torch.tensor([0, 1, 2, 3]))
+    loss.backward()  # raises if attribution modified a saved tensor in place
+
+
+def test_guard_undoes_parameter_replacement_and_storage_swaps():
+    model = small_cnn()
+    before = snapshot(model)
+    conv = model[0]
+    with preserved_model_state(model):
+        conv.weight = nn.Parameter(torch.zeros_like(conv.weight))  # replaced object
+        conv.bias = nn.Parameter(torch.ones(6))  # a key that did not exist
+        model[1].running_mean.data = torch.full_like(model[1].running_mean, 7.0)  # swapped storage
+        model[1].weight.data.mul_(3)  # in place
+        object.__setattr__(model[4], "weight", torch.zeros(1))  # shadowing attribute (zennit 1.0.0 style)
+        model[1].eps = 0.0
+        model[3].train(False)
+        model[9].register_forward_pre_hook(lambda *a: None)
+        model[9].weight.register_hook(lambda g: g)
+        model[9].weight.requires_grad_(False)
+    assert_same_state(before, model)
+
+
+def test_guard_restores_on_exception():
+    model = small_cnn()
+    before = snapshot(model)
+    with pytest.raises(KeyError):
+        with preserved_model_state(model):
+            model[0].weight = nn.Parameter(torch.zeros_like(model[0].weight))
+            model.eval()
+            raise KeyError("inside")
+    assert_same_state(before, model)
+
+
+def test_zennit_1_0_0_damage_is_real_without_the_guard():
+    """Documents why the guard exists: raw zennit 1.0.0 replaces parameters; 0.5.1 does not."""
+    import importlib.metadata
+
+    from zennit.attribution import Gradient
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.composites import EpsilonPlusFlat
+
+    model = small_cnn().eval()
+    ids = [id(p) for p in model.parameters()]
+    keys = list(model.state_dict())
+    with Gradient(model, EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])) as attributor:
+        attributor(torch.randn(2, 3, 16, 16, requires_grad=True), torch.eye(5)[[0, 1]])
+    damaged = [id(p) for p in model.parameters()] != ids or list(model.state_dict()) != keys
+    assert damaged == importlib.metadata.version("zennit").startswith("1.")

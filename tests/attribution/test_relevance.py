@@ -1,0 +1,195 @@
+"""relevance() against zennit called directly (the oracle), targets, modes and errors."""
+
+import pytest
+import torch
+from torch import nn
+from zennit.attribution import Gradient
+from zennit.canonizers import SequentialMergeBatchNorm
+from zennit.composites import EpsilonAlpha2Beta1, EpsilonPlusFlat, SpecialFirstLayerMapComposite
+from zennit.layer import Sum
+from zennit.rules import Epsilon, Flat, Norm, Pass
+from zennit.torchvision import ResNetCanonizer
+from zennit.types import Activation, AvgPool, BatchNorm, Linear
+
+from reldrop_transforms.attribution import composite_names, relevance
+
+from _models import small_cnn, tiny_resnet, warm_up_batchnorm
+
+
+def paper_composite(epsilon, canonizers):
+    """The paper's composite, spelled out independently of the library's own builder."""
+    return SpecialFirstLayerMapComposite(
+        layer_map=[
+            (Activation, Pass()),
+            (Sum, Norm()),
+            (AvgPool, Norm()),
+            (BatchNorm, Pass()),
+            (Linear, Epsilon(epsilon=epsilon)),
+        ],
+        first_map=[(Linear, Flat())],
+        canonizers=canonizers,
+    )
+
+
+def zennit_oracle(model, x, targets, composite):
+    model.eval()
+    grad_output = torch.eye(model(x).shape[1], dtype=x.dtype)[targets]
+    with Gradient(model, composite) as attributor:
+        _, rel = attributor(x.clone().requires_grad_(True), grad_output)
+    return rel
+
+
+@pytest.fixture(params=["small_cnn", "resnet18"])
+def model_and_canonizer(request):
+    torch.manual_seed(0)
+    if request.param == "small_cnn":
+        return warm_up_batchnorm(small_cnn()).double(), SequentialMergeBatchNorm
+    return warm_up_batchnorm(tiny_resnet(), shape=(8, 3, 32, 32)).double(), ResNetCanonizer
+
+
+class TestRelevance:
+    @pytest.mark.parametrize("epsilon", [1e-3, 0.25])
+    def test_epsilon_flat_matches_zennit(self, model_and_canonizer, epsilon):
+        model, canonizer = model_and_canonizer
+        x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+        targets = torch.tensor([0, 3, 4])
+        ours = relevance(model, x, targets, epsilon=epsilon)
+        oracle = zennit_oracle(model, x, targets, paper_composite(epsilon, [canonizer()]))
+        torch.testing.assert_close(ours, oracle, rtol=1e-10, atol=1e-12)
+        assert ours.abs().sum() > 0
+
+    def test_registry_name_matches_zennit(self, model_and_canonizer):
+        model, canonizer = model_and_canonizer
+        x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+        targets = torch.tensor([1, 2])
+        ours = relevance(model, x, targets, composite="epsilon_plus_flat", epsilon=1e-4)
+        oracle = zennit_oracle(model, x, targets, EpsilonPlusFlat(epsilon=1e-4, canonizers=[canonizer()]))
+        torch.testing.assert_close(ours, oracle, rtol=1e-10, atol=1e-12)
+
+    def test_composite_object_is_used_as_given(self):
+        model = warm_up_batchnorm(small_cnn()).double()
+        x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+        targets = torch.tensor([1, 2])
+        composite = EpsilonAlpha2Beta1(canonizers=[SequentialMergeBatchNorm()])
+        ours = relevance(model, x, targets, composite=composite)
+        oracle = zennit_oracle(model, x, targets, EpsilonAlpha2Beta1(canonizers=[SequentialMergeBatchNorm()]))
+        torch.testing.assert_close(ours, oracle, rtol=1e-10, atol=1e-12)
+        # and it differs from the paper's composite: the choice really reaches zennit
+        assert not torch.allclose(ours, relevance(model, x, targets))
+
+    def test_box_composite_gets_bounds(self):
+        model = warm_up_batchnorm(small_cnn())
+        rel = relevance(model, torch.randn(2, 3, 16, 16), torch.tensor([0, 1]), composite="epsilon_gamma_box")
+        assert rel.shape == (2, 3, 16, 16) and torch.isfinite(rel).all() and rel.abs().sum() > 0
+
+    def test_predicted_class_when_no_targets(self):
+        model = warm_up_batchnorm(small_cnn()).double().eval()
+        x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+        predicted = model(x).argmax(1)
+        torch.testing.assert_close(relevance(model, x), relevance(model, x, predicted))
+
+    def test_soft_labels_are_the_output_relevance(self):
+        """LRP is linear in the output relevance: soft labels give the weighted sum of one-hot relevances."""
+        model = warm_up_batchnorm(small_cnn()).double()
+        x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+        weights = torch.tensor([[0.7, 0.3, 0, 0, 0], [0, 0, 0.5, 0, 0.5]], dtype=torch.float64)
+        expected = torch.stack([
+            0.7 * relevance(model, x[:1], torch.tensor([0]))[0] + 0.3 * relevance(model, x[:1], torch.tensor([1]))[0],
+            0.5 * relevance(model, x[1:], torch.tensor([2]))[0] + 0.5 * relevance(model, x[1:], torch.tensor([4]))[0],
+        ])
+        torch.testing.assert_close(relevance(model, x, weights), expected)
+        torch.testing.assert_close(
+            relevance(model, x, nn.functional.one_hot(torch.tensor([3, 1]), 5).double()),
+            relevance(model, x, torch.tensor([3, 1])),
+        )
+
+    def test_gradients_enabled_inside_no_grad_and_inference_mode(self):
+        model = warm_up_batchnorm(small_cnn())
+        x = torch.randn(2, 3, 16, 16)
+        expected = relevance(model, x, torch.tensor([0, 1]))
+        with torch.no_grad():
+            torch.testing.assert_close(relevance(model, x, torch.tensor([0, 1])), expected)
+        with torch.inference_mode():
+            xi = x.clone()
+            torch.testing.assert_close(relevance(model, xi, torch.tensor([0, 1])), expected)
+
+    def test_inputs_not_modified_and_no_graph_attached(self):
+        model = small_cnn()
+        x = torch.randn(2, 3, 16, 16, requires_grad=True)
+        version, copy = x._version, x.detach().clone()
+        rel = relevance(model, x, torch.tensor([0, 1]))
+        assert x._version == version and torch.equal(x.detach(), copy)
+        assert x.grad is None and not rel.requires_grad and rel.grad_fn is None
+
+    def test_dataparallel_wrapper_is_unwrapped(self):
+        model = warm_up_batchnorm(small_cnn())
+        x = torch.randn(2, 3, 16, 16)
+        torch.testing.assert_close(
+            relevance(nn.DataParallel(model), x, torch.tensor([0, 1])), relevance(model, x, torch.tensor([0, 1]))
+        )
+
+    def test_empty_batch(self):
+        out = relevance(small_cnn(), torch.empty(0, 3, 16, 16))
+        assert out.shape == (0, 3, 16, 16)
+
+    def test_composite_names(self):
+        names = composite_names()
+        assert names[0] == "epsilon_flat" and "epsilon_plus_flat" in names and "epsilon_gamma_box" in names
+
+
+class TestRelevanceErrors:
+    def test_bad_backend(self):
+        with pytest.raises(ValueError, match="backend should be one of"):
+            relevance(small_cnn(), torch.randn(1, 3, 8, 8), backend="magic")
+
+    def test_bad_composite_name(self):
+        with pytest.raises(ValueError, match="composite should be one of"):
+            relevance(small_cnn(), torch.randn(1, 3, 8, 8), composite="nope")
+
+    def test_bad_composite_type(self):
+        with pytest.raises(TypeError, match="composite should be a name"):
+            relevance(small_cnn(), torch.randn(1, 3, 8, 8), composite=3)
+
+    def test_integer_inputs(self):
+        with pytest.raises(TypeError, match="ToDtype"):
+            relevance(small_cnn(), torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+
+    def test_dtype_mismatch(self):
+        with pytest.raises(ValueError, match="dtype torch.float64 but the model"):
+            relevance(small_cnn(), torch.zeros(1, 3, 8, 8, dtype=torch.float64))
+
+    def test_other_device(self):
+        with pytest.raises(ValueError, match="the inputs are on meta but the model is on cpu"):
+            relevance(small_cnn(), torch.zeros(1, 3, 8, 8, device="meta"))
+
+    def test_output_not_2d(self):
+        model = nn.Sequential(nn.Conv2d(3, 2, 3))
+        with pytest.raises(ValueError, match=r"logits of shape \(B, K\)"):
+            relevance(model, torch.randn(2, 3, 8, 8))
+
+    def test_labels_length(self):
+        with pytest.raises(ValueError, match=r"labels of shape \(3,\) do not match a batch of 2"):
+            relevance(small_cnn(), torch.randn(2, 3, 8, 8), torch.tensor([0, 1, 2]))
+
+    def test_label_out_of_range(self):
+        with pytest.raises(ValueError, match=r"in \[0, 4\].*\[7\]"):
+            relevance(small_cnn(), torch.randn(2, 3, 8, 8), torch.tensor([0, 7]))
+
+    def test_float_indices(self):
+        with pytest.raises(TypeError, match="integer class indices"):
+            relevance(small_cnn(), torch.randn(2, 3, 8, 8), torch.tensor([0.0, 1.0]))
+
+    def test_soft_labels_wrong_width(self):
+        with pytest.raises(ValueError, match="soft labels should have shape"):
+            relevance(small_cnn(), torch.randn(2, 3, 8, 8), torch.rand(2, 4))
+
+    def test_non_finite_relevance_names_the_sample(self):
+        model = small_cnn()
+        x = torch.randn(3, 3, 8, 8)
+        x[1, 0, 2, 2] = float("nan")
+        with pytest.raises(ValueError, match=r"not finite .* sample\(s\) \[1\]"):
+            relevance(model, x, torch.tensor([0, 1, 2]))
+
+    def test_not_a_module(self):
+        with pytest.raises(TypeError, match="torch.nn.Module"):
+            relevance(lambda x: x, torch.randn(1, 3))
