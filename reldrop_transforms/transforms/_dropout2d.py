@@ -16,7 +16,7 @@ from torchvision.transforms.v2._utils import is_pure_tensor
 
 from .._checks import check_unit_interval
 from ..attribution import BACKENDS, relevance
-from ..attribution._api import check_inputs, check_not_in_worker
+from ..attribution._api import check_finite, check_inputs, check_not_in_worker
 from ..attribution._state import unwrap_model
 from ..functional import fill_dropped, relevance_dropout_mask, sample_coins
 from ._labels import parse_labels_getter
@@ -189,8 +189,10 @@ class RelevanceDropout2d(Transform):
             if index is not None:
                 targets = targets.index_select(0, index)
         rel = relevance(
-            self.model, selected, targets, composite=self.composite, epsilon=self.epsilon, backend=self.backend
+            self.model, selected, targets, composite=self.composite, epsilon=self.epsilon, backend=self.backend,
+            check_finite_values=False,  # checked below, so that the error names batch indices, not subset ones
         )
+        check_finite(rel, type(self).__name__, index)
         sub_mask = relevance_dropout_mask(rel.sum(1), self.alpha, self.beta, generator=self.generator)
         if index is None:
             mask = sub_mask
