@@ -5,12 +5,32 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._composites import make_zennit_composite
+import logging
+import warnings
+
+from ._composites import EPSILON_FLAT, make_zennit_composite
+from ._fast import FAST_COMPOSITES, UnsupportedModel, fast_relevance
 from ._state import model_device, preserved_model_state, unwrap_model
 
-__all__ = ["relevance", "BACKENDS"]
+__all__ = ["relevance", "BACKENDS", "RelevanceBackendWarning"]
 
-BACKENDS = ("auto", "zennit")
+BACKENDS = ("auto", "fast", "zennit")
+_log = logging.getLogger("reldrop_transforms")
+_SAID: set = set()
+
+
+class RelevanceBackendWarning(UserWarning):
+    """``backend="auto"`` fell back from the fast engine to zennit (said once per model class and reason)."""
+
+
+def _say_once(key, message: str, *, warn: bool) -> None:
+    if key in _SAID:
+        return
+    _SAID.add(key)
+    if warn:
+        warnings.warn(message, RelevanceBackendWarning, stacklevel=4)
+    else:
+        _log.info(message)
 
 
 def check_not_in_worker(caller: str) -> None:
@@ -92,18 +112,24 @@ def output_relevance(logits: Tensor, targets: Tensor | None, batch_size: int) ->
     )
 
 
-def check_finite(rel: Tensor, caller: str = "relevance") -> None:
+def check_finite(rel: Tensor, caller: str = "relevance", index: Tensor | None = None) -> None:
+    """Raise a ValueError naming the samples whose relevance is NaN or infinite (one synchronisation).
+
+    ``index`` maps the rows of ``rel`` to positions in the caller's batch (when only some samples were attributed).
+    """
     flat = rel.reshape(rel.shape[0], -1)
     finite = torch.isfinite(flat)
     if bool(finite.all()):
         return
     bad = (~finite).any(1).nonzero().flatten()
+    if index is not None:
+        bad = index[bad]
     n_nan = int(torch.isnan(flat).sum())
     n_inf = int(torch.isinf(flat).sum())
     raise ValueError(
         f"{caller}: the relevance is not finite ({n_nan} NaN and {n_inf} infinite values) for sample(s) "
-        f"{bad[:10].tolist()}{' ...' if bad.numel() > 10 else ''}. Check the model's outputs for these inputs, "
-        "and use epsilon > 0."
+        f"{bad[:10].tolist()}{' ...' if bad.numel() > 10 else ''} of the batch. Check the model's outputs for these "
+        "inputs, and use epsilon > 0."
     )
 
 
@@ -115,6 +141,7 @@ def relevance(
     composite="epsilon_flat",
     epsilon: float = 1e-3,
     backend: str = "auto",
+    dtype: torch.dtype | None = None,
     check_finite_values: bool = True,
 ) -> Tensor:
     """LRP relevance of ``model`` for a batch, computed in eval mode without touching the training state.
@@ -133,7 +160,12 @@ def relevance(
             on activations, Norm on average pooling and residual sums), a zennit registry name such as
             ``"epsilon_plus_flat"`` or ``"epsilon_gamma_box"``, or a zennit ``Composite``.
         epsilon: The Epsilon rule's stabiliser (the paper found 1e-3 best).
-        backend: ``"auto"`` or ``"zennit"`` (the reference implementation).
+        backend: ``"fast"`` (one eval forward and one backward, exact for ``"epsilon_flat"`` on supported models:
+            see :mod:`reldrop_transforms.attribution._fast`), ``"zennit"`` (the reference implementation), or
+            ``"auto"``: fast whenever the composite and the model are supported, else zennit (the fallback is said
+            once, as a :class:`RelevanceBackendWarning` when the composite was fast-capable).
+        dtype: Run the attribution under autocast in this dtype (e.g. ``torch.bfloat16``); ``None`` (default)
+            disables autocast so that it runs in the model's own precision.
         check_finite_values: Raise a ``ValueError`` naming the samples whose relevance is NaN or infinite
             (costs one host-device synchronisation).
 
@@ -162,18 +194,44 @@ def relevance(
     if inputs.numel() == 0:
         return torch.zeros_like(inputs)
 
-    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(inputs.device.type, enabled=False):
-        # A fresh leaf: never the caller's tensor (nor an inference tensor), never its autograd graph.
-        x = inputs.detach().clone().requires_grad_(True)
-        with preserved_model_state(model, keep_values=True):
-            model.eval()
-            zennit_composite = make_zennit_composite(composite, model, x, epsilon)
-            with zennit_composite.context(model) as hooked:
-                logits = hooked(x)
-                grad_output = output_relevance(logits, targets, batch_size)
-                (rel,) = torch.autograd.grad(logits, x, grad_output, allow_unused=True)
-        if rel is None:  # the output does not depend on the input
-            rel = torch.zeros_like(x)
+    use_fast = backend == "fast" or (backend == "auto" and isinstance(composite, str) and composite in FAST_COMPOSITES)
+    if backend == "fast" and not (isinstance(composite, str) and composite in FAST_COMPOSITES):
+        raise ValueError(
+            f"backend='fast' computes the composites {FAST_COMPOSITES}, but got composite={composite!r}; "
+            "use backend='zennit' or 'auto' for other composites."
+        )
+    if backend == "auto" and not use_fast:
+        _say_once(("composite", str(composite)), f"relevance: composite {composite!r} runs on the zennit backend "
+                  f"(the fast engine computes {FAST_COMPOSITES}).", warn=False)
+    autocast = torch.autocast(inputs.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def grad_output_fn(logits: Tensor) -> Tensor:
+        return output_relevance(logits, targets, batch_size)
+
+    rel = None
+    with torch.inference_mode(False), torch.enable_grad(), autocast:
+        # A fresh leaf: never the caller's tensor object, never its autograd graph (nor an inference tensor).
+        x = (inputs.clone() if inputs.is_inference() else inputs.detach()).requires_grad_(True)
+        if use_fast:
+            with preserved_model_state(model, keep_values=False):  # the fast engine writes no tensor
+                model.eval()
+                try:
+                    rel = fast_relevance(model, x, grad_output_fn, epsilon)
+                except UnsupportedModel as error:
+                    if backend == "fast":
+                        raise ValueError(f"backend='fast' does not support this {type(model).__name__}: {error}.") from None
+                    _say_once(("model", type(model), str(error)), f"relevance: the fast engine does not support this "
+                              f"{type(model).__name__} ({error}); using the zennit backend (slower, same rules).",
+                              warn=True)
+        if rel is None:
+            with preserved_model_state(model, keep_values=True):
+                model.eval()
+                zennit_composite = make_zennit_composite(composite, model, x, epsilon)
+                with zennit_composite.context(model) as hooked:
+                    logits = hooked(x)
+                    (rel,) = torch.autograd.grad(logits, x, grad_output_fn(logits), allow_unused=True)
+            if rel is None:  # the output does not depend on the input
+                rel = torch.zeros_like(x)
     rel = rel.detach()
     if check_finite_values:
         check_finite(rel)

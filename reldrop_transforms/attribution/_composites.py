@@ -25,12 +25,39 @@ def _has_resnet_blocks(model: nn.Module) -> bool:
     return any(isinstance(module, (BasicBlock, Bottleneck)) for module in model.modules())
 
 
+def _exact_merge_batchnorm():
+    """zennit's ``SequentialMergeBatchNorm``, with the merged BatchNorm an exact identity in every release.
+
+    After merging, zennit 0.5.1 leaves the BatchNorm computing ``z / sqrt(1 + eps)`` (running_var = 1, eps kept):
+    a systematic 1e-6..1e-2 deviation from merged LRP that grows with depth. zennit 1.0.0 sets ``eps = 0``
+    instead, which some torch builds refuse ("batch_norm eps must be positive"). Here the BatchNorm keeps its
+    positive eps and gets ``running_var = 1 - eps``, so that it divides by ``sqrt(1) = 1``. Both releases restore
+    the original tensors and eps on removal (and :func:`preserved_model_state` checks that they did).
+    """
+    from zennit.canonizers import SequentialMergeBatchNorm
+
+    class ExactSequentialMergeBatchNorm(SequentialMergeBatchNorm):
+        def register(self, linears, batch_norm):
+            eps = batch_norm.eps
+            super().register(linears, batch_norm)
+            unit_variance = torch.ones_like(batch_norm.running_var) - eps
+            if batch_norm.eps == 0:  # zennit >= 1.0 sets attributes with object.__setattr__ and restores them so
+                object.__setattr__(batch_norm, "eps", eps)
+                object.__setattr__(batch_norm, "running_var", unit_variance)
+            else:  # zennit 0.5 swaps .data and restores it
+                batch_norm.running_var.data = unit_variance
+
+    return ExactSequentialMergeBatchNorm()
+
+
 def default_canonizers(model: nn.Module) -> list:
     """BatchNorm merging for every model; for torchvision ResNets also the explicit residual ``Sum`` module."""
-    from zennit.canonizers import SequentialMergeBatchNorm
-    from zennit.torchvision import ResNetCanonizer
+    from zennit.canonizers import CompositeCanonizer
+    from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 
-    return [ResNetCanonizer()] if _has_resnet_blocks(model) else [SequentialMergeBatchNorm()]
+    if _has_resnet_blocks(model):
+        return [CompositeCanonizer((_exact_merge_batchnorm(), ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()))]
+    return [_exact_merge_batchnorm()]
 
 
 def epsilon_flat(epsilon: float, canonizers: list):

@@ -85,25 +85,29 @@ def test_zennit_version_under_test():
         assert version == expected, (version, zennit.__file__)
 
 
+BACKENDS = [("epsilon_flat", "fast"), ("epsilon_flat", "zennit"), ("epsilon_plus_flat", "zennit")]
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
-@pytest.mark.parametrize("composite", ["epsilon_flat", "epsilon_plus_flat"])
-def test_relevance_restores_everything(name, composite):
+@pytest.mark.parametrize("composite,backend", BACKENDS)
+def test_relevance_restores_everything(name, composite, backend):
     torch.manual_seed(0)
     model = prepared(MODELS[name]())
     before = snapshot(model)
-    rel = relevance(model, torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 4]), composite=composite)
+    rel = relevance(model, torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 4]), composite=composite, backend=backend)
     assert rel.shape == (3, 3, 16, 16)
     assert rel.abs().sum() > 0
     assert_same_state(before, model)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_transform_restores_everything_and_optimizer_still_updates(name):
+@pytest.mark.parametrize("backend", ["fast", "zennit"])
+def test_transform_restores_everything_and_optimizer_still_updates(name, backend):
     torch.manual_seed(0)
     model = prepared(MODELS[name]())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     before = snapshot(model)
-    transform = rt.RelevanceDropout2d(model, p=1.0)
+    transform = rt.RelevanceDropout2d(model, p=1.0, backend=backend)
     images, labels = transform(torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]))
     assert_same_state(before, model)
 
@@ -119,38 +123,41 @@ def test_transform_restores_everything_and_optimizer_still_updates(name):
                 assert not torch.equal(p.detach(), trainable[n]), f"{n} was not updated by the optimizer"
 
 
-@pytest.mark.parametrize("composite", ["epsilon_flat", "epsilon_plus_flat"])
-def test_state_restored_when_model_raises_mid_forward(composite):
+@pytest.mark.parametrize("composite,backend", BACKENDS)
+def test_state_restored_when_model_raises_mid_forward(composite, backend):
     torch.manual_seed(0)
-    body = small_cnn()
+    model = prepared(small_cnn())
     boom = Boom()
-    model = nn.Sequential(body[:6], boom, body[6:])  # fails after the BatchNorm was merged
-    prepared(model)
+    model[5].register_forward_hook(lambda module, args, out: boom(out))  # fails after the BatchNorm was merged
     boom.armed = True
     before = snapshot(model)
     with pytest.raises(RuntimeError, match="boom"):
-        relevance(model, torch.randn(2, 3, 16, 16), torch.tensor([0, 1]), composite=composite)
+        relevance(model, torch.randn(2, 3, 16, 16), torch.tensor([0, 1]), composite=composite, backend=backend)
     assert_same_state(before, model)
     with pytest.raises(RuntimeError, match="boom"):
-        rt.RelevanceDropout2d(model, p=1.0)(torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))
+        rt.RelevanceDropout2d(model, p=1.0, composite=composite, backend=backend)(
+            torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
+        )
     assert_same_state(before, model)
 
 
-def test_state_restored_on_bad_labels():
+@pytest.mark.parametrize("backend", ["fast", "zennit"])
+def test_state_restored_on_bad_labels(backend):
     model = prepared(small_cnn())
     before = snapshot(model)
     with pytest.raises(ValueError, match="class indices"):
-        relevance(model, torch.randn(2, 3, 16, 16), torch.tensor([0, 99]))
+        relevance(model, torch.randn(2, 3, 16, 16), torch.tensor([0, 99]), backend=backend)
     assert_same_state(before, model)
 
 
-def test_autograd_graph_of_a_pending_step_survives():
+@pytest.mark.parametrize("backend", ["fast", "zennit"])
+def test_autograd_graph_of_a_pending_step_survives(backend):
     """A training forward taken before attribution can still be backpropagated after it (no version bumps)."""
     torch.manual_seed(0)
     model = prepared(small_cnn())
     x = torch.randn(4, 3, 16, 16)
     loss = model(x).square().mean()
-    relevance(model, x, torch.tensor([0, 1, 2, 3]))
+    relevance(model, x, torch.tensor([0, 1, 2, 3]), backend=backend)
     loss.backward()  # raises if attribution modified a saved tensor in place
 
 

@@ -1,0 +1,329 @@
+"""The fast exact LRP engine: the paper's composite as one eval forward and one backward.
+
+Gradient form (METHOD.md section 3). Write the relevance at every tensor ``t`` as ``R_t = t * g_t``. Then
+
+- Epsilon at a (BatchNorm-merged) linear/conv unit with output ``z`` is an ordinary backward through the unit
+  after the elementwise rescale ``g_z <- g_z * z / stab(z, eps)`` (at the BatchNorm output when one follows: that
+  is what merging means, and no weight is touched);
+- Norm (average pooling, residual sums) is the same rescale with zennit's stabiliser 1e-6;
+- Pass on a positively homogeneous activation (ReLU, LeakyReLU) is its ordinary gradient; on other
+  activations with ``f(0) = 0`` (GELU, SiLU, Tanh, ...) it is ``g_in = g_out * out / in``;
+- routing operations (Flatten, MaxPool, Dropout in eval, Identity, views) are their ordinary gradient;
+- Flat at the first linear unit turns ``R_z = z * g_z`` into input relevance with one transposed
+  convolution of ones; at the model's output unit the seed is the output relevance itself, so the rescale there
+  is ``1 / stab(z)``.
+
+Each rule point is a tiny autograd Function inserted by a forward hook; the rescale is computed in the backward
+from the saved output (no extra activation memory). torchvision ResNet blocks get an out-of-place forward with
+an explicit Norm point at the residual sum (as zennit's ResNet canonizer). A model is accepted when every leaf
+module is of a supported type and every operation run outside them is a routing operation (audited once per
+model structure with a TorchFunctionMode); otherwise the caller falls back to zennit.
+"""
+
+from __future__ import annotations
+
+import types
+import weakref
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["FastLRP", "UnsupportedModel", "fast_relevance", "FAST_COMPOSITES"]
+
+FAST_COMPOSITES = ("epsilon_flat",)
+NORM_STABILIZER = 1e-6  # zennit's default for Norm and Flat
+
+_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_AVGPOOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+_HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU)  # Pass == gradient
+# Pass on activations with f(0) = 0 only: relevance at an exactly-zero input (plentiful after a ReLU) cannot be
+# written as input * gradient, so Sigmoid, Softplus and a BatchNorm that follows no linear layer are not supported.
+_PASS = (nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Hardswish, nn.Mish, nn.ReLU6, nn.Hardtanh)
+_ROUTING = (
+    nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+)
+SUPPORTED_LEAVES = frozenset(_LINEAR + _BATCHNORM + _AVGPOOL + _HOMOGENEOUS + _PASS + _ROUTING)
+
+# Operations whose Jacobian only routes (copies or selects) elements, or ReLU: on these, propagating
+# relevance with the plain gradient (zennit, for operations it cannot see) and the gradient form agree.
+_ROUTING_OPS = frozenset({
+    "flatten", "unflatten", "view", "view_as", "reshape", "reshape_as", "permute", "transpose", "t", "contiguous",
+    "squeeze", "unsqueeze", "__getitem__", "narrow", "select", "cat", "concat", "concatenate", "stack", "split",
+    "chunk", "unbind", "expand", "expand_as", "relu", "relu_", "max_pool1d", "max_pool2d", "max_pool3d",
+    "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices", "adaptive_max_pool1d",
+    "adaptive_max_pool2d", "adaptive_max_pool3d", "adaptive_max_pool1d_with_indices",
+    "adaptive_max_pool2d_with_indices", "adaptive_max_pool3d_with_indices", "_max_pool1d", "_max_pool2d",
+    "_max_pool3d", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+    "size", "dim", "numel", "__get__", "__len__", "clone", "detach", "is_floating_point", "__format__",
+})
+
+
+class UnsupportedModel(Exception):
+    """The fast engine cannot reproduce the composite on this model (the message says why)."""
+
+
+def stabilize(z: Tensor, epsilon: float) -> Tensor:
+    """zennit's stabiliser: ``z + epsilon * sign(z)`` with ``sign(0) = +1``."""
+    return z + epsilon * ((z >= 0).to(z.dtype) * 2 - 1)
+
+
+class _Unit:
+    """A rule point: a tensor in the forward where the backward applies one LRP rule."""
+
+    __slots__ = ("kind", "module", "inp", "epsilon", "active", "is_output", "output")
+
+    def __init__(self, kind: str, module: nn.Module | None, inp: Tensor | None, epsilon: float) -> None:
+        self.kind = kind  # "epsilon" | "norm" | "flat" | "pass"
+        self.module = module  # the linear module of an "epsilon"/"flat" unit
+        self.inp = inp  # that module's input (the Flat rule redistributes onto it)
+        self.epsilon = epsilon
+        self.active = True
+        self.is_output = False
+        self.output: Tensor | None = None
+
+
+class _RulePoint(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, out: Tensor, inp: Tensor, unit: _Unit) -> Tensor:
+        ctx.unit = unit
+        ctx.save_for_backward(out, inp)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        unit: _Unit = ctx.unit
+        out, inp = ctx.saved_tensors
+        if not unit.active:
+            return grad, None, None
+        if unit.kind == "pass":
+            ratio = out / torch.where(inp == 0, torch.ones_like(inp), inp)
+            return None, torch.where(inp == 0, torch.zeros_like(grad), grad * ratio), None
+        if unit.kind == "flat":
+            rel = grad if unit.is_output else grad * out
+            return None, _flat_input_relevance(unit.module, inp, rel), None
+        denominator = stabilize(out, unit.epsilon)
+        scaled = grad / denominator if unit.is_output else grad * (out / denominator)
+        return scaled, None, None
+
+
+def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor) -> Tensor:
+    """Flat rule: spread ``rel`` uniformly over each output's receptive field (zennit's ``Flat``)."""
+    with torch.enable_grad():
+        ones = torch.ones_like(inp).requires_grad_(True)
+        weight = torch.ones_like(module.weight)
+        if isinstance(module, nn.Linear):
+            counts = nn.functional.linear(ones, weight)
+        else:
+            counts = module._conv_forward(ones, weight, None)
+        (spread,) = torch.autograd.grad(counts, ones, rel / stabilize(counts.detach(), NORM_STABILIZER))
+    return spread
+
+
+def _first_linear(model: nn.Module) -> nn.Module | None:
+    # As zennit's SpecialFirstLayerMapComposite: the first linear-type leaf in module order.
+    from zennit.types import Linear
+
+    for module in model.modules():
+        if isinstance(module, Linear):
+            return module
+    return None
+
+
+class _Audit(TorchFunctionMode):
+    """Records operations run outside the modules the engine handles."""
+
+    def __init__(self, engine: "FastLRP") -> None:
+        super().__init__()
+        self.engine = engine
+        self.unknown: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.engine.depth == 0:
+            name = getattr(func, "__name__", repr(func))
+            if name not in _ROUTING_OPS:
+                self.unknown.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _basic_block_forward(engine: "FastLRP") -> Callable:
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(engine.residual_sum(out, identity))
+
+    return forward
+
+
+def _bottleneck_forward(engine: "FastLRP") -> Callable:
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(engine.residual_sum(out, identity))
+
+    return forward
+
+
+def _structure(model: nn.Module) -> tuple:
+    return tuple((id(m), type(m)) for m in model.modules())
+
+
+# model -> (structure, None if supported else the reason)
+_VERDICTS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+class FastLRP:
+    """One attribution pass of the fast engine over ``model`` (hooks live only inside :meth:`__call__`)."""
+
+    def __init__(self, model: nn.Module, epsilon: float) -> None:
+        self.model = model
+        self.epsilon = epsilon
+        self.depth = 0
+        self.first_seen = False
+        self.units: dict[int, _Unit] = {}
+        self.first = _first_linear(model)
+
+    # -- static support check -----------------------------------------------------------------------------
+    def static_problem(self) -> str | None:
+        from torchvision.models.resnet import BasicBlock, Bottleneck
+
+        if self.first is None or not isinstance(self.first, _LINEAR):
+            return "its first linear layer is missing or not a Conv1d/2d/3d or Linear"
+        for name, module in self.model.named_modules():
+            if isinstance(module, (BasicBlock, Bottleneck)):
+                if type(module) not in (BasicBlock, Bottleneck):
+                    return f"module {name!r} subclasses a torchvision ResNet block ({type(module).__name__})"
+                continue
+            if next(module.children(), None) is None and type(module) not in SUPPORTED_LEAVES:
+                return f"module {name or 'model'!r} of type {type(module).__name__} is not supported"
+            if isinstance(module, _LINEAR[:3]) and module.padding_mode != "zeros":
+                return f"convolution {name!r} uses padding_mode={module.padding_mode!r}"
+        return None
+
+    # -- rule points --------------------------------------------------------------------------------------
+    def _point(self, out: Tensor, inp: Tensor, unit: _Unit) -> Tensor:
+        result = _RulePoint.apply(out, inp, unit)
+        unit.output = result
+        self.units[id(result)] = unit
+        return result
+
+    def residual_sum(self, a: Tensor, b: Tensor) -> Tensor:
+        self.depth += 1
+        try:
+            total = a + b
+            return self._point(total, total, _Unit("norm", None, None, NORM_STABILIZER))
+        finally:
+            self.depth -= 1
+
+    def _pre_hook(self, module, args):
+        self.depth += 1
+        if not self.first_seen:
+            if module is self.first:
+                self.first_seen = True
+            elif not isinstance(module, _ROUTING):
+                # Below the Flat layer the backward carries relevance, not gradients: only routing is exact there.
+                raise UnsupportedModel(f"a {type(module).__name__} runs before the first linear layer")
+
+    def _hook(self, module: nn.Module, args, out: Tensor):
+        self.depth -= 1
+        inp = args[0]
+        if isinstance(module, _LINEAR):
+            kind = "flat" if module is self.first else "epsilon"
+            return self._point(out, inp, _Unit(kind, module, inp, self.epsilon))
+        if isinstance(module, _BATCHNORM):
+            producer = self.units.get(id(inp))
+            if producer is not None and producer.output is inp and producer.module is not None and producer.active:
+                # Merge: the linear unit's rule moves to the BatchNorm output (no weight is modified).
+                producer.active = False
+                unit = _Unit(producer.kind, producer.module, producer.inp, self.epsilon)
+                return self._point(out, producer.inp, unit)
+            raise UnsupportedModel(f"a {type(module).__name__} follows no Conv/Linear layer (it cannot be merged)")
+        if isinstance(module, _AVGPOOL):
+            return self._point(out, inp, _Unit("norm", None, None, NORM_STABILIZER))
+        if isinstance(module, _PASS):
+            return self._point(out.detach(), inp, _Unit("pass", None, None, 0.0))
+        return None  # homogeneous activations and routing modules: ordinary gradient
+
+    # -- one pass -----------------------------------------------------------------------------------------
+    def __call__(self, x: Tensor, grad_output_fn: Callable[[Tensor], Tensor], *, audit: bool) -> Tensor:
+        """Relevance of ``x`` (a leaf requiring grad); ``grad_output_fn(logits)`` gives the output relevance.
+
+        The model must already be in eval mode inside a :func:`preserved_model_state` block.
+        """
+        from torchvision.models.resnet import BasicBlock, Bottleneck
+
+        handles = []
+        try:
+            for module in self.model.modules():
+                if isinstance(module, BasicBlock):
+                    module.forward = types.MethodType(_basic_block_forward(self), module)
+                elif isinstance(module, Bottleneck):
+                    module.forward = types.MethodType(_bottleneck_forward(self), module)
+                if next(module.children(), None) is not None:
+                    continue
+                if getattr(module, "inplace", False):
+                    module.inplace = False  # in-place ops would modify a rule point's output
+                handles.append(module.register_forward_pre_hook(self._pre_hook))
+                handles.append(module.register_forward_hook(self._hook))
+            if audit:
+                mode = _Audit(self)
+                with mode:
+                    logits = self.model(x)
+                if mode.unknown:
+                    names = sorted(set(mode.unknown))
+                    raise UnsupportedModel(
+                        f"its forward runs operations outside supported modules that LRP must see as layers: "
+                        f"{', '.join(names[:8])}"
+                    )
+            else:
+                logits = self.model(x)
+            grad_output = grad_output_fn(logits)
+            output_unit = self.units.get(id(logits))
+            if output_unit is None or output_unit.output is not logits or output_unit.kind not in ("epsilon", "flat"):
+                raise UnsupportedModel("its output is not produced by a Linear/Conv layer (optionally with BatchNorm)")
+            output_unit.is_output = True
+            (rel,) = torch.autograd.grad(logits, x, grad_output, allow_unused=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+            self.units.clear()
+        return torch.zeros_like(x) if rel is None else rel
+
+
+def check_supported(model: nn.Module) -> str | None:
+    """Cached verdict: ``None`` when the fast engine supports ``model``, else the reason (static part only)."""
+    structure = _structure(model)
+    cached = _VERDICTS.get(model)
+    if cached is not None and cached[0] == structure:
+        return cached[1]
+    return FastLRP(model, 0.0).static_problem()
+
+
+def fast_relevance(model: nn.Module, x: Tensor, grad_output_fn: Callable[[Tensor], Tensor], epsilon: float) -> Tensor:
+    """Run the fast engine; raises :class:`UnsupportedModel` when the model is not supported.
+
+    The first call for a model structure audits the operations of its forward; later calls skip the audit.
+    """
+    structure = _structure(model)
+    cached = _VERDICTS.get(model)
+    if cached is not None and cached[0] == structure:
+        if cached[1] is not None:
+            raise UnsupportedModel(cached[1])
+        return FastLRP(model, epsilon)(x, grad_output_fn, audit=False)
+    engine = FastLRP(model, epsilon)
+    problem = engine.static_problem()
+    if problem is None:
+        try:
+            rel = engine(x, grad_output_fn, audit=True)
+        except UnsupportedModel as error:
+            problem = str(error)
+    _VERDICTS[model] = (structure, problem)
+    if problem is not None:
+        raise UnsupportedModel(problem)
+    return rel
