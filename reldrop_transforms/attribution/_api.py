@@ -112,6 +112,27 @@ def output_relevance(logits: Tensor, targets: Tensor | None, batch_size: int) ->
     )
 
 
+def output_relevance_nosync(logits: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Like :func:`output_relevance` without host synchronisation (capturable in a CUDA graph).
+
+    Shapes are checked in Python; the label range is returned as a 0-d bool tensor ``valid`` for the caller to
+    check later (out-of-range indices give an all-zero row meanwhile).
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"the model should return logits of shape (B, K), but returned {tuple(logits.shape)}.")
+    num_classes = logits.shape[1]
+    valid = torch.ones((), dtype=torch.bool, device=logits.device)
+    if targets is None:
+        targets = logits.detach().argmax(1)
+    if targets.ndim == 2:
+        if targets.shape != logits.shape:
+            raise ValueError(f"soft labels should have shape {tuple(logits.shape)}, but got {tuple(targets.shape)}.")
+        return targets.to(logits.dtype), valid
+    classes = torch.arange(num_classes, device=logits.device)
+    valid = ((targets >= 0) & (targets < num_classes)).all()
+    return (targets[:, None] == classes[None, :]).to(logits.dtype), valid
+
+
 def check_finite(rel: Tensor, caller: str = "relevance", index: Tensor | None = None) -> None:
     """Raise a ValueError naming the samples whose relevance is NaN or infinite (one synchronisation).
 

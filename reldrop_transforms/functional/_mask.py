@@ -69,7 +69,12 @@ def uniform_like(reference: Tensor, generator: torch.Generator | None = None) ->
 
 
 def relevance_dropout_mask(
-    relevance: Tensor, alpha: float, beta: float, *, generator: torch.Generator | None = None
+    relevance: Tensor,
+    alpha: float,
+    beta: float,
+    *,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """Mask of the elements RelDrop occludes.
 
@@ -84,9 +89,12 @@ def relevance_dropout_mask(
         alpha: Weight of the random term, in [0, 1].
         beta: Drop threshold offset, in [0, 1].
         generator: Source of the noise; see :func:`uniform_like`.
+        noise: The noise ``U`` itself, drawn by the caller (then ``generator`` is unused); e.g. drawn outside a
+            captured CUDA graph.
 
     Shape:
         - relevance: (B, *), any real dtype.
+        - noise: same as ``relevance``, values in [0, 1).
         - output: (B, *), bool.
 
     Example:
@@ -96,9 +104,11 @@ def relevance_dropout_mask(
     alpha = check_unit_interval("alpha", alpha)
     beta = check_unit_interval("beta", beta)
     rn = normalize_relevance(relevance)
+    if noise is not None and noise.shape != rn.shape:
+        raise ValueError(f"noise of shape {tuple(noise.shape)} does not match relevance of shape {tuple(rn.shape)}.")
     score = (1.0 - alpha) * rn
     if alpha > 0.0:
-        score = score + alpha * uniform_like(rn, generator)
+        score = score + alpha * (uniform_like(rn, generator) if noise is None else noise)
     return score >= 1.0 - beta
 
 

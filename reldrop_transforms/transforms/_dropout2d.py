@@ -16,9 +16,11 @@ from torchvision.transforms.v2._utils import is_pure_tensor
 
 from .._checks import check_unit_interval
 from ..attribution import BACKENDS, relevance
-from ..attribution._api import check_finite, check_inputs, check_not_in_worker
-from ..attribution._state import unwrap_model
-from ..functional import fill_dropped, relevance_dropout_mask, sample_coins
+from ..attribution._api import check_finite, check_inputs, check_not_in_worker, output_relevance_nosync
+from ..attribution._fast import FAST_COMPOSITES, UnsupportedModel, fast_relevance
+from ..attribution._graphs import GraphCache
+from ..attribution._state import preserved_model_state, unwrap_model
+from ..functional import fill_dropped, relevance_dropout_mask, sample_coins, uniform_like
 from ._labels import parse_labels_getter
 
 __all__ = ["RelevanceDropout2d"]
@@ -61,6 +63,10 @@ class RelevanceDropout2d(Transform):
             returning the labels, or ``None`` to attribute the predicted class. Labels may be class indices
             ``(B,)`` or soft labels ``(B, K)`` (e.g. after CutMix).
         generator: Source of the coins and the mask noise (on the model's device for speed).
+        cuda_graphs: On CUDA, with the fast engine, capture the whole attribution and mask in a CUDA graph per
+            input shape and replay it (see :mod:`reldrop_transforms.attribution._graphs`). Every sample is then
+            attributed (fixed shapes), the coin only decides which masks are applied, and one synchronisation per
+            batch checks labels and finiteness. Keeps one graph's memory per shape (up to 4). CPU stays eager.
 
     Shape:
         - images: (B, C, H, W), floating, on the model's device.
@@ -91,6 +97,7 @@ class RelevanceDropout2d(Transform):
         backend: str = "auto",
         labels_getter: str | Callable[[Any], Any] | None = "default",
         generator: torch.Generator | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -112,6 +119,20 @@ class RelevanceDropout2d(Transform):
         self.labels_getter = labels_getter
         self._labels_getter = parse_labels_getter(labels_getter)
         self.generator = generator
+        if not isinstance(cuda_graphs, bool):
+            raise TypeError(f"cuda_graphs should be a bool, but got {type(cuda_graphs).__name__}.")
+        self.cuda_graphs = cuda_graphs
+        self._graphs = GraphCache()
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["_graphs"] = None  # captured CUDA graphs do not travel
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._graphs = GraphCache()
 
     @property
     def model(self) -> nn.Module:
@@ -169,12 +190,59 @@ class RelevanceDropout2d(Transform):
                 f"class indices ({batch_size},) or soft labels ({batch_size}, K)."
             )
 
+    def _uses_graphs(self, image: Tensor) -> bool:
+        return (
+            self.cuda_graphs and image.is_cuda and self.backend in ("auto", "fast")
+            and isinstance(self.composite, str) and self.composite in FAST_COMPOSITES
+        )
+
+    def _graph_mask(self, image: Tensor, labels: Tensor | None) -> Tensor:
+        """The mask of every sample from a replayed CUDA graph (raises UnsupportedModel if the engine cannot)."""
+        model = unwrap_model(self.model)
+        noise = uniform_like(image[:, 0], self.generator)
+        if labels is None:
+            targets = torch.zeros(image.shape[0], dtype=torch.long, device=image.device)
+        else:
+            targets = labels.as_subclass(Tensor).to(image.device, non_blocking=True)
+        alpha, beta, epsilon, predicted = self.alpha, self.beta, self.epsilon, labels is None
+
+        def body(x: Tensor, static_targets: Tensor, static_noise: Tensor) -> tuple[Tensor, Tensor]:
+            valid = []
+
+            def grad_output_fn(logits: Tensor) -> Tensor:
+                weights, ok = output_relevance_nosync(logits, None if predicted else static_targets)
+                valid.append(ok)
+                return weights
+
+            with torch.enable_grad(), preserved_model_state(model, keep_values=False):
+                model.eval()
+                rel = fast_relevance(model, x.detach().requires_grad_(True), grad_output_fn, epsilon)
+            mask = relevance_dropout_mask(rel.sum(1), alpha, beta, noise=static_noise)
+            status = torch.stack([valid[0], torch.isfinite(rel).all()])
+            return mask, status
+
+        key = (alpha, beta, epsilon, predicted)
+        with torch.autocast("cuda", enabled=False):
+            mask, status = self._graphs(model, key, (image, targets, noise), body)
+        if not all(status.tolist()):  # one synchronisation per batch
+            relevance(self.model, image, labels, composite=self.composite, epsilon=self.epsilon, backend="fast")
+            raise ValueError(f"{type(self).__name__}: invalid labels or non-finite relevance in this batch.")
+        return mask
+
     def make_params_for(self, image: Tensor, labels: Tensor | None) -> dict[str, Any]:
         """Draw the coins, attribute the selected samples and build the pixel mask ``(B, H, W)`` (or ``None``)."""
         check_not_in_worker(type(self).__name__)
         image = image.as_subclass(Tensor)
         batch_size = image.shape[0]
         coins = sample_coins(batch_size, self.p, device=image.device, generator=self.generator)
+        if self._uses_graphs(image):
+            try:
+                mask = self._graph_mask(image, labels)
+            except UnsupportedModel:
+                if self.backend == "fast":
+                    raise
+            else:
+                return {"mask": mask & coins.view(-1, *([1] * (mask.ndim - 1)))}
         if self.p >= 1.0:
             index = None
             selected = image

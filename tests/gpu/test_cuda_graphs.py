@@ -1,0 +1,142 @@
+"""The CUDA-graph path: what can be checked without a GPU, and the GPU check script's clean skip.
+
+The capture path itself (replay equals eager, recapture rules, last batch, randomness) is checked by
+tests/gpu/check_cuda_graphs.py, which must be run on a GPU; here it must skip cleanly without one.
+"""
+
+import pathlib
+import pickle
+import subprocess
+import sys
+
+import torch
+from torch import nn
+
+import reldrop_transforms as rt
+from reldrop_transforms.attribution._graphs import model_key
+
+SCRIPT = pathlib.Path(__file__).with_name("check_cuda_graphs.py")
+
+
+def small_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 5))
+
+
+def test_gpu_check_script_skips_cleanly_without_cuda():
+    result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    if torch.cuda.is_available():
+        assert "all passed" in result.stdout, result.stdout
+    else:
+        assert "CUDA is not available: skipped" in result.stdout
+
+
+class TestModelKey:
+    def test_in_place_update_keeps_the_key(self):
+        model = small_model()
+        key = model_key(model)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        model[1].running_mean.mul_(2)
+        assert model_key(model) == key
+
+    def test_parameter_replacement_changes_the_key(self):
+        model = small_model()
+        key = model_key(model)
+        model[4].weight = nn.Parameter(model[4].weight.detach().clone())
+        assert model_key(model) != key
+
+    def test_buffer_replacement_changes_the_key(self):
+        model = small_model()
+        key = model_key(model)
+        model[1].running_var = model[1].running_var.clone()
+        assert model_key(model) != key
+
+    def test_module_tree_change_changes_the_key(self):
+        model = small_model()
+        key = model_key(model)
+        model[2] = nn.ReLU()
+        assert model_key(model) != key
+
+
+class TestCudaGraphsOptionOnCpu:
+    def test_cpu_stays_eager_and_equal(self):
+        model = small_model()
+        images, labels = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+        outputs = []
+        for graphs in (False, True):
+            t = rt.RelevanceDropout2d(model, p=1.0, cuda_graphs=graphs, generator=torch.Generator().manual_seed(3))
+            outputs.append(t(images, labels)[0])
+            assert len(t._graphs) == 0
+        torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+
+    def test_graphs_are_not_pickled(self):
+        t = rt.RelevanceDropout2d(small_model(), cuda_graphs=True)
+        clone = pickle.loads(pickle.dumps(t))
+        assert clone.cuda_graphs and len(clone._graphs) == 0 and clone._graphs is not t._graphs
+
+    def test_bad_option_type(self):
+        import pytest
+
+        with pytest.raises(TypeError, match="cuda_graphs should be a bool"):
+            rt.RelevanceDropout2d(small_model(), cuda_graphs="yes")
+
+
+class _EagerGraphs:
+    """Stands in for GraphCache on CPU: runs the body that would be captured, directly."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, model, extra_key, inputs, body):
+        self.calls += 1
+        return body(*[t.clone() for t in inputs])
+
+    def __len__(self):
+        return 0
+
+
+class TestCapturedBodyOnCpu:
+    """The function that is captured, run eagerly: it must produce the eager transform's mask."""
+
+    def _pair(self, monkeypatch, **kwargs):
+        model = small_model()
+        eager = rt.RelevanceDropout2d(model, p=1.0, generator=torch.Generator().manual_seed(5), **kwargs)
+        graph = rt.RelevanceDropout2d(model, p=1.0, generator=torch.Generator().manual_seed(5), cuda_graphs=True,
+                                      **kwargs)
+        graph._graphs = _EagerGraphs()
+        monkeypatch.setattr(type(graph), "_uses_graphs", lambda self, image: self.cuda_graphs)
+        return eager, graph
+
+    def test_same_mask_as_eager(self, monkeypatch):
+        eager, graph = self._pair(monkeypatch, alpha=0.3, beta=0.5)
+        images, labels = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4, 0])
+        torch.testing.assert_close(graph(images, labels)[0], eager(images, labels)[0], rtol=0, atol=0)
+        assert graph._graphs.calls == 1
+
+    def test_predicted_class_and_soft_labels(self, monkeypatch):
+        eager, graph = self._pair(monkeypatch, alpha=0.0, labels_getter=None)
+        images = torch.randn(4, 3, 8, 8)
+        torch.testing.assert_close(graph(images), eager(images), rtol=0, atol=0)
+        eager, graph = self._pair(monkeypatch, alpha=0.0)
+        soft = torch.softmax(torch.randn(4, 5), 1)
+        torch.testing.assert_close(graph(images, soft)[0], eager(images, soft)[0], rtol=0, atol=0)
+
+    def test_coin_applies_after_capture(self, monkeypatch):
+        eager, graph = self._pair(monkeypatch, alpha=0.0, beta=0.9)
+        graph.p = 0.5
+        graph.generator = torch.Generator().manual_seed(1)
+        images, labels = torch.randn(32, 3, 8, 8), torch.randint(0, 5, (32,))
+        out = graph(images, labels)[0]
+        changed = (out != images).flatten(1).any(1)
+        coins = torch.rand(32, generator=torch.Generator().manual_seed(1)) < 0.5
+        assert torch.equal(changed, coins)
+
+    def test_invalid_labels_raise(self, monkeypatch):
+        import pytest
+
+        _, graph = self._pair(monkeypatch)
+        with pytest.raises(ValueError, match="class indices"):
+            graph(torch.randn(2, 3, 8, 8), torch.tensor([0, 9]))
