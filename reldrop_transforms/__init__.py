@@ -8,9 +8,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RelevanceDropout2d",
+    "RelevanceDropout3d",
     "RelevanceCollate",
     "RelevanceLoader",
     "attribution",
     "functional",
     "transforms",
 ]
+
+
+def __getattr__(name: str):
+    if name == "RelevanceDropout3d":  # imports torch_geometric: only when asked for
+        return transforms.RelevanceDropout3d
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

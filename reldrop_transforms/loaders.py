@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch.utils.data import default_collate, get_worker_info
 
 from .attribution._state import model_device, unwrap_model
 
-__all__ = ["RelevanceCollate", "RelevanceLoader", "move_to_device"]
+__all__ = ["RelevanceCollate", "RelevanceLoader", "move_to_device", "collate"]
 
 
 def _find_model(transform: Any) -> nn.Module | None:
@@ -43,6 +44,17 @@ def move_to_device(batch: Any, device: torch.device | None) -> Any:
     return batch
 
 
+def collate(samples: list) -> Any:
+    """``default_collate``, except that PyTorch Geometric ``Data`` samples become one ``Batch``."""
+    if samples and "torch_geometric" in sys.modules:
+        from torch_geometric.data import Batch
+        from torch_geometric.data.data import BaseData
+
+        if isinstance(samples[0], BaseData):
+            return Batch.from_data_list(samples)
+    return default_collate(samples)
+
+
 class _DeviceResolver:
     def __init__(self, transform: Any, device: torch.device | str | None, owner: str) -> None:
         if not callable(transform):
@@ -69,7 +81,11 @@ class RelevanceCollate(_DeviceResolver):
 
     Args:
         transform: A batch transform (e.g. ``RelevanceDropout2d`` or a ``v2.Compose`` holding one).
-        collate_fn: The collation to run first; ``torch.utils.data.default_collate`` by default.
+        collate_fn: The collation to run first; by default ``torch.utils.data.default_collate``, or
+            ``Batch.from_data_list`` for PyTorch Geometric ``Data`` samples. Note that
+            ``torch_geometric.loader.DataLoader`` ignores any ``collate_fn``: pass ``RelevanceCollate`` to a plain
+            ``torch.utils.data.DataLoader`` over the PyG dataset, or wrap the PyG loader with
+            :class:`RelevanceLoader`.
         device: Where the batch goes before the transform; the transform's model's device by default.
 
     Example:
@@ -78,7 +94,7 @@ class RelevanceCollate(_DeviceResolver):
 
     def __init__(self, transform: Callable, collate_fn: Callable | None = None, device=None) -> None:
         super().__init__(transform, device, "RelevanceCollate")
-        self.collate_fn = default_collate if collate_fn is None else collate_fn
+        self.collate_fn = collate if collate_fn is None else collate_fn
 
     def __call__(self, samples: list) -> Any:
         if get_worker_info() is not None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+import copy
 import logging
 import warnings
+from collections.abc import Callable
 
 from ._composites import EPSILON_FLAT, make_zennit_composite
 from ._fast import FAST_COMPOSITES, UnsupportedModel, fast_relevance
 from ._state import model_device, preserved_model_state, unwrap_model
 
-__all__ = ["relevance", "BACKENDS", "RelevanceBackendWarning"]
+__all__ = ["relevance", "relevance_graph", "BACKENDS", "RelevanceBackendWarning"]
 
 BACKENDS = ("auto", "fast", "zennit")
 _log = logging.getLogger("reldrop_transforms")
@@ -144,7 +146,7 @@ def check_finite(rel: Tensor, caller: str = "relevance", index: Tensor | None = 
         return
     bad = (~finite).any(1).nonzero().flatten()
     if index is not None:
-        bad = index[bad]
+        bad = index[bad].unique()
     n_nan = int(torch.isnan(flat).sum())
     n_inf = int(torch.isinf(flat).sum())
     raise ValueError(
@@ -152,6 +154,59 @@ def check_finite(rel: Tensor, caller: str = "relevance", index: Tensor | None = 
         f"{bad[:10].tolist()}{' ...' if bad.numel() > 10 else ''} of the batch. Check the model's outputs for these "
         "inputs, and use epsilon > 0."
     )
+
+
+def attribute(
+    model: nn.Module,
+    inputs: tuple[Tensor, ...],
+    call: Callable[..., Tensor],
+    grad_output_fn: Callable[[Tensor], Tensor],
+    *,
+    composite,
+    epsilon: float,
+    backend: str,
+    dtype: torch.dtype | None,
+) -> tuple[Tensor, ...]:
+    """The engine room of :func:`relevance`: relevance of every tensor in ``inputs`` for ``call(*leaves)``.
+
+    ``model`` is the unwrapped module that ``call`` runs; ``grad_output_fn(logits)`` returns the output relevance
+    (and validates the logits). Runs the fast engine or zennit inside :func:`preserved_model_state`.
+    """
+    use_fast = backend == "fast" or (backend == "auto" and isinstance(composite, str) and composite in FAST_COMPOSITES)
+    if backend == "fast" and not (isinstance(composite, str) and composite in FAST_COMPOSITES):
+        raise ValueError(
+            f"backend='fast' computes the composites {FAST_COMPOSITES}, but got composite={composite!r}; "
+            "use backend='zennit' or 'auto' for other composites."
+        )
+    if backend == "auto" and not use_fast:
+        _say_once(("composite", str(composite)), f"relevance: composite {composite!r} runs on the zennit backend "
+                  f"(the fast engine computes {FAST_COMPOSITES}).", warn=False)
+    autocast = torch.autocast(inputs[0].device.type, dtype=dtype, enabled=dtype is not None)
+    rels = None
+    with torch.inference_mode(False), torch.enable_grad(), autocast:
+        # Fresh leaves: never the caller's tensor objects, never their autograd graph (nor inference tensors).
+        leaves = tuple((x.clone() if x.is_inference() else x.detach()).requires_grad_(True) for x in inputs)
+        if use_fast:
+            with preserved_model_state(model, keep_values=False):  # the fast engine writes no tensor
+                model.eval()
+                try:
+                    rels = fast_relevance(model, leaves, lambda: call(*leaves), grad_output_fn, epsilon)
+                except UnsupportedModel as error:
+                    if backend == "fast":
+                        raise ValueError(f"backend='fast' does not support this {type(model).__name__}: {error}.") from None
+                    _say_once(("model", type(model), str(error)), f"relevance: the fast engine does not support this "
+                              f"{type(model).__name__} ({error}); using the zennit backend (slower, same rules).",
+                              warn=True)
+        if rels is None:
+            with preserved_model_state(model, keep_values=True):
+                model.eval()
+                zennit_composite = make_zennit_composite(composite, model, leaves[0], epsilon)
+                with zennit_composite.context(model):
+                    logits = call(*leaves)
+                    rels = torch.autograd.grad(logits, leaves, grad_output_fn(logits), allow_unused=True)
+            # an input the output does not depend on has zero relevance
+            rels = tuple(torch.zeros_like(x) if r is None else r for x, r in zip(leaves, rels))
+    return tuple(r.detach() for r in rels)
 
 
 def relevance(
@@ -215,45 +270,93 @@ def relevance(
     if inputs.numel() == 0:
         return torch.zeros_like(inputs)
 
-    use_fast = backend == "fast" or (backend == "auto" and isinstance(composite, str) and composite in FAST_COMPOSITES)
-    if backend == "fast" and not (isinstance(composite, str) and composite in FAST_COMPOSITES):
-        raise ValueError(
-            f"backend='fast' computes the composites {FAST_COMPOSITES}, but got composite={composite!r}; "
-            "use backend='zennit' or 'auto' for other composites."
-        )
-    if backend == "auto" and not use_fast:
-        _say_once(("composite", str(composite)), f"relevance: composite {composite!r} runs on the zennit backend "
-                  f"(the fast engine computes {FAST_COMPOSITES}).", warn=False)
-    autocast = torch.autocast(inputs.device.type, dtype=dtype, enabled=dtype is not None)
-
     def grad_output_fn(logits: Tensor) -> Tensor:
         return output_relevance(logits, targets, batch_size)
 
-    rel = None
-    with torch.inference_mode(False), torch.enable_grad(), autocast:
-        # A fresh leaf: never the caller's tensor object, never its autograd graph (nor an inference tensor).
-        x = (inputs.clone() if inputs.is_inference() else inputs.detach()).requires_grad_(True)
-        if use_fast:
-            with preserved_model_state(model, keep_values=False):  # the fast engine writes no tensor
-                model.eval()
-                try:
-                    rel = fast_relevance(model, x, grad_output_fn, epsilon)
-                except UnsupportedModel as error:
-                    if backend == "fast":
-                        raise ValueError(f"backend='fast' does not support this {type(model).__name__}: {error}.") from None
-                    _say_once(("model", type(model), str(error)), f"relevance: the fast engine does not support this "
-                              f"{type(model).__name__} ({error}); using the zennit backend (slower, same rules).",
-                              warn=True)
-        if rel is None:
-            with preserved_model_state(model, keep_values=True):
-                model.eval()
-                zennit_composite = make_zennit_composite(composite, model, x, epsilon)
-                with zennit_composite.context(model) as hooked:
-                    logits = hooked(x)
-                    (rel,) = torch.autograd.grad(logits, x, grad_output_fn(logits), allow_unused=True)
-            if rel is None:  # the output does not depend on the input
-                rel = torch.zeros_like(x)
+    (rel,) = attribute(
+        model, (inputs,), lambda x: model(x), grad_output_fn,
+        composite=composite, epsilon=epsilon, backend=backend, dtype=dtype,
+    )
     rel = rel.detach()
     if check_finite_values:
         check_finite(rel)
     return rel
+
+
+def relevance_graph(
+    model: nn.Module,
+    data,
+    targets: Tensor | None = None,
+    *,
+    keys: tuple[str, ...] = ("pos", "x"),
+    forward_fn: Callable | None = None,
+    composite="epsilon_flat",
+    epsilon: float = 1e-3,
+    backend: str = "auto",
+    dtype: torch.dtype | None = None,
+    check_finite_values: bool = True,
+) -> dict[str, Tensor]:
+    """LRP relevance of a PyTorch Geometric ``Data``/``Batch`` with respect to its node tensors.
+
+    The same engine, rules and state guarantees as :func:`relevance`; the inputs are the node attributes named
+    in ``keys`` that the data has (``pos`` is required, ``x`` is used where present), each replaced by a leaf in a
+    shallow copy of ``data`` that is passed to ``forward_fn(model, data)`` (default ``model(data)``). ``model`` is
+    unwrapped from DDP/``torch.compile`` first, and ``forward_fn`` receives the unwrapped module.
+
+    Args:
+        model: A point-cloud classifier returning logits ``(num_graphs, K)``.
+        data: A ``torch_geometric.data.Batch`` (or a single ``Data``: one cloud) on the model's device.
+        targets: Class indices ``(num_graphs,)``, soft labels ``(num_graphs, K)``, or ``None`` (predicted class).
+        keys: Node attributes to attribute.
+        forward_fn: ``forward_fn(model, data) -> logits`` for models with other call signatures.
+
+    Returns:
+        ``{key: relevance}`` with each relevance of the attribute's shape, for the keys present in ``data``.
+
+    Example:
+        >>> rel = relevance_graph(model, batch, batch.y)
+        >>> per_point = rel["pos"].sum(-1) + rel["x"].sum(-1)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model should be a torch.nn.Module, but got {type(model).__name__}.")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend should be one of {BACKENDS}, but got {backend!r} instead.")
+    check_not_in_worker("relevance_graph")
+    module = unwrap_model(model)
+    if getattr(data, "pos", None) is None:
+        raise ValueError(
+            f"relevance_graph expects point clouds with node positions `pos`, but the {type(data).__name__} has none."
+        )
+    present = [key for key in keys if isinstance(getattr(data, key, None), Tensor)]
+    num_nodes = data.pos.shape[0]
+    for key in present:
+        check_inputs(module, data[key], caller=f"relevance_graph ({key})")
+        if data[key].shape[0] != num_nodes:
+            raise ValueError(
+                f"relevance_graph: `{key}` has {data[key].shape[0]} rows but `pos` has {num_nodes} nodes."
+            )
+    num_graphs = getattr(data, "num_graphs", 1)
+    if targets is not None and (not isinstance(targets, Tensor) or targets.shape[:1] != (num_graphs,)):
+        shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+        raise ValueError(f"labels of shape {shape} do not match a batch of {num_graphs} clouds.")
+    if num_nodes == 0:
+        return {key: torch.zeros_like(data[key]) for key in present}
+
+    def call(*leaves: Tensor) -> Tensor:
+        view = copy.copy(data)
+        for key, leaf in zip(present, leaves):
+            view[key] = leaf
+        return module(view) if forward_fn is None else forward_fn(module, view)
+
+    def grad_output_fn(logits: Tensor) -> Tensor:
+        return output_relevance(logits, targets, num_graphs)
+
+    rels = attribute(
+        module, tuple(data[key] for key in present), call, grad_output_fn,
+        composite=composite, epsilon=epsilon, backend=backend, dtype=dtype,
+    )
+    if check_finite_values:
+        batch = getattr(data, "batch", None)
+        for rel in rels:
+            check_finite(rel, "relevance_graph", batch)
+    return dict(zip(present, rels))

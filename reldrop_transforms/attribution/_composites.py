@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 
 import torch
 from torch import nn
@@ -37,6 +38,8 @@ def _exact_merge_batchnorm():
     from zennit.canonizers import SequentialMergeBatchNorm
 
     class ExactSequentialMergeBatchNorm(SequentialMergeBatchNorm):
+        linear_type = SequentialMergeBatchNorm.linear_type + _pyg_linear()
+
         def register(self, linears, batch_norm):
             eps = batch_norm.eps
             super().register(linears, batch_norm)
@@ -60,6 +63,15 @@ def default_canonizers(model: nn.Module) -> list:
     return [_exact_merge_batchnorm()]
 
 
+def _pyg_linear() -> tuple:
+    """``torch_geometric.nn.Linear`` once torch_geometric is imported (zennit's types do not include it)."""
+    if "torch_geometric" not in sys.modules:
+        return ()
+    from torch_geometric.nn import Linear
+
+    return (Linear,)
+
+
 def epsilon_flat(epsilon: float, canonizers: list):
     """The paper's composite: Flat on the first linear/conv layer, Epsilon on the others, Pass on activations,
     Norm on average pooling and residual sums, BatchNorm merged by the canonizers (Pass where it cannot be)."""
@@ -67,9 +79,10 @@ def epsilon_flat(epsilon: float, canonizers: list):
     from zennit.rules import Epsilon, Flat
     from zennit.types import Linear
 
+    linear = (Linear, *_pyg_linear())
     return SpecialFirstLayerMapComposite(
-        layer_map=layer_map_base() + [(Linear, Epsilon(epsilon=epsilon))],
-        first_map=[(Linear, Flat())],
+        layer_map=layer_map_base() + [(linear, Epsilon(epsilon=epsilon))],
+        first_map=[(linear, Flat())],
         canonizers=canonizers,
     )
 

@@ -22,6 +22,7 @@ model structure with a TorchFunctionMode); otherwise the caller falls back to ze
 
 from __future__ import annotations
 
+import sys
 import types
 import weakref
 from typing import Callable
@@ -46,7 +47,23 @@ _ROUTING = (
     nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
 )
-SUPPORTED_LEAVES = frozenset(_LINEAR + _BATCHNORM + _AVGPOOL + _HOMOGENEOUS + _PASS + _ROUTING)
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class _Types:
+    """The layer types, with PyTorch Geometric's Linear and aggregations once torch_geometric is imported (a
+    model that uses them has imported it; the core never imports it, which takes seconds)."""
+
+    def __init__(self) -> None:
+        self.linear, self.norm, self.routing = _LINEAR, _AVGPOOL, _ROUTING
+        if "torch_geometric" in sys.modules:
+            from torch_geometric.nn import Linear as PygLinear
+            from torch_geometric.nn.aggr import MaxAggregation, MeanAggregation, SumAggregation
+
+            self.linear = self.linear + (PygLinear,)
+            self.norm = self.norm + (MeanAggregation, SumAggregation)  # Norm, as average pooling
+            self.routing = self.routing + (MaxAggregation,)
+        self.supported = frozenset(self.linear + _BATCHNORM + self.norm + _HOMOGENEOUS + _PASS + self.routing)
 
 # Operations whose Jacobian only routes (copies or selects) elements, or ReLU: on these, propagating
 # relevance with the plain gradient (zennit, for operations it cannot see) and the gradient form agree.
@@ -59,6 +76,7 @@ _ROUTING_OPS = frozenset({
     "adaptive_max_pool2d_with_indices", "adaptive_max_pool3d_with_indices", "_max_pool1d", "_max_pool2d",
     "_max_pool3d", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
     "size", "dim", "numel", "__get__", "__len__", "clone", "detach", "is_floating_point", "__format__",
+    "max", "amax", "gather", "index_select", "take_along_dim",
 })
 
 
@@ -115,20 +133,20 @@ def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor) -> Tensor
     with torch.enable_grad():
         ones = torch.ones_like(inp).requires_grad_(True)
         weight = torch.ones_like(module.weight)
-        if isinstance(module, nn.Linear):
-            counts = nn.functional.linear(ones, weight)
-        else:
+        if isinstance(module, _CONV):
             counts = module._conv_forward(ones, weight, None)
+        else:  # nn.Linear, torch_geometric.nn.Linear
+            counts = nn.functional.linear(ones, weight)
         (spread,) = torch.autograd.grad(counts, ones, rel / stabilize(counts.detach(), NORM_STABILIZER))
     return spread
 
 
-def _first_linear(model: nn.Module) -> nn.Module | None:
-    # As zennit's SpecialFirstLayerMapComposite: the first linear-type leaf in module order.
+def _first_linear(model: nn.Module, linear_types: tuple) -> nn.Module | None:
+    # As zennit's SpecialFirstLayerMapComposite: the first linear-type module in module order.
     from zennit.types import Linear
 
     for module in model.modules():
-        if isinstance(module, Linear):
+        if isinstance(module, (Linear, *linear_types)):
             return module
     return None
 
@@ -142,11 +160,21 @@ class _Audit(TorchFunctionMode):
         self.unknown: list[str] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
         if self.engine.depth == 0:
             name = getattr(func, "__name__", repr(func))
-            if name not in _ROUTING_OPS:
+            # Only operations on the relevance path matter (index and shape arithmetic does not).
+            if name not in _ROUTING_OPS and _requires_grad(result):
                 self.unknown.append(name)
-        return func(*args, **(kwargs or {}))
+        return result
+
+
+def _requires_grad(value) -> bool:
+    if isinstance(value, Tensor):
+        return value.requires_grad
+    if isinstance(value, (tuple, list)):
+        return any(_requires_grad(v) for v in value)
+    return False
 
 
 def _basic_block_forward(engine: "FastLRP") -> Callable:
@@ -187,22 +215,23 @@ class FastLRP:
         self.depth = 0
         self.first_seen = False
         self.units: dict[int, _Unit] = {}
-        self.first = _first_linear(model)
+        self.types = _Types()
+        self.first = _first_linear(model, self.types.linear)
 
     # -- static support check -----------------------------------------------------------------------------
     def static_problem(self) -> str | None:
         from torchvision.models.resnet import BasicBlock, Bottleneck
 
-        if self.first is None or not isinstance(self.first, _LINEAR):
+        if self.first is None or not isinstance(self.first, self.types.linear):
             return "its first linear layer is missing or not a Conv1d/2d/3d or Linear"
         for name, module in self.model.named_modules():
             if isinstance(module, (BasicBlock, Bottleneck)):
                 if type(module) not in (BasicBlock, Bottleneck):
                     return f"module {name!r} subclasses a torchvision ResNet block ({type(module).__name__})"
                 continue
-            if next(module.children(), None) is None and type(module) not in SUPPORTED_LEAVES:
+            if next(module.children(), None) is None and type(module) not in self.types.supported:
                 return f"module {name or 'model'!r} of type {type(module).__name__} is not supported"
-            if isinstance(module, _LINEAR[:3]) and module.padding_mode != "zeros":
+            if isinstance(module, _CONV) and module.padding_mode != "zeros":
                 return f"convolution {name!r} uses padding_mode={module.padding_mode!r}"
         return None
 
@@ -226,14 +255,16 @@ class FastLRP:
         if not self.first_seen:
             if module is self.first:
                 self.first_seen = True
-            elif not isinstance(module, _ROUTING):
+            elif not isinstance(module, self.types.routing):
                 # Below the Flat layer the backward carries relevance, not gradients: only routing is exact there.
                 raise UnsupportedModel(f"a {type(module).__name__} runs before the first linear layer")
 
     def _hook(self, module: nn.Module, args, out: Tensor):
         self.depth -= 1
+        if not args or not isinstance(args[0], Tensor):
+            raise UnsupportedModel(f"a {type(module).__name__} is called without a positional input tensor")
         inp = args[0]
-        if isinstance(module, _LINEAR):
+        if isinstance(module, self.types.linear):
             kind = "flat" if module is self.first else "epsilon"
             return self._point(out, inp, _Unit(kind, module, inp, self.epsilon))
         if isinstance(module, _BATCHNORM):
@@ -244,17 +275,25 @@ class FastLRP:
                 unit = _Unit(producer.kind, producer.module, producer.inp, self.epsilon)
                 return self._point(out, producer.inp, unit)
             raise UnsupportedModel(f"a {type(module).__name__} follows no Conv/Linear layer (it cannot be merged)")
-        if isinstance(module, _AVGPOOL):
+        if isinstance(module, self.types.norm):
             return self._point(out, inp, _Unit("norm", None, None, NORM_STABILIZER))
         if isinstance(module, _PASS):
             return self._point(out.detach(), inp, _Unit("pass", None, None, 0.0))
         return None  # homogeneous activations and routing modules: ordinary gradient
 
     # -- one pass -----------------------------------------------------------------------------------------
-    def __call__(self, x: Tensor, grad_output_fn: Callable[[Tensor], Tensor], *, audit: bool) -> Tensor:
-        """Relevance of ``x`` (a leaf requiring grad); ``grad_output_fn(logits)`` gives the output relevance.
+    def __call__(
+        self,
+        leaves: tuple[Tensor, ...],
+        call: Callable[[], Tensor],
+        grad_output_fn: Callable[[Tensor], Tensor],
+        *,
+        audit: bool,
+    ) -> tuple[Tensor, ...]:
+        """Relevance of each of ``leaves`` (tensors requiring grad that ``call()`` feeds to the model).
 
-        The model must already be in eval mode inside a :func:`preserved_model_state` block.
+        ``grad_output_fn(logits)`` gives the output relevance. The model must already be in eval mode inside a
+        :func:`preserved_model_state` block.
         """
         from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -274,7 +313,7 @@ class FastLRP:
             if audit:
                 mode = _Audit(self)
                 with mode:
-                    logits = self.model(x)
+                    logits = call()
                 if mode.unknown:
                     names = sorted(set(mode.unknown))
                     raise UnsupportedModel(
@@ -282,30 +321,27 @@ class FastLRP:
                         f"{', '.join(names[:8])}"
                     )
             else:
-                logits = self.model(x)
+                logits = call()
             grad_output = grad_output_fn(logits)
             output_unit = self.units.get(id(logits))
             if output_unit is None or output_unit.output is not logits or output_unit.kind not in ("epsilon", "flat"):
                 raise UnsupportedModel("its output is not produced by a Linear/Conv layer (optionally with BatchNorm)")
             output_unit.is_output = True
-            (rel,) = torch.autograd.grad(logits, x, grad_output, allow_unused=True)
+            rels = torch.autograd.grad(logits, leaves, grad_output, allow_unused=True)
         finally:
             for handle in handles:
                 handle.remove()
             self.units.clear()
-        return torch.zeros_like(x) if rel is None else rel
+        return tuple(torch.zeros_like(x) if r is None else r for x, r in zip(leaves, rels))
 
 
-def check_supported(model: nn.Module) -> str | None:
-    """Cached verdict: ``None`` when the fast engine supports ``model``, else the reason (static part only)."""
-    structure = _structure(model)
-    cached = _VERDICTS.get(model)
-    if cached is not None and cached[0] == structure:
-        return cached[1]
-    return FastLRP(model, 0.0).static_problem()
-
-
-def fast_relevance(model: nn.Module, x: Tensor, grad_output_fn: Callable[[Tensor], Tensor], epsilon: float) -> Tensor:
+def fast_relevance(
+    model: nn.Module,
+    leaves: tuple[Tensor, ...],
+    call: Callable[[], Tensor],
+    grad_output_fn: Callable[[Tensor], Tensor],
+    epsilon: float,
+) -> tuple[Tensor, ...]:
     """Run the fast engine; raises :class:`UnsupportedModel` when the model is not supported.
 
     The first call for a model structure audits the operations of its forward; later calls skip the audit.
@@ -315,12 +351,12 @@ def fast_relevance(model: nn.Module, x: Tensor, grad_output_fn: Callable[[Tensor
     if cached is not None and cached[0] == structure:
         if cached[1] is not None:
             raise UnsupportedModel(cached[1])
-        return FastLRP(model, epsilon)(x, grad_output_fn, audit=False)
+        return FastLRP(model, epsilon)(leaves, call, grad_output_fn, audit=False)
     engine = FastLRP(model, epsilon)
     problem = engine.static_problem()
     if problem is None:
         try:
-            rel = engine(x, grad_output_fn, audit=True)
+            rel = engine(leaves, call, grad_output_fn, audit=True)
         except UnsupportedModel as error:
             problem = str(error)
     _VERDICTS[model] = (structure, problem)

@@ -1,5 +1,16 @@
-"""Pure tensor kernels: relevance normalisation, the RelDrop mask rule and fills. No model in here."""
+"""Pure tensor kernels: relevance normalisation, the RelDrop mask rule, fills and point removal. No model."""
 
 from ._mask import fill_dropped, normalize_relevance, relevance_dropout_mask, sample_coins, uniform_like
+from ._points import FILLS, fill_points, keep_least_relevant, remove_points
 
-__all__ = ["normalize_relevance", "relevance_dropout_mask", "fill_dropped", "sample_coins", "uniform_like"]
+__all__ = [
+    "normalize_relevance",
+    "relevance_dropout_mask",
+    "fill_dropped",
+    "sample_coins",
+    "uniform_like",
+    "keep_least_relevant",
+    "fill_points",
+    "remove_points",
+    "FILLS",
+]

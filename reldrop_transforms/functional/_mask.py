@@ -22,31 +22,57 @@ def _as_float(relevance: Tensor) -> Tensor:
     return relevance if relevance.is_floating_point() else relevance.float()
 
 
-def normalize_relevance(relevance: Tensor) -> Tensor:
+def _segment_extrema(values: Tensor, batch: Tensor, num_segments: int) -> tuple[Tensor, Tensor]:
+    low = values.new_full((num_segments,), float("inf")).scatter_reduce(0, batch, values, "amin")
+    high = values.new_full((num_segments,), float("-inf")).scatter_reduce(0, batch, values, "amax")
+    return low, high
+
+
+def normalize_relevance(
+    relevance: Tensor, *, batch: Tensor | None = None, num_segments: int | None = None
+) -> Tensor:
     """Per-sample min-max normalisation of relevance to [0, 1].
 
     Each row ``r`` becomes ``(r - r.min()) / (r.max() - r.min())``. A row whose range is zero or negligible
     against its magnitude (within the dtype's machine epsilon) is flat: it carries no ranking and maps to all
-    zeros, never to NaN.
+    zeros, never to NaN. With ``batch``, the samples are segments of a flat tensor (PyG point clouds): element
+    ``i`` belongs to sample ``batch[i]``, and the statistics are computed per segment without a loop.
 
     Args:
-        relevance: Relevance per element, one row per sample (channels already summed).
+        relevance: Relevance per element, one row per sample (channels already summed), or one value per
+            element of a PyG batch when ``batch`` is given.
+        batch: Sample index of each element (PyG's ``batch`` vector), sorted or not.
+        num_segments: Number of samples (``Batch.num_graphs``); required with ``batch`` (no synchronisation).
 
     Shape:
-        - relevance: (B, *), any real dtype (integers are promoted to float32).
-        - output: (B, *), floating, values in [0, 1].
+        - relevance: (B, *), any real dtype (integers are promoted to float32); (N,) with ``batch``.
+        - batch: (N,), integer.
+        - output: same as ``relevance``, floating, values in [0, 1].
 
     Example:
         >>> normalize_relevance(torch.tensor([[1.0, 3.0], [2.0, 2.0]]))
         tensor([[0., 1.],
                 [0., 0.]])
+        >>> normalize_relevance(torch.tensor([1.0, 3.0, 2.0]), batch=torch.tensor([0, 0, 1]), num_segments=2)
+        tensor([0., 1., 0.])
     """
     relevance = _as_float(relevance)
     if relevance.numel() == 0:
         return relevance.clone()
-    flat = relevance.reshape(relevance.shape[0], -1)
-    low = flat.amin(dim=1, keepdim=True)
-    high = flat.amax(dim=1, keepdim=True)
+    if batch is None:
+        flat = relevance.reshape(relevance.shape[0], -1)
+        low = flat.amin(dim=1, keepdim=True)
+        high = flat.amax(dim=1, keepdim=True)
+    else:
+        if num_segments is None:
+            raise ValueError("num_segments is required with batch (e.g. Batch.num_graphs).")
+        if relevance.ndim != 1 or batch.shape != relevance.shape:
+            raise ValueError(
+                f"with batch, relevance should have shape (N,) like batch, but got relevance "
+                f"{tuple(relevance.shape)} and batch {tuple(batch.shape)}."
+            )
+        flat = relevance
+        low, high = (t[batch] for t in _segment_extrema(relevance, batch, num_segments))
     span = high - low
     # A span at or below one ulp of the row's magnitude is rounding noise, not a ranking.
     negligible = torch.finfo(flat.dtype).eps * torch.maximum(high.abs(), low.abs())
@@ -75,6 +101,8 @@ def relevance_dropout_mask(
     *,
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
+    batch: Tensor | None = None,
+    num_segments: int | None = None,
 ) -> Tensor:
     """Mask of the elements RelDrop occludes.
 
@@ -91,6 +119,8 @@ def relevance_dropout_mask(
         generator: Source of the noise; see :func:`uniform_like`.
         noise: The noise ``U`` itself, drawn by the caller (then ``generator`` is unused); e.g. drawn outside a
             captured CUDA graph.
+        batch: Sample index per element for PyG batches; see :func:`normalize_relevance`.
+        num_segments: Number of samples with ``batch``.
 
     Shape:
         - relevance: (B, *), any real dtype.
@@ -103,7 +133,7 @@ def relevance_dropout_mask(
     """
     alpha = check_unit_interval("alpha", alpha)
     beta = check_unit_interval("beta", beta)
-    rn = normalize_relevance(relevance)
+    rn = normalize_relevance(relevance, batch=batch, num_segments=num_segments)
     if noise is not None and noise.shape != rn.shape:
         raise ValueError(f"noise of shape {tuple(noise.shape)} does not match relevance of shape {tuple(rn.shape)}.")
     score = (1.0 - alpha) * rn

@@ -216,7 +216,8 @@ class RelevanceDropout2d(Transform):
 
             with torch.enable_grad(), preserved_model_state(model, keep_values=False):
                 model.eval()
-                rel = fast_relevance(model, x.detach().requires_grad_(True), grad_output_fn, epsilon)
+                leaf = x.detach().requires_grad_(True)
+                (rel,) = fast_relevance(model, (leaf,), lambda: model(leaf), grad_output_fn, epsilon)
             mask = relevance_dropout_mask(rel.sum(1), alpha, beta, noise=static_noise)
             status = torch.stack([valid[0], torch.isfinite(rel).all()])
             return mask, status

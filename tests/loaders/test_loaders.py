@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, TensorDataset, default_collate
+
+from reldrop_transforms.loaders import collate as reldrop_collate
 from torch.utils.data.distributed import DistributedSampler
 from torchvision.transforms import v2
 
@@ -127,7 +129,7 @@ class TestRelevanceCollate:
     def test_default_collate_and_explicit_device(self, make_model):
         holder = ModelHolder(make_model())
         collate = RelevanceCollate(holder, device="meta")
-        assert collate.collate_fn is default_collate
+        assert collate.collate_fn is reldrop_collate
         out = collate([(torch.ones(3, 2, 2), 1), (torch.zeros(3, 2, 2), 0)])
         assert out[0].device.type == "meta" and out[0].shape == (2, 3, 2, 2)
         assert out[1].device.type == "meta"

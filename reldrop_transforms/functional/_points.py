@@ -1,0 +1,178 @@
+"""Point-cloud kernels: keeping a point per cloud, fills, and removing points from a PyG batch. No model."""
+
+from __future__ import annotations
+
+import copy
+import numbers
+
+import torch
+from torch import Tensor
+
+from ._mask import fill_dropped
+
+__all__ = ["keep_least_relevant", "fill_points", "FILLS", "remove_points"]
+
+FILLS = ("zero", "first", "remove")
+
+
+def _segments(mask: Tensor, batch: Tensor | None) -> tuple[Tensor, Tensor, int]:
+    """Flat (N,) views and the segment of each element: dense (B, N) rows, or PyG ``batch``."""
+    if batch is None:
+        num, size = mask.shape
+        return mask.reshape(-1), torch.arange(num, device=mask.device).repeat_interleave(size), num
+    return mask, batch, -1
+
+
+def keep_least_relevant(
+    mask: Tensor, relevance: Tensor, *, batch: Tensor | None = None, num_segments: int | None = None
+) -> Tensor:
+    """Un-drop the least relevant point of every cloud whose points would all be dropped.
+
+    RelDrop never passes on an empty cloud: where the mask covers a whole cloud, its least relevant point (the
+    first one on ties) is kept. Vectorised over clouds, no synchronisation.
+
+    Shape:
+        - mask, relevance: (B, N) dense, or (N,) with ``batch`` (N,) and ``num_segments`` clouds.
+        - output: like ``mask``, bool.
+    """
+    flat_mask, segment, count = _segments(mask, batch)
+    if batch is not None:
+        if num_segments is None:
+            raise ValueError("num_segments is required with batch (e.g. Batch.num_graphs).")
+        count = num_segments
+    flat_rel = relevance.reshape(-1)
+    n = flat_mask.shape[0]
+    kept = torch.zeros(count, dtype=torch.long, device=mask.device).scatter_add_(0, segment, (~flat_mask).long())
+    all_dropped = kept == 0
+    lowest = flat_rel.new_full((count,), float("inf")).scatter_reduce(0, segment, flat_rel, "amin")
+    positions = torch.arange(n, device=mask.device)
+    candidate = torch.where(flat_rel == lowest[segment], positions, torch.full_like(positions, n))
+    first = torch.full((count,), n, dtype=torch.long, device=mask.device).scatter_reduce(0, segment, candidate, "amin")
+    rescue = torch.zeros(n + 1, dtype=torch.bool, device=mask.device)
+    rescue[torch.where(all_dropped, first, torch.full_like(first, n))] = True
+    return (flat_mask & ~rescue[:n]).reshape(mask.shape)
+
+
+def _first_kept_index(mask: Tensor, segment: Tensor, count: int) -> Tensor:
+    n = mask.shape[0]
+    positions = torch.arange(n, device=mask.device)
+    candidate = torch.where(mask, torch.full_like(positions, n), positions)
+    first = torch.full((count,), n, dtype=torch.long, device=mask.device).scatter_reduce(0, segment, candidate, "amin")
+    return first.clamp_(max=max(n - 1, 0))
+
+
+def fill_points(
+    points: Tensor,
+    mask: Tensor,
+    fill: str | float = "zero",
+    *,
+    batch: Tensor | None = None,
+    num_segments: int | None = None,
+) -> Tensor:
+    """Return a copy of ``points`` with the dropped points filled; ``points`` is not modified.
+
+    Args:
+        points: Point features, channels last.
+        mask: ``True`` where a point is dropped.
+        fill: ``"zero"`` (all channels 0, the paper), ``"first"`` (copy the cloud's first kept point: PointNet++'s
+            convention for its random dropout) or a number.
+        batch: PyG ``batch`` vector for flat (N, C) points.
+        num_segments: Number of clouds with ``batch``.
+
+    Shape:
+        - points: (B, N, C) dense, or (N, C) / (N,) with ``batch``.
+        - mask: (B, N) dense, or (N,) with ``batch``; bool.
+        - output: same as ``points``.
+    """
+    if fill == "zero":
+        fill = 0.0
+    if isinstance(fill, numbers.Real) and not isinstance(fill, bool):
+        if points.ndim == mask.ndim:  # (N,) node attribute without channels
+            return torch.where(mask, torch.as_tensor(fill, dtype=points.dtype, device=points.device), points)
+        return fill_dropped(points, mask, float(fill), channel_dim=-1)
+    if fill != "first":
+        raise ValueError(f"fill should be 'zero', 'first' or a number, but got {fill!r} instead.")
+    if batch is None:
+        first = _first_kept_index(mask.reshape(-1), *_segments(mask, None)[1:])
+        flat = points.reshape(-1, *points.shape[2:])
+        num, size = mask.shape
+        source = first.repeat_interleave(size)
+        return torch.where(_expand(mask.reshape(-1), flat), flat[source], flat).reshape(points.shape)
+    if num_segments is None:
+        raise ValueError("num_segments is required with batch (e.g. Batch.num_graphs).")
+    first = _first_kept_index(mask, batch, num_segments)
+    return torch.where(_expand(mask, points), points[first[batch]], points)
+
+
+def _expand(mask: Tensor, like: Tensor) -> Tensor:
+    return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim))
+
+
+def _counts_nodes(batch, key: str, value: Tensor, inc) -> bool:
+    """Whether ``key`` holds node indices (PyG increments it by the node count when batching). With a single graph
+    the stored increments are all zero, so the data class's own ``__inc__`` is asked as well."""
+    if torch.is_tensor(inc) and bool((inc != 0).any()):
+        return True
+    return bool(torch.as_tensor(batch.__inc__(key, value)).ne(0).any())
+
+
+def remove_points(batch, drop: Tensor):
+    """A new PyG ``Batch`` without the dropped points; the input is not modified.
+
+    Every node-level attribute is filtered; index attributes that count nodes (``edge_index``, ``face``, ...) keep
+    only the entries whose nodes all survive and are renumbered, and their edge-level companions follow; ``batch``,
+    ``ptr`` and the bookkeeping behind ``get_example``/``to_data_list`` are rebuilt. Vectorised over clouds.
+
+    Shape:
+        - drop: (N,) bool over the batch's nodes.
+    """
+    keep = ~drop
+    num_graphs = batch.num_graphs
+    counts = torch.zeros(num_graphs, dtype=torch.long, device=keep.device).scatter_add_(0, batch.batch, keep.long())
+    ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    new_index = keep.long().cumsum(0) - 1  # old node -> new node (valid where kept)
+    out = copy.copy(batch)
+    slices = dict(batch._slice_dict)
+    incs = dict(batch._inc_dict)
+    edge_keeps: dict[int, tuple[Tensor, Tensor]] = {}
+    done = {"batch", "ptr"}
+    for key in list(batch.keys()):
+        if key in ("batch", "ptr"):
+            continue
+        value = batch[key]
+        if not isinstance(value, Tensor):
+            continue
+        dim = batch.__cat_dim__(key, value)
+        inc = incs.get(key)
+        if batch.is_node_attr(key) and value.shape[dim] == keep.shape[0]:
+            out[key] = value.index_select(dim, keep.nonzero().flatten())
+            slices[key] = ptr
+            done.add(key)
+        elif inc is not None and not value.is_floating_point() and _counts_nodes(batch, key, value, inc):
+            survive = keep[value].all(dim=0 if dim != 0 else -1) if value.numel() else torch.ones(
+                value.shape[dim], dtype=torch.bool, device=value.device)
+            owner = batch.batch[value.select(0 if dim != 0 else -1, 0)] if value.numel() else value.new_zeros(0)
+            idx = survive.nonzero().flatten()
+            out[key] = new_index[value].index_select(dim, idx)
+            per_graph = torch.zeros(num_graphs, dtype=torch.long, device=value.device).scatter_add_(
+                0, owner, survive.long())
+            slices[key] = torch.cat([per_graph.new_zeros(1), per_graph.cumsum(0)])
+            incs[key] = ptr[:-1].clone()
+            if key == "edge_index" or value.shape[dim] not in edge_keeps:  # edge attributes follow edge_index,
+                edge_keeps[value.shape[dim]] = (idx, slices[key])  # not a face tensor of the same length
+            done.add(key)
+    for key in list(batch.keys()):  # edge-level companions (edge_attr, ...) follow their index
+        value = batch[key]
+        if key in done or not isinstance(value, Tensor):
+            continue
+        if batch.is_edge_attr(key):
+            dim = batch.__cat_dim__(key, value)
+            if value.shape[dim] in edge_keeps:
+                idx, edge_slices = edge_keeps[value.shape[dim]]
+                out[key] = value.index_select(dim, idx)
+                slices[key] = edge_slices
+    out.batch = batch.batch[keep]
+    out.ptr = ptr
+    out._slice_dict = slices
+    out._inc_dict = incs
+    return out
