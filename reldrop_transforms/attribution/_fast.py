@@ -86,7 +86,7 @@ class UnsupportedModel(Exception):
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """zennit's stabiliser: ``z + epsilon * sign(z)`` with ``sign(0) = +1``."""
-    return z + epsilon * ((z >= 0).to(z.dtype) * 2 - 1)
+    return torch.where(z >= 0, z + epsilon, z - epsilon)
 
 
 class _Unit:
@@ -123,13 +123,32 @@ class _RulePoint(torch.autograd.Function):
         if unit.kind == "flat":
             rel = grad if unit.is_output else grad * out
             return None, _flat_input_relevance(unit.module, inp, rel), None
-        denominator = stabilize(out, unit.epsilon)
-        scaled = grad / denominator if unit.is_output else grad * (out / denominator)
-        return scaled, None, None
+        scaled = stabilize(out, unit.epsilon)  # the denominator, then reused in place (activation-sized buffers)
+        if unit.is_output:
+            return torch.div(grad, scaled, out=scaled), None, None
+        torch.div(out, scaled, out=scaled)
+        return scaled.mul_(grad), None, None
 
 
 def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor) -> Tensor:
-    """Flat rule: spread ``rel`` uniformly over each output's receptive field (zennit's ``Flat``)."""
+    """Flat rule: spread ``rel`` uniformly over each output's receptive field (zennit's ``Flat``).
+
+    With all-one weights every input channel receives the same spread, so (without groups) the work is done on
+    one input and one output channel: the counts are ``in_channels`` times a one-channel convolution of ones, and
+    the relevance summed over output channels is spread by that one-channel convolution's transpose.
+    """
+    if isinstance(module, _CONV) and module.groups == 1:
+        with torch.enable_grad():
+            ones = inp.new_ones((inp.shape[0], 1, *inp.shape[2:])).requires_grad_(True)
+            window = module._conv_forward(ones, inp.new_ones((1, 1, *module.weight.shape[2:])), None)
+        counts = window.detach() * module.weight.shape[1]
+        share = (rel / stabilize(counts, NORM_STABILIZER)).sum(1, keepdim=True)
+        (spread,) = torch.autograd.grad(window, ones, share)
+        return spread.expand_as(inp)
+    if not isinstance(module, _CONV):  # nn.Linear, torch_geometric.nn.Linear: every output sees every input
+        counts = torch.full((), module.weight.shape[1], dtype=rel.dtype, device=rel.device)
+        share = (rel / stabilize(counts, NORM_STABILIZER)).sum(-1, keepdim=True)
+        return share.expand_as(inp)
     with torch.enable_grad():
         ones = torch.ones_like(inp).requires_grad_(True)
         weight = torch.ones_like(module.weight)
