@@ -1,0 +1,34 @@
+"""Fixtures of the pytest-benchmark suite: one :class:`cases.Bench` per case, built once per session.
+
+The suite runs on the CPU only (``benchmarks/gpu_overhead.py`` is the GPU counterpart). Set
+``RELDROP_BENCH_THREADS`` to fix ``torch.set_num_threads`` (on a shared machine, 1 thread avoids the long
+stalls of an OpenMP team whose threads are descheduled by other processes).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from cases import Bench, Case
+
+
+def pytest_configure(config) -> None:
+    threads = os.environ.get("RELDROP_BENCH_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+@pytest.fixture(scope="session")
+def bench_for():
+    """Factory ``bench_for(case) -> Bench`` on the CPU in float32, cached: the variants of a case share a model."""
+    benches: dict[str, Bench] = {}
+
+    def get(case: Case) -> Bench:
+        if case.name not in benches:
+            benches[case.name] = Bench(case, "cpu", "fp32")
+        return benches[case.name]
+
+    return get
