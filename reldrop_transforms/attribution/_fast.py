@@ -105,16 +105,24 @@ class _Unit:
 
 
 class _RulePoint(torch.autograd.Function):
+    """Identity in the forward, applied in place (``mark_dirty``): the point's output is the layer's own output
+    tensor, so a following ``ReLU(inplace=True)`` still runs in place. The backward reads the output's values as
+    they are then: where a later in-place ReLU changed them (negative pre-activations), that ReLU's gradient is
+    zero, so the rule's result is the same."""
+
     @staticmethod
     def forward(ctx, out: Tensor, inp: Tensor, unit: _Unit) -> Tensor:
         ctx.unit = unit
-        ctx.save_for_backward(out, inp)
-        return out.view_as(out)
+        ctx.out = out.detach()  # not save_for_backward: its version may change (in-place ReLU), see above
+        ctx.save_for_backward(inp)
+        ctx.mark_dirty(out)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         unit: _Unit = ctx.unit
-        out, inp = ctx.saved_tensors
+        out = ctx.out
+        (inp,) = ctx.saved_tensors
         if not unit.active:
             return grad, None, None
         if unit.kind == "pass":
@@ -123,11 +131,11 @@ class _RulePoint(torch.autograd.Function):
         if unit.kind == "flat":
             rel = grad if unit.is_output else grad * out
             return None, _flat_input_relevance(unit.module, inp, rel), None
-        scaled = stabilize(out, unit.epsilon)  # the denominator, then reused in place (activation-sized buffers)
         if unit.is_output:
-            return torch.div(grad, scaled, out=scaled), None, None
-        torch.div(out, scaled, out=scaled)
-        return scaled.mul_(grad), None, None
+            return grad / stabilize(out, unit.epsilon), None, None
+        # z / (z + eps * sign(z)) == |z| / (|z| + eps) (also at z = 0): two buffers, four passes
+        magnitude = out.abs()
+        return magnitude.div_(magnitude + unit.epsilon).mul_(grad), None, None
 
 
 def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor) -> Tensor:
@@ -265,7 +273,7 @@ class FastLRP:
         self.depth += 1
         try:
             total = a + b
-            return self._point(total, total, _Unit("norm", None, None, NORM_STABILIZER))
+            return self._point(total, a, _Unit("norm", None, None, NORM_STABILIZER))
         finally:
             self.depth -= 1
 
@@ -325,8 +333,8 @@ class FastLRP:
                     module.forward = types.MethodType(_bottleneck_forward(self), module)
                 if next(module.children(), None) is not None:
                     continue
-                if getattr(module, "inplace", False):
-                    module.inplace = False  # in-place ops would modify a rule point's output
+                if getattr(module, "inplace", False) and type(module) is not nn.ReLU:
+                    module.inplace = False  # only an in-place ReLU leaves the rules' results unchanged
                 handles.append(module.register_forward_pre_hook(self._pre_hook))
                 handles.append(module.register_forward_hook(self._hook))
             if audit:
