@@ -48,6 +48,8 @@ _ROUTING = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
 )
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# transposed convolution with the right output size (it works out output_padding for strided layers)
+_CONV_INPUT_GRAD = {nn.Conv1d: nn.grad.conv1d_input, nn.Conv2d: nn.grad.conv2d_input, nn.Conv3d: nn.grad.conv3d_input}
 
 
 class _Types:
@@ -113,6 +115,7 @@ class _RulePoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out: Tensor, inp: Tensor, unit: _Unit) -> Tensor:
         ctx.unit = unit
+        ctx.set_materialize_grads(False)  # a branch cut off by Flat sends None: keep it None, compute nothing
         ctx.out = out.detach()  # not save_for_backward: its version may change (in-place ReLU), see above
         ctx.save_for_backward(inp)
         ctx.mark_dirty(out)
@@ -121,6 +124,8 @@ class _RulePoint(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         unit: _Unit = ctx.unit
+        if grad is None:
+            return None, None, None
         out = ctx.out
         (inp,) = ctx.saved_tensors
         if not unit.active:
@@ -145,13 +150,15 @@ def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor) -> Tensor
     one input and one output channel: the counts are ``in_channels`` times a one-channel convolution of ones, and
     the relevance summed over output channels is spread by that one-channel convolution's transpose.
     """
-    if isinstance(module, _CONV) and module.groups == 1:
-        with torch.enable_grad():
-            ones = inp.new_ones((inp.shape[0], 1, *inp.shape[2:])).requires_grad_(True)
-            window = module._conv_forward(ones, inp.new_ones((1, 1, *module.weight.shape[2:])), None)
-        counts = window.detach() * module.weight.shape[1]
-        share = (rel / stabilize(counts, NORM_STABILIZER)).sum(1, keepdim=True)
-        (spread,) = torch.autograd.grad(window, ones, share)
+    if isinstance(module, _CONV) and module.groups == 1 and not isinstance(module.padding, str):
+        # The counts depend on the shape only: one sample, one channel.
+        ones = inp.new_ones((1, 1, *inp.shape[2:]))
+        window = inp.new_ones((1, 1, *module.weight.shape[2:]))
+        counts = module._conv_forward(ones, window, None) * module.weight.shape[1]
+        share = rel.sum(1, keepdim=True) / stabilize(counts, NORM_STABILIZER)
+        transpose = _CONV_INPUT_GRAD[type(module)]
+        spread = transpose((inp.shape[0], 1, *inp.shape[2:]), window, share, module.stride, module.padding,
+                           module.dilation)
         return spread.expand_as(inp)
     if not isinstance(module, _CONV):  # nn.Linear, torch_geometric.nn.Linear: every output sees every input
         counts = torch.full((), module.weight.shape[1], dtype=rel.dtype, device=rel.device)
@@ -292,15 +299,16 @@ class FastLRP:
             raise UnsupportedModel(f"a {type(module).__name__} is called without a positional input tensor")
         inp = args[0]
         if isinstance(module, self.types.linear):
-            kind = "flat" if module is self.first else "epsilon"
-            return self._point(out, inp, _Unit(kind, module, inp, self.epsilon))
+            if module is self.first:  # Flat sends relevance straight to the input: cut the layer's own graph
+                return self._point(out.detach(), inp, _Unit("flat", module, inp, self.epsilon))
+            return self._point(out, inp, _Unit("epsilon", module, inp, self.epsilon))
         if isinstance(module, _BATCHNORM):
             producer = self.units.get(id(inp))
             if producer is not None and producer.output is inp and producer.module is not None and producer.active:
                 # Merge: the linear unit's rule moves to the BatchNorm output (no weight is modified).
                 producer.active = False
                 unit = _Unit(producer.kind, producer.module, producer.inp, self.epsilon)
-                return self._point(out, producer.inp, unit)
+                return self._point(out.detach() if unit.kind == "flat" else out, producer.inp, unit)
             raise UnsupportedModel(f"a {type(module).__name__} follows no Conv/Linear layer (it cannot be merged)")
         if isinstance(module, self.types.norm):
             return self._point(out, inp, _Unit("norm", None, None, NORM_STABILIZER))
