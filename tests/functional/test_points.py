@@ -1,0 +1,372 @@
+"""Point-cloud kernels against slow, obviously-correct per-cloud loops.
+
+Grouped (PyG ``batch`` vector) normalisation and mask rule, ``keep_least_relevant``, ``fill_points`` and
+``remove_points``. Each vectorised kernel is compared with a Python loop over the clouds that uses the dense
+per-row kernels (tested in test_mask.py) or plain indexing.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+
+from reldrop_transforms.functional import (
+    FILLS,
+    fill_points,
+    keep_least_relevant,
+    normalize_relevance,
+    relevance_dropout_mask,
+    remove_points,
+)
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def grouped_relevance(sizes, *, seed=0, dtype=torch.float32, shuffle=False, flat_cloud=None):
+    """Relevance (N,) and batch (N,) for clouds of the given sizes; optionally an unsorted batch vector and one
+    cloud whose relevance is constant (flat)."""
+    g = torch.Generator().manual_seed(seed)
+    batch = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
+    rel = torch.randn(batch.shape[0], generator=g, dtype=dtype) * 3 + 1
+    if flat_cloud is not None:
+        rel[batch == flat_cloud] = 0.7
+    if shuffle:
+        perm = torch.randperm(batch.shape[0], generator=g)
+        batch, rel = batch[perm], rel[perm]
+    return rel, batch
+
+
+def loop_normalize(rel, batch, num):
+    out = torch.full_like(rel, float("nan"))
+    for cloud in range(num):
+        sel = batch == cloud
+        out[sel] = normalize_relevance(rel[sel][None])[0]
+    return out
+
+
+def loop_mask(rel, batch, num, alpha, beta, noise):
+    out = torch.zeros(rel.shape, dtype=torch.bool)
+    for cloud in range(num):
+        sel = batch == cloud
+        out[sel] = relevance_dropout_mask(rel[sel][None], alpha, beta, noise=noise[sel][None])[0]
+    return out
+
+
+def loop_keep_least_relevant(mask, rel, batch, num):
+    out = mask.clone()
+    for cloud in range(num):
+        idx = (batch == cloud).nonzero().flatten()
+        if idx.numel() and bool(mask[idx].all()):
+            r = rel[idx]
+            first = idx[(r == r.min()).nonzero()[0, 0]]  # ties: the first index
+            out[first] = False
+    return out
+
+
+def loop_fill(points, mask, fill, batch, num):
+    out = points.clone()
+    for cloud in range(num):
+        idx = (batch == cloud).nonzero().flatten()
+        for i in idx.tolist():
+            if not mask[i]:
+                continue
+            if fill == "zero":
+                out[i] = 0
+            elif fill == "first":
+                kept = idx[~mask[idx]]
+                out[i] = points[kept[0]]
+            else:
+                out[i] = fill
+    return out
+
+
+class TestNormalizeRelevanceGrouped:
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("shuffle", [False, True])
+    @pytest.mark.parametrize("seed", [0, 1, 2])
+    def test_matches_per_cloud_loop(self, dtype, shuffle, seed):
+        rel, batch = grouped_relevance([5, 9, 1, 12], seed=seed, dtype=dtype, shuffle=shuffle, flat_cloud=1)
+        out = normalize_relevance(rel, batch=batch, num_segments=4)
+        expected = loop_normalize(rel, batch, 4)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        assert out.dtype == dtype and out.shape == rel.shape
+
+    def test_explicit_formula_and_flat_cloud(self):
+        rel, batch = grouped_relevance([6, 7, 5], seed=3, dtype=torch.float64, shuffle=True, flat_cloud=2)
+        out = normalize_relevance(rel, batch=batch, num_segments=3)
+        for cloud in range(3):
+            r = rel[batch == cloud]
+            if cloud == 2:  # flat: all zero, never NaN
+                assert torch.equal(out[batch == cloud], torch.zeros_like(r))
+            else:
+                torch.testing.assert_close(out[batch == cloud], (r - r.min()) / (r.max() - r.min()))
+                assert out[batch == cloud].min() == 0 and out[batch == cloud].max() == 1
+        assert not torch.isnan(out).any()
+
+    def test_single_point_cloud_is_flat(self):
+        out = normalize_relevance(torch.tensor([3.0, 1.0, 2.0]), batch=torch.tensor([0, 1, 1]), num_segments=2)
+        assert torch.equal(out, torch.tensor([0.0, 0.0, 1.0]))
+
+    def test_num_segments_required(self):
+        with pytest.raises(ValueError, match="num_segments is required"):
+            normalize_relevance(torch.rand(4), batch=torch.zeros(4, dtype=torch.long))
+
+    def test_shape_mismatch(self):
+        with pytest.raises(ValueError, match=r"relevance should have shape \(N,\) like batch"):
+            normalize_relevance(torch.rand(4, 2), batch=torch.zeros(4, dtype=torch.long), num_segments=1)
+
+
+class TestRelevanceDropoutMaskGrouped:
+    @pytest.mark.parametrize("alpha, beta", [(0.5, 0.5), (0.3, 0.5), (0.0, 0.4), (1.0, 0.2), (0.7, 0.85)])
+    @pytest.mark.parametrize("shuffle", [False, True])
+    def test_matches_per_cloud_loop(self, alpha, beta, shuffle):
+        rel, batch = grouped_relevance([8, 5, 12], seed=4, shuffle=shuffle, flat_cloud=1)
+        noise = torch.rand(rel.shape, generator=torch.Generator().manual_seed(9))
+        out = relevance_dropout_mask(rel, alpha, beta, noise=noise, batch=batch, num_segments=3)
+        assert out.dtype == torch.bool
+        assert torch.equal(out, loop_mask(rel, batch, 3, alpha, beta, noise))
+
+    def test_generator_draws_the_same_noise(self):
+        rel, batch = grouped_relevance([7, 6, 9], seed=5, shuffle=True)
+        noise = torch.rand(rel.shape, generator=torch.Generator().manual_seed(11))
+        by_noise = relevance_dropout_mask(rel, 0.5, 0.5, noise=noise, batch=batch, num_segments=3)
+        by_generator = relevance_dropout_mask(rel, 0.5, 0.5, generator=torch.Generator().manual_seed(11),
+                                              batch=batch, num_segments=3)
+        assert torch.equal(by_noise, by_generator)
+
+    def test_alpha_zero_threshold_per_cloud(self):
+        rel, batch = grouped_relevance([10, 10], seed=6)
+        rel[batch == 1] = rel[batch == 1] * 100 + 50  # another scale: normalisation is per cloud
+        out = relevance_dropout_mask(rel, 0.0, 0.3, batch=batch, num_segments=2)
+        rn = loop_normalize(rel, batch, 2)
+        assert torch.equal(out, rn >= 0.7)
+
+    def test_noise_shape_mismatch(self):
+        with pytest.raises(ValueError, match="noise of shape"):
+            relevance_dropout_mask(torch.rand(5), 0.5, 0.5, noise=torch.rand(4),
+                                   batch=torch.zeros(5, dtype=torch.long), num_segments=1)
+
+
+class TestKeepLeastRelevant:
+    def test_dense_matches_loop(self):
+        g = torch.Generator().manual_seed(0)
+        rel = torch.randn(5, 7, generator=g)
+        mask = torch.rand(5, 7, generator=g) < 0.5
+        mask[1] = True
+        mask[3] = True
+        out = keep_least_relevant(mask, rel)
+        batch = torch.arange(5).repeat_interleave(7)
+        expected = loop_keep_least_relevant(mask.reshape(-1), rel.reshape(-1), batch, 5).reshape(5, 7)
+        assert torch.equal(out, expected)
+        assert int((~out[1]).sum()) == 1 and not out[1, rel[1].argmin()]
+        assert torch.equal(out[[0, 2, 4]], mask[[0, 2, 4]])  # clouds with a kept point are untouched
+        assert not mask[1].logical_not().any()  # input not modified
+
+    def test_dense_ties_keep_first_index(self):
+        rel = torch.tensor([[2.0, 1.0, 3.0, 1.0], [0.5, 0.5, 0.5, 0.5]])
+        out = keep_least_relevant(torch.ones(2, 4, dtype=torch.bool), rel)
+        assert torch.equal(out, torch.tensor([[True, False, True, True], [False, True, True, True]]))
+
+    @pytest.mark.parametrize("shuffle", [False, True])
+    def test_grouped_matches_loop(self, shuffle):
+        rel, batch = grouped_relevance([6, 9, 1, 5, 8], seed=7, shuffle=shuffle, flat_cloud=3)
+        mask = torch.rand(rel.shape, generator=torch.Generator().manual_seed(1)) < 0.4
+        for cloud in (1, 2, 3):  # fully dropped clouds, one of them flat (all ties), one a single point
+            mask[batch == cloud] = True
+        out = keep_least_relevant(mask, rel, batch=batch, num_segments=5)
+        assert torch.equal(out, loop_keep_least_relevant(mask, rel, batch, 5))
+        for cloud in range(5):
+            assert bool((~out[batch == cloud]).any())  # no cloud is emptied
+
+    def test_grouped_ties_keep_first_index(self):
+        batch = torch.tensor([1, 0, 1, 0, 1])
+        rel = torch.tensor([0.2, 5.0, 0.2, 5.0, 0.9])
+        out = keep_least_relevant(torch.ones(5, dtype=torch.bool), rel, batch=batch, num_segments=2)
+        assert torch.equal(out, torch.tensor([False, False, True, True, True]))
+
+    def test_grouped_num_segments_required(self):
+        with pytest.raises(ValueError, match="num_segments is required"):
+            keep_least_relevant(torch.ones(3, dtype=torch.bool), torch.rand(3), batch=torch.zeros(3, dtype=torch.long))
+
+
+class TestFillPoints:
+    @pytest.mark.parametrize("fill", ["zero", "first", -2.5])
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_dense_matches_loop(self, fill, dtype):
+        g = torch.Generator().manual_seed(2)
+        points = torch.randn(4, 6, 5, generator=g, dtype=dtype)
+        mask = torch.rand(4, 6, generator=g) < 0.5
+        mask[:, 3] = False  # every cloud keeps a point
+        mask[2, :3] = True  # the first kept point is not the cloud's first point
+        before = points.clone()
+        out = fill_points(points, mask, fill)
+        batch = torch.arange(4).repeat_interleave(6)
+        expected = loop_fill(points.reshape(24, 5), mask.reshape(-1), fill, batch, 4).reshape(points.shape)
+        assert torch.equal(out, expected)
+        assert out.dtype == dtype
+        assert torch.equal(points, before)
+        if fill == "first":
+            assert torch.equal(out[2, 0], points[2, 3])
+
+    @pytest.mark.parametrize("fill", ["zero", "first", 4.0])
+    @pytest.mark.parametrize("shuffle", [False, True])
+    def test_grouped_matches_loop(self, fill, shuffle):
+        rel, batch = grouped_relevance([5, 8, 11], seed=8, shuffle=shuffle)
+        points = torch.randn(batch.shape[0], 3, generator=torch.Generator().manual_seed(3))
+        mask = torch.rand(batch.shape, generator=torch.Generator().manual_seed(4)) < 0.5
+        for cloud in range(3):  # every cloud keeps a point; its first one is dropped
+            idx = (batch == cloud).nonzero().flatten()
+            mask[idx[0]] = True
+            mask[idx[-1]] = False
+        out = fill_points(points, mask, fill, batch=batch, num_segments=3)
+        assert torch.equal(out, loop_fill(points, mask, fill, batch, 3))
+
+    @pytest.mark.parametrize("fill", ["zero", "first", 7.0])
+    def test_grouped_attribute_without_channels(self, fill):
+        batch = torch.tensor([0, 0, 0, 1, 1])
+        values = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+        mask = torch.tensor([True, False, True, False, True])
+        out = fill_points(values, mask, fill, batch=batch, num_segments=2)
+        assert torch.equal(out, loop_fill(values, mask, fill, batch, 2))
+
+    def test_bad_fill(self):
+        with pytest.raises(ValueError, match="fill should be 'zero', 'first' or a number"):
+            fill_points(torch.rand(1, 3, 3), torch.zeros(1, 3, dtype=torch.bool), "mean")
+
+    def test_fills_constant(self):
+        assert FILLS == ("zero", "first", "remove")
+
+
+# -- remove_points ----------------------------------------------------------------------------------------------
+
+
+def make_cloud(n, *, seed, with_faces=True):
+    g = torch.Generator().manual_seed(seed)
+    num_edges = 2 * n + 1
+    data = Data(
+        pos=torch.randn(n, 3, generator=g),
+        x=torch.randn(n, 2, generator=g),
+        point_label=torch.arange(n) + 100 * seed,  # per-node integer labels
+        y=torch.tensor([seed % 3]),  # graph-level
+        edge_index=torch.randint(0, n, (2, num_edges), generator=g),
+        edge_attr=torch.randn(num_edges, 4, generator=g),
+    )
+    if with_faces:
+        data.face = torch.randint(0, n, (3, n - 1), generator=g)
+    return data
+
+
+def filter_by_hand(data, keep):
+    """The example with only its kept points: node attributes filtered, edges/faces with a removed node dropped
+    and the survivors renumbered, edge attributes following their edges, graph attributes unchanged."""
+    new_index = torch.full((data.num_nodes,), -1, dtype=torch.long)
+    new_index[keep] = torch.arange(int(keep.sum()))
+    out = Data()
+    for key, value in data.items():
+        if key in ("pos", "x", "point_label"):
+            out[key] = value[keep]
+        elif key == "y":
+            out[key] = value
+    alive = keep[data.edge_index].all(0)
+    out.edge_index = new_index[data.edge_index[:, alive]]
+    out.edge_attr = data.edge_attr[alive]
+    if "face" in data:
+        alive_faces = keep[data.face].all(0)
+        out.face = new_index[data.face[:, alive_faces]]
+    return out
+
+
+def assert_same_data(actual, expected):
+    assert sorted(actual.keys()) == sorted(expected.keys())
+    for key in expected.keys():
+        assert torch.equal(actual[key], expected[key]), key
+    assert actual.num_nodes == expected.num_nodes
+
+
+def clone_batch(batch):
+    return {key: value.clone() for key, value in batch.items()}, copy.deepcopy(batch._slice_dict), \
+        copy.deepcopy(batch._inc_dict)
+
+
+class TestRemovePoints:
+    @pytest.mark.parametrize("seed", [0, 1, 2])
+    def test_examples_equal_filtering_by_hand(self, seed):
+        datas = [make_cloud(n, seed=seed * 10 + i) for i, n in enumerate([5, 9, 12])]
+        batch = Batch.from_data_list(datas)
+        drop = torch.rand(batch.num_nodes, generator=torch.Generator().manual_seed(seed)) < 0.4
+        drop[batch.ptr[1]] = True  # the first point of a later cloud: renumbering must use the new offsets
+        state = clone_batch(batch)
+        out = remove_points(batch, drop)
+
+        assert isinstance(out, Batch) and out is not batch
+        assert out.num_graphs == 3
+        keeps = [~drop[batch.ptr[i]:batch.ptr[i + 1]] for i in range(3)]
+        counts = torch.tensor([int(k.sum()) for k in keeps])
+        assert torch.equal(out.ptr, torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]))
+        assert torch.equal(out.batch, torch.arange(3).repeat_interleave(counts))
+        assert out.num_nodes == int(counts.sum())
+        examples = out.to_data_list()
+        for i, (data, keep) in enumerate(zip(datas, keeps)):
+            expected = filter_by_hand(data, keep)
+            assert_same_data(out.get_example(i), expected)
+            assert_same_data(examples[i], expected)
+        # the batch-level tensors are the concatenation of the filtered examples
+        assert_same_data(Batch.from_data_list(examples), Batch.from_data_list(
+            [filter_by_hand(d, k) for d, k in zip(datas, keeps)]))
+
+        values, slices, incs = state  # the input batch is unchanged
+        for key, value in values.items():
+            assert torch.equal(batch[key], value), key
+        assert batch._slice_dict.keys() == slices.keys()
+        for key in slices:
+            assert torch.equal(batch._slice_dict[key], slices[key]), key
+        for key in incs:
+            assert torch.equal(torch.as_tensor(batch._inc_dict[key]), torch.as_tensor(incs[key])), key
+        for i, data in enumerate(datas):
+            assert_same_data(batch.get_example(i), data)
+
+    def test_nothing_dropped_is_identity(self):
+        datas = [make_cloud(n, seed=i) for i, n in enumerate([6, 7])]
+        batch = Batch.from_data_list(datas)
+        out = remove_points(batch, torch.zeros(batch.num_nodes, dtype=torch.bool))
+        for i, data in enumerate(datas):
+            assert_same_data(out.get_example(i), data)
+
+    def test_without_edges(self):
+        datas = [Data(pos=torch.randn(n, 3), x=torch.randn(n, 4), y=torch.tensor([i])) for i, n in enumerate([5, 8, 6])]
+        batch = Batch.from_data_list(datas)
+        drop = torch.zeros(batch.num_nodes, dtype=torch.bool)
+        drop[[0, 2, 6, 7, 12]] = True
+        out = remove_points(batch, drop)
+        for i, data in enumerate(datas):
+            keep = ~drop[batch.ptr[i]:batch.ptr[i + 1]]
+            example = out.get_example(i)
+            assert torch.equal(example.pos, data.pos[keep])
+            assert torch.equal(example.x, data.x[keep])
+            assert torch.equal(example.y, data.y)
+
+    def test_single_cloud_batch_with_edges(self):
+        # One graph: PyG's increments are all zero, but edge_index still counts nodes and must be renumbered.
+        data = make_cloud(8, seed=3)
+        batch = Batch.from_data_list([data])
+        drop = torch.zeros(8, dtype=torch.bool)
+        drop[[0, 3, 4]] = True
+        out = remove_points(batch, drop)
+        assert_same_data(out.get_example(0), filter_by_hand(data, ~drop))
+
+    def test_edge_and_face_counts_coincide(self):
+        # edge_attr must follow edge_index, not another index attribute with as many columns (face).
+        datas = []
+        for i, n in enumerate([6, 7]):
+            data = make_cloud(n, seed=20 + i, with_faces=False)
+            data.face = torch.randint(0, n, (3, data.edge_index.shape[1]), generator=torch.Generator().manual_seed(i))
+            datas.append(data)
+        batch = Batch.from_data_list(datas)
+        drop = torch.zeros(batch.num_nodes, dtype=torch.bool)
+        drop[[1, 4, 7, 8]] = True
+        out = remove_points(batch, drop)
+        for i, data in enumerate(datas):
+            assert_same_data(out.get_example(i), filter_by_hand(data, ~drop[batch.ptr[i]:batch.ptr[i + 1]]))

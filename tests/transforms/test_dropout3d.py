@@ -1,0 +1,602 @@
+"""Tests of RelevanceDropout3d, the RelDrop point mask for dense point batches and PyTorch Geometric batches.
+
+Every mask is compared with an independent computation: the relevance from the public attribution functions,
+summed over each point's channels, the mask rule per cloud (a Python loop over clouds for PyG input) with noise
+drawn from a generator seeded like the transform's, and the "keep the least relevant point" rescue.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch_geometric.transforms as T
+from torch import nn
+from torch_geometric.data import Batch, Data
+from torch_geometric.nn.aggr import MaxAggregation
+from torch_geometric.transforms import BaseTransform
+
+import reldrop_transforms
+from reldrop_transforms import RelevanceDropout3d
+from reldrop_transforms.attribution import relevance, relevance_graph
+from reldrop_transforms.functional import keep_least_relevant, normalize_relevance, relevance_dropout_mask
+
+NUM_CLASSES = 4
+SIZES = (5, 9, 12)
+
+# -- tiny models ---------------------------------------------------------------------------------------------
+
+
+def _warm(bn: nn.BatchNorm1d, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.rand(bn.num_features, generator=g) - 0.5)
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+        bn.weight.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+        bn.bias.copy_(torch.rand(bn.num_features, generator=g) * 0.4 - 0.2)
+
+
+class DensePointNet(nn.Module):
+    """Shared point MLP (1x1 convolutions), max pooling over points, linear head; (B, N, C) or (B, C, N) input."""
+
+    def __init__(self, channels: int = 6, channels_first: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.channels_first = channels_first
+        self.conv1 = nn.Conv1d(channels, 16, 1)
+        self.bn1 = nn.BatchNorm1d(16)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv1d(16, 32, 1)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.AdaptiveMaxPool1d(1)
+        self.flatten = nn.Flatten()
+        self.head = nn.Linear(32, NUM_CLASSES)
+        _warm(self.bn1, seed)
+
+    def forward(self, points):
+        h = points if self.channels_first else points.transpose(1, 2)
+        h = self.relu2(self.conv2(self.relu1(self.bn1(self.conv1(h)))))
+        return self.head(self.flatten(self.pool(h)))
+
+
+class GraphPointNet(nn.Module):
+    """PointNet-like PyG model: MLP on cat([pos, x]), max aggregation over ``batch``, linear head."""
+
+    def __init__(self, in_channels: int = 5, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.lin1 = nn.Linear(in_channels, 16)
+        self.bn1 = nn.BatchNorm1d(16)
+        self.relu1 = nn.ReLU()
+        self.lin2 = nn.Linear(16, 32)
+        self.relu2 = nn.ReLU()
+        self.aggr = MaxAggregation()
+        self.head = nn.Linear(32, NUM_CLASSES)
+        _warm(self.bn1, seed)
+
+    def forward(self, data):
+        h = data.pos if getattr(data, "x", None) is None else torch.cat([data.pos, data.x], dim=-1)
+        h = self.relu2(self.lin2(self.relu1(self.bn1(self.lin1(h)))))
+        return self.head(self.aggr(h, data.batch, dim_size=data.num_graphs))
+
+
+class PosBatchNet(GraphPointNet):
+    """A model with another call signature: forward(pos, batch) on tensors."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(in_channels=3, seed=seed)
+
+    def forward(self, pos, batch):
+        h = self.relu2(self.lin2(self.relu1(self.bn1(self.lin1(pos)))))
+        return self.head(self.aggr(h, batch))
+
+
+# -- data ----------------------------------------------------------------------------------------------------
+
+
+def make_points(batch_size=4, num_points=10, channels=6, *, channels_first=False, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    points = torch.randn(batch_size, num_points, channels, generator=g, dtype=dtype)
+    labels = torch.randint(0, NUM_CLASSES, (batch_size,), generator=g)
+    return (points.transpose(1, 2).contiguous() if channels_first else points), labels
+
+
+def make_cloud(n, *, seed, features=2, edges=False):
+    g = torch.Generator().manual_seed(seed)
+    data = Data(pos=torch.randn(n, 3, generator=g), y=torch.tensor([seed % NUM_CLASSES]),
+                point_label=torch.arange(n) + 100 * seed)
+    if features:
+        data.x = torch.randn(n, features, generator=g)
+    if edges:
+        data.edge_index = torch.randint(0, n, (2, 2 * n), generator=g)
+        data.edge_attr = torch.randn(2 * n, 3, generator=g)
+    return data
+
+
+def make_batch(sizes=SIZES, *, seed=0, features=2, edges=False):
+    return Batch.from_data_list([make_cloud(n, seed=seed + 10 * i, features=features, edges=edges)
+                                 for i, n in enumerate(sizes)])
+
+
+def seeded(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+# -- independent references ----------------------------------------------------------------------------------
+
+
+def reference_dense_mask(model, points, labels, *, alpha, beta, seed, channels_first=False):
+    """relevance -> sum over channels -> mask rule (same generator) -> keep the least relevant point; p = 1."""
+    rel = relevance(model, points, labels)
+    per_point = rel.sum(1 if channels_first else 2)
+    mask = relevance_dropout_mask(per_point, alpha, beta, generator=seeded(seed))
+    return keep_least_relevant(mask, per_point), per_point
+
+
+def graph_per_point(model, batch, labels, **kwargs):
+    rels = relevance_graph(model, batch, labels, **kwargs)
+    return sum(r.sum(1) for r in rels.values())
+
+
+def reference_graph_mask(model, batch, labels, *, alpha, beta, seed, p=1.0, **kwargs):
+    """The per-point relevance (sum over pos and x channels), then per cloud in a Python loop: min-max
+    normalisation, the rule with the noise the transform draws (N values, then the coins when p < 1), the coin,
+    and the rescue of the least relevant point of a fully dropped cloud."""
+    per_point = graph_per_point(model, batch, labels, **kwargs)
+    g = seeded(seed)
+    noise = torch.rand(per_point.shape, generator=g, dtype=per_point.dtype)
+    coins = torch.ones(batch.num_graphs, dtype=torch.bool) if p >= 1 else (
+        torch.rand(batch.num_graphs, generator=g) < p)
+    mask = torch.zeros(per_point.shape, dtype=torch.bool)
+    for i in range(batch.num_graphs):
+        lo, hi = int(batch.ptr[i]), int(batch.ptr[i + 1])
+        r = per_point[lo:hi]
+        span = r.max() - r.min()
+        rn = torch.zeros_like(r) if span <= torch.finfo(r.dtype).eps * r.abs().max() else (r - r.min()) / span
+        m = (alpha * noise[lo:hi] + (1 - alpha) * rn >= 1 - beta) & coins[i]
+        if bool(m.all()):
+            m[int((r == r.min()).nonzero()[0, 0])] = False
+        mask[lo:hi] = m
+    return mask, per_point
+
+
+def expected_example(data, drop, fill):
+    """One cloud after the transform, built by hand from the original example."""
+    keep = ~drop
+    if fill == "remove":
+        out = Data()
+        new_index = torch.full((data.num_nodes,), -1, dtype=torch.long)
+        new_index[keep] = torch.arange(int(keep.sum()))
+        for key, value in data.items():
+            if key in ("pos", "x", "point_label"):
+                out[key] = value[keep]
+            elif key == "y":
+                out[key] = value
+        if "edge_index" in data:
+            alive = keep[data.edge_index].all(0)
+            out.edge_index = new_index[data.edge_index[:, alive]]
+            out.edge_attr = data.edge_attr[alive]
+        return out
+    out = copy.copy(data)
+    first = int(keep.nonzero()[0, 0])
+    for key in ("pos", "x", "point_label"):
+        if key not in data:
+            continue
+        value = data[key].clone()
+        if fill == "first":
+            value[drop] = data[key][first]
+        elif value.is_floating_point():
+            value[drop] = 0.0 if fill == "zero" else fill
+        out[key] = value
+    return out
+
+
+def assert_examples(out, batch, mask, fill):
+    assert isinstance(out, Batch) and out is not batch
+    assert out.num_graphs == batch.num_graphs
+    listed = out.to_data_list()
+    for i in range(batch.num_graphs):
+        original = batch.get_example(i)
+        expected = expected_example(original, mask[batch.ptr[i]:batch.ptr[i + 1]], fill)
+        for example in (out.get_example(i), listed[i]):
+            assert sorted(example.keys()) == sorted(expected.keys())
+            for key in expected.keys():
+                assert torch.equal(example[key], expected[key]), (i, key)
+
+
+def assert_batch_unchanged(batch, before):
+    values, versions, slices = before
+    for key, value in values.items():
+        assert torch.equal(batch[key], value), key
+        assert batch[key]._version == versions[key], key
+    for key, value in slices.items():
+        assert torch.equal(batch._slice_dict[key], value), key
+
+
+def record(batch):
+    values = {key: value for key, value in batch.items() if isinstance(value, torch.Tensor)}
+    return ({k: v.clone() for k, v in values.items()}, {k: v._version for k, v in values.items()},
+            {k: v.clone() for k, v in batch._slice_dict.items()})
+
+
+# -- model state (a minimal copy of tests/attribution/test_model_state.py's checker) -------------------------
+
+
+def snapshot(model):
+    state = model.state_dict(keep_vars=True)
+    return {
+        "param_objects": [(name, id(p)) for name, p in model.named_parameters()],
+        "values": {name: t.detach().clone() for name, t in state.items()},
+        "data_ptrs": {name: t.data_ptr() for name, t in state.items()},
+        "grads": {name: (p.grad, None if p.grad is None else p.grad.clone()) for name, p in model.named_parameters()},
+        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
+        "training": {name: m.training for name, m in model.named_modules()},
+        "hooks": {name: sum(len(getattr(m, h)) for h in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks"))
+                  for name, m in model.named_modules()},
+        "attributes": {name: sorted(vars(m)) for name, m in model.named_modules()},
+    }
+
+
+def assert_same_state(before, model):
+    after = snapshot(model)
+    assert after["param_objects"] == before["param_objects"], "nn.Parameter objects were replaced"
+    assert list(after["values"]) == list(before["values"]), "state_dict keys changed"
+    for name, value in before["values"].items():
+        assert torch.equal(after["values"][name], value), f"{name} changed value"
+    assert after["data_ptrs"] == before["data_ptrs"], "storage was swapped"
+    for name, (grad, grad_value) in before["grads"].items():
+        now = dict(model.named_parameters())[name].grad
+        assert now is grad, f"{name}.grad was replaced"
+        if grad is not None:
+            assert torch.equal(now, grad_value), f"{name}.grad was written"
+    for key in ("requires_grad", "training", "hooks", "attributes"):
+        assert after[key] == before[key], f"{key} changed"
+
+
+def mid_training(model, call):
+    """Existing .grad, a frozen parameter, a submodule in eval mode, the model in train mode."""
+    model.train()
+    call(model).sum().backward()
+    model.lin1.weight.requires_grad_(False) if hasattr(model, "lin1") else model.conv1.weight.requires_grad_(False)
+    next(m for m in model.modules() if isinstance(m, nn.ReLU)).eval()
+    return model
+
+
+class TestRelevanceDropout3d:
+    # -- dense input -----------------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("channels_first", [False, True])
+    @pytest.mark.parametrize("alpha, beta, seed", [(0.5, 0.5, 0), (0.3, 0.6, 1), (0.0, 0.4, 2), (1.0, 0.3, 3)])
+    def test_dense_mask_matches_reference(self, channels_first, alpha, beta, seed):
+        model = DensePointNet(channels_first=channels_first)
+        points, labels = make_points(channels_first=channels_first, seed=seed)
+        t = RelevanceDropout3d(model, alpha=alpha, beta=beta, generator=seeded(seed), channels_first=channels_first)
+        out, out_labels = t(points, labels)
+        mask, _ = reference_dense_mask(model, points, labels, alpha=alpha, beta=beta, seed=seed,
+                                       channels_first=channels_first)
+        assert bool(mask.any()) and bool((~mask).any())  # not vacuous
+        assert out.shape == points.shape and out.dtype == points.dtype and type(out) is torch.Tensor
+        assert out_labels is labels
+        last = out.transpose(1, 2) if channels_first else out
+        original = points.transpose(1, 2) if channels_first else points
+        assert torch.equal(last[mask], torch.zeros_like(last[mask]))  # all channels of a dropped point
+        assert torch.equal(last[~mask], original[~mask])
+
+    @pytest.mark.parametrize("fill", ["first", -1.5])
+    @pytest.mark.parametrize("channels_first", [False, True])
+    def test_dense_fills(self, fill, channels_first):
+        model = DensePointNet(channels_first=channels_first)
+        points, labels = make_points(channels_first=channels_first, seed=5)
+        t = RelevanceDropout3d(model, fill=fill, generator=seeded(5), channels_first=channels_first)
+        out, _ = t(points, labels)
+        mask, _ = reference_dense_mask(model, points, labels, alpha=0.5, beta=0.5, seed=5,
+                                       channels_first=channels_first)
+        last = points.transpose(1, 2) if channels_first else points
+        expected = last.clone()
+        for b in range(points.shape[0]):
+            first = int((~mask[b]).nonzero()[0, 0])
+            expected[b, mask[b]] = last[b, first] if fill == "first" else fill
+        assert torch.equal(out, expected.transpose(1, 2) if channels_first else expected)
+
+    def test_dense_float64(self):
+        model = DensePointNet().double()
+        points, labels = make_points(dtype=torch.float64, seed=6)
+        out = RelevanceDropout3d(model, generator=seeded(6))(points, labels)[0]
+        mask, _ = reference_dense_mask(model, points, labels, alpha=0.5, beta=0.5, seed=6)
+        assert out.dtype == torch.float64
+        assert torch.equal(out[mask], torch.zeros_like(out[mask])) and torch.equal(out[~mask], points[~mask])
+
+    def test_dense_p_half_matches_reference(self):
+        model = DensePointNet()
+        points, labels = make_points(batch_size=8, seed=7)
+        out, _ = RelevanceDropout3d(model, p=0.5, generator=seeded(7))(points, labels)
+        g = seeded(7)  # coins first, then the noise of the selected clouds only
+        index = (torch.rand(8, generator=g) < 0.5).nonzero().flatten()
+        assert 0 < index.numel() < 8
+        per_point = relevance(model, points[index], labels[index]).sum(2)
+        sub = keep_least_relevant(relevance_dropout_mask(per_point, 0.5, 0.5, generator=g), per_point)
+        mask = torch.zeros(8, 10, dtype=torch.bool)
+        mask[index] = sub
+        assert torch.equal(out[mask], torch.zeros_like(out[mask])) and torch.equal(out[~mask], points[~mask])
+
+    def test_dense_p_zero_returns_input(self):
+        points, labels = make_points()
+        sample = (points, labels)
+        out = RelevanceDropout3d(DensePointNet(), p=0.0)(*sample)
+        assert out[0] is points and out[1] is labels
+
+    def test_dense_predicted_class_without_labels(self):
+        model = DensePointNet()
+        points, _ = make_points(seed=8)
+        out = RelevanceDropout3d(model, labels_getter=None, generator=seeded(8))(points)
+        mask, _ = reference_dense_mask(model, points, None, alpha=0.5, beta=0.5, seed=8)
+        assert torch.equal(out[~mask], points[~mask]) and torch.equal(out[mask], torch.zeros_like(out[mask]))
+
+    def test_dense_never_empties_a_cloud(self):
+        # alpha = beta = 1: the rule drops every point; exactly the least relevant point of each cloud survives.
+        model = DensePointNet()
+        points, labels = make_points(seed=9)
+        out, _ = RelevanceDropout3d(model, alpha=1.0, beta=1.0, generator=seeded(9))(points, labels)
+        per_point = relevance(model, points, labels).sum(2)
+        kept = (out != 0).any(2)
+        assert torch.equal(kept.sum(1), torch.ones(points.shape[0], dtype=torch.long))
+        assert torch.equal(kept.float().argmax(1), per_point.argmin(1))
+        rows = torch.arange(points.shape[0])
+        assert torch.equal(out[rows, per_point.argmin(1)], points[rows, per_point.argmin(1)])
+
+    def test_dense_input_not_modified_and_model_state(self):
+        model = DensePointNet()
+        points, labels = make_points(seed=10)
+        mid_training(model, lambda m: m(points))
+        before, copy_, version = snapshot(model), points.clone(), points._version
+        RelevanceDropout3d(model, generator=seeded(10))(points, labels)
+        assert torch.equal(points, copy_) and points._version == version
+        assert_same_state(before, model)
+        assert model.training
+
+    # -- PyG input -------------------------------------------------------------------------------------------
+
+    def test_is_a_pyg_base_transform(self):
+        t = RelevanceDropout3d(GraphPointNet())
+        assert isinstance(t, BaseTransform)
+        assert reldrop_transforms.RelevanceDropout3d is RelevanceDropout3d
+        assert "RelevanceDropout3d(" in repr(t)
+
+    @pytest.mark.parametrize("fill", ["remove", "zero", "first", 2.5])
+    @pytest.mark.parametrize("features", [2, 0])
+    def test_pyg_mask_matches_reference(self, fill, features):
+        model = GraphPointNet(in_channels=3 + features)
+        batch = make_batch(seed=1, features=features, edges=True)
+        before = record(batch)
+        out = RelevanceDropout3d(model, fill=fill, generator=seeded(11))(batch)
+        mask, per_point = reference_graph_mask(model, batch, batch.y, alpha=0.5, beta=0.5, seed=11)
+        assert bool(mask.any()) and bool((~mask).any())
+        rels = relevance_graph(model, batch, batch.y)
+        assert set(rels) == ({"pos", "x"} if features else {"pos"})  # pos and x are both attributed
+        assert_examples(out, batch, mask, fill)
+        assert_batch_unchanged(batch, before)
+        if fill == "remove":
+            sizes = torch.tensor([int((~mask[batch.ptr[i]:batch.ptr[i + 1]]).sum()) for i in range(3)])
+            assert torch.equal(out.ptr, torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)]))
+            assert torch.equal(out.batch, torch.arange(3).repeat_interleave(sizes))
+        else:
+            assert torch.equal(out.batch, batch.batch) and torch.equal(out.ptr, batch.ptr)
+
+    def test_pyg_relevance_sums_pos_and_x(self):
+        # With the paper's composite the first layer (on cat([pos, x])) gets the Flat rule, which spreads a point's
+        # relevance evenly over its input channels: pos and x relevance are then proportional per point and the
+        # normalised mask cannot tell whether x was summed. A composite without Flat makes the sum observable.
+        model = GraphPointNet()
+        batch = make_batch(seed=2)
+        flat = relevance_graph(model, batch, batch.y)
+        torch.testing.assert_close(flat["pos"].sum(1) * 2, flat["x"].sum(1) * 3)
+        rels = relevance_graph(model, batch, batch.y, composite="epsilon_plus")
+        both = rels["pos"].sum(1) + rels["x"].sum(1)
+        rn = normalize_relevance(both, batch=batch.batch, num_segments=3)
+        pos_only = normalize_relevance(rels["pos"].sum(1), batch=batch.batch, num_segments=3)
+        gap = (rn - pos_only).abs()
+        assert gap.max() > 0.1
+        i = int(gap.argmax())  # a threshold between the two: the masks differ at point i
+        beta = 1.0 - float(rn[i] + pos_only[i]) / 2
+        out = RelevanceDropout3d(model, alpha=0.0, beta=beta, fill="remove", composite="epsilon_plus")(batch)
+        expected = keep_least_relevant(rn >= 1.0 - beta, both, batch=batch.batch, num_segments=3)
+        assert bool(expected[i]) != bool(pos_only[i] >= 1.0 - beta)
+        assert_examples(out, batch, expected, "remove")
+
+    def test_pyg_labels_from_call_and_getter(self):
+        model = GraphPointNet()
+        batch = make_batch(seed=3)
+        other = (batch.y + 1) % NUM_CLASSES
+        out, out_labels = RelevanceDropout3d(model, fill="remove", generator=seeded(12))(batch, other)
+        assert out_labels is other
+        mask, _ = reference_graph_mask(model, batch, other, alpha=0.5, beta=0.5, seed=12)
+        assert_examples(out, batch, mask, "remove")
+        by_y, _ = reference_graph_mask(model, batch, batch.y, alpha=0.5, beta=0.5, seed=12)
+        assert not torch.equal(mask, by_y)  # the labels really were used
+
+        getter = RelevanceDropout3d(model, fill="remove", generator=seeded(12), labels_getter=lambda b: other)
+        assert_examples(getter(batch), batch, mask, "remove")
+
+        predicted = RelevanceDropout3d(model, fill="remove", generator=seeded(13), labels_getter=None)
+        batch_no_y = copy.copy(batch)
+        del batch_no_y.y
+        out = predicted(batch_no_y)
+        mask, _ = reference_graph_mask(model, batch_no_y, None, alpha=0.5, beta=0.5, seed=13)
+        assert_examples(out, batch_no_y, mask, "remove")
+
+    def test_pyg_single_data_in_compose(self):
+        model = GraphPointNet()
+        data = make_cloud(11, seed=4, edges=True)
+        pipeline = T.Compose([RelevanceDropout3d(model, fill="remove", generator=seeded(14)), T.Center()])
+        out = pipeline(data)
+        assert isinstance(out, Data) and not isinstance(out, Batch)
+        one = Batch.from_data_list([data])
+        mask, _ = reference_graph_mask(model, one, one.y, alpha=0.5, beta=0.5, seed=14)
+        assert bool(mask.any()) and bool((~mask).any())
+        expected = expected_example(data, mask, "remove")
+        assert out.num_nodes == int((~mask).sum())
+        torch.testing.assert_close(out.pos, expected.pos - expected.pos.mean(0, keepdim=True))
+        for key in ("x", "point_label", "y", "edge_index", "edge_attr"):
+            assert torch.equal(out[key], expected[key]), key
+        assert data.num_nodes == 11
+
+    def test_pyg_forward_fn(self):
+        model = PosBatchNet()
+        batch = make_batch(seed=5, features=0)
+        forward_fn = lambda m, b: m(b.pos, b.batch)  # noqa: E731
+        out = RelevanceDropout3d(model, fill="remove", forward_fn=forward_fn, generator=seeded(15))(batch)
+        mask, _ = reference_graph_mask(model, batch, batch.y, alpha=0.5, beta=0.5, seed=15, forward_fn=forward_fn)
+        assert bool(mask.any()) and bool((~mask).any())
+        assert_examples(out, batch, mask, "remove")
+        with pytest.raises(TypeError):  # without forward_fn the model is called as model(batch)
+            RelevanceDropout3d(model)(batch)
+
+    def test_pyg_p_zero_leaves_everything(self):
+        batch = make_batch(seed=6, edges=True)
+        for fill in ("remove", "zero"):
+            out = RelevanceDropout3d(GraphPointNet(), p=0.0, fill=fill)(batch)
+            assert_examples(out, batch, torch.zeros(batch.num_nodes, dtype=torch.bool), fill)
+
+    def test_pyg_p_half_matches_reference(self):
+        model = GraphPointNet()
+        batch = make_batch(sizes=(6, 7, 5, 8, 9, 6), seed=7)
+        out = RelevanceDropout3d(model, p=0.5, fill="remove", generator=seeded(16))(batch)
+        mask, _ = reference_graph_mask(model, batch, batch.y, alpha=0.5, beta=0.5, seed=16, p=0.5)
+        assert_examples(out, batch, mask, "remove")
+
+    def test_pyg_p_per_cloud_statistics(self):
+        # alpha = 0, beta = 1 drops all but one point of every selected cloud: count the selected clouds.
+        model = GraphPointNet()
+        batch = make_batch(sizes=(4,) * 300, seed=8)
+        out = RelevanceDropout3d(model, alpha=0.0, beta=1.0, p=0.3, fill="remove", generator=seeded(17))(batch)
+        sizes = out.ptr[1:] - out.ptr[:-1]
+        assert set(sizes.tolist()) == {1, 4}  # per cloud: all or nothing
+        assert abs(float((sizes == 1).float().mean()) - 0.3) < 0.1  # sd 0.026
+
+    def test_pyg_never_empties_a_cloud(self):
+        model = GraphPointNet()
+        batch = make_batch(seed=9)
+        per_point = graph_per_point(model, batch, batch.y)
+        out = RelevanceDropout3d(model, alpha=1.0, beta=1.0, fill="remove", generator=seeded(18))(batch)
+        assert torch.equal(out.ptr, torch.arange(4))
+        for i in range(3):
+            lo, hi = int(batch.ptr[i]), int(batch.ptr[i + 1])
+            least = lo + int(per_point[lo:hi].argmin())
+            assert torch.equal(out.get_example(i).pos, batch.pos[least:least + 1])
+            assert torch.equal(out.get_example(i).x, batch.x[least:least + 1])
+        zero = RelevanceDropout3d(model, alpha=1.0, beta=1.0, fill="zero", generator=seeded(18))(batch)
+        survivors = (zero.pos != 0).any(1)
+        assert torch.equal(survivors.nonzero().flatten(),
+                           torch.stack([int(batch.ptr[i]) + per_point[batch.ptr[i]:batch.ptr[i + 1]].argmin()
+                                        for i in range(3)]))
+
+    def test_pyg_input_not_modified_and_model_state(self):
+        model = GraphPointNet()
+        batch = make_batch(seed=10, edges=True)
+        mid_training(model, lambda m: m(batch))
+        before, recorded = snapshot(model), record(batch)
+        for fill in ("remove", "zero", "first"):
+            RelevanceDropout3d(model, fill=fill, generator=seeded(19))(batch)
+            assert_same_state(before, model)
+            assert_batch_unchanged(batch, recorded)
+        assert model.training
+
+    def test_pickle_round_trip(self):
+        t = RelevanceDropout3d(GraphPointNet(), fill="remove", generator=seeded(0))
+        clone = pickle.loads(pickle.dumps(t))
+        batch = make_batch(seed=11)
+        assert_examples(clone(batch), batch, reference_graph_mask(clone.model, batch, batch.y, alpha=0.5, beta=0.5,
+                                                                  seed=0)[0], "remove")
+
+    # -- errors ----------------------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("shape", [(10, 6), (2, 10, 6, 1), (6,)])
+    def test_dense_not_3d(self, shape):
+        with pytest.raises(ValueError, match=r"expects a batch of point clouds of shape \(B, N, C\)"):
+            RelevanceDropout3d(DensePointNet())(torch.randn(shape), torch.zeros(shape[0], dtype=torch.long))
+
+    def test_dense_channels_first_message(self):
+        with pytest.raises(ValueError, match=r"shape \(B, C, N\)"):
+            RelevanceDropout3d(DensePointNet(), channels_first=True)(torch.randn(6, 10), torch.zeros(6).long())
+
+    @pytest.mark.parametrize("dtype", [torch.int64, torch.uint8])
+    def test_integer_points(self, dtype):
+        points = torch.zeros(2, 10, 6, dtype=dtype)
+        with pytest.raises(TypeError, match="expects floating-point inputs"):
+            RelevanceDropout3d(DensePointNet())(points, torch.zeros(2, dtype=torch.long))
+
+    def test_integer_pos(self):
+        batch = make_batch(features=0)
+        batch.pos = batch.pos.long()
+        with pytest.raises(TypeError, match="floating-point"):
+            RelevanceDropout3d(GraphPointNet(in_channels=3))(batch)
+
+    def test_missing_pos(self):
+        batch = Batch.from_data_list([Data(x=torch.randn(5, 3), y=torch.tensor([0])) for _ in range(2)])
+        with pytest.raises(ValueError, match="expects point clouds with positions `pos`"):
+            RelevanceDropout3d(GraphPointNet())(batch)
+
+    def test_labels_length_mismatch(self):
+        batch = make_batch()
+        with pytest.raises(ValueError, match=r"labels of shape \(2,\) do not match a batch of 3 clouds"):
+            RelevanceDropout3d(GraphPointNet())(batch, torch.tensor([0, 1]))
+        batch.y = torch.tensor([0, 1, 2, 3])
+        with pytest.raises(ValueError, match=r"labels of shape \(4,\) do not match a batch of 3 clouds"):
+            RelevanceDropout3d(GraphPointNet())(batch)
+        points, _ = make_points(batch_size=4)
+        with pytest.raises(ValueError, match=r"labels of shape \(3,\) do not match a batch of 4 clouds"):
+            RelevanceDropout3d(DensePointNet())(points, torch.tensor([0, 1, 2]))
+
+    def test_labels_not_found(self):
+        batch = make_batch()
+        del batch.y
+        with pytest.raises(ValueError, match="could not find labels"):
+            RelevanceDropout3d(GraphPointNet())(batch)
+        with pytest.raises(ValueError, match="could not find labels"):
+            RelevanceDropout3d(DensePointNet())(make_points()[0])
+
+    def test_empty_cloud_in_batch(self):
+        datas = [make_cloud(5, seed=0), Data(pos=torch.zeros(0, 3), x=torch.zeros(0, 2), y=torch.tensor([1]),
+                                            point_label=torch.zeros(0, dtype=torch.long)), make_cloud(6, seed=1)]
+        batch = Batch.from_data_list(datas)
+        with pytest.raises(ValueError, match=r"cloud\(s\) \[1\] have no points"):
+            RelevanceDropout3d(GraphPointNet(), fill="remove")(batch)
+
+    def test_remove_on_dense(self):
+        with pytest.raises(ValueError, match="fill='remove' needs PyG batches"):
+            RelevanceDropout3d(DensePointNet(), fill="remove")(*make_points())
+
+    @pytest.mark.parametrize("fill", ["mean", "", True, None, (0.0, 1.0)])
+    def test_bad_fill(self, fill):
+        with pytest.raises(ValueError, match="fill should be one of"):
+            RelevanceDropout3d(GraphPointNet(), fill=fill)
+
+    @pytest.mark.parametrize("name", ["alpha", "beta", "p"])
+    @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+    def test_probabilities_outside_unit_interval(self, name, bad):
+        with pytest.raises(ValueError, match=rf"`{name}` should be in the interval \[0.0, 1.0\]"):
+            RelevanceDropout3d(GraphPointNet(), **{name: bad})
+
+    @pytest.mark.parametrize("head", ["3d", "1d"])
+    def test_model_output_not_logits(self, head):
+        class Bad(DensePointNet):
+            def forward(self, points):
+                logits = super().forward(points)
+                return logits[:, :, None] if head == "3d" else logits[:, 0]
+
+        with pytest.raises(ValueError, match=r"should return logits of shape \(B, K\)"):
+            RelevanceDropout3d(Bad())(*make_points())
+
+        class BadGraph(GraphPointNet):
+            def forward(self, data):
+                logits = super().forward(data)
+                return logits[:, :, None] if head == "3d" else logits[:, 0]
+
+        with pytest.raises(ValueError, match=r"should return logits of shape \(B, K\)"):
+            RelevanceDropout3d(BadGraph())(make_batch())
+
+    def test_not_points(self):
+        with pytest.raises(TypeError, match="expects a dense batch"):
+            RelevanceDropout3d(GraphPointNet())([1, 2, 3])
