@@ -2,13 +2,15 @@
 
 from . import attribution, functional, transforms
 from .loaders import RelevanceCollate, RelevanceLoader
-from .transforms import RelevanceDropout2d
+from .transforms import RelevanceDropout2d, RelevanceErasing2d
 
 __version__ = "0.1.0"
 
 __all__ = [
     "RelevanceDropout2d",
     "RelevanceDropout3d",
+    "RelevanceErasing2d",
+    "RelevanceErasing3d",
     "RelevanceCollate",
     "RelevanceLoader",
     "attribution",
@@ -18,6 +20,6 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name == "RelevanceDropout3d":  # imports torch_geometric: only when asked for
-        return transforms.RelevanceDropout3d
+    if name in ("RelevanceDropout3d", "RelevanceErasing3d"):  # imports torch_geometric: only when asked for
+        return getattr(transforms, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,6 @@
 """Pure tensor kernels: relevance normalisation, the RelDrop mask rule, fills and point removal. No model."""
 
+from ._erasing import box_mask, relevance_ball_mask, relevance_erasing_mask, relevant_centres, sample_erasing_sizes
 from ._mask import fill_dropped, normalize_relevance, relevance_dropout_mask, sample_coins, uniform_like
 from ._points import FILLS, fill_points, keep_least_relevant, remove_points
 
@@ -13,4 +14,9 @@ __all__ = [
     "fill_points",
     "remove_points",
     "FILLS",
+    "relevance_erasing_mask",
+    "sample_erasing_sizes",
+    "relevant_centres",
+    "box_mask",
+    "relevance_ball_mask",
 ]

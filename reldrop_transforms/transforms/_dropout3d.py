@@ -14,20 +14,23 @@ from torch_geometric.data.data import BaseData
 from torch_geometric.transforms import BaseTransform
 
 from .._checks import check_unit_interval
-from ..attribution import BACKENDS, relevance, relevance_graph
+from ..attribution import relevance_graph
 from ..attribution._api import check_finite, check_inputs, check_not_in_worker
 from ..attribution._state import unwrap_model
 from ..functional import (
     FILLS,
     fill_points,
     keep_least_relevant,
+    relevance_ball_mask,
     relevance_dropout_mask,
     remove_points,
     sample_coins,
 )
+from ..functional._erasing import _check_range
+from ._common import attribute_selected, check_common, scatter_rows
 from ._labels import parse_labels_getter
 
-__all__ = ["RelevanceDropout3d"]
+__all__ = ["RelevanceDropout3d", "RelevanceErasing3d"]
 
 
 def _check_fill(fill: Any) -> str | float:
@@ -38,7 +41,174 @@ def _check_fill(fill: Any) -> str | float:
     raise ValueError(f"fill should be one of {FILLS} or a number, but got {fill!r} instead.")
 
 
-class RelevanceDropout3d(BaseTransform):
+class RelevancePointTransform(BaseTransform):
+    """Base of the point transforms: inputs, labels, coins, attribution, fills; subclasses build the mask from
+    the per-point relevance (:meth:`mask_from_relevance`). See :class:`RelevanceDropout3d` for the arguments."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        p: float,
+        fill: str | float,
+        composite,
+        epsilon: float,
+        backend: str,
+        labels_getter: str | Callable[[Any], Any] | None,
+        forward_fn: Callable[[nn.Module, Any], Tensor] | None,
+        generator: torch.Generator | None,
+        channels_first: bool,
+        keys: tuple[str, ...],
+    ) -> None:
+        check_common(model, backend, generator, epsilon)
+        if forward_fn is not None and not callable(forward_fn):
+            raise TypeError(f"forward_fn should be callable, but got {type(forward_fn).__name__}.")
+        self._model = (model,)
+        self.p = check_unit_interval("p", p)
+        self.fill = _check_fill(fill)
+        self.composite = composite
+        self.epsilon = float(epsilon)
+        self.backend = backend
+        self.labels_getter = labels_getter
+        self._labels_getter = parse_labels_getter(labels_getter)
+        self.forward_fn = forward_fn
+        self.generator = generator
+        self.channels_first = bool(channels_first)
+        self.keys = tuple(keys)
+
+    def mask_from_relevance(self, relevance: Tensor, pos: Tensor, batch: Tensor | None,
+                            num_segments: int | None) -> Tensor:
+        """The drop mask from the per-point relevance: dense ``(B, N)`` with ``pos`` ``(B, N, D)``, or flat
+        ``(N,)`` with ``pos`` ``(N, D)``, the ``batch`` vector and ``num_segments`` clouds."""
+        raise NotImplementedError
+
+
+    @property
+    def model(self) -> nn.Module:
+        """The model whose relevance drives the mask (held by reference)."""
+        return self._model[0]
+
+    def __repr__(self) -> str:
+        options = {key: value for key, value in vars(self).items()
+                   if not key.startswith("_") and isinstance(value, (bool, int, float, str, tuple))}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
+
+    # -- dispatch --------------------------------------------------------------------------------------------
+    def __call__(self, *inputs: Any) -> Any:
+        if not inputs:
+            raise TypeError(f"{type(self).__name__} expects points (and labels), but got no input.")
+        sample = inputs if len(inputs) > 1 else inputs[0]
+        first = inputs[0] if len(inputs) > 1 else (sample[0] if isinstance(sample, (tuple, list)) else sample)
+        check_not_in_worker(type(self).__name__)
+        if isinstance(first, BaseData):
+            return self._call_pyg(sample, first)
+        if isinstance(first, Tensor):
+            return self._call_dense(sample, first)
+        raise TypeError(
+            f"{type(self).__name__} expects a dense batch (B, N, C) or a torch_geometric Data/Batch, "
+            f"but got {type(first).__name__}."
+        )
+
+    def forward(self, data: Any) -> Any:  # BaseTransform API: a single Data/Batch
+        return self(data)
+
+    def _labels(self, sample: Any, batch_size: int, default: Any = None) -> Tensor | None:
+        if self._labels_getter is None:
+            return None
+        if self.labels_getter == "default" and not isinstance(sample, (tuple, list)):
+            labels = default
+            if labels is None:
+                raise ValueError(
+                    f"{type(self).__name__} could not find labels: pass t(points, labels), give the data a `y`, "
+                    "pass a labels_getter callable, or labels_getter=None to attribute the predicted class."
+                )
+        else:
+            labels = self._labels_getter(sample)
+        if not isinstance(labels, Tensor):
+            raise TypeError(f"the labels should be a torch.Tensor, but got {type(labels).__name__}.")
+        if labels.ndim not in (1, 2) or labels.shape[0] != batch_size:
+            raise ValueError(
+                f"labels of shape {tuple(labels.shape)} do not match a batch of {batch_size} clouds: expected "
+                f"class indices ({batch_size},) or soft labels ({batch_size}, K)."
+            )
+        return labels
+
+    # -- dense -----------------------------------------------------------------------------------------------
+    def _call_dense(self, sample: Any, points: Tensor) -> Any:
+        name = type(self).__name__
+        if points.ndim != 3:
+            layout = "(B, C, N)" if self.channels_first else "(B, N, C)"
+            raise ValueError(
+                f"{name} expects a batch of point clouds of shape {layout}, but got {tuple(points.shape)} instead."
+            )
+        if self.fill == "remove":
+            raise ValueError(f"{name}: fill='remove' needs PyG batches; dense batches keep N points per cloud.")
+        check_inputs(unwrap_model(self.model), points, caller=name)
+        batch_size = points.shape[0]
+        labels = self._labels(sample, batch_size)
+        channels_last = points.transpose(1, 2) if self.channels_first else points
+        if batch_size == 0 or channels_last.shape[1] == 0:
+            return sample
+        per_point, index = attribute_selected(self, points, labels, channel_dim=1 if self.channels_first else 2)
+        if per_point is None:
+            return sample
+        positions = channels_last if index is None else channels_last.index_select(0, index)
+        sub_mask = self.mask_from_relevance(per_point, positions[..., :3], None, None)
+        mask = scatter_rows(keep_least_relevant(sub_mask, per_point), index, batch_size)
+        out = fill_points(channels_last, mask, self.fill)
+        out = out.transpose(1, 2) if self.channels_first else out
+        if isinstance(sample, (tuple, list)):
+            return type(sample)([out, *sample[1:]])
+        return out
+
+    # -- PyG -------------------------------------------------------------------------------------------------
+    def _call_pyg(self, sample: Any, data: BaseData) -> Any:
+        name = type(self).__name__
+        single = not isinstance(data, Batch)
+        batch = Batch.from_data_list([data]) if single else data
+        if getattr(batch, "pos", None) is None:
+            raise ValueError(f"{name} expects point clouds with positions `pos`, but the {type(data).__name__} has none.")
+        if batch.pos.ndim != 2:
+            raise ValueError(f"{name} expects `pos` of shape (N, D), but got {tuple(batch.pos.shape)}.")
+        num_graphs = batch.num_graphs
+        labels = self._labels(sample, num_graphs, default=getattr(batch, "y", None))
+        if num_graphs == 0:
+            return sample
+        sizes = batch.ptr[1:] - batch.ptr[:-1]
+        if bool((sizes == 0).any()):
+            empty = (sizes == 0).nonzero().flatten()[:10].tolist()
+            raise ValueError(f"{name}: cloud(s) {empty} have no points; remove empty clouds before RelDrop.")
+        rels = relevance_graph(self.model, batch, labels, keys=self.keys, forward_fn=self.forward_fn,
+                               composite=self.composite, epsilon=self.epsilon, backend=self.backend,
+                               check_finite_values=False)
+        per_point = sum(r.reshape(r.shape[0], -1).sum(1) for r in rels.values())
+        check_finite(per_point.unsqueeze(1), name, batch.batch)
+        mask = self.mask_from_relevance(per_point, batch.pos, batch.batch, num_graphs)
+        if self.p < 1.0:
+            coins = sample_coins(num_graphs, self.p, device=mask.device, generator=self.generator)
+            mask = mask & coins[batch.batch]
+        mask = keep_least_relevant(mask, per_point, batch=batch.batch, num_segments=num_graphs)
+        out = self._apply_pyg(batch, mask)
+        out = out.get_example(0) if single else out
+        if isinstance(sample, (tuple, list)):
+            return type(sample)([out, *sample[1:]])
+        return out
+
+    def _apply_pyg(self, batch: Batch, mask: Tensor) -> Batch:
+        if self.fill == "remove":
+            return remove_points(batch, mask)
+        out = copy.copy(batch)
+        for key in batch.keys():
+            value = batch[key]
+            if key in ("batch", "ptr") or not isinstance(value, Tensor) or not batch.is_node_attr(key):
+                continue
+            if value.shape[0] != mask.shape[0] or (self.fill != "first" and not value.is_floating_point()):
+                continue
+            out[key] = fill_points(value, mask, self.fill, batch=batch.batch, num_segments=batch.num_graphs)
+        return out
+
+
+class RelevanceDropout3d(RelevancePointTransform):
     """Relevance-driven Input Dropout (RelDrop) for point clouds, dense or PyTorch Geometric.
 
     Per cloud: the LRP relevance of the *current* model (eval mode, training state untouched) is summed over
@@ -101,164 +271,62 @@ class RelevanceDropout3d(BaseTransform):
         channels_first: bool = False,
         keys: tuple[str, ...] = ("pos", "x"),
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model should be a torch.nn.Module, but got {type(model).__name__}.")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend should be one of {BACKENDS}, but got {backend!r} instead.")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator should be a torch.Generator or None, but got {type(generator).__name__}.")
-        if forward_fn is not None and not callable(forward_fn):
-            raise TypeError(f"forward_fn should be callable, but got {type(forward_fn).__name__}.")
-        if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not epsilon >= 0:
-            raise ValueError(f"epsilon should be a number >= 0, but got {epsilon!r} instead.")
-        self._model = (model,)
+        super().__init__(model, p=p, fill=fill, composite=composite, epsilon=epsilon, backend=backend,
+                         labels_getter=labels_getter, forward_fn=forward_fn, generator=generator,
+                         channels_first=channels_first, keys=keys)
         self.alpha = check_unit_interval("alpha", alpha)
         self.beta = check_unit_interval("beta", beta)
-        self.p = check_unit_interval("p", p)
-        self.fill = _check_fill(fill)
-        self.composite = composite
-        self.epsilon = float(epsilon)
-        self.backend = backend
-        self.labels_getter = labels_getter
-        self._labels_getter = parse_labels_getter(labels_getter)
-        self.forward_fn = forward_fn
-        self.generator = generator
-        self.channels_first = bool(channels_first)
-        self.keys = tuple(keys)
 
-    @property
-    def model(self) -> nn.Module:
-        """The model whose relevance drives the mask (held by reference)."""
-        return self._model[0]
+    def mask_from_relevance(self, relevance: Tensor, pos: Tensor, batch: Tensor | None,
+                            num_segments: int | None) -> Tensor:
+        return relevance_dropout_mask(relevance, self.alpha, self.beta, generator=self.generator, batch=batch,
+                                      num_segments=num_segments)
 
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(alpha={self.alpha}, beta={self.beta}, p={self.p}, fill={self.fill!r}, "
-                f"composite={self.composite!r}, epsilon={self.epsilon}, backend={self.backend!r})")
 
-    # -- dispatch --------------------------------------------------------------------------------------------
-    def __call__(self, *inputs: Any) -> Any:
-        if not inputs:
-            raise TypeError(f"{type(self).__name__} expects points (and labels), but got no input.")
-        sample = inputs if len(inputs) > 1 else inputs[0]
-        first = inputs[0] if len(inputs) > 1 else (sample[0] if isinstance(sample, (tuple, list)) else sample)
-        check_not_in_worker(type(self).__name__)
-        if isinstance(first, BaseData):
-            return self._call_pyg(sample, first)
-        if isinstance(first, Tensor):
-            return self._call_dense(sample, first)
-        raise TypeError(
-            f"{type(self).__name__} expects a dense batch (B, N, C) or a torch_geometric Data/Batch, "
-            f"but got {type(first).__name__}."
-        )
+class RelevanceErasing3d(RelevancePointTransform):
+    """Relevance-guided erasing for point clouds: drop every point within a ball around one of the cloud's
+    ``top_k`` most relevant points (the point-cloud counterpart of :class:`RelevanceErasing2d`).
 
-    def forward(self, data: Any) -> Any:  # BaseTransform API: a single Data/Batch
-        return self(data)
+    The ball's radius is ``U(radius)`` times the cloud's bounding-box diagonal; positions are ``pos`` for PyG
+    batches and the first three channels of dense points. A cloud with flat relevance gets a random centre, and a
+    cloud never loses all its points (its least relevant point is kept). Dense or PyG input, with the fills,
+    loaders and guarantees of :class:`RelevanceDropout3d`.
 
-    def _labels(self, sample: Any, batch_size: int, default: Any = None) -> Tensor | None:
-        if self._labels_getter is None:
-            return None
-        if self.labels_getter == "default" and not isinstance(sample, (tuple, list)):
-            labels = default
-            if labels is None:
-                raise ValueError(
-                    f"{type(self).__name__} could not find labels: pass t(points, labels), give the data a `y`, "
-                    "pass a labels_getter callable, or labels_getter=None to attribute the predicted class."
-                )
-        else:
-            labels = self._labels_getter(sample)
-        if not isinstance(labels, Tensor):
-            raise TypeError(f"the labels should be a torch.Tensor, but got {type(labels).__name__}.")
-        if labels.ndim not in (1, 2) or labels.shape[0] != batch_size:
-            raise ValueError(
-                f"labels of shape {tuple(labels.shape)} do not match a batch of {batch_size} clouds: expected "
-                f"class indices ({batch_size},) or soft labels ({batch_size}, K)."
-            )
-        return labels
+    Args:
+        radius: Range of the ball's radius as a fraction of the bounding-box diagonal.
+        top_k: The centre is drawn uniformly from this many most relevant points.
+        Other arguments: as :class:`RelevanceDropout3d`.
 
-    # -- dense -----------------------------------------------------------------------------------------------
-    def _call_dense(self, sample: Any, points: Tensor) -> Any:
-        name = type(self).__name__
-        if points.ndim != 3:
-            layout = "(B, C, N)" if self.channels_first else "(B, N, C)"
-            raise ValueError(
-                f"{name} expects a batch of point clouds of shape {layout}, but got {tuple(points.shape)} instead."
-            )
-        if self.fill == "remove":
-            raise ValueError(f"{name}: fill='remove' needs PyG batches; dense batches keep N points per cloud.")
-        check_inputs(unwrap_model(self.model), points, caller=name)
-        batch_size = points.shape[0]
-        labels = self._labels(sample, batch_size)
-        channels_last = points.transpose(1, 2) if self.channels_first else points
-        if batch_size == 0 or channels_last.shape[1] == 0:
-            return sample
-        coins = sample_coins(batch_size, self.p, device=points.device, generator=self.generator)
-        index = None if self.p >= 1.0 else coins.nonzero().flatten()
-        if index is not None and index.numel() == 0:
-            return sample
-        selected = points if index is None else points.index_select(0, index)
-        targets = None if labels is None else labels.to(points.device, non_blocking=True)
-        if targets is not None and index is not None:
-            targets = targets.index_select(0, index)
-        rel = relevance(self.model, selected, targets, composite=self.composite, epsilon=self.epsilon,
-                        backend=self.backend, check_finite_values=False)
-        check_finite(rel, name, index)
-        per_point = rel.sum(1) if self.channels_first else rel.sum(2)
-        sub_mask = relevance_dropout_mask(per_point, self.alpha, self.beta, generator=self.generator)
-        sub_mask = keep_least_relevant(sub_mask, per_point)
-        if index is None:
-            mask = sub_mask
-        else:
-            mask = torch.zeros(channels_last.shape[:2], dtype=torch.bool, device=points.device)
-            mask.index_copy_(0, index, sub_mask)
-        out = fill_points(channels_last, mask, self.fill)
-        out = out.transpose(1, 2) if self.channels_first else out
-        if isinstance(sample, (tuple, list)):
-            return type(sample)([out, *sample[1:]])
-        return out
+    Example:
+        >>> t = RelevanceErasing3d(model, radius=(0.1, 0.3), top_k=1, fill="remove")
+    """
 
-    # -- PyG -------------------------------------------------------------------------------------------------
-    def _call_pyg(self, sample: Any, data: BaseData) -> Any:
-        name = type(self).__name__
-        single = not isinstance(data, Batch)
-        batch = Batch.from_data_list([data]) if single else data
-        if getattr(batch, "pos", None) is None:
-            raise ValueError(f"{name} expects point clouds with positions `pos`, but the {type(data).__name__} has none.")
-        if batch.pos.ndim != 2:
-            raise ValueError(f"{name} expects `pos` of shape (N, D), but got {tuple(batch.pos.shape)}.")
-        num_graphs = batch.num_graphs
-        labels = self._labels(sample, num_graphs, default=getattr(batch, "y", None))
-        if num_graphs == 0:
-            return sample
-        sizes = batch.ptr[1:] - batch.ptr[:-1]
-        if bool((sizes == 0).any()):
-            empty = (sizes == 0).nonzero().flatten()[:10].tolist()
-            raise ValueError(f"{name}: cloud(s) {empty} have no points; remove empty clouds before RelDrop.")
-        rels = relevance_graph(self.model, batch, labels, keys=self.keys, forward_fn=self.forward_fn,
-                               composite=self.composite, epsilon=self.epsilon, backend=self.backend,
-                               check_finite_values=False)
-        per_point = sum(r.reshape(r.shape[0], -1).sum(1) for r in rels.values())
-        check_finite(per_point.unsqueeze(1), name, batch.batch)
-        mask = relevance_dropout_mask(per_point, self.alpha, self.beta, generator=self.generator,
-                                      batch=batch.batch, num_segments=num_graphs)
-        if self.p < 1.0:
-            coins = sample_coins(num_graphs, self.p, device=mask.device, generator=self.generator)
-            mask = mask & coins[batch.batch]
-        mask = keep_least_relevant(mask, per_point, batch=batch.batch, num_segments=num_graphs)
-        out = self._apply_pyg(batch, mask)
-        out = out.get_example(0) if single else out
-        if isinstance(sample, (tuple, list)):
-            return type(sample)([out, *sample[1:]])
-        return out
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        p: float = 1.0,
+        radius: tuple[float, float] = (0.1, 0.3),
+        top_k: int = 1,
+        fill: str | float = "zero",
+        composite="epsilon_flat",
+        epsilon: float = 1e-3,
+        backend: str = "auto",
+        labels_getter: str | Callable[[Any], Any] | None = "default",
+        forward_fn: Callable[[nn.Module, Any], Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        channels_first: bool = False,
+        keys: tuple[str, ...] = ("pos", "x"),
+    ) -> None:
+        super().__init__(model, p=p, fill=fill, composite=composite, epsilon=epsilon, backend=backend,
+                         labels_getter=labels_getter, forward_fn=forward_fn, generator=generator,
+                         channels_first=channels_first, keys=keys)
+        self.radius = _check_range("radius", radius, 0.0)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k should be an integer >= 1, but got {top_k!r} instead.")
+        self.top_k = top_k
 
-    def _apply_pyg(self, batch: Batch, mask: Tensor) -> Batch:
-        if self.fill == "remove":
-            return remove_points(batch, mask)
-        out = copy.copy(batch)
-        for key in batch.keys():
-            value = batch[key]
-            if key in ("batch", "ptr") or not isinstance(value, Tensor) or not batch.is_node_attr(key):
-                continue
-            if value.shape[0] != mask.shape[0] or (self.fill != "first" and not value.is_floating_point()):
-                continue
-            out[key] = fill_points(value, mask, self.fill, batch=batch.batch, num_segments=batch.num_graphs)
-        return out
+    def mask_from_relevance(self, relevance: Tensor, pos: Tensor, batch: Tensor | None,
+                            num_segments: int | None) -> Tensor:
+        return relevance_ball_mask(relevance, pos, radius=self.radius, top_k=self.top_k, generator=self.generator,
+                                   batch=batch, num_segments=num_segments)

@@ -1,0 +1,202 @@
+"""Relevance-guided erasing kernels (the published Block/Patch variants, and balls for point clouds).
+
+Random Erasing (area fraction ``U(scale)``, log-uniform aspect ratio in ``ratio``) whose rectangle is centred on
+one of the sample's ``top_k`` most relevant pixels, clipped at the border. Vectorised over the batch, the patches
+and the tries: no Python loop over samples and no host synchronisation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ._mask import normalize_relevance, uniform_like
+
+__all__ = ["sample_erasing_sizes", "relevant_centres", "box_mask", "relevance_erasing_mask", "relevance_ball_mask"]
+
+_TRIES = 10  # as torchvision's RandomErasing
+
+
+def _check_range(name: str, value: Sequence[float], low: float, high: float | None = None) -> tuple[float, float]:
+    if not isinstance(value, Sequence) or len(value) != 2:
+        raise TypeError(f"`{name}` should be a sequence (min, max), but got {value!r}.")
+    a, b = float(value[0]), float(value[1])
+    if not (low <= a <= b) or (high is not None and b > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"`{name}` should be an increasing pair in {bound}, but got {tuple(value)} instead.")
+    return a, b
+
+
+def sample_erasing_sizes(
+    batch_size: int,
+    height: int,
+    width: int,
+    *,
+    scale: Sequence[float] = (0.02, 0.4),
+    ratio: Sequence[float] = (0.3, 3.3),
+    num_patches: int = 1,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Rectangle sizes as ``v2.RandomErasing`` draws them, for every sample and patch at once.
+
+    The erased area is ``U(scale) * H * W / num_patches`` and the aspect ratio log-uniform in ``ratio``; of up to
+    10 tries the first that fits (``h < H`` and ``w < W``) is taken, and a sample-patch with none is not erased.
+
+    Returns:
+        ``sizes`` (B, P, 2) integer ``(h, w)`` and ``valid`` (B, P) bool.
+    """
+    low, high = _check_range("scale", scale, 0.0, 1.0)
+    r_low, r_high = _check_range("ratio", ratio, 1e-12)
+    if not isinstance(num_patches, int) or num_patches < 1:
+        raise ValueError(f"num_patches should be an integer >= 1, but got {num_patches!r} instead.")
+    device = torch.device("cpu") if device is None else torch.device(device)
+    reference = torch.empty(batch_size, num_patches, _TRIES, 2, device=device)
+    draws = uniform_like(reference, generator)
+    area = (low + (high - low) * draws[..., 0]) * (height * width / num_patches)
+    log_ratio = math.log(r_low) + (math.log(r_high) - math.log(r_low)) * draws[..., 1]
+    aspect = torch.exp(log_ratio)
+    h = torch.round(torch.sqrt(area * aspect)).long()
+    w = torch.round(torch.sqrt(area / aspect)).long()
+    fits = (h < height) & (w < width) & (h > 0) & (w > 0)
+    first = fits.int().argmax(-1, keepdim=True)  # the first try that fits (0 if none does)
+    sizes = torch.stack([h.gather(-1, first).squeeze(-1), w.gather(-1, first).squeeze(-1)], -1)
+    return sizes, fits.any(-1)
+
+
+def relevant_centres(
+    relevance: Tensor, top_k: int = 1, num_patches: int = 1, *, generator: torch.Generator | None = None
+) -> Tensor:
+    """Centres drawn uniformly from each sample's ``top_k`` most relevant pixels (one per patch).
+
+    A sample whose relevance is flat (all equal, or all zero) has no ranking: its centres are uniformly random
+    pixels.
+
+    Shape:
+        - relevance: (B, H, W).
+        - output: (B, num_patches, 2) integer ``(row, column)``.
+    """
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k should be an integer >= 1, but got {top_k!r} instead.")
+    batch_size, height, width = relevance.shape
+    flat = relevance.reshape(batch_size, -1)
+    k = min(top_k, flat.shape[1])
+    best = flat.topk(k, dim=1).indices  # (B, k)
+    draws = uniform_like(torch.empty(batch_size, num_patches, 2, device=relevance.device), generator)
+    pick = best.gather(1, (draws[..., 0] * k).long().clamp_(max=k - 1))
+    anywhere = (draws[..., 1] * flat.shape[1]).long().clamp_(max=flat.shape[1] - 1)
+    is_flat = (normalize_relevance(flat).amax(1, keepdim=True) == 0)
+    index = torch.where(is_flat, anywhere, pick)
+    return torch.stack([index // width, index % width], -1)
+
+
+def box_mask(height: int, width: int, centres: Tensor, sizes: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Union of the rectangles of ``sizes`` centred at ``centres``, clipped at the border.
+
+    A rectangle of height ``h`` centred at row ``c`` covers rows ``[c - h // 2, c - h // 2 + h)``.
+
+    Shape:
+        - centres, sizes: (B, P, 2) integer ``(row, column)`` and ``(h, w)``; valid: (B, P) bool.
+        - output: (B, H, W) bool.
+    """
+    top = centres[..., 0] - sizes[..., 0] // 2
+    left = centres[..., 1] - sizes[..., 1] // 2
+    rows = torch.arange(height, device=centres.device)
+    cols = torch.arange(width, device=centres.device)
+    in_rows = (rows >= top[..., None]) & (rows < (top + sizes[..., 0])[..., None])  # (B, P, H)
+    in_cols = (cols >= left[..., None]) & (cols < (left + sizes[..., 1])[..., None])  # (B, P, W)
+    if valid is not None:
+        in_rows = in_rows & valid[..., None]
+    return (in_rows[..., :, None] & in_cols[..., None, :]).any(1)
+
+
+def relevance_erasing_mask(
+    relevance: Tensor,
+    *,
+    scale: Sequence[float] = (0.02, 0.4),
+    ratio: Sequence[float] = (0.3, 3.3),
+    top_k: int = 1,
+    num_patches: int = 1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Mask of relevance-guided Random Erasing: Block (``num_patches=1``) or Patch (``num_patches > 1``).
+
+    Each of ``num_patches`` rectangles has area fraction ``U(scale) / num_patches`` and a log-uniform aspect
+    ratio in ``ratio`` (as ``v2.RandomErasing``), and is centred on one of the sample's ``top_k`` most relevant
+    pixels, clipped at the border. With ``top_k=1`` the most relevant pixel is always erased (when a rectangle
+    fits at all).
+
+    Shape:
+        - relevance: (B, H, W) (channels already summed).
+        - output: (B, H, W), bool.
+
+    Example:
+        >>> relevance_erasing_mask(torch.rand(4, 32, 32), scale=(0.1, 0.2)).shape
+        torch.Size([4, 32, 32])
+    """
+    if relevance.ndim != 3:
+        raise ValueError(f"relevance should have shape (B, H, W), but got {tuple(relevance.shape)} instead.")
+    batch_size, height, width = relevance.shape
+    sizes, valid = sample_erasing_sizes(batch_size, height, width, scale=scale, ratio=ratio,
+                                        num_patches=num_patches, generator=generator, device=relevance.device)
+    centres = relevant_centres(relevance, top_k, num_patches, generator=generator)
+    return box_mask(height, width, centres, sizes, valid)
+
+
+def relevance_ball_mask(
+    relevance: Tensor,
+    pos: Tensor,
+    *,
+    radius: Sequence[float] = (0.1, 0.3),
+    top_k: int = 1,
+    generator: torch.Generator | None = None,
+    batch: Tensor | None = None,
+    num_segments: int | None = None,
+) -> Tensor:
+    """Mask of the points within a ball around one of each cloud's ``top_k`` most relevant points.
+
+    The radius is ``U(radius)`` times the cloud's bounding-box diagonal. A cloud with flat relevance gets a
+    uniformly random centre. Dense clouds ``(B, N)`` or PyG-style flat clouds with ``batch``; no loop over clouds.
+
+    Shape:
+        - relevance: (B, N) dense, or (N,) with ``batch`` (N,) and ``num_segments`` clouds.
+        - pos: (B, N, D) dense, or (N, D) with ``batch``.
+        - output: like ``relevance``, bool.
+    """
+    low, high = _check_range("radius", radius, 0.0)
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k should be an integer >= 1, but got {top_k!r} instead.")
+    if batch is None:
+        num, size = relevance.shape
+        flat_rel, flat_pos = relevance.reshape(-1), pos.reshape(num * size, -1)
+        segment = torch.arange(num, device=relevance.device).repeat_interleave(size)
+        count = num
+    else:
+        if num_segments is None:
+            raise ValueError("num_segments is required with batch (e.g. Batch.num_graphs).")
+        flat_rel, flat_pos, segment, count = relevance, pos, batch, num_segments
+    n = flat_rel.shape[0]
+    draws = uniform_like(torch.empty(count, 3, device=relevance.device, dtype=pos.dtype), generator)
+    # rank points within their cloud by relevance (descending), without a loop over clouds
+    by_relevance = torch.argsort(flat_rel, descending=True, stable=True)
+    order = by_relevance[torch.argsort(segment[by_relevance], stable=True)]
+    sizes = torch.zeros(count, dtype=torch.long, device=relevance.device).scatter_add_(
+        0, segment, torch.ones_like(segment))
+    starts = sizes.cumsum(0) - sizes
+    normalized = normalize_relevance(flat_rel, batch=segment, num_segments=count)
+    is_flat = normalized.new_zeros(count).scatter_reduce(0, segment, normalized, "amax") == 0
+    choices = torch.where(is_flat, sizes, sizes.clamp(max=top_k))
+    rank = (draws[:, 0] * choices).long().clamp(min=0)
+    rank = torch.minimum(rank, (choices - 1).clamp(min=0))
+    centre = order[(starts + rank).clamp(max=max(n - 1, 0))]
+    lo = flat_pos.new_full((count, flat_pos.shape[1]), float("inf")).scatter_reduce(
+        0, segment[:, None].expand_as(flat_pos), flat_pos, "amin")
+    hi = flat_pos.new_full((count, flat_pos.shape[1]), float("-inf")).scatter_reduce(
+        0, segment[:, None].expand_as(flat_pos), flat_pos, "amax")
+    diagonal = (hi - lo).norm(dim=1)
+    r = (low + (high - low) * draws[:, 1]) * diagonal
+    distance = (flat_pos - flat_pos[centre][segment]).norm(dim=1)
+    return (distance <= r[segment]).reshape(relevance.shape)
