@@ -186,21 +186,47 @@ def _first_linear(model: nn.Module, linear_types: tuple) -> nn.Module | None:
 
 
 class _Audit(TorchFunctionMode):
-    """Records operations run outside the modules the engine handles."""
+    """Records operations run outside the modules the engine handles, and which tensors are *raw*: derived from
+    the inputs without passing the first (Flat) layer.
+
+    Below the Flat layer the backward carries relevance itself, which both zennit and autograd propagate with the
+    plain gradient: any operation is exact there (e.g. PointNet++'s relative coordinates). Above it, only routing
+    operations are. A raw tensor reaching any other layer would mix the two (an input skipping the first layer).
+    """
 
     def __init__(self, engine: "FastLRP") -> None:
         super().__init__()
         self.engine = engine
         self.unknown: list[str] = []
+        self.raw: dict[int, Tensor] = {}  # id -> tensor (kept alive so that ids stay unique)
+
+    def mark_raw(self, value) -> None:
+        for tensor in _tensors(value):
+            self.raw[id(tensor)] = tensor
+
+    def is_raw(self, value) -> bool:
+        return any(id(tensor) in self.raw for tensor in _tensors(value))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
-        if self.engine.depth == 0:
-            name = getattr(func, "__name__", repr(func))
-            # Only operations on the relevance path matter (index and shape arithmetic does not).
-            if name not in _ROUTING_OPS and _requires_grad(result):
-                self.unknown.append(name)
+        if self.engine.depth == 0 and _requires_grad(result):
+            if self.is_raw((args, kwargs)):
+                self.mark_raw(result)
+            elif getattr(func, "__name__", repr(func)) not in _ROUTING_OPS:
+                # Only operations on the relevance path matter (index and shape arithmetic does not).
+                self.unknown.append(getattr(func, "__name__", repr(func)))
         return result
+
+
+def _tensors(value):
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
 
 
 def _requires_grad(value) -> bool:
@@ -248,6 +274,7 @@ class FastLRP:
         self.epsilon = epsilon
         self.depth = 0
         self.first_seen = False
+        self.audit: _Audit | None = None
         self.units: dict[int, _Unit] = {}
         self.types = _Types()
         self.first = _first_linear(model, self.types.linear)
@@ -286,6 +313,9 @@ class FastLRP:
 
     def _pre_hook(self, module, args):
         self.depth += 1
+        if self.audit is not None and module is not self.first and not isinstance(module, self.types.routing) \
+                and self.audit.is_raw(args):
+            raise UnsupportedModel(f"the input reaches a {type(module).__name__} without passing the first layer")
         if not self.first_seen:
             if module is self.first:
                 self.first_seen = True
@@ -295,6 +325,8 @@ class FastLRP:
 
     def _hook(self, module: nn.Module, args, out: Tensor):
         self.depth -= 1
+        if self.audit is not None and module is not self.first and self.audit.is_raw(args):
+            self.audit.mark_raw(out)  # a routing module below the first layer
         if not args or not isinstance(args[0], Tensor):
             raise UnsupportedModel(f"a {type(module).__name__} is called without a positional input tensor")
         inp = args[0]
@@ -346,7 +378,8 @@ class FastLRP:
                 handles.append(module.register_forward_pre_hook(self._pre_hook))
                 handles.append(module.register_forward_hook(self._hook))
             if audit:
-                mode = _Audit(self)
+                mode = self.audit = _Audit(self)
+                mode.mark_raw(leaves)
                 with mode:
                     logits = call()
                 if mode.unknown:
@@ -367,6 +400,7 @@ class FastLRP:
             for handle in handles:
                 handle.remove()
             self.units.clear()
+            self.audit = None
         return tuple(torch.zeros_like(x) if r is None else r for x, r in zip(leaves, rels))
 
 

@@ -74,6 +74,32 @@ class _FunctionalRelu(nn.Module):
         return self.fc(torch.relu(self.conv(x)).view(x.shape[0], -1))
 
 
+class _InputSkip(nn.Module):
+    """The input also reaches a later layer through a routing op (cat): relevance and gradients would mix."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(7 * 8 * 8, 5)
+
+    def forward(self, x):
+        return self.fc(torch.cat([x, torch.relu(self.conv(x))], 1).flatten(1))
+
+
+class _RelativeInput(nn.Module):
+    """Arithmetic on the input before the first layer (as PointNet++'s relative coordinates): exact, since below
+    the Flat layer both zennit and the engine propagate relevance with the plain gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x):
+        centred = x - x.mean(dim=(2, 3), keepdim=True)
+        return self.fc(torch.relu(self.conv(centred * 2.0)).flatten(1))
+
+
 COVERAGE = {
     "conv1d_bn1d_leaky_maxpool": (lambda: nn.Sequential(
         nn.Conv1d(3, 4, 3, padding=1), nn.BatchNorm1d(4), nn.LeakyReLU(0.1), nn.MaxPool1d(2),
@@ -89,6 +115,7 @@ COVERAGE = {
         nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(),
         nn.Linear(4 * 4 * 4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 5)), (4, 3, 8, 8)),
     "functional_relu_custom_forward": (_FunctionalRelu, (3, 3, 8, 8)),
+    "arithmetic_before_first_layer": (_RelativeInput, (3, 3, 8, 8)),
 }
 
 
@@ -159,8 +186,10 @@ class TestAutoFallback:
          "follows no Conv/Linear"),
         (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Sigmoid(), nn.Flatten(), nn.Linear(144, 5)),
          "Sigmoid"),
-        (lambda: nn.Sequential(nn.ReLU(), nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 5)), "before the first"),
+        (lambda: nn.Sequential(nn.ReLU(), nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 5)),
+         "before the first|without passing the first"),
         (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 5), nn.ReLU()), "output"),
+        (_InputSkip, "without passing the first layer"),
     ])
     def test_unsupported_model_falls_back_once_with_warning(self, make, reason):
         torch.manual_seed(0)
