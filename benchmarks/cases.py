@@ -27,6 +27,10 @@ would attribute in float32), so the RelDrop variants then use :func:`masked_batc
 :func:`~reldrop_transforms.attribution.relevance` with ``dtype=torch.bfloat16`` and applies the same mask rule;
 the published baseline runs its zennit attribution under the same autocast. :attr:`Bench.attribution_precision`
 says, per variant, in which precision the attribution ran.
+
+Point-cloud cases (:class:`PointCase`: PointNet++ / PointNet, dense and PyG, issue #3 item 7) are defined here and
+run by ``point_cases.PointBench`` (variants ``plain``, ``floor``, ``reldrop``, ``published`` and the two mask-stage
+variants, float32 only); :func:`make_bench` builds the right bench for a case.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ __all__ = [
     "Case", "CPU_CASES", "GPU_CASES", "CASES", "STEP_VARIANTS", "MASK_VARIANTS", "VARIANTS", "SLOW_VARIANTS",
     "ALPHA", "BETA", "P", "Bench", "build_model", "published_composite", "published_mask_loop",
     "vectorised_mask", "masked_batch_autocast", "synchronize",
+    "PointCase", "CPU_POINT_CASES", "GPU_POINT_CASES", "POINT_STEP_VARIANTS", "POINT_VARIANTS", "ALL_VARIANTS",
+    "make_bench",
 ]
 
 # The paper's image settings; p = 1.0 (every sample attributed) is the worst case for the overhead.
@@ -94,7 +100,65 @@ GPU_CASES = (
     Case("resnet18-32px-b512", "resnet18", 512, 32, 100),
     Case("resnet50-224px-b64", "resnet50", 64, 224, 1000),
 )
-CASES = {case.name: case for case in CPU_CASES + GPU_CASES}
+
+
+@dataclass(frozen=True)
+class PointCase:
+    """One point-cloud benchmark configuration (issue #3 item 7); see ``benchmarks/point_cases.py``.
+
+    Args:
+        name: Identifier used on the command line and as the pytest-benchmark group.
+        arch: ``"pointnet2"`` or ``"pointnet"`` (:mod:`reldrop_transforms.models`, random weights).
+        layout: ``"dense"`` (a ``(B, N, C)`` tensor) or ``"pyg"`` (the same clouds as a PyG ``Batch``).
+        batch_size: Clouds per batch.
+        num_points: Points per cloud.
+        in_channels: Channels per point: xyz, then normals (6).
+        num_classes: Outputs of the classifier (40: ModelNet40).
+    """
+
+    name: str
+    arch: str
+    layout: str
+    batch_size: int
+    num_points: int
+    in_channels: int = 6
+    num_classes: int = 40
+
+    def describe(self) -> str:
+        return f"{self.arch} {self.layout}, {self.num_points} pts x {self.in_channels} ch, batch {self.batch_size}"
+
+
+# PointNet++ at 1024 points x 32 clouds takes seconds per step on two shared CPU cores: the CPU cases are 256 x 16
+# (and PointNet, which the fast engine supports, next to PointNet2, which falls back to zennit); the GPU cases are
+# the issue's size.
+CPU_POINT_CASES = (
+    PointCase("pointnet2-dense-n256-b16", "pointnet2", "dense", 16, 256),
+    PointCase("pointnet2-pyg-n256-b16", "pointnet2", "pyg", 16, 256),
+    PointCase("pointnet-dense-n256-b16", "pointnet", "dense", 16, 256),
+    PointCase("pointnet-pyg-n256-b16", "pointnet", "pyg", 16, 256),
+)
+GPU_POINT_CASES = (
+    PointCase("pointnet2-dense-n1024-b32", "pointnet2", "dense", 32, 1024),
+    PointCase("pointnet2-pyg-n1024-b32", "pointnet2", "pyg", 32, 1024),
+    PointCase("pointnet-dense-n1024-b32", "pointnet", "dense", 32, 1024),
+    PointCase("pointnet-pyg-n1024-b32", "pointnet", "pyg", 32, 1024),
+)
+CASES = {case.name: case for case in CPU_CASES + GPU_CASES + CPU_POINT_CASES + GPU_POINT_CASES}
+
+# Point-cloud variants (point_cases.PointBench): "reldrop" is RelevanceDropout3d with its default backend ("auto").
+POINT_STEP_VARIANTS = ("plain", "floor", "reldrop", "published")
+POINT_VARIANTS = POINT_STEP_VARIANTS + MASK_VARIANTS
+ALL_VARIANTS = ("plain", "floor", "reldrop", "reldrop_fast", "reldrop_zennit", "published") + MASK_VARIANTS
+
+
+def make_bench(case: Case | PointCase, device: str | torch.device = "cpu", precision: str = "fp32", seed: int = 0):
+    """A :class:`Bench` for an image case, a ``point_cases.PointBench`` for a :class:`PointCase` (imported here:
+    it needs torch_geometric)."""
+    if isinstance(case, PointCase):
+        from point_cases import PointBench
+
+        return PointBench(case, device, precision, seed)
+    return Bench(case, device, precision, seed)
 
 
 def build_model(case: Case, seed: int = 0) -> nn.Module:
@@ -251,6 +315,9 @@ class Bench:
             too: see the module docstring).
         seed: Seeds the weights, the batch, the mask noise and the published loop's coins.
     """
+
+    variant_names = VARIANTS
+    slow_variants = SLOW_VARIANTS
 
     def __init__(self, case: Case, device: str | torch.device = "cpu", precision: str = "fp32", seed: int = 0) -> None:
         if precision not in ("fp32", "bf16"):

@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from cases import Bench, Case
+from cases import Case, PointCase, make_bench
 
 
 def pytest_configure(config) -> None:
@@ -23,12 +23,13 @@ def pytest_configure(config) -> None:
 
 @pytest.fixture(scope="session")
 def bench_for():
-    """Factory ``bench_for(case) -> Bench`` on the CPU in float32, cached: the variants of a case share a model."""
-    benches: dict[str, Bench] = {}
+    """Factory ``bench_for(case)`` on the CPU in float32 (a ``Bench``, or a ``point_cases.PointBench`` for a point
+    case), cached: the variants of a case share a model."""
+    benches: dict = {}
 
-    def get(case: Case) -> Bench:
+    def get(case: Case | PointCase):
         if case.name not in benches:
-            benches[case.name] = Bench(case, "cpu", "fp32")
+            benches[case.name] = make_bench(case, "cpu", "fp32")
         return benches[case.name]
 
     return get

@@ -33,12 +33,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cases import (  # noqa: E402
-    ALPHA, BETA, CASES, CPU_CASES, GPU_CASES, MASK_VARIANTS, P, SLOW_VARIANTS, STEP_VARIANTS, VARIANTS, Bench, Case,
-    synchronize,
+    ALL_VARIANTS, ALPHA, BETA, CASES, CPU_CASES, CPU_POINT_CASES, GPU_CASES, GPU_POINT_CASES, MASK_VARIANTS, P,
+    POINT_STEP_VARIANTS, SLOW_VARIANTS, STEP_VARIANTS, Case, PointCase, make_bench, synchronize,
 )
 
-RELDROP_VARIANTS = ("reldrop_fast", "reldrop_zennit", "published")
-MEMORY_VARIANTS = ("plain", "reldrop_fast", "reldrop_zennit", "published")
+RELDROP_VARIANTS = ("reldrop", "reldrop_fast", "reldrop_zennit", "published")
+MEMORY_VARIANTS = ("plain", "reldrop", "reldrop_fast", "reldrop_zennit", "published")
 
 # Issue #3, item 7 (float32; the RelDrop step with the fast engine over the plain step of the same run).
 GPU_STEP_RATIO_TARGETS = {"resnet50-224px-b64": 1.5, "resnet18-32px-b128": 1.25, "resnet18-32px-b512": 1.1}
@@ -46,6 +46,10 @@ CPU_FLOOR_TARGET = 1.15  # step_reldrop <= step_plain + 1.15 x floor
 GPU_MASK_TARGET_MS = 1.0  # mask stage at batch 512, 32 px
 GPU_MASK_TARGET_CASE = "resnet18-32px-b512"
 GPU_MEMORY_TARGET = 1.1  # peak memory of a RelDrop step over a plain step
+# Issue #3 item 7, point clouds (CPU and GPU): the mask stage and fill vectorised at least this many times faster
+# than the published per-cloud numpy loop, and the RelDrop step within plain + POINT_FLOOR_TARGET x floor.
+POINT_MASK_SPEEDUP_TARGET = 50.0
+POINT_FLOOR_TARGET = 1.15
 
 
 @dataclass
@@ -59,6 +63,8 @@ class CaseResult:
     attribution: dict[str, str]
     times_ms: dict[str, list[float]] = field(default_factory=dict)
     peak_bytes: dict[str, int] = field(default_factory=dict)
+    kind: str = "image"  # "image" or "points"
+    backend_warnings: list[str] = field(default_factory=list)  # RelevanceBackendWarning messages seen (points)
 
     def median(self, variant: str) -> float:
         return statistics.median(self.times_ms[variant])
@@ -94,8 +100,8 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
     return torch.cuda.max_memory_allocated(device)
 
 
-def measure_case(case: Case, device: str | torch.device, precision: str = "fp32", *, repeats: int = 20,
-                 slow_repeats: int = 5, warmup: int = 2, variants: Sequence[str] = VARIANTS,
+def measure_case(case: Case | PointCase, device: str | torch.device, precision: str = "fp32", *, repeats: int = 20,
+                 slow_repeats: int = 5, warmup: int = 2, variants: Sequence[str] = ALL_VARIANTS,
                  log: Callable[[str], None] | None = None) -> CaseResult:
     """Time every variant of ``case`` interleaved (round-robin), after ``warmup`` untimed calls of each.
 
@@ -104,24 +110,27 @@ def measure_case(case: Case, device: str | torch.device, precision: str = "fp32"
         device: Where to run.
         precision: ``"fp32"`` or ``"bf16"`` (autocast), see :class:`cases.Bench`.
         repeats: Timed calls of each fast variant.
-        slow_repeats: Timed calls of each variant in :data:`cases.SLOW_VARIANTS`.
+        slow_repeats: Timed calls of each slow variant (:data:`cases.SLOW_VARIANTS` for image cases, ``published``
+            for point cases).
         warmup: Untimed calls of each fast variant first (at least one; the slow variants get one).
-        variants: Which variants to run; ``"plain"`` and ``"floor"`` are always included.
+        variants: Which variants to run (those the case lacks are skipped); ``"plain"`` and ``"floor"`` are always
+            included.
         log: Progress messages go here (e.g. ``print`` to stderr).
     """
     device = torch.device(device)
-    bench = Bench(case, device, precision)
+    bench = make_bench(case, device, precision)
+    slow = bench.slow_variants
     all_fns = bench.variants()
-    names = [name for name in VARIANTS if name in set(variants) | {"plain", "floor"}]
+    names = [name for name in bench.variant_names if name in set(variants) | {"plain", "floor"}]
     fns = {name: all_fns[name] for name in names}
-    counts = {name: (slow_repeats if name in SLOW_VARIANTS else repeats) for name in names}
+    counts = {name: (slow_repeats if name in slow else repeats) for name in names}
     result = CaseResult(case.name, case.describe(), str(device), precision,
                         {name: bench.attribution_precision[name] for name in names},
-                        {name: [] for name in names})
+                        {name: [] for name in names}, kind="points" if isinstance(case, PointCase) else "image")
     say = log or (lambda message: None)
     say(f"{case.name} [{precision}]: warm-up")
     for name, fn in fns.items():
-        for _ in range(1 if name in SLOW_VARIANTS else max(1, warmup)):
+        for _ in range(1 if name in slow else max(1, warmup)):
             fn()
     synchronize(device)
     rounds = max(counts.values())
@@ -135,6 +144,7 @@ def measure_case(case: Case, device: str | torch.device, precision: str = "fp32"
         for name in MEMORY_VARIANTS:
             if name in fns:
                 result.peak_bytes[name] = peak_memory(fns[name], device)
+    result.backend_warnings = list(getattr(bench, "backend_warnings", []))
     del bench, fns, all_fns
     gc.collect()
     if device.type == "cuda":
@@ -150,14 +160,15 @@ def _row(cells: Sequence[object]) -> str:
 
 
 def step_table(results: Sequence[CaseResult]) -> str:
-    """Markdown table of the train-step variants: median, ratio to the plain step, extra cost in floors."""
+    """Markdown table of the train-step variants: median, ratio to the plain step, extra cost in floors. The
+    "attribution in" column of point cases also names the backend that ran."""
     lines = [
         _row(["case", "precision", "variant", "attribution in", "median ms", "n", "x plain step",
               "(step - plain) / floor"]),
         _row(["---"] * 8),
     ]
     for result in results:
-        for name in STEP_VARIANTS:
+        for name in (POINT_STEP_VARIANTS if result.kind == "points" else STEP_VARIANTS):
             if name not in result.times_ms:
                 continue
             floors = f"{result.floors(name):.2f}" if name in RELDROP_VARIANTS else "-"
@@ -169,9 +180,12 @@ def step_table(results: Sequence[CaseResult]) -> str:
 
 
 def mask_table(results: Sequence[CaseResult]) -> str:
-    """Markdown table of the mask stage alone: vectorised against the published per-sample loop."""
+    """Markdown table of the mask stage alone: vectorised against the published per-sample loop (for point cases:
+    mask rule, keep-least-relevant and fill, against the per-cloud numpy loop)."""
+    points = bool(results) and all(result.kind == "points" for result in results)
+    loop = "per-cloud numpy loop ms" if points else "per-sample loop ms"
     lines = [
-        _row(["case", "precision", "vectorised ms", "per-sample loop ms", "loop / vectorised"]),
+        _row(["case", "precision", "vectorised ms", loop, "loop / vectorised"]),
         _row(["---"] * 5),
     ]
     for result in results:
@@ -179,7 +193,7 @@ def mask_table(results: Sequence[CaseResult]) -> str:
             continue
         vectorised, loop = result.median("mask_vectorised"), result.median("mask_loop")
         lines.append(_row([result.description, result.precision, f"{vectorised:.3f}", f"{loop:.2f}",
-                           f"{loop / vectorised:.0f}x"]))
+                           f"{loop / vectorised:.1f}x" if points else f"{loop / vectorised:.0f}x"]))
     return "\n".join(lines)
 
 
@@ -198,9 +212,22 @@ def target_checks(results: Sequence[CaseResult]) -> list[tuple[str, str, bool]]:
     """Issue #3 item 7 targets that apply to ``results`` (float32 only): ``(target, measured, met)`` rows."""
     checks = []
     for result in results:
+        on_gpu = result.device.startswith("cuda")
+        if result.kind == "points" and result.precision == "fp32":
+            where = "GPU" if on_gpu else "CPU"
+            if all(name in result.times_ms for name in MASK_VARIANTS):
+                speedup = result.median("mask_loop") / result.median("mask_vectorised")
+                checks.append((f"{where} {result.description}: mask stage + fill >= {POINT_MASK_SPEEDUP_TARGET:.0f}x "
+                               "faster than the per-cloud numpy loop", f"{speedup:.1f}x",
+                               speedup >= POINT_MASK_SPEEDUP_TARGET))
+            if "reldrop" in result.times_ms:
+                floors = result.floors("reldrop")
+                backend = result.attribution["reldrop"].split(", ", 1)[-1]
+                checks.append((f"{where} {result.description}: reldrop ({backend}) <= plain + {POINT_FLOOR_TARGET} x "
+                               "floor", f"plain + {floors:.3f} x floor", floors <= POINT_FLOOR_TARGET))
+            continue
         if result.precision != "fp32" or "reldrop_fast" not in result.times_ms:
             continue
-        on_gpu = result.device.startswith("cuda")
         if not on_gpu:
             floors = result.floors("reldrop_fast")
             checks.append((f"CPU {result.description}: reldrop_fast <= plain + {CPU_FLOOR_TARGET} x floor",
@@ -244,6 +271,8 @@ def header(device: torch.device) -> str:
         f"python {platform.python_version()}",
         f"- RelDrop: alpha={ALPHA}, beta={BETA}, p={P} (every sample attributed: the worst case), fill 0.0, "
         f"composite epsilon_flat (eps=1e-3); SGD(momentum=0.9) train step; medians of interleaved runs",
+        f"- point clouds: RelevanceDropout3d(alpha=0.5, beta=0.5, p=1.0, fill='zero', backend='auto'), fp32; "
+        f"published baseline: zennit attribution of the batch, then a per-cloud numpy loop",
     ])
 
 
@@ -258,9 +287,20 @@ def _cpu_name() -> str:
 
 
 def report(results: Sequence[CaseResult], device: torch.device) -> str:
-    """The full markdown report: header, step table, mask table, memory table (CUDA), targets."""
-    parts = [header(device), "", "### Train step variants", "", step_table(results), "",
-             "### Mask stage alone (same relevance tensor)", "", mask_table(results)]
+    """The full markdown report: header, step table, mask table, memory table (CUDA), targets; image and point
+    cases in separate tables."""
+    images = [result for result in results if result.kind != "points"]
+    points = [result for result in results if result.kind == "points"]
+    parts = [header(device)]
+    if images:
+        parts += ["", "### Train step variants", "", step_table(images), "",
+                  "### Mask stage alone (same relevance tensor)", "", mask_table(images)]
+    if points:
+        parts += ["", "### Point clouds: train step variants", "", step_table(points), "",
+                  "### Point clouds: mask stage and fill alone (same relevance)", "", mask_table(points)]
+        warned = sorted({message for result in points for message in result.backend_warnings})
+        if warned:
+            parts += ["", "RelevanceBackendWarning seen: " + "; ".join(f"`{message}`" for message in warned)]
     if any(result.peak_bytes for result in results):
         parts += ["", "### Peak memory of one step (torch.cuda.max_memory_allocated)", "", memory_table(results)]
     if target_checks(results):
@@ -272,13 +312,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=None,
-                        help="default: the CPU cases on --device cpu, the GPU cases on --device cuda")
+                        help="default: the CPU cases (image and point) on --device cpu, the GPU cases on --device cuda")
     parser.add_argument("--dtype", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
                         help="precision(s): fp32, and/or bf16 autocast (train step, floor and attribution)")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(ALL_VARIANTS),
+                        help="image cases run reldrop_fast/reldrop_zennit, point cases reldrop; others are skipped")
     parser.add_argument("--repeats", type=int, default=15, help="timed calls of each fast variant")
     parser.add_argument("--slow-repeats", type=int, default=5,
-                        help=f"timed calls of each slow variant ({', '.join(SLOW_VARIANTS)})")
+                        help=f"timed calls of each slow variant ({', '.join(SLOW_VARIANTS)}; published for points)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls of each variant first")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU); default: torch's")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw timings here")
@@ -294,11 +335,16 @@ def run(args: argparse.Namespace) -> list[CaseResult]:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    names = args.cases or [case.name for case in (GPU_CASES if device.type == "cuda" else CPU_CASES)]
+    defaults = GPU_CASES + GPU_POINT_CASES if device.type == "cuda" else CPU_CASES + CPU_POINT_CASES
+    names = args.cases or [case.name for case in defaults]
     log = None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     results = []
     for precision in args.dtype:
         for name in names:
+            if isinstance(CASES[name], PointCase) and precision != "fp32":
+                if log is not None:
+                    log(f"{name} [{precision}]: skipped (point cases run in fp32 only)")
+                continue
             results.append(measure_case(CASES[name], device, precision, repeats=args.repeats,
                                         slow_repeats=args.slow_repeats, warmup=args.warmup,
                                         variants=args.variants, log=log))

@@ -1,8 +1,8 @@
 """pytest-benchmark suite: every variant of every CPU case, grouped by case (``make bench``).
 
 Timings are recorded, never asserted: each test only checks that the measured function did its work (a finite
-loss, a gradient of the input's shape, a masked batch of the input's shape with some pixels filled and the input
-left untouched). Ratios between variants are only meaningful within one run; ``benchmarks/overhead.py`` measures
+loss, a gradient of the input's shape, a masked batch of the input's shape with some pixels (points) filled and the
+input left untouched). Point-cloud cases (PointNet++ / PointNet, dense and PyG) are in ``test_point_overhead``. Ratios between variants are only meaningful within one run; ``benchmarks/overhead.py`` measures
 them interleaved, which is the better comparison on a busy machine.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cases import CPU_CASES, SLOW_VARIANTS, VARIANTS, Bench
+from cases import CPU_CASES, CPU_POINT_CASES, POINT_VARIANTS, SLOW_VARIANTS, VARIANTS, Bench
 
 ROUNDS = 5
 SLOW_ROUNDS = 2
@@ -49,3 +49,59 @@ def test_overhead(benchmark, bench_for, case, variant):
     out = benchmark.pedantic(function, rounds=rounds, iterations=1, warmup_rounds=0)
     check_output(bench, variant, out)
     assert bench.images._version == version, f"{variant} modified the input batch in place"
+
+
+def _point_tensors(inputs) -> torch.Tensor:
+    """Dense points as they are, PyG ``[pos, x]`` concatenated: (..., C) with one row per point."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs
+    return torch.cat([inputs.pos] + ([inputs.x] if getattr(inputs, "x", None) is not None else []), dim=-1)
+
+
+def _input_tensors(bench) -> list[torch.Tensor]:
+    """The tensors a point variant reads: the dense points, or the PyG ``pos`` (and ``x`` where present)."""
+    if bench.case.layout == "dense":
+        return [bench.points]
+    return [bench.inputs.pos] + ([bench.inputs.x] if getattr(bench.inputs, "x", None) is not None else [])
+
+
+def check_point_output(bench, variant: str, out) -> None:
+    """Assert that the point-cloud ``variant`` produced what it should on ``bench``'s batch."""
+    if variant == "plain":
+        assert out.ndim == 0 and torch.isfinite(out)
+        return
+    if variant == "floor":
+        assert [gradient.shape for gradient in out] == [tensor.shape for tensor in _input_tensors(bench)]
+        assert all(torch.isfinite(gradient).all() for gradient in out)
+        assert sum(gradient.abs().sum() for gradient in out) > 0
+        return
+    # A masked batch of the same clouds: some points zeroed in every channel, the others untouched.
+    assert type(out) is type(bench.inputs)
+    if bench.case.layout == "pyg":
+        assert out.num_graphs == bench.inputs.num_graphs and torch.equal(out.ptr, bench.inputs.ptr)
+        assert torch.equal(out.y, bench.inputs.y)
+    points, masked = _point_tensors(bench.inputs), _point_tensors(out)
+    assert masked.shape == points.shape and masked.dtype == points.dtype
+    assert torch.isfinite(masked).all()
+    dropped = (masked == 0).all(-1) & (points != 0).any(-1)
+    kept = (masked == points).all(-1)
+    assert dropped.any(), f"{variant} dropped no point"
+    assert kept.any(), f"{variant} dropped every point"
+    assert (dropped | kept).all(), f"{variant} changed points other than by zeroing them"
+
+
+@pytest.mark.parametrize("variant", POINT_VARIANTS)
+@pytest.mark.parametrize("case", CPU_POINT_CASES, ids=lambda case: case.name)
+def test_point_overhead(benchmark, bench_for, case, variant):
+    bench = bench_for(case)
+    tensors = _input_tensors(bench)
+    versions = [tensor._version for tensor in tensors]
+    function = bench.variants()[variant]
+    function()  # warm-up
+    benchmark.group = case.name
+    benchmark.extra_info.update(case=case.name, variant=variant, p=1.0, precision=bench.precision,
+                                backend=bench.attribution_precision[variant])
+    rounds = SLOW_ROUNDS if variant in bench.slow_variants else ROUNDS
+    out = benchmark.pedantic(function, rounds=rounds, iterations=1, warmup_rounds=0)
+    check_point_output(bench, variant, out)
+    assert [tensor._version for tensor in tensors] == versions, f"{variant} modified the input batch in place"
