@@ -50,6 +50,7 @@ _ROUTING = (
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # transposed convolution with the right output size (it works out output_padding for strided layers)
 _CONV_INPUT_GRAD = {nn.Conv1d: nn.grad.conv1d_input, nn.Conv2d: nn.grad.conv2d_input, nn.Conv3d: nn.grad.conv3d_input}
+_CONV_FORWARD = {nn.Conv1d: nn.functional.conv1d, nn.Conv2d: nn.functional.conv2d, nn.Conv3d: nn.functional.conv3d}
 
 
 class _Types:
@@ -147,8 +148,9 @@ def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor) -> Tensor
     """Flat rule: spread ``rel`` uniformly over each output's receptive field (zennit's ``Flat``).
 
     With all-one weights every input channel receives the same spread, so (without groups) the work is done on
-    one input and one output channel: the counts are ``in_channels`` times a one-channel convolution of ones, and
-    the relevance summed over output channels is spread by that one-channel convolution's transpose.
+    one input and one output channel: the counts are ``in_channels`` times a one-channel convolution of ones
+    (one sample: they depend on the shape only), and the relevance summed over output channels is spread by that
+    one-channel convolution's transpose. A linear layer's counts are its ``in_features``.
     """
     if isinstance(module, _CONV) and module.groups == 1 and not isinstance(module.padding, str):
         # The counts depend on the shape only: one sample, one channel.
@@ -156,21 +158,23 @@ def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor) -> Tensor
         window = inp.new_ones((1, 1, *module.weight.shape[2:]))
         counts = module._conv_forward(ones, window, None) * module.weight.shape[1]
         share = rel.sum(1, keepdim=True) / stabilize(counts, NORM_STABILIZER)
-        transpose = _CONV_INPUT_GRAD[type(module)]
-        spread = transpose((inp.shape[0], 1, *inp.shape[2:]), window, share, module.stride, module.padding,
-                           module.dilation)
+        kernel, dilation = module.weight.shape[2:], module.dilation
+        full = [d * (k - 1) - p for k, d, p in zip(kernel, dilation, module.padding)]
+        if all(stride == 1 for stride in module.stride) and all(f >= 0 for f in full):
+            # stride 1: the transpose of a correlation with a symmetric (all-one) kernel is a correlation
+            # with "full" padding, which CPU backends run far faster than a one-channel transposed convolution
+            spread = _CONV_FORWARD[type(module)](share, window, None, 1, tuple(full), dilation)
+        else:
+            transpose = _CONV_INPUT_GRAD[type(module)]
+            spread = transpose((inp.shape[0], 1, *inp.shape[2:]), window, share, module.stride, module.padding,
+                               dilation)
         return spread.expand_as(inp)
     if not isinstance(module, _CONV):  # nn.Linear, torch_geometric.nn.Linear: every output sees every input
         counts = torch.full((), module.weight.shape[1], dtype=rel.dtype, device=rel.device)
-        share = (rel / stabilize(counts, NORM_STABILIZER)).sum(-1, keepdim=True)
-        return share.expand_as(inp)
-    with torch.enable_grad():
+        return (rel.sum(-1, keepdim=True) / stabilize(counts, NORM_STABILIZER)).expand_as(inp)
+    with torch.enable_grad():  # grouped convolutions, string padding: the convolution of ones, differentiated
         ones = torch.ones_like(inp).requires_grad_(True)
-        weight = torch.ones_like(module.weight)
-        if isinstance(module, _CONV):
-            counts = module._conv_forward(ones, weight, None)
-        else:  # nn.Linear, torch_geometric.nn.Linear
-            counts = nn.functional.linear(ones, weight)
+        counts = module._conv_forward(ones, torch.ones_like(module.weight), None)
         (spread,) = torch.autograd.grad(counts, ones, rel / stabilize(counts.detach(), NORM_STABILIZER))
     return spread
 

@@ -116,6 +116,11 @@ COVERAGE = {
         nn.Linear(4 * 4 * 4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 5)), (4, 3, 8, 8)),
     "functional_relu_custom_forward": (_FunctionalRelu, (3, 3, 8, 8)),
     "arithmetic_before_first_layer": (_RelativeInput, (3, 3, 8, 8)),
+    "grouped_first_conv_same_padding": (lambda: nn.Sequential(
+        nn.Conv2d(4, 6, 3, padding="same", groups=2), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2), nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 5)), (3, 4, 8, 8)),
+    "dilated_first_conv": (lambda: nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, dilation=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)), (3, 3, 8, 8)),
 }
 
 
