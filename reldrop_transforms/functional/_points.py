@@ -35,11 +35,13 @@ def keep_least_relevant(
         - mask, relevance: (B, N) dense, or (N,) with ``batch`` (N,) and ``num_segments`` clouds.
         - output: like ``mask``, bool.
     """
+    if batch is None:  # dense (B, N): row-wise
+        rescue = torch.zeros_like(mask).scatter_(1, relevance.argmin(1, keepdim=True), True)  # first minimum
+        return mask & ~(rescue & mask.all(1, keepdim=True))
     flat_mask, segment, count = _segments(mask, batch)
-    if batch is not None:
-        if num_segments is None:
-            raise ValueError("num_segments is required with batch (e.g. Batch.num_graphs).")
-        count = num_segments
+    if num_segments is None:
+        raise ValueError("num_segments is required with batch (e.g. Batch.num_graphs).")
+    count = num_segments
     flat_rel = relevance.reshape(-1)
     n = flat_mask.shape[0]
     kept = torch.zeros(count, dtype=torch.long, device=mask.device).scatter_add_(0, segment, (~flat_mask).long())
