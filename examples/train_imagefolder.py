@@ -1,0 +1,124 @@
+"""Train a ResNet-18/50 on an ImageNet-style ``ImageFolder`` tree with RelDrop (``RelevanceDropout2d``).
+
+Data: torchvision's ``datasets.ImageFolder`` layout under ``--data-root``, one folder per class in each split::
+
+    DATA_ROOT/train/<class>/<image>.{jpg,jpeg,png,...}
+    DATA_ROOT/val/<class>/<image>.{jpg,jpeg,png,...}
+
+(ImageNet's validation images must be sorted into class folders first). ``val`` must have the same class folders
+as ``train``. Nothing is ever downloaded.
+
+Per-sample pipeline in the DataLoader workers: training ``RandomResizedCrop(--image-size)``,
+``RandomHorizontalFlip``; evaluation ``Resize(image_size * 256 / 224)``, ``CenterCrop(--image-size)``; both then
+``ToImage``, ``ToDtype(float32, scale=True)``, ``Normalize`` (ImageNet statistics). RelDrop runs on whole batches in
+the main process through ``RelevanceLoader``, on the model's device, filling with 0 (the mean after ``Normalize``).
+
+Example:
+    python examples/train_imagefolder.py --data-root /data/imagenet --model resnet50 --epochs 90 \\
+        --batch-size 256 --num-workers 16 --checkpoint runs/in1k.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import datasets, models
+from torchvision.transforms import v2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    add_common_arguments,
+    add_reldrop_arguments,
+    check_resume_arguments,
+    fit,
+    missing_files_error,
+    resolve_device,
+    seed_everything,
+)
+from reldrop_transforms import RelevanceDropout2d, RelevanceLoader  # noqa: E402
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+LAYOUT = """  DATA_ROOT/train/<class>/<image>.{jpg,jpeg,png,...}
+  DATA_ROOT/val/<class>/<image>.{jpg,jpeg,png,...}   (the same class folders as train)"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_arguments(parser, epochs=90, batch_size=256, lr=0.1, download=False)
+    parser.add_argument("--image-size", type=int, default=224, help="training/evaluation crop size")
+    parser.add_argument("--model", choices=("resnet18", "resnet50", "tiny"), default="resnet50",
+                        help="torchvision ResNet (random init), or a tiny CNN for tests")
+    add_reldrop_arguments(parser, alpha=0.3, beta=0.5, p=0.5)
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="capture RelDrop's attribution in CUDA graphs (CUDA and the fast engine only)")
+    return parser
+
+
+def build_model(name: str, num_classes: int) -> nn.Module:
+    if name == "resnet18":
+        return models.resnet18(num_classes=num_classes)
+    if name == "resnet50":
+        return models.resnet50(num_classes=num_classes)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes),
+    )
+
+
+def build_datasets(args: argparse.Namespace):
+    """Train and validation ``ImageFolder`` sets; clear errors for a missing or inconsistent tree."""
+    missing = [args.data_root / split for split in ("train", "val") if not (args.data_root / split).is_dir()]
+    if missing:
+        raise missing_files_error("ImageFolder", args.data_root, missing, LAYOUT.replace("DATA_ROOT",
+                                  str(args.data_root)), download_hint=False)
+    size = args.image_size
+    to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
+    train_tf = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), *to_tensor])
+    val_tf = v2.Compose([v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size), *to_tensor])
+    train = datasets.ImageFolder(str(args.data_root / "train"), transform=train_tf)
+    val = datasets.ImageFolder(str(args.data_root / "val"), transform=val_tf)
+    if val.classes != train.classes:
+        raise ValueError(
+            f"val should have the same class folders as train, but train has {len(train.classes)} "
+            f"({train.classes[:5]}...) and val {len(val.classes)} ({val.classes[:5]}...)."
+        )
+    return train, val, len(train.classes)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, float]]:
+    """Parse ``argv``, train, and return the per-epoch history (see ``common.fit``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_resume_arguments(parser, args)
+    device = resolve_device(args.device)
+    generator = seed_everything(args.seed)
+    train_set, val_set, num_classes = build_datasets(args)
+
+    model = build_model(args.model, num_classes).to(device)
+    pin = device.type == "cuda"
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                              num_workers=args.num_workers, pin_memory=pin, generator=generator,
+                              persistent_workers=args.num_workers > 0)
+    val_loader = DataLoader(val_set, batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=pin)
+    if args.reldrop:
+        reldrop = RelevanceDropout2d(model, alpha=args.alpha, beta=args.beta, p=args.p, epsilon=args.epsilon,
+                                     backend=args.backend or "auto", cuda_graphs=args.cuda_graphs)
+        train_loader = RelevanceLoader(train_loader, reldrop)
+        print(f"training with {reldrop}")
+
+    weight_decay = 1e-4 if args.weight_decay is None else args.weight_decay
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=weight_decay)
+    return fit(args, model=model, train_loader=train_loader, test_loader=val_loader, optimizer=optimizer,
+               split=lambda batch: (batch[0], batch[1]), device=device)
+
+
+if __name__ == "__main__":
+    main()

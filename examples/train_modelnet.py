@@ -1,0 +1,146 @@
+"""Train a point-cloud classifier on ModelNet10/40 with RelDrop (``RelevanceDropout3d``) on PyG batches.
+
+Data: PyG's ``datasets.ModelNet`` under ``--data-root``, i.e. the unzipped ``ModelNet10.zip`` / ``ModelNet40.zip``
+whose top folder (``ModelNet10/``) is renamed to ``raw/``::
+
+    DATA_ROOT/raw/<class>/train/<class>_<id>.off
+    DATA_ROOT/raw/<class>/test/<class>_<id>.off
+
+Labels are the class folders in sorted order. PyG considers the raw files present when the folders of the ten
+ModelNet10 classes exist (also for ModelNet40) and otherwise calls its ``download()``; here that raises a
+``FileNotFoundError`` naming what is missing unless ``--download`` is given. The first run converts the meshes to
+``DATA_ROOT/processed/{training,test}.pt`` (scaled into the unit sphere by ``NormalizeScale``); use a separate
+``--data-root`` for ModelNet10 and ModelNet40, as PyG's processed file names do not say which one they hold.
+
+Each access samples ``--num-points`` points on the mesh faces (``SamplePoints``, area-weighted), in the DataLoader
+workers. RelDrop runs on the collated ``Batch`` in the main process through ``RelevanceLoader``; ``--fill remove``
+really removes the dropped points (variable-size clouds), ``zero`` (the paper) and ``first`` keep ``N``.
+
+Models (``reldrop_transforms.models``, plain PyTorch, no pyg-lib/torch-cluster): ``pointnet`` (attributed by the
+fast exact LRP engine), ``pointnet2`` and ``dgcnn`` (their relative coordinates / edge features are computed outside
+modules, so they are attributed by the zennit backend), ``tiny`` (a small PointNet for tests).
+
+Example:
+    python examples/train_modelnet.py --data-root ~/data/ModelNet40 --name 40 --model pointnet2 \\
+        --fill first --epochs 200 --checkpoint runs/mn40.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch_geometric import datasets, transforms as T
+from torch_geometric.loader import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    DownloadOnRequest,
+    add_common_arguments,
+    add_reldrop_arguments,
+    check_resume_arguments,
+    fit,
+    resolve_device,
+    seed_everything,
+)
+from reldrop_transforms import RelevanceLoader  # noqa: E402
+from reldrop_transforms.models import DGCNN, PointNet, PointNet2  # noqa: E402
+from reldrop_transforms.transforms import RelevanceDropout3d  # noqa: E402
+
+LAYOUT = """  DATA_ROOT/raw/<class>/train/<class>_<id>.off
+  DATA_ROOT/raw/<class>/test/<class>_<id>.off
+  (the unzipped ModelNet10.zip / ModelNet40.zip with its top folder renamed to raw/; PyG needs at least the
+   folders of the ModelNet10 classes: bathtub, bed, chair, desk, dresser, monitor, night_stand, sofa, table,
+   toilet)"""
+MODELNET10 = ("bathtub", "bed", "chair", "desk", "dresser", "monitor", "night_stand", "sofa", "table", "toilet")
+"""The folders whose presence PyG checks (``ModelNet.raw_file_names``), for ModelNet40 too."""
+BACKENDS = {"pointnet": "auto", "tiny": "auto", "pointnet2": "zennit", "dgcnn": "zennit"}
+
+
+class OfflineModelNet(DownloadOnRequest, datasets.ModelNet):
+    """``torch_geometric.datasets.ModelNet`` that downloads only with ``download=True``."""
+
+    DATASET = "ModelNet"
+    LAYOUT = LAYOUT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_arguments(parser, epochs=200, batch_size=32, lr=1e-3)
+    parser.add_argument("--name", choices=("10", "40"), default="10", help="ModelNet10 or ModelNet40")
+    parser.add_argument("--num-points", type=int, default=1024, help="points sampled per mesh")
+    parser.add_argument("--model", choices=tuple(BACKENDS), default="pointnet",
+                        help="pointnet (fast LRP engine), pointnet2 or dgcnn (zennit backend), tiny (for tests)")
+    add_reldrop_arguments(parser, alpha=0.5, beta=0.5, p=1.0, fill=True)
+    return parser
+
+
+def build_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
+    if name == "pointnet":
+        return PointNet(in_channels, num_classes)
+    if name == "pointnet2":
+        return PointNet2(in_channels, num_classes)
+    if name == "dgcnn":
+        return DGCNN(in_channels, num_classes)
+    return PointNet(in_channels, num_classes, hidden=(16, 32), head=(16,), dropout=0.0)
+
+
+def check_meshes(root: Path, name: str) -> None:
+    """Each split needs at least one mesh (PyG fails with an ``IndexError`` on an empty split)."""
+    raw = root / "raw"
+    if not all((raw / folder).is_dir() for folder in MODELNET10):
+        return  # PyG calls download(): OfflineModelNet names the missing folders unless --download
+    for split in ("train", "test"):
+        if next(raw.glob(f"*/{split}/*_*.off"), None) is None:
+            raise ValueError(f"ModelNet{name} under {root} has no {split} meshes (raw/<class>/{split}/*.off): "
+                             f"expected\n{LAYOUT.replace('DATA_ROOT', str(root))}")
+
+
+def build_datasets(args: argparse.Namespace):
+    """Train and test sets (sampled point clouds); raises ``FileNotFoundError`` (expected layout) when missing."""
+    check_meshes(args.data_root, args.name)
+    kwargs = dict(name=args.name, pre_transform=T.NormalizeScale(), transform=T.SamplePoints(args.num_points),
+                  download=args.download)
+    train = OfflineModelNet(str(args.data_root), train=True, **kwargs)
+    test = OfflineModelNet(str(args.data_root), train=False, **kwargs)
+    labels = int(train.y.max()) + 1
+    if labels > int(args.name):
+        raise ValueError(f"--name {args.name} expects {args.name} classes, but {args.data_root}/raw holds at least "
+                         f"{labels} class folders.")
+    return train, test, int(args.name)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, float]]:
+    """Parse ``argv``, train, and return the per-epoch history (see ``common.fit``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_resume_arguments(parser, args)
+    device = resolve_device(args.device)
+    generator = seed_everything(args.seed)
+    train_set, test_set, num_classes = build_datasets(args)
+
+    model = build_model(args.model, in_channels=3, num_classes=num_classes).to(device)
+    pin = device.type == "cuda"
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                              num_workers=args.num_workers, pin_memory=pin, generator=generator,
+                              persistent_workers=args.num_workers > 0)
+    test_loader = DataLoader(test_set, batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=pin)
+    if args.reldrop:
+        reldrop = RelevanceDropout3d(model, alpha=args.alpha, beta=args.beta, p=args.p, fill=args.fill,
+                                     epsilon=args.epsilon, backend=args.backend or BACKENDS[args.model])
+        train_loader = RelevanceLoader(train_loader, reldrop)
+        print(f"training with {reldrop}")
+
+    weight_decay = 1e-4 if args.weight_decay is None else args.weight_decay
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=weight_decay)
+    return fit(args, model=model, train_loader=train_loader, test_loader=test_loader, optimizer=optimizer,
+               split=lambda batch: (batch, batch.y), device=device)
+
+
+if __name__ == "__main__":
+    main()
