@@ -8,6 +8,7 @@ and the tries: no Python loop over samples and no host synchronisation.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -21,7 +22,8 @@ _TRIES = 10  # as torchvision's RandomErasing
 
 
 def _check_range(name: str, value: Sequence[float], low: float, high: float | None = None) -> tuple[float, float]:
-    if not isinstance(value, Sequence) or len(value) != 2:
+    if (isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2
+            or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)):
         raise TypeError(f"`{name}` should be a sequence (min, max), but got {value!r}.")
     a, b = float(value[0]), float(value[1])
     if not (low <= a <= b) or (high is not None and b > high):
@@ -82,7 +84,7 @@ def relevant_centres(
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k should be an integer >= 1, but got {top_k!r} instead.")
     batch_size, height, width = relevance.shape
-    flat = relevance.reshape(batch_size, -1)
+    flat = relevance.reshape(batch_size, height * width)  # not -1: an empty batch is allowed
     k = min(top_k, flat.shape[1])
     best = flat.topk(k, dim=1).indices  # (B, k)
     draws = uniform_like(torch.empty(batch_size, num_patches, 2, device=relevance.device), generator)
@@ -171,7 +173,7 @@ def relevance_ball_mask(
         raise ValueError(f"top_k should be an integer >= 1, but got {top_k!r} instead.")
     if batch is None:
         num, size = relevance.shape
-        flat_rel, flat_pos = relevance.reshape(-1), pos.reshape(num * size, -1)
+        flat_rel, flat_pos = relevance.reshape(-1), pos.reshape(num * size, pos.shape[-1])
         segment = torch.arange(num, device=relevance.device).repeat_interleave(size)
         count = num
     else:
@@ -179,6 +181,8 @@ def relevance_ball_mask(
             raise ValueError("num_segments is required with batch (e.g. Batch.num_graphs).")
         flat_rel, flat_pos, segment, count = relevance, pos, batch, num_segments
     n = flat_rel.shape[0]
+    if n == 0:  # no points at all (a shape, not a synchronisation)
+        return torch.zeros(relevance.shape, dtype=torch.bool, device=relevance.device)
     draws = uniform_like(torch.empty(count, 3, device=relevance.device, dtype=pos.dtype), generator)
     # rank points within their cloud by relevance (descending), without a loop over clouds
     by_relevance = torch.argsort(flat_rel, descending=True, stable=True)

@@ -1,0 +1,302 @@
+"""Tests of RelevanceErasing2d, relevance-guided Random Erasing (the published Block/Patch variants) as a
+torchvision transforms.v2 batch transform.
+
+The transform is compared end-to-end with the public pieces run by hand from a generator seeded like the
+transform's: the coins (when ``p < 1``), the relevance of the selected samples summed over channels, and
+``relevance_erasing_mask`` (itself tested against per-sample loops in tests/functional/test_erasing.py).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import PIL.Image
+import pytest
+import torch
+from torch import nn
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+import reldrop_transforms
+from reldrop_transforms import RelevanceErasing2d
+from reldrop_transforms.attribution import relevance
+from reldrop_transforms.functional import relevance_erasing_mask, sample_erasing_sizes
+
+# Sizes that always fit a 12x12 image at the first try (h <= round(sqrt(0.3 * 2) * 12) = 9): every selected
+# sample is erased.
+ALWAYS_FITS = {"scale": (0.1, 0.3), "ratio": (0.5, 2.0)}
+
+
+def transform(model, device, **kwargs):
+    seed = kwargs.pop("seed", 0)
+    return RelevanceErasing2d(model, generator=torch.Generator(device=device).manual_seed(seed), **kwargs)
+
+
+def reference_mask(model, images, labels, *, p, seed, **kwargs):
+    """Coins ``U < p`` (none drawn at ``p = 1``), then relevance of the selected samples summed over channels, then
+    ``relevance_erasing_mask`` with the same generator."""
+    batch_size, _, height, width = images.shape
+    g = torch.Generator(device=images.device).manual_seed(seed)
+    if p >= 1.0:
+        index = torch.arange(batch_size, device=images.device)
+    elif p <= 0.0:
+        index = torch.zeros(0, dtype=torch.long, device=images.device)
+    else:
+        index = (torch.rand(batch_size, generator=g, device=images.device) < p).nonzero().flatten()
+    mask = torch.zeros(batch_size, height, width, dtype=torch.bool, device=images.device)
+    if index.numel() == 0:
+        return mask, index
+    targets = None if labels is None else labels[index]
+    rel = relevance(model, images[index], targets).sum(1)
+    mask[index] = relevance_erasing_mask(rel, generator=g, **kwargs)
+    return mask, index
+
+
+def assert_filled(out, images, mask, value):
+    """Masked pixels equal ``value`` in every channel; all other pixels equal the input exactly."""
+    value = torch.as_tensor(value, dtype=images.dtype, device=images.device).reshape(-1)
+    expected_fill = value.reshape(1, -1, 1, 1).expand_as(images) if value.numel() > 1 else value.expand_as(images)
+    dropped = mask[:, None].expand_as(images)
+    assert torch.equal(out[dropped], expected_fill[dropped])
+    assert torch.equal(out[~dropped], images[~dropped])
+
+
+class TestRelevanceErasing2d:
+    # -- the mask and the fill ---------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("kwargs, seed", [
+        ({}, 0),
+        ({"top_k": 5}, 1),
+        ({"num_patches": 3, "top_k": 8}, 2),
+        ({"scale": (0.05, 0.2), "ratio": (0.5, 2.0)}, 3),
+        ({"num_patches": 2, "top_k": 1, "scale": (0.2, 0.6)}, 4),
+    ])
+    def test_mask_matches_functional(self, model, batch, device, kwargs, seed):
+        images, labels = batch
+        out_images, out_labels = transform(model, device, p=1.0, value=-3.5, seed=seed, **kwargs)(images, labels)
+        mask, _ = reference_mask(model, images, labels, p=1.0, seed=seed, **kwargs)
+        assert bool(mask.any()) and bool((~mask).any())  # not vacuous
+        assert_filled(out_images, images, mask, -3.5)
+        assert out_labels is labels
+
+    def test_top1_relevant_pixel_erased(self, model, make_batch, device):
+        # top_k = 1: whenever a sample is erased, its most relevant pixel (channel-summed relevance) is erased.
+        images, labels = make_batch(batch_size=32, device=device, seed=1)
+        for num_patches in (1, 2):
+            out, _ = transform(model, device, p=1.0, value=100.0, num_patches=num_patches, seed=3)(images, labels)
+            erased = (out == 100.0).all(1)  # (B, H, W)
+            rel = relevance(model, images, labels).sum(1).flatten(1)
+            top = rel.argmax(1)
+            rows = erased.flatten(1).any(1)
+            assert int(rows.sum()) >= 28  # almost every sample has a fitting rectangle
+            assert bool(erased.flatten(1)[torch.arange(32, device=device), top][rows].all())
+
+    def test_output_shape_dtype_device(self, model, batch, device):
+        images, labels = batch
+        out_images, out_labels = transform(model, device, p=1.0)(images, labels)
+        assert out_images.shape == images.shape and out_images.dtype == images.dtype
+        assert out_images.device == images.device and type(out_images) is torch.Tensor
+        assert out_labels is labels
+
+    def test_erased_region_is_a_rectangle(self, model, batch, device):
+        images, labels = batch
+        out, _ = transform(model, device, p=1.0, value=50.0, **ALWAYS_FITS)(images, labels)
+        erased = (out == 50.0).all(1)
+        for b in range(images.shape[0]):
+            rows, cols = erased[b].any(1).nonzero().flatten(), erased[b].any(0).nonzero().flatten()
+            assert rows.numel() > 0
+            assert int(erased[b].sum()) == rows.numel() * cols.numel()  # the bounding box is fully erased
+            assert rows.numel() == int(rows[-1] - rows[0]) + 1 and cols.numel() == int(cols[-1] - cols[0]) + 1
+
+    def test_float64(self, make_model, make_batch, device):
+        model = make_model().double().to(device)
+        images, labels = make_batch(device=device, dtype=torch.float64)
+        out, _ = transform(model, device, p=1.0, value=1.25)(images, labels)
+        mask, _ = reference_mask(model, images, labels, p=1.0, seed=0)
+        assert out.dtype == torch.float64
+        assert_filled(out, images, mask, 1.25)
+
+    def test_per_channel_value(self, model, batch, device):
+        images, labels = batch
+        value = (0.5, -1.0, 2.0)
+        out, _ = transform(model, device, p=1.0, value=value)(images, labels)
+        mask, _ = reference_mask(model, images, labels, p=1.0, seed=0)
+        assert_filled(out, images, mask, value)
+        b, i, j = mask.nonzero()[0].tolist()
+        assert out[b, :, i, j].tolist() == list(value)
+        single, _ = transform(model, device, p=1.0, value=[4.0])(images, labels)
+        assert_filled(single, images, mask, 4.0)
+
+    def test_inputs_not_modified(self, model, batch, device):
+        images, labels = batch
+        before, versions = (images.clone(), labels.clone()), (images._version, labels._version)
+        out, _ = transform(model, device, p=1.0)(images, labels)
+        assert (images._version, labels._version) == versions
+        assert torch.equal(images, before[0]) and torch.equal(labels, before[1])
+        assert not torch.equal(out, images)
+
+    def test_model_state_untouched(self, model, batch, device):
+        images, labels = batch
+        model.train()
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        transform(model, device, p=1.0)(images, labels)
+        assert model.training and all(m.training for m in model.modules())
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+        assert all(p.grad is None for p in model.parameters())
+
+    # -- the per-sample coin ----------------------------------------------------------------------------------
+
+    def test_p_zero_returns_input(self, model, batch, device):
+        images, labels = batch
+        out_images, out_labels = transform(model, device, p=0.0)(images, labels)
+        assert out_images is images and out_labels is labels
+
+    def test_p_half_matches_reference(self, model, make_batch, device):
+        images, labels = make_batch(batch_size=16, device=device, seed=3)
+        out, _ = transform(model, device, p=0.5, value=7.0, seed=5, top_k=3)(images, labels)
+        mask, index = reference_mask(model, images, labels, p=0.5, seed=5, top_k=3)
+        selected = torch.zeros(16, dtype=torch.bool, device=device)
+        selected[index] = True
+        assert 0 < int(selected.sum()) < 16
+        assert_filled(out, images, mask, 7.0)
+        assert torch.equal(out[~selected], images[~selected])  # unselected samples are unchanged
+
+    def test_p_selects_about_p(self, model, make_batch, device):
+        n = 200
+        images, labels = make_batch(batch_size=n, size=12, device=device, seed=4)
+        out, _ = transform(model, device, p=0.3, value=7.0, seed=9, **ALWAYS_FITS)(images, labels)
+        changed = (out != images).flatten(1).any(1)
+        coins = torch.rand(n, generator=torch.Generator(device=device).manual_seed(9), device=device) < 0.3
+        assert torch.equal(changed, coins)  # exactly the selected samples are erased (every rectangle fits)
+        assert abs(int(changed.sum()) - n * 0.3) <= 5 * math.sqrt(n * 0.21)
+
+    def test_erased_area_matches_sizes(self, model, make_batch, device):
+        # p = 1 on a 32x32 batch: each sample's erased area is the clipped h x w rectangle drawn first.
+        images, labels = make_batch(batch_size=64, size=32, device=device, seed=6)
+        out, _ = transform(model, device, p=1.0, value=9.0, seed=6)(images, labels)
+        sizes, valid = sample_erasing_sizes(64, 32, 32, generator=torch.Generator(device=device).manual_seed(6),
+                                            device=device)
+        counts = (out == 9.0).all(1).flatten(1).sum(1)
+        assert torch.equal(counts > 0, valid[:, 0])
+        assert bool((counts <= sizes[:, 0].prod(-1) * valid[:, 0]).all())  # clipping only removes pixels
+
+    # -- reproducibility, inputs -------------------------------------------------------------------------------
+
+    def test_reproducible_with_generator(self, model, batch, device):
+        images, labels = batch
+        a = transform(model, device, p=0.7, seed=1, top_k=4)(images, labels)[0]
+        b = transform(model, device, p=0.7, seed=1, top_k=4)(images, labels)[0]
+        c = transform(model, device, p=0.7, seed=2, top_k=4)(images, labels)[0]
+        assert torch.equal(a, b) and not torch.equal(a, c)
+        t = transform(model, device, p=1.0, seed=1, top_k=4)
+        assert not torch.equal(t(images, labels)[0], t(images, labels)[0])  # the generator advances
+
+    def test_tv_tensor_image(self, model, batch, device):
+        images, labels = batch
+        out, out_labels = transform(model, device, p=1.0, value=2.0)(tv_tensors.Image(images), labels)
+        assert isinstance(out, tv_tensors.Image) and out_labels is labels
+        mask, _ = reference_mask(model, images, labels, p=1.0, seed=0)
+        assert_filled(out.as_subclass(torch.Tensor), images, mask, 2.0)
+
+    def test_predicted_class_without_labels(self, model, batch, device):
+        images, _ = batch
+        out = transform(model, device, p=1.0, value=3.0, labels_getter=None)(images)
+        mask, _ = reference_mask(model, images, None, p=1.0, seed=0)
+        assert_filled(out, images, mask, 3.0)
+
+    def test_dict_and_passthrough(self, model, batch, device):
+        images, labels = batch
+        sample = {"image": images, "labels": labels, "name": "x"}
+        out = transform(model, device, p=1.0, value=3.0)(sample)
+        mask, _ = reference_mask(model, images, labels, p=1.0, seed=0)
+        assert_filled(out["image"], images, mask, 3.0)
+        assert out["labels"] is labels and out["name"] == "x"
+
+    def test_compose_with_cutmix(self, model, batch, device, num_classes):
+        images, labels = batch
+        pipeline = v2.Compose([transform(model, device, p=1.0, value=4.0), v2.CutMix(num_classes=num_classes)])
+        torch.manual_seed(0)
+        out_images, out_labels = pipeline(images, labels)
+        assert out_images.shape == images.shape and out_labels.shape == (8, num_classes)
+
+    def test_empty_batch(self, model, device):
+        images = torch.zeros(0, 3, 12, 12, device=device)
+        labels = torch.zeros(0, dtype=torch.long, device=device)
+        out_images, out_labels = transform(model, device, p=1.0)(images, labels)
+        assert out_images.shape == (0, 3, 12, 12) and out_labels is labels
+
+    def test_public_and_repr_and_pickle(self, model, batch, device):
+        assert reldrop_transforms.RelevanceErasing2d is RelevanceErasing2d
+        t = transform(model, device, p=1.0, top_k=3, num_patches=2, scale=(0.1, 0.2))
+        assert isinstance(t, v2.Transform)
+        assert (t.scale, t.ratio, t.top_k, t.num_patches) == ((0.1, 0.2), (0.3, 3.3), 3, 2)
+        assert "RelevanceErasing2d(" in repr(t)
+        images, labels = batch
+        clone = pickle.loads(pickle.dumps(t))
+        assert torch.equal(clone(images, labels)[0], t(images, labels)[0])
+
+    # -- errors ------------------------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("name, bad, error, match", [
+        ("scale", (0.4, 0.02), ValueError, r"`scale` should be an increasing pair in \[0.0, 1.0\], but got "
+                                           r"\(0.4, 0.02\) instead"),
+        ("scale", (0.1, 1.2), ValueError, r"`scale` should be an increasing pair in \[0.0, 1.0\]"),
+        ("scale", (-0.1, 0.3), ValueError, r"`scale` should be an increasing pair"),
+        ("scale", 0.3, TypeError, r"`scale` should be a sequence \(min, max\)"),
+        ("scale", (0.1,), TypeError, r"`scale` should be a sequence \(min, max\)"),
+        ("scale", "01", TypeError, r"`scale` should be a sequence \(min, max\)"),
+        ("ratio", (3.3, 0.3), ValueError, r"`ratio` should be an increasing pair in >= 1e-12, but got \(3.3, 0.3\)"),
+        ("ratio", (0.0, 2.0), ValueError, r"`ratio` should be an increasing pair in >= 1e-12"),
+        ("ratio", None, TypeError, r"`ratio` should be a sequence \(min, max\)"),
+        ("top_k", 0, ValueError, r"top_k should be an integer >= 1, but got 0 instead"),
+        ("top_k", -2, ValueError, r"top_k should be an integer >= 1, but got -2"),
+        ("top_k", 1.0, ValueError, r"top_k should be an integer >= 1, but got 1.0"),
+        ("top_k", True, ValueError, r"top_k should be an integer >= 1, but got True"),
+        ("num_patches", 0, ValueError, r"num_patches should be an integer >= 1, but got 0 instead"),
+        ("num_patches", 2.5, ValueError, r"num_patches should be an integer >= 1, but got 2.5"),
+        ("num_patches", True, ValueError, r"num_patches should be an integer >= 1, but got True"),
+        ("p", 1.5, ValueError, r"`p` should be in the interval \[0.0, 1.0\], but got"),
+        ("p", float("nan"), ValueError, r"`p` should be in the interval \[0.0, 1.0\], but got"),
+        ("value", "0", TypeError, r"value should be a number or a sequence of numbers"),
+        ("generator", 0, TypeError, r"generator should be a torch.Generator"),
+        ("backend", "captum", ValueError, r"backend should be one of"),
+    ])
+    def test_constructor_errors(self, name, bad, error, match):
+        with pytest.raises(error, match=match):
+            RelevanceErasing2d(nn.Linear(2, 2), **{name: bad})
+
+    def test_model_not_a_module(self):
+        with pytest.raises(TypeError, match="model should be a torch.nn.Module"):
+            RelevanceErasing2d(lambda x: x)
+
+    @pytest.mark.parametrize("shape", [(3, 12, 12), (2, 2, 3, 12, 12), (8, 12)])
+    def test_batch_not_4d(self, model, device, shape):
+        images = torch.randn(shape, device=device)
+        labels = torch.zeros(shape[0], dtype=torch.long, device=device)
+        with pytest.raises(ValueError, match=r"RelevanceErasing2d expects a batch of shape \(B, C, H, W\), but got"):
+            transform(model, device, p=1.0)(images, labels)
+
+    @pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+    def test_integer_images(self, model, batch, device, dtype):
+        images, labels = batch
+        with pytest.raises(TypeError, match=r"floating-point inputs.*ToDtype"):
+            transform(model, device, p=1.0)(images.to(dtype), labels)
+
+    def test_labels_mismatch(self, model, batch, device):
+        images, labels = batch
+        with pytest.raises(ValueError, match=r"labels of shape \(7,\) do not match a batch of 8 images"):
+            transform(model, device, p=1.0)(images, labels[:7])
+        with pytest.raises(ValueError, match=r"labels of shape \(8, 2, 5\) do not match"):
+            transform(model, device, p=1.0)(images, torch.zeros(8, 2, 5, device=device))
+        with pytest.raises(ValueError, match="could not find the labels"):
+            transform(model, device, p=1.0)(images)
+
+    def test_value_length_differs_from_channels(self, model, batch, device):
+        images, labels = batch
+        with pytest.raises(ValueError, match="RelevanceErasing2d: value has 2 entries but the images have 3 channels"):
+            transform(model, device, p=1.0, value=(1.0, 2.0))(images, labels)
+
+    def test_pil_image(self, model):
+        with pytest.raises(TypeError, match="works on batched tensors, but got a PIL image"):
+            RelevanceErasing2d(model)(PIL.Image.new("RGB", (8, 8)), torch.tensor(0))
