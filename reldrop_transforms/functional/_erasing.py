@@ -46,7 +46,8 @@ def sample_erasing_sizes(
     """Rectangle sizes as ``v2.RandomErasing`` draws them, for every sample and patch at once.
 
     The erased area is ``U(scale) * H * W / num_patches`` and the aspect ratio log-uniform in ``ratio``; of up to
-    10 tries the first that fits (``h < H`` and ``w < W``) is taken, and a sample-patch with none is not erased.
+    10 tries the first that fits (``0 < h < H`` and ``0 < w < W``) is taken, and a sample-patch with none is not
+    erased.
 
     Returns:
         ``sizes`` (B, P, 2) integer ``(h, w)`` and ``valid`` (B, P) bool.
