@@ -4,7 +4,8 @@
 Every script trains with RelDrop applied to whole batches in the main process: the training DataLoader (workers
 allowed) is wrapped in :class:`reldrop_transforms.RelevanceLoader`, which moves each batch to the model's device and
 applies the transform there. AMP (``torch.autocast`` in float16 with a ``GradScaler``) is used on CUDA only; the
-attribution itself runs outside autocast, in float32.
+attribution itself runs outside autocast, in float32. A script's ``main`` is :func:`run` (or :func:`run_point_cloud`)
+given its own pieces: parser, datasets, model, RelDrop transform, optimizer and default weight decay.
 
 Not part of the package: the scripts import it from their own folder.
 """
@@ -23,31 +24,63 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from reldrop_transforms import RelevanceDropout2d, RelevanceLoader
 from reldrop_transforms.loaders import move_to_device
 
 __all__ = [
     "DownloadOnRequest",
+    "POINT_BACKENDS",
     "add_common_arguments",
+    "add_point_model_argument",
     "add_reldrop_arguments",
+    "build_point_model",
     "check_resume_arguments",
     "evaluate",
     "fit",
+    "image_reldrop",
+    "layout_at",
+    "make_loaders",
+    "make_parser",
     "missing_files_error",
+    "offline_dataset",
     "parse_fill",
+    "point_cloud_reldrop",
     "resolve_device",
+    "run",
+    "run_point_cloud",
     "seed_everything",
+    "split_graph",
+    "split_pair",
     "train_one_epoch",
     "load_checkpoint",
     "save_checkpoint",
+    "wrap_with_reldrop",
 ]
 
 Split = Callable[[Any], tuple[Any, Tensor]]
 """``split(batch) -> (model_input, labels)``: how a script's batches are read."""
 
 
+def split_pair(batch: Sequence) -> tuple[Tensor, Tensor]:
+    """Batches of ``(images, labels)`` (torchvision datasets)."""
+    return batch[0], batch[1]
+
+
+def split_graph(batch: Any) -> tuple[Any, Tensor]:
+    """PyG batches: the whole ``Batch`` goes to the model, ``batch.y`` holds the labels."""
+    return batch, batch.y
+
+
 # -- command line --------------------------------------------------------------------------------------------------
+def make_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser described by the first paragraph of a script's docstring ``doc``, showing defaults in ``--help``."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
 def add_common_arguments(
     parser: argparse.ArgumentParser,
     *,
@@ -82,8 +115,9 @@ def add_common_arguments(
 
 
 def add_reldrop_arguments(parser: argparse.ArgumentParser, *, alpha: float, beta: float, p: float,
-                          fill: bool = False) -> None:
-    """``--reldrop/--no-reldrop`` and the transform's main options; ``--fill`` for the point-cloud scripts."""
+                          fill: bool = False, cuda_graphs: bool = False) -> None:
+    """``--reldrop/--no-reldrop`` and the transform's main options; ``--fill`` for the point-cloud scripts,
+    ``--cuda-graphs`` (outside the RelDrop group) for the image scripts."""
     group = parser.add_argument_group("RelDrop")
     group.add_argument("--reldrop", action=argparse.BooleanOptionalAction, default=True,
                        help="train with relevance-driven input dropout")
@@ -97,6 +131,19 @@ def add_reldrop_arguments(parser: argparse.ArgumentParser, *, alpha: float, beta
         group.add_argument("--fill", type=parse_fill, default="zero",
                            help="dropped points: zero (the paper), first (copy the cloud's first kept point), "
                                 "remove (PyG batches shrink), or a number")
+    if cuda_graphs:
+        parser.add_argument("--cuda-graphs", action="store_true",
+                            help="capture RelDrop's attribution in CUDA graphs (CUDA and the fast engine only)")
+
+
+POINT_BACKENDS = {"pointnet": "auto", "tiny": "auto", "pointnet2": "zennit", "dgcnn": "zennit"}
+"""The point-cloud models (``--model``) and the attribution backend each gets unless ``--backend`` is given."""
+
+
+def add_point_model_argument(parser: argparse.ArgumentParser) -> None:
+    """``--model`` of the point-cloud scripts (see :data:`POINT_BACKENDS`)."""
+    parser.add_argument("--model", choices=tuple(POINT_BACKENDS), default="pointnet",
+                        help="pointnet (fast LRP engine), pointnet2 or dgcnn (zennit backend), tiny (for tests)")
 
 
 def check_resume_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -156,6 +203,11 @@ def missing_files_error(dataset: str, root: Path, missing: Sequence[str | os.Pat
     )
 
 
+def layout_at(layout: str, root: Path) -> str:
+    """A script's ``LAYOUT`` with ``DATA_ROOT`` replaced by the actual ``--data-root``."""
+    return layout.replace("DATA_ROOT", str(root))
+
+
 class DownloadOnRequest:
     """Mixin for PyG datasets: ``download()`` runs only when the dataset was built with ``download=True``.
 
@@ -180,6 +232,18 @@ class DownloadOnRequest:
             missing = [path for path in self.raw_paths if not os.path.exists(path)]
             raise missing_files_error(self.DATASET, Path(self.root), missing, self.LAYOUT)
         super().download()
+
+
+def offline_dataset(base: type, dataset: str, layout: str, module: str) -> type:
+    """``class Offline<base>(DownloadOnRequest, base)`` with ``DATASET = dataset`` and ``LAYOUT = layout``: a PyG
+    dataset that downloads only when built with ``download=True`` (see :class:`DownloadOnRequest`). ``module`` (the
+    calling script's ``__name__``) is where the class is defined, so that it pickles by reference."""
+    return type(f"Offline{base.__name__}", (DownloadOnRequest, base), {
+        "__module__": module,
+        "__doc__": f"``{base.__module__}.{base.__name__}`` that downloads only with ``download=True``.",
+        "DATASET": dataset,
+        "LAYOUT": layout,
+    })
 
 
 # -- checkpoints -------------------------------------------------------------------------------------------------
@@ -316,3 +380,97 @@ def fit(args: argparse.Namespace, *, model: nn.Module, train_loader: Iterable, t
             save_checkpoint(args.checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                             epoch=epoch + 1, args=args)
     return history
+
+
+# -- a script's main ----------------------------------------------------------------------------------------------
+def make_loaders(args: argparse.Namespace, train_set, test_set, generator: torch.Generator, device: torch.device,
+                 loader_cls: type = DataLoader) -> tuple[Iterable, Iterable]:
+    """Training loader (shuffled with ``generator``, last incomplete batch dropped, persistent workers) and
+    evaluation loader, both with ``--batch-size`` and ``--num-workers``; memory pinned on CUDA. ``loader_cls``:
+    torch's ``DataLoader``, or PyG's for graph data."""
+    pin = device.type == "cuda"
+    train_loader = loader_cls(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                              num_workers=args.num_workers, pin_memory=pin, generator=generator,
+                              persistent_workers=args.num_workers > 0)
+    test_loader = loader_cls(test_set, batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=pin)
+    return train_loader, test_loader
+
+
+def wrap_with_reldrop(args: argparse.Namespace, loader: Iterable, make_transform: Callable[[], Callable]) -> Iterable:
+    """With ``--reldrop``: ``loader`` wrapped in a ``RelevanceLoader`` applying ``make_transform()`` (built only
+    then, and printed); without it, ``loader`` itself."""
+    if not args.reldrop:
+        return loader
+    reldrop = make_transform()
+    loader = RelevanceLoader(loader, reldrop)
+    print(f"training with {reldrop}")
+    return loader
+
+
+def image_reldrop(args: argparse.Namespace, model: nn.Module) -> RelevanceDropout2d:
+    """``RelevanceDropout2d`` from the image scripts' options (``--backend`` defaults to ``auto``)."""
+    return RelevanceDropout2d(model, alpha=args.alpha, beta=args.beta, p=args.p, epsilon=args.epsilon,
+                              backend=args.backend or "auto", cuda_graphs=args.cuda_graphs)
+
+
+def point_cloud_reldrop(args: argparse.Namespace, model: nn.Module):
+    """``RelevanceDropout3d`` from the point-cloud scripts' options (``--backend`` defaults to the model's entry
+    of :data:`POINT_BACKENDS`)."""
+    from reldrop_transforms.transforms import RelevanceDropout3d
+
+    return RelevanceDropout3d(model, alpha=args.alpha, beta=args.beta, p=args.p, fill=args.fill,
+                              epsilon=args.epsilon, backend=args.backend or POINT_BACKENDS[args.model])
+
+
+def build_point_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
+    """A model of ``reldrop_transforms.models`` (needs PyG) by its ``--model`` name; ``tiny`` is a small PointNet."""
+    from reldrop_transforms.models import DGCNN, PointNet, PointNet2
+
+    if name == "pointnet":
+        return PointNet(in_channels, num_classes)
+    if name == "pointnet2":
+        return PointNet2(in_channels, num_classes)
+    if name == "dgcnn":
+        return DGCNN(in_channels, num_classes)
+    return PointNet(in_channels, num_classes, hidden=(16, 32), head=(16,), dropout=0.0)
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, *,
+        build_datasets: Callable[[argparse.Namespace], tuple[Any, Any, int]],
+        build_model: Callable[[argparse.Namespace, int], nn.Module],
+        make_transform: Callable[[argparse.Namespace, nn.Module], Callable],
+        optimizer: Callable[..., torch.optim.Optimizer], weight_decay: float, split: Split,
+        loader_cls: type = DataLoader) -> list[dict[str, float]]:
+    """A training script's ``main``: parse ``argv`` (and check it), pick the device, seed, build the datasets
+    (``build_datasets(args) -> (train, test, num_classes)``) and the model (``build_model(args, num_classes)``),
+    the loaders (:func:`make_loaders`), RelDrop on the training loader (:func:`wrap_with_reldrop` with
+    ``make_transform(args, model)``) and ``optimizer(params, lr=--lr, weight_decay=--weight-decay or
+    weight_decay)``, then :func:`fit`. Returns the per-epoch history."""
+    args = parser.parse_args(argv)
+    check_resume_arguments(parser, args)
+    device = resolve_device(args.device)
+    generator = seed_everything(args.seed)
+    train_set, test_set, num_classes = build_datasets(args)
+
+    model = build_model(args, num_classes).to(device)
+    train_loader, test_loader = make_loaders(args, train_set, test_set, generator, device, loader_cls)
+    train_loader = wrap_with_reldrop(args, train_loader, lambda: make_transform(args, model))
+
+    decay = weight_decay if args.weight_decay is None else args.weight_decay
+    opt = optimizer(model.parameters(), lr=args.lr, weight_decay=decay)
+    return fit(args, model=model, train_loader=train_loader, test_loader=test_loader, optimizer=opt, split=split,
+               device=device)
+
+
+def run_point_cloud(parser: argparse.ArgumentParser, argv: Sequence[str] | None, *,
+                    build_datasets: Callable[[argparse.Namespace], tuple[Any, Any, int]],
+                    in_channels: Callable[[argparse.Namespace], int]) -> list[dict[str, float]]:
+    """:func:`run` with what the point-cloud scripts share: PyG's ``DataLoader``, :func:`build_point_model` with
+    ``in_channels(args)`` input channels, :func:`point_cloud_reldrop`, Adam with weight decay 1e-4 by default,
+    batches read by :func:`split_graph`."""
+    from torch_geometric.loader import DataLoader as GraphLoader
+
+    return run(parser, argv, build_datasets=build_datasets,
+               build_model=lambda args, num_classes: build_point_model(args.model, in_channels(args), num_classes),
+               make_transform=point_cloud_reldrop, optimizer=torch.optim.Adam, weight_decay=1e-4,
+               split=split_graph, loader_cls=GraphLoader)

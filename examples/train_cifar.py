@@ -23,27 +23,19 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from torchvision import datasets, models
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
-    add_common_arguments,
-    add_reldrop_arguments,
-    check_resume_arguments,
-    fit,
-    missing_files_error,
-    resolve_device,
-    seed_everything,
-)
-from reldrop_transforms import RelevanceDropout2d, RelevanceLoader  # noqa: E402
+from common import add_common_arguments, add_reldrop_arguments, image_reldrop  # noqa: E402
+from common import make_parser, missing_files_error, run, split_pair  # noqa: E402
 
 MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
 STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
@@ -69,17 +61,14 @@ DATASETS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(__doc__)
     add_common_arguments(parser, epochs=200, batch_size=128, lr=0.1)
     parser.add_argument("--dataset", choices=tuple(DATASETS), default="cifar10")
     parser.add_argument("--integrity-check", action=argparse.BooleanOptionalAction, default=True,
                         help="compare the files' md5 with the official archive (torchvision's check)")
     parser.add_argument("--model", choices=("resnet18", "tiny"), default="resnet18",
                         help="resnet18: torchvision's, adapted to 32 px (3x3 stem, no max pool); tiny: for tests")
-    add_reldrop_arguments(parser, alpha=0.3, beta=0.5, p=0.5)
-    parser.add_argument("--cuda-graphs", action="store_true",
-                        help="capture RelDrop's attribution in CUDA graphs (CUDA and the fast engine only)")
+    add_reldrop_arguments(parser, alpha=0.3, beta=0.5, p=0.5, cuda_graphs=True)
     return parser
 
 
@@ -124,31 +113,12 @@ def build_datasets(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
-    """Parse ``argv``, train, and return the per-epoch history (see ``common.fit``)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_resume_arguments(parser, args)
-    device = resolve_device(args.device)
-    generator = seed_everything(args.seed)
-    train_set, test_set, num_classes = build_datasets(args)
-
-    model = build_model(args.model, num_classes).to(device)
-    pin = device.type == "cuda"
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                              num_workers=args.num_workers, pin_memory=pin, generator=generator,
-                              persistent_workers=args.num_workers > 0)
-    test_loader = DataLoader(test_set, batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=pin)
-    if args.reldrop:
-        reldrop = RelevanceDropout2d(model, alpha=args.alpha, beta=args.beta, p=args.p, epsilon=args.epsilon,
-                                     backend=args.backend or "auto", cuda_graphs=args.cuda_graphs)
-        train_loader = RelevanceLoader(train_loader, reldrop)
-        print(f"training with {reldrop}")
-
-    weight_decay = 5e-4 if args.weight_decay is None else args.weight_decay
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=weight_decay,
-                                nesterov=True)
-    return fit(args, model=model, train_loader=train_loader, test_loader=test_loader, optimizer=optimizer,
-               split=lambda batch: (batch[0], batch[1]), device=device)
+    """Parse ``argv``, train, and return the per-epoch history (see ``common.run``): SGD with Nesterov momentum
+    0.9, weight decay 5e-4 unless ``--weight-decay`` is given."""
+    return run(build_parser(), argv, build_datasets=build_datasets,
+               build_model=lambda args, num_classes: build_model(args.model, num_classes),
+               make_transform=image_reldrop, optimizer=functools.partial(torch.optim.SGD, momentum=0.9, nesterov=True),
+               weight_decay=5e-4, split=split_pair)
 
 
 if __name__ == "__main__":

@@ -21,27 +21,19 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from torchvision import datasets, models
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
-    add_common_arguments,
-    add_reldrop_arguments,
-    check_resume_arguments,
-    fit,
-    missing_files_error,
-    resolve_device,
-    seed_everything,
-)
-from reldrop_transforms import RelevanceDropout2d, RelevanceLoader  # noqa: E402
+from common import add_common_arguments, add_reldrop_arguments, image_reldrop, layout_at  # noqa: E402
+from common import make_parser, missing_files_error, run, split_pair  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LAYOUT = """  DATA_ROOT/train/<class>/<image>.{jpg,jpeg,png,...}
@@ -49,15 +41,12 @@ LAYOUT = """  DATA_ROOT/train/<class>/<image>.{jpg,jpeg,png,...}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(__doc__)
     add_common_arguments(parser, epochs=90, batch_size=256, lr=0.1, download=False)
     parser.add_argument("--image-size", type=int, default=224, help="training/evaluation crop size")
     parser.add_argument("--model", choices=("resnet18", "resnet50", "tiny"), default="resnet50",
                         help="torchvision ResNet (random init), or a tiny CNN for tests")
-    add_reldrop_arguments(parser, alpha=0.3, beta=0.5, p=0.5)
-    parser.add_argument("--cuda-graphs", action="store_true",
-                        help="capture RelDrop's attribution in CUDA graphs (CUDA and the fast engine only)")
+    add_reldrop_arguments(parser, alpha=0.3, beta=0.5, p=0.5, cuda_graphs=True)
     return parser
 
 
@@ -77,8 +66,8 @@ def build_datasets(args: argparse.Namespace):
     """Train and validation ``ImageFolder`` sets; clear errors for a missing or inconsistent tree."""
     missing = [args.data_root / split for split in ("train", "val") if not (args.data_root / split).is_dir()]
     if missing:
-        raise missing_files_error("ImageFolder", args.data_root, missing, LAYOUT.replace("DATA_ROOT",
-                                  str(args.data_root)), download_hint=False)
+        raise missing_files_error("ImageFolder", args.data_root, missing, layout_at(LAYOUT, args.data_root),
+                                  download_hint=False)
     size = args.image_size
     to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
     train_tf = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), *to_tensor])
@@ -94,30 +83,12 @@ def build_datasets(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
-    """Parse ``argv``, train, and return the per-epoch history (see ``common.fit``)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_resume_arguments(parser, args)
-    device = resolve_device(args.device)
-    generator = seed_everything(args.seed)
-    train_set, val_set, num_classes = build_datasets(args)
-
-    model = build_model(args.model, num_classes).to(device)
-    pin = device.type == "cuda"
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                              num_workers=args.num_workers, pin_memory=pin, generator=generator,
-                              persistent_workers=args.num_workers > 0)
-    val_loader = DataLoader(val_set, batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=pin)
-    if args.reldrop:
-        reldrop = RelevanceDropout2d(model, alpha=args.alpha, beta=args.beta, p=args.p, epsilon=args.epsilon,
-                                     backend=args.backend or "auto", cuda_graphs=args.cuda_graphs)
-        train_loader = RelevanceLoader(train_loader, reldrop)
-        print(f"training with {reldrop}")
-
-    weight_decay = 1e-4 if args.weight_decay is None else args.weight_decay
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=weight_decay)
-    return fit(args, model=model, train_loader=train_loader, test_loader=val_loader, optimizer=optimizer,
-               split=lambda batch: (batch[0], batch[1]), device=device)
+    """Parse ``argv``, train, and return the per-epoch history (see ``common.run``): SGD with momentum 0.9,
+    weight decay 1e-4 unless ``--weight-decay`` is given; evaluated on ``val``."""
+    return run(build_parser(), argv, build_datasets=build_datasets,
+               build_model=lambda args, num_classes: build_model(args.model, num_classes),
+               make_transform=image_reldrop, optimizer=functools.partial(torch.optim.SGD, momentum=0.9),
+               weight_decay=1e-4, split=split_pair)
 
 
 if __name__ == "__main__":

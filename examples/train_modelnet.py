@@ -31,25 +31,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-from torch import nn
 from torch_geometric import datasets, transforms as T
-from torch_geometric.loader import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
-    DownloadOnRequest,
-    add_common_arguments,
-    add_reldrop_arguments,
-    check_resume_arguments,
-    fit,
-    resolve_device,
-    seed_everything,
-)
-from reldrop_transforms import RelevanceLoader  # noqa: E402
-from reldrop_transforms.models import DGCNN, PointNet, PointNet2  # noqa: E402
-from reldrop_transforms.transforms import RelevanceDropout3d  # noqa: E402
+from common import add_common_arguments, add_point_model_argument, add_reldrop_arguments  # noqa: E402
+from common import layout_at, make_parser, offline_dataset, run_point_cloud  # noqa: E402
 
 LAYOUT = """  DATA_ROOT/raw/<class>/train/<class>_<id>.off
   DATA_ROOT/raw/<class>/test/<class>_<id>.off
@@ -58,36 +45,18 @@ LAYOUT = """  DATA_ROOT/raw/<class>/train/<class>_<id>.off
    toilet)"""
 MODELNET10 = ("bathtub", "bed", "chair", "desk", "dresser", "monitor", "night_stand", "sofa", "table", "toilet")
 """The folders whose presence PyG checks (``ModelNet.raw_file_names``), for ModelNet40 too."""
-BACKENDS = {"pointnet": "auto", "tiny": "auto", "pointnet2": "zennit", "dgcnn": "zennit"}
-
-
-class OfflineModelNet(DownloadOnRequest, datasets.ModelNet):
-    """``torch_geometric.datasets.ModelNet`` that downloads only with ``download=True``."""
-
-    DATASET = "ModelNet"
-    LAYOUT = LAYOUT
+OfflineModelNet = offline_dataset(datasets.ModelNet, "ModelNet", LAYOUT, __name__)
+"""``torch_geometric.datasets.ModelNet`` that downloads only with ``download=True``."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(__doc__)
     add_common_arguments(parser, epochs=200, batch_size=32, lr=1e-3)
     parser.add_argument("--name", choices=("10", "40"), default="10", help="ModelNet10 or ModelNet40")
     parser.add_argument("--num-points", type=int, default=1024, help="points sampled per mesh")
-    parser.add_argument("--model", choices=tuple(BACKENDS), default="pointnet",
-                        help="pointnet (fast LRP engine), pointnet2 or dgcnn (zennit backend), tiny (for tests)")
+    add_point_model_argument(parser)
     add_reldrop_arguments(parser, alpha=0.5, beta=0.5, p=1.0, fill=True)
     return parser
-
-
-def build_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
-    if name == "pointnet":
-        return PointNet(in_channels, num_classes)
-    if name == "pointnet2":
-        return PointNet2(in_channels, num_classes)
-    if name == "dgcnn":
-        return DGCNN(in_channels, num_classes)
-    return PointNet(in_channels, num_classes, hidden=(16, 32), head=(16,), dropout=0.0)
 
 
 def check_meshes(root: Path, name: str) -> None:
@@ -98,7 +67,7 @@ def check_meshes(root: Path, name: str) -> None:
     for split in ("train", "test"):
         if next(raw.glob(f"*/{split}/*_*.off"), None) is None:
             raise ValueError(f"ModelNet{name} under {root} has no {split} meshes (raw/<class>/{split}/*.off): "
-                             f"expected\n{LAYOUT.replace('DATA_ROOT', str(root))}")
+                             f"expected\n{layout_at(LAYOUT, root)}")
 
 
 def build_datasets(args: argparse.Namespace):
@@ -116,30 +85,9 @@ def build_datasets(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
-    """Parse ``argv``, train, and return the per-epoch history (see ``common.fit``)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_resume_arguments(parser, args)
-    device = resolve_device(args.device)
-    generator = seed_everything(args.seed)
-    train_set, test_set, num_classes = build_datasets(args)
-
-    model = build_model(args.model, in_channels=3, num_classes=num_classes).to(device)
-    pin = device.type == "cuda"
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                              num_workers=args.num_workers, pin_memory=pin, generator=generator,
-                              persistent_workers=args.num_workers > 0)
-    test_loader = DataLoader(test_set, batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=pin)
-    if args.reldrop:
-        reldrop = RelevanceDropout3d(model, alpha=args.alpha, beta=args.beta, p=args.p, fill=args.fill,
-                                     epsilon=args.epsilon, backend=args.backend or BACKENDS[args.model])
-        train_loader = RelevanceLoader(train_loader, reldrop)
-        print(f"training with {reldrop}")
-
-    weight_decay = 1e-4 if args.weight_decay is None else args.weight_decay
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=weight_decay)
-    return fit(args, model=model, train_loader=train_loader, test_loader=test_loader, optimizer=optimizer,
-               split=lambda batch: (batch, batch.y), device=device)
+    """Parse ``argv``, train, and return the per-epoch history (see ``common.run_point_cloud``: Adam, weight decay
+    1e-4 unless ``--weight-decay`` is given); the clouds have 3 input channels (positions only)."""
+    return run_point_cloud(build_parser(), argv, build_datasets=build_datasets, in_channels=lambda args: 3)
 
 
 if __name__ == "__main__":

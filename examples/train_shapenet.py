@@ -33,39 +33,21 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch_geometric import datasets, transforms as T
 from torch_geometric.data import Data
-from torch_geometric.loader import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
-    DownloadOnRequest,
-    add_common_arguments,
-    add_reldrop_arguments,
-    check_resume_arguments,
-    fit,
-    resolve_device,
-    seed_everything,
-)
-from reldrop_transforms import RelevanceLoader  # noqa: E402
-from reldrop_transforms.models import DGCNN, PointNet, PointNet2  # noqa: E402
-from reldrop_transforms.transforms import RelevanceDropout3d  # noqa: E402
+from common import add_common_arguments, add_point_model_argument, add_reldrop_arguments  # noqa: E402
+from common import layout_at, make_parser, offline_dataset, run_point_cloud  # noqa: E402
 
 CATEGORIES = tuple(datasets.ShapeNet.category_ids)
 LAYOUT = """  DATA_ROOT/raw/<synset id>/<shape id>.txt   (x y z nx ny nz part_label per line)
   a folder for each of the 16 synsets: 02691156 (Airplane), 02773838 (Bag), ..., 04379243 (Table)
   DATA_ROOT/raw/train_test_split/shuffled_{train,val,test}_file_list.json
   (the unzipped shapenetcore_partanno_segmentation_benchmark_v0_normal.zip with its top folder renamed to raw/)"""
-BACKENDS = {"pointnet": "auto", "tiny": "auto", "pointnet2": "zennit", "dgcnn": "zennit"}
-
-
-class OfflineShapeNet(DownloadOnRequest, datasets.ShapeNet):
-    """``torch_geometric.datasets.ShapeNet`` that downloads only with ``download=True``."""
-
-    DATASET = "ShapeNet"
-    LAYOUT = LAYOUT
+OfflineShapeNet = offline_dataset(datasets.ShapeNet, "ShapeNet", LAYOUT, __name__)
+"""``torch_geometric.datasets.ShapeNet`` that downloads only with ``download=True``."""
 
 
 class CategoryLabel:
@@ -86,28 +68,16 @@ class CategoryLabel:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(__doc__)
     add_common_arguments(parser, epochs=100, batch_size=32, lr=1e-3)
     parser.add_argument("--categories", nargs="+", choices=CATEGORIES, default=list(CATEGORIES),
                         metavar="CATEGORY", help=f"shape categories, in label order, of: {', '.join(CATEGORIES)}")
     parser.add_argument("--num-points", type=int, default=1024, help="points drawn per shape")
     parser.add_argument("--normals", action=argparse.BooleanOptionalAction, default=True,
                         help="use the normals as point features x")
-    parser.add_argument("--model", choices=tuple(BACKENDS), default="pointnet",
-                        help="pointnet (fast LRP engine), pointnet2 or dgcnn (zennit backend), tiny (for tests)")
+    add_point_model_argument(parser)
     add_reldrop_arguments(parser, alpha=0.5, beta=0.5, p=1.0, fill=True)
     return parser
-
-
-def build_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
-    if name == "pointnet":
-        return PointNet(in_channels, num_classes)
-    if name == "pointnet2":
-        return PointNet2(in_channels, num_classes)
-    if name == "dgcnn":
-        return DGCNN(in_channels, num_classes)
-    return PointNet(in_channels, num_classes, hidden=(16, 32), head=(16,), dropout=0.0)
 
 
 def check_split_lists(root: Path, categories: list[str]) -> None:
@@ -121,7 +91,7 @@ def check_split_lists(root: Path, categories: list[str]) -> None:
         names = json.loads(path.read_text())
         if not any(name.split("/")[1] in synsets for name in names if name.count("/") >= 2):
             raise ValueError(f"{path} lists no shape of the categories {categories}; every split (train, val, "
-                             f"test) needs at least one. Expected\n{LAYOUT.replace('DATA_ROOT', str(root))}")
+                             f"test) needs at least one. Expected\n{layout_at(LAYOUT, root)}")
 
 
 def build_datasets(args: argparse.Namespace):
@@ -136,31 +106,10 @@ def build_datasets(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
-    """Parse ``argv``, train, and return the per-epoch history (see ``common.fit``)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_resume_arguments(parser, args)
-    device = resolve_device(args.device)
-    generator = seed_everything(args.seed)
-    train_set, test_set, num_classes = build_datasets(args)
-
-    in_channels = 6 if args.normals else 3
-    model = build_model(args.model, in_channels=in_channels, num_classes=num_classes).to(device)
-    pin = device.type == "cuda"
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                              num_workers=args.num_workers, pin_memory=pin, generator=generator,
-                              persistent_workers=args.num_workers > 0)
-    test_loader = DataLoader(test_set, batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=pin)
-    if args.reldrop:
-        reldrop = RelevanceDropout3d(model, alpha=args.alpha, beta=args.beta, p=args.p, fill=args.fill,
-                                     epsilon=args.epsilon, backend=args.backend or BACKENDS[args.model])
-        train_loader = RelevanceLoader(train_loader, reldrop)
-        print(f"training with {reldrop}")
-
-    weight_decay = 1e-4 if args.weight_decay is None else args.weight_decay
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=weight_decay)
-    return fit(args, model=model, train_loader=train_loader, test_loader=test_loader, optimizer=optimizer,
-               split=lambda batch: (batch, batch.y), device=device)
+    """Parse ``argv``, train, and return the per-epoch history (see ``common.run_point_cloud``: Adam, weight decay
+    1e-4 unless ``--weight-decay`` is given); the clouds have 6 input channels with normals, else 3."""
+    return run_point_cloud(build_parser(), argv, build_datasets=build_datasets,
+                           in_channels=lambda args: 6 if args.normals else 3)
 
 
 if __name__ == "__main__":
