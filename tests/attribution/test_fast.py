@@ -62,38 +62,41 @@ class TestFastAgainstZennit:
         assert rel_l2(fast, oracle) <= 1e-3
 
 
-class _FunctionalRelu(nn.Module):
+class _ConvLinear(nn.Module):
+    """One Conv2d(3, 4, 3) and a Linear(in_features, 5) head; subclasses route between them in ``forward``."""
+
+    def __init__(self, in_features: int, padding: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=padding)
+        self.fc = nn.Linear(in_features, 5)
+
+
+class _FunctionalRelu(_ConvLinear):
     """A custom forward with a functional ReLU and a view: routing operations the engine accepts."""
 
     def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.fc = nn.Linear(4 * 8 * 8, 5)
+        super().__init__(4 * 8 * 8)
 
     def forward(self, x):
         return self.fc(torch.relu(self.conv(x)).view(x.shape[0], -1))
 
 
-class _InputSkip(nn.Module):
+class _InputSkip(_ConvLinear):
     """The input also reaches a later layer through a routing op (cat): relevance and gradients would mix."""
 
     def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.fc = nn.Linear(7 * 8 * 8, 5)
+        super().__init__(7 * 8 * 8)
 
     def forward(self, x):
         return self.fc(torch.cat([x, torch.relu(self.conv(x))], 1).flatten(1))
 
 
-class _RelativeInput(nn.Module):
+class _RelativeInput(_ConvLinear):
     """Arithmetic on the input before the first layer (as PointNet++'s relative coordinates): exact, since below
     the Flat layer both zennit and the engine propagate relevance with the plain gradient."""
 
     def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-        self.fc = nn.Linear(4 * 6 * 6, 5)
+        super().__init__(4 * 6 * 6, padding=0)
 
     def forward(self, x):
         centred = x - x.mean(dim=(2, 3), keepdim=True)

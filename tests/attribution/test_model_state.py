@@ -14,44 +14,7 @@ import reldrop_transforms as rt
 from reldrop_transforms.attribution import preserved_model_state, relevance
 
 from _models import Boom, small_cnn, tiny_resnet, warm_up_batchnorm
-
-HOOK_DICTS = (
-    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-    "_state_dict_hooks", "_load_state_dict_pre_hooks",
-)
-
-
-def snapshot(model: nn.Module) -> dict:
-    state = model.state_dict(keep_vars=True)
-    return {
-        "param_objects": [(name, id(p)) for name, p in model.named_parameters()],
-        "state_keys": list(state),
-        "values": {name: t.detach().clone() for name, t in state.items()},
-        "data_ptrs": {name: t.data_ptr() for name, t in state.items()},
-        "grads": {name: (p.grad, None if p.grad is None else p.grad.clone()) for name, p in model.named_parameters()},
-        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
-        "training": {name: m.training for name, m in model.named_modules()},
-        "hooks": {name: sum(len(getattr(m, h)) for h in HOOK_DICTS) for name, m in model.named_modules()},
-        "tensor_hooks": {name: len(p._backward_hooks or {}) for name, p in model.named_parameters()},
-        "attributes": {name: sorted(vars(m)) for name, m in model.named_modules()},
-        "eps": {name: m.eps for name, m in model.named_modules() if hasattr(m, "eps")},
-    }
-
-
-def assert_same_state(before: dict, model: nn.Module) -> None:
-    after = snapshot(model)
-    assert after["param_objects"] == before["param_objects"], "nn.Parameter objects were replaced"
-    assert after["state_keys"] == before["state_keys"], "state_dict keys changed"
-    for name, value in before["values"].items():
-        assert torch.equal(after["values"][name], value), f"{name} changed value"
-    assert after["data_ptrs"] == before["data_ptrs"], "storage was swapped"
-    for name, (grad, grad_value) in before["grads"].items():
-        now = dict(model.named_parameters())[name].grad
-        assert now is grad, f"{name}.grad was replaced"
-        if grad is not None:
-            assert torch.equal(now, grad_value), f"{name}.grad was written"
-    for key in ("requires_grad", "training", "hooks", "tensor_hooks", "attributes", "eps"):
-        assert after[key] == before[key], f"{key} changed"
+from helpers import assert_same_state, snapshot
 
 
 def prepared(model: nn.Module) -> nn.Module:

@@ -16,20 +16,13 @@ from torch_geometric.nn.aggr import MaxAggregation, MeanAggregation
 
 from reldrop_transforms.attribution import relevance, relevance_graph
 
+from helpers import warm_batchnorm
+
 NUM_CLASSES = 4
 
 
 def rel_l2(a, b):
     return float((a - b).norm() / b.norm())
-
-
-def warm(bn: nn.BatchNorm1d, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        bn.running_mean.copy_(torch.rand(bn.num_features, generator=g) - 0.5)
-        bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-        bn.weight.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-        bn.bias.copy_(torch.rand(bn.num_features, generator=g) * 0.4 - 0.2)
 
 
 def node_input(data):
@@ -76,7 +69,7 @@ class PointNetLike(nn.Module):
         self.aggr = MaxAggregation() if aggr is None else aggr
         self.head = nn.Linear(24, NUM_CLASSES, bias=bias)
         if batch_norm:
-            warm(self.bn1, seed)
+            warm_batchnorm(self.bn1, seed)
 
     def forward(self, data):
         h = self.relu2(self.lin2(self.relu1(self.bn1(self.lin1(node_input(data))))))
@@ -93,7 +86,7 @@ class PygMLPNet(nn.Module):
         self.act = nn.ReLU()
         self.aggr = MaxAggregation()
         self.head = PygLinear(24, NUM_CLASSES)
-        warm(self.mlp.norms[0].module, seed)
+        warm_batchnorm(self.mlp.norms[0].module, seed)
 
     def forward(self, data):
         h = self.act(self.mlp(node_input(data)))

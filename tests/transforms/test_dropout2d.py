@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import pickle
 
-import PIL.Image
 import pytest
 import torch
 from torch import nn
@@ -17,8 +16,15 @@ from reldrop_transforms import RelevanceDropout2d
 from reldrop_transforms.attribution import relevance
 from reldrop_transforms.functional import relevance_dropout_mask
 
+from helpers import assert_filled, reference_coins, seeded_transform
+
 # Devices other than the CPU: "meta" always (no data, but a device all the same), "cuda" where present.
 OTHER_DEVICES = ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def transform(model, device, **kwargs):
+    """A RelevanceDropout2d on ``model`` with a generator on ``device`` seeded with ``kwargs.pop("seed", 0)``."""
+    return seeded_transform(RelevanceDropout2d, model, device, **kwargs)
 
 
 def reference_mask(model, images, labels, *, alpha, beta, p, seed):
@@ -26,12 +32,7 @@ def reference_mask(model, images, labels, *, alpha, beta, p, seed):
     over channels, then the mask rule, all from one generator seeded as the transform's."""
     batch_size, _, height, width = images.shape
     g = torch.Generator(device=images.device).manual_seed(seed)
-    if p >= 1.0:
-        index = torch.arange(batch_size, device=images.device)
-    elif p <= 0.0:
-        index = torch.zeros(0, dtype=torch.long, device=images.device)
-    else:
-        index = (torch.rand(batch_size, generator=g, device=images.device) < p).nonzero().flatten()
+    index = reference_coins(batch_size, p, g, images.device)
     mask = torch.zeros(batch_size, height, width, dtype=torch.bool, device=images.device)
     if index.numel() == 0:
         return mask
@@ -40,20 +41,6 @@ def reference_mask(model, images, labels, *, alpha, beta, p, seed):
     rel = relevance(model, selected, targets)
     mask[index] = relevance_dropout_mask(rel.sum(1), alpha, beta, generator=g)
     return mask
-
-
-def assert_filled(out, images, mask, value):
-    """Masked pixels equal ``value`` in every channel; all other pixels equal the input exactly."""
-    value = torch.as_tensor(value, dtype=images.dtype, device=images.device).reshape(-1)
-    expected_fill = value.reshape(1, -1, 1, 1).expand_as(images) if value.numel() > 1 else value.expand_as(images)
-    dropped = mask[:, None].expand_as(images)
-    assert torch.equal(out[dropped], expected_fill[dropped])
-    assert torch.equal(out[~dropped], images[~dropped])
-
-
-def transform(model, device, **kwargs):
-    seed = kwargs.pop("seed", 0)
-    return RelevanceDropout2d(model, generator=torch.Generator(device=device).manual_seed(seed), **kwargs)
 
 
 class TestRelevanceDropout2d:
@@ -95,34 +82,7 @@ class TestRelevanceDropout2d:
         b, i, j = mask.nonzero()[0].tolist()
         assert out_images[b, :, i, j].tolist() == list(value)
 
-    def test_inputs_not_modified(self, model, batch, device):
-        images, labels = batch
-        images_before, labels_before = images.clone(), labels.clone()
-        versions = images._version, labels._version
-        out_images, _ = transform(model, device, p=1.0)(images, labels)
-        assert (images._version, labels._version) == versions
-        assert torch.equal(images, images_before) and torch.equal(labels, labels_before)
-        assert not torch.equal(out_images, images)
-
-    def test_model_state_untouched(self, model, batch, device):
-        images, labels = batch
-        model.train()
-        state = {k: v.clone() for k, v in model.state_dict().items()}
-        params = list(model.parameters())
-        transform(model, device, p=1.0)(images, labels)
-        assert model.training and all(m.training for m in model.modules())
-        assert all(a is b for a, b in zip(model.parameters(), params, strict=True))  # the same objects
-        for k, v in model.state_dict().items():
-            assert torch.equal(v, state[k]), k
-        assert all(p.grad is None for p in model.parameters())
-
     # -- the per-sample coin --------------------------------------------------------------------------------------
-
-    def test_p_zero_returns_input_unchanged(self, model, batch, device):
-        images, labels = batch
-        out_images, out_labels = transform(model, device, p=0.0)(images, labels)
-        assert torch.equal(out_images, images)
-        assert out_labels is labels
 
     def test_p_half_matches_reference(self, model, make_batch, device):
         images, labels = make_batch(batch_size=16, device=device, seed=3)
@@ -144,19 +104,6 @@ class TestRelevanceDropout2d:
         assert torch.equal(changed, coins)
         assert torch.equal(out_images[~changed], images[~changed])
         assert abs(int(changed.sum()) - n * 0.5) <= 5 * math.sqrt(n * 0.25)
-
-    # -- reproducibility ---------------------------------------------------------------------------------------
-
-    def test_reproducible_with_generator(self, model, batch, device):
-        images, labels = batch
-        a, _ = transform(model, device, p=0.7, seed=1)(images, labels)
-        b, _ = transform(model, device, p=0.7, seed=1)(images, labels)
-        c, _ = transform(model, device, p=0.7, seed=2)(images, labels)
-        assert torch.equal(a, b)
-        assert not torch.equal(a, c)
-        t = transform(model, device, p=1.0, seed=1)
-        first, second = t(images, labels)[0], t(images, labels)[0]
-        assert not torch.equal(first, second)  # the generator advances
 
     # -- inputs: tv_tensors, labels, dicts ------------------------------------------------------------------
 
@@ -269,14 +216,6 @@ class TestRelevanceDropout2d:
         assert isinstance(out, tuple) and out[1] is labels
         assert not torch.equal(out[0], images)
 
-    def test_empty_batch(self, model, device):
-        images = torch.zeros(0, 3, 12, 12, device=device)
-        labels = torch.zeros(0, dtype=torch.long, device=device)
-        out_images, out_labels = transform(model, device, p=1.0)(images, labels)
-        assert out_images.shape == (0, 3, 12, 12)
-        assert torch.equal(out_images, images)
-        assert out_labels is labels
-
     # -- the transform object -----------------------------------------------------------------------------------
 
     def test_model_not_a_submodule(self, model, device):
@@ -318,26 +257,6 @@ class TestRelevanceDropout2d:
 
     # -- errors --------------------------------------------------------------------------------------------------
 
-    @pytest.mark.parametrize("shape", [(3, 12, 12), (2, 2, 3, 12, 12), (8, 12)])
-    def test_batch_not_4d(self, model, device, shape):
-        images = torch.randn(shape, device=device)
-        labels = torch.zeros(shape[0], dtype=torch.long, device=device)
-        with pytest.raises(ValueError, match=r"RelevanceDropout2d expects a batch of shape \(B, C, H, W\)"):
-            transform(model, device, p=1.0)(images, labels)
-
-    @pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
-    def test_integer_images(self, model, batch, device, dtype):
-        images, labels = batch
-        with pytest.raises(TypeError, match=r"floating-point inputs.*ToDtype"):
-            transform(model, device, p=1.0)(images.to(dtype), labels)
-
-    def test_labels_length_differs(self, model, batch, device):
-        images, labels = batch
-        with pytest.raises(ValueError, match=r"labels of shape \(7,\) do not match a batch of 8 images"):
-            transform(model, device, p=1.0)(images, labels[:7])
-        with pytest.raises(ValueError, match=r"labels of shape \(8, 2, 5\) do not match"):
-            transform(model, device, p=1.0)(images, torch.zeros(8, 2, 5, device=device))
-
     @pytest.mark.parametrize("bad_label", [5, 100, -1])
     def test_label_outside_model_outputs(self, model, batch, device, bad_label):
         images, labels = batch
@@ -356,13 +275,6 @@ class TestRelevanceDropout2d:
         t = transform(model, device, p=1.0, labels_getter=lambda sample: sample[1].tolist())
         with pytest.raises(TypeError, match="the labels should be a torch.Tensor, but got list"):
             t(images, labels)
-
-    def test_labels_not_found(self, model, batch, device):
-        images, _ = batch
-        with pytest.raises(ValueError, match="could not find the labels"):
-            transform(model, device, p=1.0)(images)
-        with pytest.raises(ValueError, match="could not find the labels in a dict"):
-            transform(model, device, p=1.0)({"image": images, "target": 1})
 
     @pytest.mark.parametrize("name", ["alpha", "beta", "p"])
     @pytest.mark.parametrize("bad", [-0.5, 1.5, float("nan")])
@@ -389,11 +301,6 @@ class TestRelevanceDropout2d:
         for value in ("0", [], [1.0, "a"], True, None):
             with pytest.raises(TypeError, match="value should be a number or a sequence of numbers"):
                 RelevanceDropout2d(nn.Linear(2, 2), value=value)
-
-    def test_value_length_differs_from_channels(self, model, batch, device):
-        images, labels = batch
-        with pytest.raises(ValueError, match="value has 2 entries but the images have 3 channels"):
-            transform(model, device, p=1.0, value=(1.0, 2.0))(images, labels)
 
     @pytest.mark.parametrize("head", ["conv_map", "unflatten", "vector"])
     def test_model_output_not_logits(self, device, batch, head):
@@ -445,11 +352,6 @@ class TestRelevanceDropout2d:
         model = model.to(device)
         with pytest.raises(ValueError, match=r"not finite .* sample\(s\) \[0, 1, 2, 3, 4, 5, 6, 7\]"):
             transform(model, device, p=1.0)(images, labels)
-
-    def test_pil_image(self, model):
-        pil = PIL.Image.new("RGB", (12, 12))
-        with pytest.raises(TypeError, match="works on batched tensors, but got a PIL image"):
-            RelevanceDropout2d(model, p=1.0)(pil, torch.tensor([0]))
 
     def test_two_image_batches(self, model, batch, device):
         images, labels = batch

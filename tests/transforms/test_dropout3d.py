@@ -15,7 +15,6 @@ import torch
 import torch_geometric.transforms as T
 from torch import nn
 from torch_geometric.data import Batch, Data
-from torch_geometric.nn.aggr import MaxAggregation
 from torch_geometric.transforms import BaseTransform
 
 import reldrop_transforms
@@ -23,63 +22,12 @@ from reldrop_transforms import RelevanceDropout3d
 from reldrop_transforms.attribution import relevance, relevance_graph
 from reldrop_transforms.functional import keep_least_relevant, normalize_relevance, relevance_dropout_mask
 
-NUM_CLASSES = 4
+from helpers import POINT_NUM_CLASSES as NUM_CLASSES
+from helpers import DensePointNet, GraphPointNet, assert_dense_points_zeroed, assert_same_state, snapshot
+
 SIZES = (5, 9, 12)
 
-# -- tiny models ---------------------------------------------------------------------------------------------
-
-
-def _warm(bn: nn.BatchNorm1d, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        bn.running_mean.copy_(torch.rand(bn.num_features, generator=g) - 0.5)
-        bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-        bn.weight.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-        bn.bias.copy_(torch.rand(bn.num_features, generator=g) * 0.4 - 0.2)
-
-
-class DensePointNet(nn.Module):
-    """Shared point MLP (1x1 convolutions), max pooling over points, linear head; (B, N, C) or (B, C, N) input."""
-
-    def __init__(self, channels: int = 6, channels_first: bool = False, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.channels_first = channels_first
-        self.conv1 = nn.Conv1d(channels, 16, 1)
-        self.bn1 = nn.BatchNorm1d(16)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv1d(16, 32, 1)
-        self.relu2 = nn.ReLU()
-        self.pool = nn.AdaptiveMaxPool1d(1)
-        self.flatten = nn.Flatten()
-        self.head = nn.Linear(32, NUM_CLASSES)
-        _warm(self.bn1, seed)
-
-    def forward(self, points):
-        h = points if self.channels_first else points.transpose(1, 2)
-        h = self.relu2(self.conv2(self.relu1(self.bn1(self.conv1(h)))))
-        return self.head(self.flatten(self.pool(h)))
-
-
-class GraphPointNet(nn.Module):
-    """PointNet-like PyG model: MLP on cat([pos, x]), max aggregation over ``batch``, linear head."""
-
-    def __init__(self, in_channels: int = 5, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.lin1 = nn.Linear(in_channels, 16)
-        self.bn1 = nn.BatchNorm1d(16)
-        self.relu1 = nn.ReLU()
-        self.lin2 = nn.Linear(16, 32)
-        self.relu2 = nn.ReLU()
-        self.aggr = MaxAggregation()
-        self.head = nn.Linear(32, NUM_CLASSES)
-        _warm(self.bn1, seed)
-
-    def forward(self, data):
-        h = data.pos if getattr(data, "x", None) is None else torch.cat([data.pos, data.x], dim=-1)
-        h = self.relu2(self.lin2(self.relu1(self.bn1(self.lin1(h)))))
-        return self.head(self.aggr(h, data.batch, dim_size=data.num_graphs))
+# -- tiny models: DensePointNet and GraphPointNet (warm BatchNorm1d) from tests/helpers.py ---------------------
 
 
 class PosBatchNet(GraphPointNet):
@@ -89,8 +37,7 @@ class PosBatchNet(GraphPointNet):
         super().__init__(in_channels=3, seed=seed)
 
     def forward(self, pos, batch):
-        h = self.relu2(self.lin2(self.relu1(self.bn1(self.lin1(pos)))))
-        return self.head(self.aggr(h, batch))
+        return self.head(self.aggr(self.point_features(pos), batch))
 
 
 # -- data ----------------------------------------------------------------------------------------------------
@@ -221,40 +168,6 @@ def record(batch):
             {k: v.clone() for k, v in batch._slice_dict.items()})
 
 
-# -- model state (a minimal copy of tests/attribution/test_model_state.py's checker) -------------------------
-
-
-def snapshot(model):
-    state = model.state_dict(keep_vars=True)
-    return {
-        "param_objects": [(name, id(p)) for name, p in model.named_parameters()],
-        "values": {name: t.detach().clone() for name, t in state.items()},
-        "data_ptrs": {name: t.data_ptr() for name, t in state.items()},
-        "grads": {name: (p.grad, None if p.grad is None else p.grad.clone()) for name, p in model.named_parameters()},
-        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
-        "training": {name: m.training for name, m in model.named_modules()},
-        "hooks": {name: sum(len(getattr(m, h)) for h in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks"))
-                  for name, m in model.named_modules()},
-        "attributes": {name: sorted(vars(m)) for name, m in model.named_modules()},
-    }
-
-
-def assert_same_state(before, model):
-    after = snapshot(model)
-    assert after["param_objects"] == before["param_objects"], "nn.Parameter objects were replaced"
-    assert list(after["values"]) == list(before["values"]), "state_dict keys changed"
-    for name, value in before["values"].items():
-        assert torch.equal(after["values"][name], value), f"{name} changed value"
-    assert after["data_ptrs"] == before["data_ptrs"], "storage was swapped"
-    for name, (grad, grad_value) in before["grads"].items():
-        now = dict(model.named_parameters())[name].grad
-        assert now is grad, f"{name}.grad was replaced"
-        if grad is not None:
-            assert torch.equal(now, grad_value), f"{name}.grad was written"
-    for key in ("requires_grad", "training", "hooks", "attributes"):
-        assert after[key] == before[key], f"{key} changed"
-
-
 def mid_training(model, call):
     """Existing .grad, a frozen parameter, a submodule in eval mode, the model in train mode."""
     model.train()
@@ -277,12 +190,7 @@ class TestRelevanceDropout3d:
         mask, _ = reference_dense_mask(model, points, labels, alpha=alpha, beta=beta, seed=seed,
                                        channels_first=channels_first)
         assert bool(mask.any()) and bool((~mask).any())  # not vacuous
-        assert out.shape == points.shape and out.dtype == points.dtype and type(out) is torch.Tensor
-        assert out_labels is labels
-        last = out.transpose(1, 2) if channels_first else out
-        original = points.transpose(1, 2) if channels_first else points
-        assert torch.equal(last[mask], torch.zeros_like(last[mask]))  # all channels of a dropped point
-        assert torch.equal(last[~mask], original[~mask])
+        assert_dense_points_zeroed(out, out_labels, points, labels, mask, channels_first)
 
     @pytest.mark.parametrize("fill", ["first", -1.5])
     @pytest.mark.parametrize("channels_first", [False, True])

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import pickle
 
-import PIL.Image
 import pytest
 import torch
 from torch import nn
@@ -23,14 +22,16 @@ from reldrop_transforms import RelevanceErasing2d
 from reldrop_transforms.attribution import relevance
 from reldrop_transforms.functional import relevance_erasing_mask, sample_erasing_sizes
 
+from helpers import assert_filled, reference_coins, seeded_transform
+
 # Sizes that always fit a 12x12 image at the first try (h <= round(sqrt(0.3 * 2) * 12) = 9): every selected
 # sample is erased.
 ALWAYS_FITS = {"scale": (0.1, 0.3), "ratio": (0.5, 2.0)}
 
 
 def transform(model, device, **kwargs):
-    seed = kwargs.pop("seed", 0)
-    return RelevanceErasing2d(model, generator=torch.Generator(device=device).manual_seed(seed), **kwargs)
+    """A RelevanceErasing2d on ``model`` with a generator on ``device`` seeded with ``kwargs.pop("seed", 0)``."""
+    return seeded_transform(RelevanceErasing2d, model, device, **kwargs)
 
 
 def reference_mask(model, images, labels, *, p, seed, **kwargs):
@@ -38,12 +39,7 @@ def reference_mask(model, images, labels, *, p, seed, **kwargs):
     ``relevance_erasing_mask`` with the same generator."""
     batch_size, _, height, width = images.shape
     g = torch.Generator(device=images.device).manual_seed(seed)
-    if p >= 1.0:
-        index = torch.arange(batch_size, device=images.device)
-    elif p <= 0.0:
-        index = torch.zeros(0, dtype=torch.long, device=images.device)
-    else:
-        index = (torch.rand(batch_size, generator=g, device=images.device) < p).nonzero().flatten()
+    index = reference_coins(batch_size, p, g, images.device)
     mask = torch.zeros(batch_size, height, width, dtype=torch.bool, device=images.device)
     if index.numel() == 0:
         return mask, index
@@ -51,15 +47,6 @@ def reference_mask(model, images, labels, *, p, seed, **kwargs):
     rel = relevance(model, images[index], targets).sum(1)
     mask[index] = relevance_erasing_mask(rel, generator=g, **kwargs)
     return mask, index
-
-
-def assert_filled(out, images, mask, value):
-    """Masked pixels equal ``value`` in every channel; all other pixels equal the input exactly."""
-    value = torch.as_tensor(value, dtype=images.dtype, device=images.device).reshape(-1)
-    expected_fill = value.reshape(1, -1, 1, 1).expand_as(images) if value.numel() > 1 else value.expand_as(images)
-    dropped = mask[:, None].expand_as(images)
-    assert torch.equal(out[dropped], expected_fill[dropped])
-    assert torch.equal(out[~dropped], images[~dropped])
 
 
 class TestRelevanceErasing2d:
@@ -128,29 +115,7 @@ class TestRelevanceErasing2d:
         single, _ = transform(model, device, p=1.0, value=[4.0])(images, labels)
         assert_filled(single, images, mask, 4.0)
 
-    def test_inputs_not_modified(self, model, batch, device):
-        images, labels = batch
-        before, versions = (images.clone(), labels.clone()), (images._version, labels._version)
-        out, _ = transform(model, device, p=1.0)(images, labels)
-        assert (images._version, labels._version) == versions
-        assert torch.equal(images, before[0]) and torch.equal(labels, before[1])
-        assert not torch.equal(out, images)
-
-    def test_model_state_untouched(self, model, batch, device):
-        images, labels = batch
-        model.train()
-        state = {k: v.clone() for k, v in model.state_dict().items()}
-        transform(model, device, p=1.0)(images, labels)
-        assert model.training and all(m.training for m in model.modules())
-        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-        assert all(p.grad is None for p in model.parameters())
-
     # -- the per-sample coin ----------------------------------------------------------------------------------
-
-    def test_p_zero_returns_input(self, model, batch, device):
-        images, labels = batch
-        out_images, out_labels = transform(model, device, p=0.0)(images, labels)
-        assert out_images is images and out_labels is labels
 
     def test_p_half_matches_reference(self, model, make_batch, device):
         images, labels = make_batch(batch_size=16, device=device, seed=3)
@@ -183,15 +148,6 @@ class TestRelevanceErasing2d:
 
     # -- reproducibility, inputs -------------------------------------------------------------------------------
 
-    def test_reproducible_with_generator(self, model, batch, device):
-        images, labels = batch
-        a = transform(model, device, p=0.7, seed=1, top_k=4)(images, labels)[0]
-        b = transform(model, device, p=0.7, seed=1, top_k=4)(images, labels)[0]
-        c = transform(model, device, p=0.7, seed=2, top_k=4)(images, labels)[0]
-        assert torch.equal(a, b) and not torch.equal(a, c)
-        t = transform(model, device, p=1.0, seed=1, top_k=4)
-        assert not torch.equal(t(images, labels)[0], t(images, labels)[0])  # the generator advances
-
     def test_tv_tensor_image(self, model, batch, device):
         images, labels = batch
         out, out_labels = transform(model, device, p=1.0, value=2.0)(tv_tensors.Image(images), labels)
@@ -219,12 +175,6 @@ class TestRelevanceErasing2d:
         torch.manual_seed(0)
         out_images, out_labels = pipeline(images, labels)
         assert out_images.shape == images.shape and out_labels.shape == (8, num_classes)
-
-    def test_empty_batch(self, model, device):
-        images = torch.zeros(0, 3, 12, 12, device=device)
-        labels = torch.zeros(0, dtype=torch.long, device=device)
-        out_images, out_labels = transform(model, device, p=1.0)(images, labels)
-        assert out_images.shape == (0, 3, 12, 12) and out_labels is labels
 
     def test_public_and_repr_and_pickle(self, model, batch, device):
         assert reldrop_transforms.RelevanceErasing2d is RelevanceErasing2d
@@ -269,34 +219,3 @@ class TestRelevanceErasing2d:
     def test_model_not_a_module(self):
         with pytest.raises(TypeError, match="model should be a torch.nn.Module"):
             RelevanceErasing2d(lambda x: x)
-
-    @pytest.mark.parametrize("shape", [(3, 12, 12), (2, 2, 3, 12, 12), (8, 12)])
-    def test_batch_not_4d(self, model, device, shape):
-        images = torch.randn(shape, device=device)
-        labels = torch.zeros(shape[0], dtype=torch.long, device=device)
-        with pytest.raises(ValueError, match=r"RelevanceErasing2d expects a batch of shape \(B, C, H, W\), but got"):
-            transform(model, device, p=1.0)(images, labels)
-
-    @pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
-    def test_integer_images(self, model, batch, device, dtype):
-        images, labels = batch
-        with pytest.raises(TypeError, match=r"floating-point inputs.*ToDtype"):
-            transform(model, device, p=1.0)(images.to(dtype), labels)
-
-    def test_labels_mismatch(self, model, batch, device):
-        images, labels = batch
-        with pytest.raises(ValueError, match=r"labels of shape \(7,\) do not match a batch of 8 images"):
-            transform(model, device, p=1.0)(images, labels[:7])
-        with pytest.raises(ValueError, match=r"labels of shape \(8, 2, 5\) do not match"):
-            transform(model, device, p=1.0)(images, torch.zeros(8, 2, 5, device=device))
-        with pytest.raises(ValueError, match="could not find the labels"):
-            transform(model, device, p=1.0)(images)
-
-    def test_value_length_differs_from_channels(self, model, batch, device):
-        images, labels = batch
-        with pytest.raises(ValueError, match="RelevanceErasing2d: value has 2 entries but the images have 3 channels"):
-            transform(model, device, p=1.0, value=(1.0, 2.0))(images, labels)
-
-    def test_pil_image(self, model):
-        with pytest.raises(TypeError, match="works on batched tensors, but got a PIL image"):
-            RelevanceErasing2d(model)(PIL.Image.new("RGB", (8, 8)), torch.tensor(0))

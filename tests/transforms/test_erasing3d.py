@@ -9,13 +9,12 @@ positions, the ranking, the centre and radius from draws of a generator seeded l
 from __future__ import annotations
 
 import pickle
+from functools import partial
 
 import pytest
 import torch
 import torch_geometric.transforms as T
-from torch import nn
 from torch_geometric.data import Batch, Data
-from torch_geometric.nn.aggr import MaxAggregation
 from torch_geometric.transforms import BaseTransform
 
 import reldrop_transforms
@@ -23,47 +22,16 @@ from reldrop_transforms import RelevanceErasing3d
 from reldrop_transforms.attribution import relevance, relevance_graph
 from reldrop_transforms.functional import relevance_ball_mask
 
-NUM_CLASSES = 4
+import helpers
+from helpers import POINT_NUM_CLASSES as NUM_CLASSES
+from helpers import assert_dense_points_zeroed
+
 SIZES = (6, 11, 14, 9)
 
 
-class DensePointNet(nn.Module):
-    """Shared point MLP (1x1 convolutions), max pooling over points, linear head; (B, N, C) or (B, C, N) input."""
-
-    def __init__(self, channels: int = 6, channels_first: bool = False, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.channels_first = channels_first
-        self.conv1 = nn.Conv1d(channels, 16, 1)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv1d(16, 32, 1)
-        self.relu2 = nn.ReLU()
-        self.pool = nn.AdaptiveMaxPool1d(1)
-        self.flatten = nn.Flatten()
-        self.head = nn.Linear(32, NUM_CLASSES)
-
-    def forward(self, points):
-        h = points if self.channels_first else points.transpose(1, 2)
-        return self.head(self.flatten(self.pool(self.relu2(self.conv2(self.relu1(self.conv1(h)))))))
-
-
-class GraphPointNet(nn.Module):
-    """PointNet-like PyG model: MLP on cat([pos, x]), max aggregation over ``batch``, linear head."""
-
-    def __init__(self, in_channels: int = 5, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.lin1 = nn.Linear(in_channels, 16)
-        self.relu1 = nn.ReLU()
-        self.lin2 = nn.Linear(16, 32)
-        self.relu2 = nn.ReLU()
-        self.aggr = MaxAggregation()
-        self.head = nn.Linear(32, NUM_CLASSES)
-
-    def forward(self, data):
-        h = data.pos if getattr(data, "x", None) is None else torch.cat([data.pos, data.x], dim=-1)
-        h = self.relu2(self.lin2(self.relu1(self.lin1(h))))
-        return self.head(self.aggr(h, data.batch, dim_size=data.num_graphs))
+# The tiny models of tests/helpers.py without BatchNorm.
+DensePointNet = partial(helpers.DensePointNet, batch_norm=False)
+GraphPointNet = partial(helpers.GraphPointNet, batch_norm=False)
 
 
 def seeded(seed):
@@ -196,12 +164,7 @@ class TestRelevanceErasing3d:
         mask, _ = reference_dense(model, points, labels, radius=radius, top_k=top_k, seed=seed,
                                   channels_first=channels_first)
         assert bool(mask.any()) and bool((~mask).any())
-        assert out.shape == points.shape and out.dtype == points.dtype and type(out) is torch.Tensor
-        assert out_labels is labels
-        last = out.transpose(1, 2) if channels_first else out
-        original = points.transpose(1, 2) if channels_first else points
-        assert torch.equal(last[mask], torch.zeros_like(last[mask]))  # all channels of a dropped point
-        assert torch.equal(last[~mask], original[~mask])
+        assert_dense_points_zeroed(out, out_labels, points, labels, mask, channels_first)
 
     @pytest.mark.parametrize("fill", ["zero", "first", -1.5])
     def test_dense_fills(self, fill):

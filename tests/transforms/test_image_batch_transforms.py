@@ -1,0 +1,133 @@
+"""Behaviour that RelevanceDropout2d and RelevanceErasing2d share through their common image-batch base: input
+checks, untouched inputs and model, the ``p = 0`` shortcut, empty batches and reproducibility.
+
+Each test runs once per transform class. What depends on the mask rule (the masks themselves, compared with a
+reference computation) is tested per transform in test_dropout2d.py and test_erasing2d.py.
+"""
+
+from __future__ import annotations
+
+import PIL.Image
+import pytest
+import torch
+
+from reldrop_transforms import RelevanceDropout2d, RelevanceErasing2d
+
+from helpers import assert_same_state, seeded_transform, snapshot
+
+# Keyword arguments under which a transform's masks differ between seeds on the tiny model (none: the defaults).
+MASK_KWARGS = {RelevanceErasing2d: {"top_k": 4}}
+
+
+@pytest.fixture(params=[RelevanceDropout2d, RelevanceErasing2d], ids=lambda cls: cls.__name__)
+def transform_cls(request):
+    return request.param
+
+
+@pytest.fixture
+def transform(transform_cls, model, device):
+    """Factory ``transform(**kwargs)`` of the class under test on ``model``, with a generator on ``device``
+    seeded with ``kwargs.pop("seed", 0)``."""
+    def make(**kwargs):
+        return seeded_transform(transform_cls, model, device, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def mask_kwargs(transform_cls):
+    return MASK_KWARGS.get(transform_cls, {})
+
+
+class TestImageBatchTransforms:
+    # -- the inputs and the model are left alone ----------------------------------------------------------------
+
+    def test_inputs_not_modified(self, transform, batch):
+        images, labels = batch
+        images_before, labels_before = images.clone(), labels.clone()
+        versions = images._version, labels._version
+        out_images, _ = transform(p=1.0)(images, labels)
+        assert (images._version, labels._version) == versions
+        assert torch.equal(images, images_before) and torch.equal(labels, labels_before)
+        assert not torch.equal(out_images, images)
+
+    def test_model_state_untouched(self, transform, model, batch):
+        images, labels = batch
+        model.train()
+        before = snapshot(model)
+        params = list(model.parameters())
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        transform(p=1.0)(images, labels)
+        assert model.training and all(m.training for m in model.modules())
+        assert all(a is b for a, b in zip(model.parameters(), params, strict=True))  # the same objects
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, state[k]), k
+        assert all(p.grad is None for p in model.parameters())
+        assert_same_state(before, model)
+
+    # -- the per-sample coin, empty batches, reproducibility ----------------------------------------------------
+
+    def test_p_zero_returns_input_unchanged(self, transform, batch):
+        images, labels = batch
+        out_images, out_labels = transform(p=0.0)(images, labels)
+        assert out_images is images
+        assert out_labels is labels
+
+    def test_empty_batch(self, transform, device):
+        images = torch.zeros(0, 3, 12, 12, device=device)
+        labels = torch.zeros(0, dtype=torch.long, device=device)
+        out_images, out_labels = transform(p=1.0)(images, labels)
+        assert out_images.shape == (0, 3, 12, 12)
+        assert torch.equal(out_images, images)
+        assert out_labels is labels
+
+    def test_reproducible_with_generator(self, transform, mask_kwargs, batch):
+        images, labels = batch
+        a, _ = transform(p=0.7, seed=1, **mask_kwargs)(images, labels)
+        b, _ = transform(p=0.7, seed=1, **mask_kwargs)(images, labels)
+        c, _ = transform(p=0.7, seed=2, **mask_kwargs)(images, labels)
+        assert torch.equal(a, b)
+        assert not torch.equal(a, c)
+        t = transform(p=1.0, seed=1, **mask_kwargs)
+        first, second = t(images, labels)[0], t(images, labels)[0]
+        assert not torch.equal(first, second)  # the generator advances
+
+    # -- errors ---------------------------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("shape", [(3, 12, 12), (2, 2, 3, 12, 12), (8, 12)])
+    def test_batch_not_4d(self, transform, transform_cls, device, shape):
+        images = torch.randn(shape, device=device)
+        labels = torch.zeros(shape[0], dtype=torch.long, device=device)
+        match = rf"{transform_cls.__name__} expects a batch of shape \(B, C, H, W\), but got"
+        with pytest.raises(ValueError, match=match):
+            transform(p=1.0)(images, labels)
+
+    @pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+    def test_integer_images(self, transform, batch, dtype):
+        images, labels = batch
+        with pytest.raises(TypeError, match=r"floating-point inputs.*ToDtype"):
+            transform(p=1.0)(images.to(dtype), labels)
+
+    def test_labels_length_differs(self, transform, batch, device):
+        images, labels = batch
+        with pytest.raises(ValueError, match=r"labels of shape \(7,\) do not match a batch of 8 images"):
+            transform(p=1.0)(images, labels[:7])
+        with pytest.raises(ValueError, match=r"labels of shape \(8, 2, 5\) do not match"):
+            transform(p=1.0)(images, torch.zeros(8, 2, 5, device=device))
+
+    def test_labels_not_found(self, transform, batch):
+        images, _ = batch
+        with pytest.raises(ValueError, match="could not find the labels"):
+            transform(p=1.0)(images)
+        with pytest.raises(ValueError, match="could not find the labels in a dict"):
+            transform(p=1.0)({"image": images, "target": 1})
+
+    def test_value_length_differs_from_channels(self, transform, transform_cls, batch):
+        images, labels = batch
+        match = f"{transform_cls.__name__}: value has 2 entries but the images have 3 channels"
+        with pytest.raises(ValueError, match=match):
+            transform(p=1.0, value=(1.0, 2.0))(images, labels)
+
+    def test_pil_image(self, transform_cls, model):
+        with pytest.raises(TypeError, match="works on batched tensors, but got a PIL image"):
+            transform_cls(model, p=1.0)(PIL.Image.new("RGB", (12, 12)), torch.tensor([0]))
