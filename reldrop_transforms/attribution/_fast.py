@@ -403,6 +403,8 @@ class FastLRP:
         finally:
             for handle in handles:
                 handle.remove()
+            for unit in self.units.values():  # unit -> output -> its autograd node -> unit: break the cycle
+                unit.output = unit.inp = None
             self.units.clear()
             self.audit = None
         return tuple(torch.zeros_like(x) if r is None else r for x, r in zip(leaves, rels))

@@ -234,3 +234,22 @@ class TestAutoFallback:
         low = relevance(model, x, targets, dtype=torch.bfloat16)
         assert low.dtype == torch.float32  # relevance comes back in the input's dtype
         assert 0 < rel_l2(low, full) < 0.2  # really ran in bfloat16, and still close
+
+
+def test_no_memory_kept_between_calls():
+    """Each call's rule points and activations are freed (a unit -> output -> autograd node -> unit reference
+    cycle once kept every attributed batch alive)."""
+    import gc
+
+    model = warm_up_batchnorm(small_cnn())
+    x, targets = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+
+    def live_tensors():
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if torch.is_tensor(o))
+
+    relevance(model, x, targets, backend="fast")
+    before = live_tensors()
+    for _ in range(5):
+        relevance(model, x, targets, backend="fast")
+    assert live_tensors() <= before
