@@ -1,373 +1,668 @@
-"""RelDrop demo: train a small CNN with and without RelevanceDropout2d on a dataset with a planted shortcut.
+"""RelDrop demo: images and point clouds with a planted shortcut, trained with and without relevance-driven dropout.
 
-The data (``examples/synthetic.py``, generated in code) are shapes on textured backgrounds. In the training
-split a coloured marker in the top-left corner gives the class away in most images; in the test split the
-marker colour is random. A model that reads the marker instead of the shape loses accuracy on the test split.
-RelDrop occludes the pixels the *current* model finds most relevant, so a model that leans on the marker
-keeps losing it during training and has to learn the shapes too.
+The data are generated in code (``examples/synthetic.py``, no download):
 
-The script trains the same CNN (same initialisation, same batch order) twice on the CPU: once without
-augmentation and once with ``RelevanceDropout2d`` applied to every batch through ``RelevanceLoader``. It then
-prints and saves a results table (``results.md``) and a figure (``relevance.png``) with inputs, LRP relevance
-maps of both models, a RelDrop mask and the masked input. Every number in them is measured in the run.
+* **images**: five shapes on textured backgrounds (3x32x32). In the training split a coloured marker in the top-left
+  corner names the class in 90% of the images; in the test split the marker has a random class colour.
+* **point clouds**: five parametric shapes (sphere, cube, cylinder, cone, torus) with noise, random rotation and
+  scale and a varying number of distinct points, resampled to a fixed size. In 90% of the training clouds a small
+  spurious cluster sits at a class-specific position; in the test split its position is random.
+
+For each seed, the same small model (same initialisation, same batch order) is trained once per method:
+
+* images, a small CNN: no augmentation, ``v2.RandomErasing`` (per image), ``RelevanceDropout2d``,
+  ``RelevanceErasing2d``; all fill with 0.0 in normalised space (the training mean) and use ``p=0.5``;
+* point clouds, a small PointNet (``reldrop_transforms.models.PointNet``) on dense ``(B, N, 3)`` batches: no
+  augmentation, random point dropout (PointNet++'s: per cloud a rate ``r ~ U(0, 0.875)``, each point dropped with
+  probability ``r``) and ``RelevanceDropout3d(alpha=0.5, beta=0.5)``; dropped points are filled with the cloud's first
+  kept point (PointNet++'s convention; for a max-pooling PointNet that equals removing them).
+
+Then it measures, on the test split: accuracy, the occlusion curve (accuracy as the most relevant 0% to 50% of the
+pixels / points are removed, in order of each model's own LRP relevance, as the paper's Fig. 4) and its area, and the
+share of absolute relevance on the ground-truth object (pixels inside the object mask / points of the object rather
+than of the spurious cluster). It writes ``report.md`` and PNG figures into ``--out`` and prints the folder. Every
+number in them is measured in the run that wrote them.
 
 Run it with ``make demo`` or::
 
-    .venv/bin/python examples/demo.py            # the full demo (a few minutes on 2 CPU cores)
+    .venv/bin/python examples/demo.py            # the default run (about 5 minutes on 2 lightly loaded CPU cores)
     .venv/bin/python examples/demo.py --quick    # a smoke run (seconds)
+    .venv/bin/python examples/demo.py --long     # more data, epochs and 5 seeds (estimated 40 minutes, not timed)
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
+import statistics
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # synthetic.py sits next to this file
 
 import synthetic  # noqa: E402
 
-from reldrop_transforms import RelevanceDropout2d, RelevanceLoader  # noqa: E402
+from reldrop_transforms import RelevanceDropout2d, RelevanceErasing2d, RelevanceLoader  # noqa: E402
 from reldrop_transforms.attribution import relevance  # noqa: E402
-from reldrop_transforms.functional import fill_dropped, relevance_dropout_mask  # noqa: E402
+from reldrop_transforms.functional import fill_dropped, fill_points, relevance_dropout_mask  # noqa: E402
 
-# Defaults of the full run, sized to finish in well under 4 minutes on 2 CPU cores (both trainings included).
-DEFAULTS = {"epochs": 8, "train_size": 6000, "test_size": 2000, "width": 16, "batch_size": 128}
-# The --quick smoke run.
-QUICK = {"epochs": 1, "train_size": 256, "test_size": 256, "width": 8, "batch_size": 64}
+# Sizes of the three run lengths. "img_*": images; "pc_*": point clouds.
+PRESETS: dict[str, dict[str, int]] = {
+    "quick": {"seeds": 2, "img_epochs": 1, "img_train": 256, "img_test": 128, "img_width": 8, "img_batch": 64,
+              "pc_epochs": 1, "pc_train": 128, "pc_test": 64, "pc_points": 64, "pc_batch": 32},
+    "default": {"seeds": 3, "img_epochs": 10, "img_train": 4000, "img_test": 1000, "img_width": 12, "img_batch": 128,
+                "pc_epochs": 12, "pc_train": 1500, "pc_test": 500, "pc_points": 256, "pc_batch": 64},
+    "long": {"seeds": 5, "img_epochs": 15, "img_train": 8000, "img_test": 2000, "img_width": 16, "img_batch": 128,
+             "pc_epochs": 25, "pc_train": 4000, "pc_test": 1000, "pc_points": 512, "pc_batch": 64},
+}
 
-# The paper's image settings (pixel variant).
-ALPHA, BETA, P = 0.3, 0.5, 0.5
+# The paper's settings: images (pixel variant) alpha=0.3, beta=0.5; point clouds alpha=beta=0.5.
+IMG_ALPHA, IMG_BETA, IMG_P = 0.3, 0.5, 0.5
+PC_ALPHA, PC_BETA = 0.5, 0.5
+PC_MAX_DROPOUT = 0.875  # PointNet++'s random_point_dropout
+FRACTIONS = [i / 20 for i in range(11)]  # 0%, 5%, ..., 50% of the inputs removed
+
+IMAGE_METHODS = ("no augmentation", "RandomErasing", "RelevanceDropout2d", "RelevanceErasing2d")
+POINT_METHODS = ("no augmentation", "random point dropout", "RelevanceDropout3d")
+RELDROP_IMAGE = "RelevanceDropout2d"
+RELDROP_POINTS = "RelevanceDropout3d"
 
 
+# -- command line --------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse the command line.
-
-    Args:
-        argv: Arguments without the program name; ``None`` reads ``sys.argv``.
-
-    Returns:
-        The parsed options, with sizes filled in from ``DEFAULTS`` or ``QUICK``.
-    """
+    """Parse the command line; sizes not given come from the chosen preset (``--quick``, default, ``--long``)."""
     parser = argparse.ArgumentParser(
         description=(
-            "Train a small CNN with and without RelDrop (RelevanceDropout2d) on a synthetic shape dataset whose "
-            "training split carries a class-revealing marker, and compare test accuracy, train accuracy and "
-            "time per epoch. Writes results.md and relevance.png into --out."
+            "Train a small CNN (images) and a small PointNet (point clouds) on synthetic data with a training-only "
+            "shortcut, without augmentation, with random baselines and with RelDrop; write report.md and figures."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (created if missing)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help=f"training epochs per method (default {DEFAULTS['epochs']}, --quick: {QUICK['epochs']})")
-    parser.add_argument("--train-size", type=int, default=None,
-                        help=f"training images (default {DEFAULTS['train_size']}, --quick: {QUICK['train_size']})")
-    parser.add_argument("--test-size", type=int, default=None,
-                        help=f"test images (default {DEFAULTS['test_size']}, --quick: {QUICK['test_size']})")
-    parser.add_argument("--width", type=int, default=None,
-                        help=f"channels of the first conv layer (default {DEFAULTS['width']}, --quick: {QUICK['width']})")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"batch size (default {DEFAULTS['batch_size']}, --quick: {QUICK['batch_size']})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the initialisation and the batch order")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run: few images, 1 epoch, narrow model")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--quick", action="store_true", help="smoke run: tiny data, 1 epoch, 2 seeds (seconds)")
+    length.add_argument("--long", action="store_true", help="longer run: more data, epochs and 5 seeds")
+    for key, value in PRESETS["default"].items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None,
+                            help=f"default {value} (quick {PRESETS['quick'][key]}, long {PRESETS['long'][key]})")
+    parser.add_argument("--seed", type=int, default=0, help="first seed; seeds are seed, seed+1, ... (default 0)")
+    parser.add_argument("--modalities", default="images,points", help="images, points or both (default both)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
     args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else DEFAULTS
-    for key, value in sizes.items():
+    preset = "quick" if args.quick else "long" if args.long else "default"
+    args.preset = preset
+    for key, value in PRESETS[preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("epochs", "train_size", "test_size", "width", "batch_size", "threads"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} should be >= 1, but got {getattr(args, key)}.")
+    if args.threads < 1:
+        parser.error(f"--threads should be >= 1, but got {args.threads}.")
+    args.modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    if not args.modalities or any(m not in ("images", "points") for m in args.modalities):
+        parser.error(f"--modalities should list images and/or points, but got {args.modalities}.")
     return args
 
 
-def make_model(width: int, num_classes: int) -> nn.Sequential:
+# -- models --------------------------------------------------------------------------------------------------------
+def make_cnn(width: int, num_classes: int) -> nn.Sequential:
     """A small CNN: four 3x3 conv-BatchNorm-ReLU blocks (two with stride 2), global average pool, linear.
 
-    A plain ``nn.Sequential`` of ``nn.Module`` leaves, so that LRP (zennit) sees every layer and can merge each
-    BatchNorm into the convolution before it.
-
-    Args:
-        width: Channels of the first block (the others have 2x and 4x).
-        num_classes: Number of outputs.
+    A plain ``nn.Sequential`` of supported layers, so the fast LRP engine attributes it exactly.
     """
 
     def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
     return nn.Sequential(
-        *block(3, width, 1),
-        *block(width, 2 * width, 2),
-        *block(2 * width, 2 * width, 1),
-        *block(2 * width, 4 * width, 2),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4 * width, num_classes),
+        *block(3, width, 1), *block(width, 2 * width, 2), *block(2 * width, 2 * width, 1),
+        *block(2 * width, 4 * width, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, num_classes),
     )
 
 
+def make_pointnet(num_classes: int) -> nn.Module:
+    """A small PointNet (shared MLP 3-32-64-128, max pool, head 64) for dense ``(B, N, 3)`` clouds."""
+    from reldrop_transforms.models import PointNet
+
+    return PointNet(3, num_classes, hidden=(32, 64, 128), head=(64,), dropout=0.2)
+
+
+# -- data helpers --------------------------------------------------------------------------------------------------
+class PerSampleTransform(Dataset):
+    """Apply a per-sample transform (e.g. ``v2.RandomErasing``) to the images of a dataset."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[Tensor], Tensor]) -> None:
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image, label = self.dataset[index]
+        return self.transform(image), label
+
+
+class BatchTransformed:
+    """An iterable of ``transform(inputs, labels)`` over a loader (for transforms that need no model)."""
+
+    def __init__(self, loader: DataLoader, transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> None:
+        self.loader = loader
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for inputs, labels in self.loader:
+            yield self.transform(inputs, labels)
+
+
+def random_point_dropout(generator: torch.Generator) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """PointNet++'s random point dropout on dense batches: per cloud ``r ~ U(0, 0.875)``, each point dropped with
+    probability ``r``, dropped points replaced by the cloud's first kept point (the first point is always kept)."""
+
+    def transform(points: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        b, n, _ = points.shape
+        rate = PC_MAX_DROPOUT * torch.rand((b, 1), generator=generator)
+        mask = torch.rand((b, n), generator=generator) < rate
+        mask[:, 0] = False
+        return fill_points(points, mask, "first"), labels
+
+    return transform
+
+
+# -- training ------------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """What one (method, seed) training run produced."""
+
+    method: str
+    seed: int
+    train_acc: list[float] = field(default_factory=list)  # per epoch, on the (augmented) batches as trained
+    test_acc: list[float] = field(default_factory=list)  # per epoch, eval mode
+    epoch_seconds: list[float] = field(default_factory=list)
+    dropped: list[float] = field(default_factory=list)  # fraction of inputs changed by the augmentation, per epoch
+    curve: list[float] = field(default_factory=list)  # occlusion curve (accuracy per entry of FRACTIONS)
+    object_share: float = float("nan")
+
+
 @torch.no_grad()
-def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy in eval mode, as a fraction in [0, 1]; the model's train/eval flag is restored."""
+def accuracy(model: nn.Module, inputs: Tensor, labels: Tensor, batch_size: int = 250) -> float:
+    """Top-1 accuracy (fraction) in eval mode; the model's train/eval flag is restored."""
     was_training = model.training
     model.eval()
-    correct = 0
-    for start in range(0, images.shape[0], batch_size):
-        logits = model(images[start : start + batch_size])
-        correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
+    correct = sum(int((model(inputs[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum())
+                  for i in range(0, inputs.shape[0], batch_size))
     model.train(was_training)
-    return correct / max(1, images.shape[0])
+    return correct / max(1, inputs.shape[0])
 
 
-@dataclass
-class RunResult:
-    """What one training run produced."""
-
-    name: str
-    model: nn.Module
-    seconds_per_epoch: float
-    final_loss: float
-
-
-def train(name: str, model: nn.Module, train_set: synthetic.ShapesDataset, args: argparse.Namespace,
-          use_reldrop: bool) -> RunResult:
-    """Train ``model`` in place with AdamW and a cosine schedule; optionally with RelDrop on every batch.
-
-    Both methods see the same batches in the same order (the shuffle generator is seeded with ``args.seed``).
+def train(model: nn.Module, batches: Iterable, epochs: int, run: Run, evaluate: Callable[[], float],
+          bar: tqdm) -> None:
+    """Train ``model`` in place (AdamW, one-cycle schedule), recording accuracies, times and drop fractions.
 
     Args:
-        name: Label of the run (progress bar and table).
         model: The model, already initialised.
-        train_set: The normalised training data.
-        args: Command-line options.
-        use_reldrop: Wrap the loader with ``RelevanceLoader(loader, RelevanceDropout2d(model, ...))``.
+        batches: An iterable of ``(inputs, labels)`` (augmented where the method augments) with ``len``.
+        epochs: Number of epochs.
+        run: Where the measurements go.
+        evaluate: Test accuracy of the current model (not timed).
+        bar: The epoch progress bar to advance.
     """
-    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=False,
-                        generator=torch.Generator().manual_seed(args.seed))
-    if use_reldrop:
-        transform = RelevanceDropout2d(model, alpha=ALPHA, beta=BETA, p=P, value=0.0,
-                                       generator=torch.Generator().manual_seed(args.seed + 1))
-        loader = RelevanceLoader(loader, transform)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=args.epochs * len(loader),
-                                                    pct_start=0.15)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=epochs * len(batches),
+                                                    pct_start=0.2)
     criterion = nn.CrossEntropyLoss()
     model.train()
-    epoch_seconds: list[float] = []
-    loss_value = float("nan")
-    epochs = tqdm(range(args.epochs), desc=name, unit="epoch", disable=args.no_progress, leave=True)
-    for _ in epochs:
+    for _ in range(epochs):
         start = time.perf_counter()
-        running, seen = 0.0, 0
-        for images, labels in tqdm(loader, desc="  batches", unit="batch", leave=False, disable=args.no_progress):
-            loss = criterion(model(images), labels)
+        correct = seen = 0
+        for inputs, labels in batches:
+            logits = model(inputs)
+            loss = criterion(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            running += loss.item() * labels.shape[0]
+            correct += int((logits.argmax(1) == labels).sum())
             seen += labels.shape[0]
-        epoch_seconds.append(time.perf_counter() - start)
-        loss_value = running / max(1, seen)
-        epochs.set_postfix(loss=f"{loss_value:.3f}", s_per_epoch=f"{epoch_seconds[-1]:.1f}")
-    return RunResult(name, model, sum(epoch_seconds) / len(epoch_seconds), loss_value)
+        run.epoch_seconds.append(time.perf_counter() - start)
+        run.train_acc.append(correct / max(1, seen))
+        run.test_acc.append(evaluate())
+        bar.update(1)
+        bar.set_postfix(method=run.method, seed=run.seed, test=f"{100 * run.test_acc[-1]:.0f}%")
 
 
-def relevance_shares(model: nn.Module, images: Tensor, labels: Tensor, object_masks: Tensor) -> tuple[float, float]:
-    """Mean share of positive (channel-summed) LRP relevance on the marker and on the object.
-
-    Args:
-        model: The classifier.
-        images: Normalised images that carry a marker.
-        labels: Their true labels (the attributed class).
-        object_masks: Ground-truth object masks ``(N, H, W)``.
-
-    Returns:
-        ``(marker share, object share)``, each a fraction in [0, 1] averaged over the images.
-    """
-    rel = relevance(model, images, labels).sum(1).clamp(min=0)  # (N, H, W)
-    total = rel.sum((1, 2)).clamp(min=1e-12)
-    marker = synthetic.marker_region().to(rel.device)
-    marker_share = (rel * marker).sum((1, 2)) / total
-    object_share = (rel * object_masks).sum((1, 2)) / total
-    return float(marker_share.mean()), float(object_share.mean())
+# -- metrics -------------------------------------------------------------------------------------------------------
+def input_relevance(model: nn.Module, inputs: Tensor, labels: Tensor, channel_dim: int,
+                    batch_size: int = 250) -> Tensor:
+    """LRP relevance of the true class per pixel / point (summed over channels)."""
+    parts = [relevance(model, inputs[i : i + batch_size], labels[i : i + batch_size]).sum(channel_dim)
+             for i in range(0, inputs.shape[0], batch_size)]
+    return torch.cat(parts)
 
 
-def save_figure(path: Path, baseline: nn.Module, reldrop: nn.Module, images: Tensor, labels: Tensor,
-                mean: Tensor, std: Tensor, seed: int) -> None:
-    """Save a grid: input, relevance of each model, the RelDrop mask (from the RelDrop model) and the masked input.
+def occlusion_curve(model: nn.Module, inputs: Tensor, labels: Tensor, rel: Tensor,
+                    remove: Callable[[Tensor, Tensor], Tensor]) -> list[float]:
+    """Accuracy after removing the most relevant ``f`` of the elements, for each ``f`` in ``FRACTIONS``.
 
     Args:
-        path: PNG file to write.
-        baseline: The model trained without augmentation.
-        reldrop: The model trained with RelDrop.
-        images: A few normalised images ``(N, 3, H, W)``.
-        labels: Their labels (the attributed class).
-        mean: Channel means used for normalisation (to display the images).
-        std: Channel standard deviations used for normalisation.
-        seed: Seed of the mask noise.
+        rel: Relevance per element, ``(B, H, W)`` or ``(B, N)``; the elements are removed in descending order.
+        remove: ``remove(inputs, mask)``: the inputs with the masked elements removed.
     """
-    import matplotlib
+    flat = rel.flatten(1)
+    order = flat.argsort(dim=1, descending=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(flat.shape[1]).expand_as(order))
+    curve = []
+    for fraction in FRACTIONS:
+        mask = (rank < round(fraction * flat.shape[1])).view_as(rel)
+        curve.append(accuracy(model, remove(inputs, mask), labels))
+    return curve
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    rel_base = relevance(baseline, images, labels).sum(1)
-    rel_drop = relevance(reldrop, images, labels).sum(1)
-    mask = relevance_dropout_mask(rel_drop, ALPHA, BETA, generator=torch.Generator().manual_seed(seed))
-    masked = fill_dropped(images, mask, 0.0)
+def area(curve: list[float]) -> float:
+    """Area under an occlusion curve over FRACTIONS (trapezoids), divided by the width: a mean accuracy."""
+    total = sum((FRACTIONS[i + 1] - FRACTIONS[i]) * (curve[i] + curve[i + 1]) / 2 for i in range(len(curve) - 1))
+    return total / (FRACTIONS[-1] - FRACTIONS[0])
 
-    def show(x: Tensor):
-        return (x * std.view(3, 1, 1) + mean.view(3, 1, 1)).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
 
-    columns = ["input", "LRP relevance\nbaseline model", "LRP relevance\nRelDrop model",
-               f"RelDrop mask (alpha={ALPHA}, beta={BETA})\nfrom RelDrop model", "masked input\n(fill = dataset mean)"]
-    n = images.shape[0]
-    fig, axes = plt.subplots(n, len(columns), figsize=(2.3 * len(columns), 2.3 * n), squeeze=False)
-    for i in range(n):
-        panels = [
-            ("image", show(images[i])),
-            ("relevance", rel_base[i]),
-            ("relevance", rel_drop[i]),
-            ("mask", mask[i]),
-            ("image", show(masked[i])),
-        ]
-        for j, (kind, data) in enumerate(panels):
-            ax = axes[i, j]
-            if kind == "relevance":
-                limit = float(data.abs().max()) or 1.0
-                im = ax.imshow(data.cpu().numpy(), cmap="bwr", vmin=-limit, vmax=limit)
-                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
-            elif kind == "mask":
-                ax.imshow(data.cpu().numpy(), cmap="gray_r", vmin=0, vmax=1)
-                ax.set_xlabel(f"{float(data.float().mean()):.0%} dropped", fontsize=7)
+def object_share(rel: Tensor, on_object: Tensor) -> float:
+    """Mean over samples of the share of absolute relevance on the object: ``sum |R| on object / sum |R|``."""
+    absolute = rel.abs().flatten(1)
+    inside = (absolute * on_object.flatten(1)).sum(1)
+    return float((inside / absolute.sum(1).clamp(min=1e-12)).mean())
+
+
+# -- the two experiments -------------------------------------------------------------------------------------------
+@dataclass
+class Experiment:
+    """The runs of one modality and what the figures need."""
+
+    modality: str
+    methods: tuple[str, ...]
+    runs: list[Run]
+    setup: str
+    figures: list[Path] = field(default_factory=list)
+
+
+def run_images(args: argparse.Namespace, out: Path, bar: tqdm) -> Experiment:
+    """Train and evaluate the image methods for every seed; draw the image figures for the first seed."""
+    from reldrop_transforms import viz
+
+    runs: list[Run] = []
+    num_classes = len(synthetic.CLASSES)
+    for seed in range(args.seed, args.seed + args.seeds):
+        train_split = synthetic.make_split(args.img_train, seed=seed, train=True)
+        test_split = synthetic.make_split(args.img_test, seed=seed + 10_000, train=False)
+        mean, std = synthetic.channel_stats(train_split.images)
+
+        def normalise(x: Tensor) -> Tensor:
+            return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+        x_train, x_test = normalise(train_split.images), normalise(test_split.images)
+        y_train, y_test = train_split.labels, test_split.labels
+        dataset = synthetic.ShapesDataset(x_train, y_train)
+        torch.manual_seed(seed)
+        initial = make_cnn(args.img_width, num_classes).state_dict()
+        models: dict[str, nn.Module] = {}
+        for method in IMAGE_METHODS:
+            torch.manual_seed(seed)  # the same global random stream (v2.RandomErasing draws from it)
+            model = make_cnn(args.img_width, num_classes)
+            model.load_state_dict(initial)
+            order = torch.Generator().manual_seed(seed)
+            if method == "RandomErasing":
+                erase = v2.RandomErasing(p=IMG_P, scale=(0.02, 0.4), ratio=(0.3, 3.3), value=0.0)
+                loader = DataLoader(PerSampleTransform(dataset, erase), batch_size=args.img_batch, shuffle=True,
+                                    generator=order)
             else:
-                ax.imshow(data)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(columns[j], fontsize=8)
-        axes[i, 0].set_ylabel(synthetic.CLASSES[int(labels[i])], fontsize=9)
-    fig.suptitle("Training images (with the class-revealing marker, top left): where each model looks", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+                loader = DataLoader(dataset, batch_size=args.img_batch, shuffle=True, generator=order)
+            batches: Iterable = loader
+            noise = torch.Generator().manual_seed(seed + 1)
+            if method == "RelevanceDropout2d":
+                batches = RelevanceLoader(loader, RelevanceDropout2d(model, alpha=IMG_ALPHA, beta=IMG_BETA, p=IMG_P,
+                                                                     value=0.0, generator=noise))
+            elif method == "RelevanceErasing2d":
+                batches = RelevanceLoader(loader, RelevanceErasing2d(model, p=IMG_P, scale=(0.02, 0.4), top_k=1,
+                                                                     value=0.0, generator=noise))
+            run = Run(method, seed)
+            train(model, batches, args.img_epochs, run, lambda m=model: accuracy(m, x_test, y_test), bar)
+            rel = input_relevance(model, x_test, y_test, channel_dim=1)
+            run.curve = occlusion_curve(model, x_test, y_test, rel, lambda x, m: fill_dropped(x, m, 0.0))
+            run.object_share = object_share(rel, test_split.masks)
+            runs.append(run)
+            models[method] = model
+
+        if seed == args.seed:  # figures of the first seed
+            picks = []
+            for cls in range(num_classes):
+                idx = ((y_train == cls) & train_split.marker_present).nonzero().flatten()
+                if idx.numel():
+                    picks.append(int(idx[0]))
+            images, labels = x_train[picks], y_train[picks]
+            figures = []
+            for method, name in (("no augmentation", "relevance_images.png"),
+                                 (RELDROP_IMAGE, "relevance_images_reldrop.png")):
+                rel = relevance(models[method], images, labels)
+                mask = relevance_dropout_mask(rel.sum(1), IMG_ALPHA, IMG_BETA,
+                                              generator=torch.Generator().manual_seed(seed))
+                viz.plot_image_relevance(
+                    images, rel, mask, mean=mean, std=std, labels=labels, class_names=synthetic.CLASSES,
+                    title=f"Training images (class marker top left): LRP of the '{method}' model, seed {seed},\n"
+                          f"and the RelevanceDropout2d mask (alpha={IMG_ALPHA}, beta={IMG_BETA}) it gives",
+                    path=out / name)
+                figures.append(out / name)
+    setup = (
+        f"Synthetic shapes, {num_classes} classes, 3x32x32; per seed {args.img_train} training images (class marker in "
+        f"about 90%) and {args.img_test} test images (marker of a random class). CNN of width {args.img_width} "
+        f"({sum(p.numel() for p in make_cnn(args.img_width, num_classes).parameters())} parameters), "
+        f"{args.img_epochs} epochs, batch {args.img_batch}, AdamW with a one-cycle schedule. RandomErasing: "
+        f"`v2.RandomErasing(p={IMG_P}, scale=(0.02, 0.4), value=0)` per image; RelevanceDropout2d: alpha={IMG_ALPHA}, "
+        f"beta={IMG_BETA}, p={IMG_P}; RelevanceErasing2d: p={IMG_P}, scale=(0.02, 0.4), top_k=1; all fill with 0 "
+        "in normalised space (the training mean)."
+    )
+    return Experiment("images", IMAGE_METHODS, runs, setup, figures)
 
 
-def format_table(rows: list[dict[str, str]]) -> str:
-    """A Markdown table from rows of equal keys."""
-    headers = list(rows[0])
+def run_points(args: argparse.Namespace, out: Path, bar: tqdm) -> Experiment:
+    """Train and evaluate the point-cloud methods for every seed; draw the point figures for the first seed."""
+    from reldrop_transforms import RelevanceDropout3d, viz
+
+    runs: list[Run] = []
+    num_classes = len(synthetic.SHAPES)
+    for seed in range(args.seed, args.seed + args.seeds):
+        train_split = synthetic.make_point_split(args.pc_train, seed=seed, train=True, num_points=args.pc_points,
+                                                 cluster_size=max(2, args.pc_points // 10))
+        test_split = synthetic.make_point_split(args.pc_test, seed=seed + 10_000, train=False,
+                                                num_points=args.pc_points, cluster_size=max(2, args.pc_points // 10))
+        x_train, y_train = train_split.points, train_split.labels
+        x_test, y_test = test_split.points, test_split.labels
+        dataset = synthetic.ShapesDataset(x_train, y_train)
+        torch.manual_seed(seed)
+        initial = make_pointnet(num_classes).state_dict()
+        models: dict[str, nn.Module] = {}
+        for method in POINT_METHODS:
+            torch.manual_seed(seed)
+            model = make_pointnet(num_classes)
+            model.load_state_dict(initial)
+            loader = DataLoader(dataset, batch_size=args.pc_batch, shuffle=True,
+                                generator=torch.Generator().manual_seed(seed))
+            noise = torch.Generator().manual_seed(seed + 1)
+            batches: Iterable = loader
+            if method == "random point dropout":
+                batches = BatchTransformed(loader, random_point_dropout(noise))
+            elif method == RELDROP_POINTS:
+                batches = RelevanceLoader(loader, RelevanceDropout3d(model, alpha=PC_ALPHA, beta=PC_BETA, p=1.0,
+                                                                     fill="first", generator=noise))
+            run = Run(method, seed)
+            if method != "no augmentation":  # measured on a copy of the transform's first batches
+                run.dropped = measure_point_drop(model, method, x_train[: args.pc_batch], y_train[: args.pc_batch],
+                                                 seed)
+            train(model, batches, args.pc_epochs, run, lambda m=model: accuracy(m, x_test, y_test), bar)
+            rel = input_relevance(model, x_test, y_test, channel_dim=2)
+            run.curve = occlusion_curve(model, x_test, y_test, rel, lambda x, m: fill_points(x, m, "first"))
+            run.object_share = object_share(rel, test_split.object_points)
+            if method != "no augmentation":  # drop rate of the trained model too
+                run.dropped.append(measure_point_drop(model, method, x_train[: args.pc_batch],
+                                                      y_train[: args.pc_batch], seed)[0])
+            runs.append(run)
+            models[method] = model
+
+        if seed == args.seed:
+            picks = []
+            for cls in range(num_classes):
+                idx = ((y_train == cls) & train_split.cluster_present).nonzero().flatten()
+                if idx.numel():
+                    picks.append(int(idx[0]))
+            clouds, labels = x_train[picks], y_train[picks]
+            rel = relevance(models[RELDROP_POINTS], clouds, labels).sum(-1)
+            mask = relevance_dropout_mask(rel, PC_ALPHA, PC_BETA, generator=torch.Generator().manual_seed(seed))
+            viz.plot_point_relevance(
+                clouds, rel, mask, labels=labels, class_names=synthetic.SHAPES,
+                title=f"Training clouds (with the class-revealing cluster): LRP of the '{RELDROP_POINTS}' model, seed "
+                      f"{seed}, and its RelevanceDropout3d mask (alpha={PC_ALPHA}, beta={PC_BETA})",
+                path=out / "relevance_points.png")
+    setup = (
+        f"Synthetic point clouds, {num_classes} shapes ({', '.join(synthetic.SHAPES)}), {args.pc_points} points each "
+        f"(resampled from {args.pc_points // 4}-{args.pc_points} distinct surface points), random turn about z, "
+        f"tilt up to 30 degrees, scale 0.7-1.2, noise 0.02; per seed {args.pc_train} training clouds (a "
+        f"{max(2, args.pc_points // 10)}-point cluster at a class-specific position in about 90%) and {args.pc_test} "
+        f"test clouds (cluster at a random class's position). PointNet 3-32-64-128, head 64 "
+        f"({sum(p.numel() for p in make_pointnet(num_classes).parameters())} parameters), {args.pc_epochs} epochs, "
+        f"batch {args.pc_batch}. Random point dropout: PointNet++'s (rate U(0, {PC_MAX_DROPOUT}) per cloud); "
+        f"RelevanceDropout3d: alpha={PC_ALPHA}, beta={PC_BETA}, p=1. Both fill dropped points with the cloud's first "
+        "kept point, which for a max-pooling PointNet is the same as removing them."
+    )
+    return Experiment("points", POINT_METHODS, runs, setup, [out / "relevance_points.png"])
+
+
+def measure_point_drop(model: nn.Module, method: str, points: Tensor, labels: Tensor, seed: int) -> list[float]:
+    """Fraction of points the method drops on one batch for the model as it is (own generator: training unaffected)."""
+    from reldrop_transforms import RelevanceDropout3d
+
+    generator = torch.Generator().manual_seed(seed + 2)
+    if method == "random point dropout":
+        out, _ = random_point_dropout(generator)(points, labels)
+    else:
+        t = RelevanceDropout3d(model, alpha=PC_ALPHA, beta=PC_BETA, p=1.0, fill="first", generator=generator)
+        out, _ = t(points, labels)
+    return [float((out != points).any(-1).float().mean())]
+
+
+# -- report --------------------------------------------------------------------------------------------------------
+def mean_sd(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    """``"mean ± sd"`` (sample standard deviation over seeds; 0 for one seed)."""
+    values = [scale * v for v in values]
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def summarise(exp: Experiment) -> dict[str, dict[str, list[float]]]:
+    """Per method: lists over seeds of the final test/train accuracy, s/epoch, AUC, object share, drop rate."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for method in exp.methods:
+        runs = [r for r in exp.runs if r.method == method]
+        table[method] = {
+            "test": [r.test_acc[-1] for r in runs],
+            "train": [r.train_acc[-1] for r in runs],
+            "seconds": [statistics.fmean(r.epoch_seconds) for r in runs],
+            "auc": [area(r.curve) for r in runs],
+            "object": [r.object_share for r in runs],
+            "dropped_start": [r.dropped[0] for r in runs if r.dropped],
+            "dropped_end": [r.dropped[-1] for r in runs if r.dropped],
+        }
+    return table
+
+
+def format_table(exp: Experiment, summary: dict[str, dict[str, list[float]]]) -> str:
+    headers = ["method", "test acc (%)", "final train acc (%)", "s / epoch", "occlusion AUC (%)",
+               "abs. relevance on object (%)"]
+    if exp.modality == "points":
+        headers.append("points dropped, first / last epoch (%)")
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(row[h] for h in headers) + " |" for row in rows]
+    for method, s in summary.items():
+        cells = [method, mean_sd(s["test"]), mean_sd(s["train"]), mean_sd(s["seconds"], 1.0, 2), mean_sd(s["auc"]),
+                 mean_sd(s["object"])]
+        if exp.modality == "points":
+            cells.append(f"{mean_sd(s['dropped_start'])} / {mean_sd(s['dropped_end'])}" if s["dropped_start"]
+                         else "0 / 0")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def interpret(exp: Experiment, summary: dict[str, dict[str, list[float]]], reldrop: str) -> str:
+    """One paragraph that states what the numbers show, derived from them (nothing is assumed about the outcome)."""
+
+    def m(method: str, key: str) -> float:
+        return 100 * statistics.fmean(summary[method][key])
+
+    def sd(method: str, key: str) -> float:
+        values = [100 * v for v in summary[method][key]]
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+    def compare(key: str, what: str) -> str:
+        diff = m(reldrop, key) - m(base, key)
+        noise = max(sd(reldrop, key), sd(base, key))
+        if len(summary[base][key]) < 2:
+            verdict = "a single seed, so no spread to judge it against"
+        elif abs(diff) > 2 * noise:
+            verdict = "more than twice the larger seed spread"
+        elif abs(diff) > noise:
+            verdict = "larger than the seed spread, but less than twice it"
+        else:
+            verdict = "within the seed spread, so not distinguishable from noise here"
+        if round(diff, 1) == 0:
+            return f"{what} is the same to 0.1 points ({m(reldrop, key):.1f} vs {m(base, key):.1f})"
+        direction = "higher" if diff > 0 else "lower"
+        return f"{what} is {abs(diff):.1f} points {direction} ({m(reldrop, key):.1f} vs {m(base, key):.1f}; {verdict})"
+
+    base = "no augmentation"
+    best_test = max(summary, key=lambda k: m(k, "test"))
+    best_auc = max(summary, key=lambda k: m(k, "auc"))
+    best_object = max(summary, key=lambda k: m(k, "object"))
+    slow = statistics.fmean(summary[reldrop]["seconds"]) / max(1e-9, statistics.fmean(summary[base]["seconds"]))
+    n = len(summary[base]["test"])
+    text = (
+        f"Over {n} seed(s), {reldrop} compared with no augmentation: {compare('test', 'test accuracy')}; "
+        f"{compare('auc', 'the occlusion AUC')}; {compare('object', 'the share of absolute relevance on the object')}. "
+        f"The best mean test accuracy is {best_test}'s ({m(best_test, 'test'):.1f}%), the highest occlusion AUC "
+        f"{best_auc}'s ({m(best_auc, 'auc'):.1f}%) and the most relevance on the object {best_object}'s "
+        f"({m(best_object, 'object'):.1f}%). An epoch with {reldrop} (its LRP pass included) took {slow:.1f}x the "
+        "time of one without augmentation. "
+    )
+    if n < 3:
+        text += "With fewer than 3 seeds (a smoke run) these differences say nothing. "
+    gap = m(base, "train") - m(base, "test")
+    text += (f"Without augmentation, final training accuracy (shortcut present) minus test accuracy (shortcut "
+             f"absent) is {gap:.1f} points: the larger, the more the model leans on the shortcut.")
+    return text
+
+
+def plot_curves(experiments: list[Experiment], path: Path) -> None:
+    """Training and test accuracy per epoch (mean over seeds, band: min to max), one panel per modality."""
+    from matplotlib.figure import Figure
+
+    from reldrop_transforms.viz import save_png
+
+    fig = Figure(figsize=(6.0 * len(experiments), 4.2))
+    axes = fig.subplots(1, len(experiments), squeeze=False)[0]
+    for ax, exp in zip(axes, experiments):
+        for i, method in enumerate(exp.methods):
+            runs = [r for r in exp.runs if r.method == method]
+            colour = f"C{i}"
+            for key, style, label in (("train_acc", "--", "train"), ("test_acc", "-", "test")):
+                curves = torch.tensor([getattr(r, key) for r in runs]) * 100
+                epochs = range(1, curves.shape[1] + 1)
+                ax.plot(epochs, curves.mean(0), style, color=colour, label=f"{method} ({label})", marker=".")
+                if curves.shape[0] > 1:
+                    ax.fill_between(epochs, curves.amin(0), curves.amax(0), color=colour, alpha=0.12)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{exp.modality}: train (dashed, augmented batches) and test (solid)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def plot_occlusion(experiments: list[Experiment], path: Path) -> None:
+    """Test accuracy as the most relevant 0-50% of the inputs are removed (mean over seeds, band: min to max)."""
+    from matplotlib.figure import Figure
+
+    from reldrop_transforms.viz import save_png
+
+    fig = Figure(figsize=(6.0 * len(experiments), 4.2))
+    axes = fig.subplots(1, len(experiments), squeeze=False)[0]
+    for ax, exp in zip(axes, experiments):
+        unit = "pixels set to the mean" if exp.modality == "images" else "points removed"
+        for i, method in enumerate(exp.methods):
+            curves = torch.tensor([r.curve for r in exp.runs if r.method == method]) * 100
+            x = [100 * f for f in FRACTIONS]
+            ax.plot(x, curves.mean(0), color=f"C{i}", marker="o", markersize=3, label=method)
+            if curves.shape[0] > 1:
+                ax.fill_between(x, curves.amin(0), curves.amax(0), color=f"C{i}", alpha=0.12)
+        ax.set_xlabel(f"most relevant {unit} (%)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{exp.modality}: occlusion in order of each model's LRP relevance", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
 def main(argv: list[str] | None = None) -> Path:
-    """Run the demo.
-
-    Args:
-        argv: Command-line arguments without the program name; ``None`` reads ``sys.argv``.
-
-    Returns:
-        The output folder.
-    """
+    """Run the demo; returns the output folder."""
     args = parse_args(argv)
     wall_start = time.perf_counter()
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     torch.set_num_threads(args.threads)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    # Data: generated in code; the test split gets its own seed. Normalised with the training statistics,
-    # so that RelDrop's fill value 0.0 is the dataset mean.
-    train_split = synthetic.make_split(args.train_size, seed=args.seed, train=True)
-    test_split = synthetic.make_split(args.test_size, seed=args.seed + 10_000, train=False)
-    clean_split = synthetic.make_split(args.test_size, seed=args.seed + 10_000, train=False, shortcut_p=0.0)
-    mean, std = synthetic.channel_stats(train_split.images)
+    total_epochs = args.seeds * (len(IMAGE_METHODS) * args.img_epochs * ("images" in args.modalities)
+                                 + len(POINT_METHODS) * args.pc_epochs * ("points" in args.modalities))
+    experiments: list[Experiment] = []
+    with tqdm(total=total_epochs, desc="training", unit="epoch", disable=args.no_progress) as bar:
+        if "images" in args.modalities:
+            experiments.append(run_images(args, out, bar))
+        if "points" in args.modalities:
+            experiments.append(run_points(args, out, bar))
 
-    def normalise(x: Tensor) -> Tensor:
-        return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
-
-    x_train, x_test, x_clean = normalise(train_split.images), normalise(test_split.images), normalise(clean_split.images)
-    train_set = synthetic.ShapesDataset(x_train, train_split.labels)
-    num_classes = len(synthetic.CLASSES)
-
-    # One initialisation for both runs.
-    torch.manual_seed(args.seed)
-    initial = make_model(args.width, num_classes)
-    runs = []
-    for name, use_reldrop in (("baseline (no augmentation)", False), (f"RelDrop (alpha={ALPHA}, beta={BETA}, p={P})", True)):
-        model = copy.deepcopy(initial)
-        runs.append(train(name, model, train_set, args, use_reldrop))
-
-    # Evaluation. Relevance shares on training-distribution images that carry the (class-revealing) marker.
-    with_marker = train_split.marker_present.nonzero().flatten()[:256]
-    rows = []
-    for run in runs:
-        marker_share, object_share = relevance_shares(run.model, x_train[with_marker], train_split.labels[with_marker],
-                                                      train_split.masks[with_marker])
-        rows.append({
-            "method": run.name,
-            "test acc, random marker (%)": f"{100 * accuracy(run.model, x_test, test_split.labels):.1f}",
-            "test acc, no marker (%)": f"{100 * accuracy(run.model, x_clean, clean_split.labels):.1f}",
-            "train acc (%)": f"{100 * accuracy(run.model, x_train, train_split.labels):.1f}",
-            "s / epoch": f"{run.seconds_per_epoch:.2f}",
-            "relevance on marker (%)": f"{100 * marker_share:.1f}",
-            "relevance on object (%)": f"{100 * object_share:.1f}",
-        })
-    table = format_table(rows)
-
-    # Figure: a few training images with the marker, one per class where possible.
-    picks = []
-    for cls in range(num_classes):
-        idx = (train_split.labels[with_marker] == cls).nonzero().flatten()
-        if idx.numel():
-            picks.append(int(with_marker[idx[0]]))
-    picks = picks[:5]
-    figure_path = out / "relevance.png"
-    save_figure(figure_path, runs[0].model, runs[1].model, x_train[picks], train_split.labels[picks], mean, std,
-                args.seed)
+    curves_path, occlusion_path = out / "accuracy_curves.png", out / "occlusion.png"
+    plot_curves(experiments, curves_path)
+    plot_occlusion(experiments, occlusion_path)
 
     elapsed = time.perf_counter() - wall_start
-    chance = 100 / num_classes
-    notes = [
-        "# RelDrop demo results",
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [
+        "# RelDrop demo report",
         "",
-        f"Synthetic shapes ({num_classes} classes, 3x32x32): {args.train_size} training images, "
-        f"{args.test_size} test images, {args.epochs} epoch(s), batch {args.batch_size}, CNN width {args.width}, "
-        f"seed {args.seed}, {args.threads} CPU thread(s). Chance is {chance:.1f}%.",
-        f"The training split has a class-revealing marker in {100 * float(train_split.marker_present.float().mean()):.0f}% "
-        "of its images; in the test split the marker has a random class colour (\"random marker\") or is absent "
-        "(\"no marker\"). Train accuracy is measured in eval mode on the unaugmented training images.",
-        "Relevance shares: mean share of positive channel-summed LRP relevance (true class) on the marker patch and "
-        f"on the ground-truth object, over {with_marker.numel()} training images with a marker.",
-        "s / epoch includes RelDrop's attribution pass (LRP, zennit backend) on the selected samples of every batch.",
+        f"Written by `examples/demo.py` ({args.preset} preset, seeds {args.seed}-{args.seed + args.seeds - 1}, "
+        f"{args.threads} CPU thread(s), torch {torch.__version__}). Every number below was measured in this run.",
         "",
-        table,
-        "",
-        f"Total wall time of the run: {elapsed:.1f} s.",
+        "Columns: test accuracy after the last epoch (mean ± sample standard deviation over the seeds); final train "
+        "accuracy on the batches as trained (augmented where the method augments, shortcut present); seconds per "
+        "training epoch (including the LRP pass of the relevance methods; evaluation excluded); occlusion AUC: the "
+        "test accuracy averaged over 0% to 50% of the most relevant inputs removed (trapezoids; higher: the model "
+        "keeps more accuracy without what it relies on most); share of absolute LRP relevance (true class, summed "
+        "over channels) that falls on the ground-truth object, on the test split.",
         "",
     ]
-    (out / "results.md").write_text("\n".join(notes))
+    for exp in experiments:
+        summary = summarise(exp)
+        reldrop = RELDROP_IMAGE if exp.modality == "images" else RELDROP_POINTS
+        lines += [f"## {exp.modality.capitalize()}", "", exp.setup, "", format_table(exp, summary), "",
+                  interpret(exp, summary, reldrop), ""]
+    lines += [
+        "## Figures",
+        "",
+        f"- `{curves_path.name}`: training and test accuracy per epoch (as the paper's Fig. 2).",
+        f"- `{occlusion_path.name}`: test accuracy as the most relevant inputs are removed (as the paper's Fig. 4).",
+    ]
+    if "images" in args.modalities:
+        lines += ["- `relevance_images.png`, `relevance_images_reldrop.png`: training images, LRP relevance of the "
+                  "model trained without augmentation / with RelevanceDropout2d, and the RelDrop mask it gives."]
+    if "points" in args.modalities:
+        lines += ["- `relevance_points.png`: training clouds, LRP relevance of the RelevanceDropout3d model, and its "
+                  "mask: dropped points red, kept points blue (as the paper's Fig. A.1)."]
+    lines += ["", f"Total wall time of the run: {elapsed:.1f} s (1-minute load average {load_start:.2f} at the start, "
+              f"{load_end:.2f} at the end).", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
 
-    print()
-    print(table)
-    print(f"\nTotal wall time: {elapsed:.1f} s")
-    print(f"Figure: {figure_path}")
+    print("\n".join(lines))
     print(f"Results written to {out.resolve()}")
     return out
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("MPLBACKEND", "Agg")
     main()

@@ -106,6 +106,90 @@ class TestSyntheticSplit:
             synthetic.ShapesDataset(split.images, split.labels[:5])
 
 
+class TestPointSplit:
+    def test_shapes_and_dtypes(self):
+        split = synthetic.make_point_split(40, seed=0, num_points=64, cluster_size=8)
+        assert split.points.shape == (40, 64, 3) and split.points.dtype == torch.float32
+        assert split.labels.shape == (40,) and split.labels.dtype == torch.int64
+        assert split.object_points.shape == (40, 64) and split.object_points.dtype == torch.bool
+        assert split.cluster_present.dtype == torch.bool and split.cluster_labels.dtype == torch.int64
+        assert int(split.labels.min()) >= 0 and int(split.labels.max()) < len(synthetic.SHAPES)
+        assert len(split) == 40
+        assert bool(torch.isfinite(split.points).all())
+
+    @pytest.mark.parametrize("train", [True, False])
+    def test_deterministic_for_a_seed(self, train):
+        a = synthetic.make_point_split(30, seed=5, train=train, num_points=48)
+        b = synthetic.make_point_split(30, seed=5, train=train, num_points=48)
+        for name in ("points", "labels", "object_points", "cluster_present", "cluster_labels", "distinct_points"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+    def test_different_seeds_differ(self):
+        a = synthetic.make_point_split(30, seed=0, num_points=48)
+        b = synthetic.make_point_split(30, seed=1, num_points=48)
+        assert not torch.equal(a.points, b.points)
+
+    def test_cluster_points_and_object_points(self):
+        split = synthetic.make_point_split(400, seed=0, num_points=64, cluster_size=8)
+        # Clouds with a cluster have exactly cluster_size non-object points, the others none.
+        counts = (~split.object_points).sum(1)
+        assert torch.equal(counts, split.cluster_present.long() * 8)
+        # Cluster points sit near their class's centre; object points stay inside radius 1.7.
+        centres = synthetic.CLUSTER_CENTRES[split.cluster_labels.clamp(min=0)]  # (n, 3)
+        distance = (split.points - centres.unsqueeze(1)).norm(dim=-1)
+        assert float(distance[~split.object_points].max()) < 0.6
+        assert float(split.points[split.object_points].norm(dim=-1).max()) < 1.8
+        # Varying density: the number of distinct underlying points differs between clouds.
+        assert int(split.distinct_points.min()) >= 16 and int(split.distinct_points.max()) <= 64
+        assert split.distinct_points.unique().numel() > 10
+
+    def test_all_classes_present(self):
+        split = synthetic.make_point_split(500, seed=0, num_points=32)
+        assert torch.bincount(split.labels, minlength=len(synthetic.SHAPES)).min() > 50
+
+    def test_shortcut_in_train_not_in_test(self):
+        train = synthetic.make_point_split(2000, seed=0, train=True, num_points=32)
+        test = synthetic.make_point_split(2000, seed=1, train=False, num_points=32)
+        assert abs(float(train.cluster_present.float().mean()) - 0.9) < 0.03
+        present = train.cluster_present
+        assert bool((train.cluster_labels[present] == train.labels[present]).all())
+        assert bool((train.cluster_labels[~present] == -1).all())
+        present = test.cluster_present
+        agreement = float((test.cluster_labels[present] == test.labels[present]).float().mean())
+        assert abs(agreement - 1 / len(synthetic.SHAPES)) < 0.05
+
+    def test_no_cluster_when_shortcut_p_is_zero(self):
+        split = synthetic.make_point_split(50, seed=0, shortcut_p=0.0, num_points=32)
+        assert bool(split.object_points.all()) and not split.cluster_present.any()
+
+    def test_invalid_arguments(self):
+        with pytest.raises(ValueError, match="shortcut_p"):
+            synthetic.make_point_split(4, shortcut_p=-0.1)
+        with pytest.raises(ValueError, match="n should be"):
+            synthetic.make_point_split(-1)
+        with pytest.raises(ValueError, match="cluster_size"):
+            synthetic.make_point_split(4, num_points=16, cluster_size=16)
+        with pytest.raises(ValueError, match="num_points"):
+            synthetic.make_point_split(4, num_points=2)
+
+
+FIGURES = ("accuracy_curves.png", "occlusion.png", "relevance_images.png", "relevance_images_reldrop.png",
+           "relevance_points.png")
+MEAN_SD = re.compile(r"^(-?\d+\.\d+) ± (\d+\.\d+)$")
+
+
+def _tables(report: str) -> dict[str, list[list[str]]]:
+    """The Markdown tables of the report, per ``## `` section: rows of cells, header first."""
+    tables: dict[str, list[list[str]]] = {}
+    section = None
+    for line in report.splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+        elif line.startswith("|") and not line.startswith("|---"):
+            tables.setdefault(section, []).append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return tables
+
+
 @pytest.mark.slow
 def test_demo_quick_run(tmp_path):
     out = tmp_path / "demo"
@@ -116,27 +200,68 @@ def test_demo_quick_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert str(out.resolve()) in proc.stdout
 
-    png = out / "relevance.png"
-    assert png.is_file() and png.stat().st_size > 10_000
-    assert png.read_bytes()[:8] == PNG_SIGNATURE
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pixels = plt.imread(png)
-    assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 200
-    assert float(pixels[..., :3].std()) > 0.01  # not a blank canvas
+    for name in FIGURES:
+        png = out / name
+        assert png.is_file() and png.stat().st_size > 10_000, name
+        assert png.read_bytes()[:8] == PNG_SIGNATURE, name
+        pixels = plt.imread(png)
+        assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 200, name
+        assert float(pixels[..., :3].std()) > 0.01, name  # not a blank canvas
 
-    results = (out / "results.md").read_text()
-    rows = [line for line in results.splitlines() if line.startswith("| ") and not line.startswith("| method")]
-    assert len(rows) == 2
-    assert rows[0].startswith("| baseline") and rows[1].startswith("| RelDrop")
-    for row in rows:
-        cells = [cell.strip() for cell in row.strip("|").split("|")]
-        numbers = [float(cell) for cell in cells[1:]]
-        assert len(numbers) == 6
-        accuracies, seconds = numbers[:3], numbers[3]
-        assert all(0.0 <= acc <= 100.0 for acc in accuracies)
-        assert seconds > 0.0
-    assert re.search(r"Total wall time of the run: \d+\.\d s", results)
+    report = (out / "report.md").read_text(encoding="utf-8")
+    tables = _tables(report)
+    expected = {
+        "Images": ["no augmentation", "RandomErasing", "RelevanceDropout2d", "RelevanceErasing2d"],
+        "Points": ["no augmentation", "random point dropout", "RelevanceDropout3d"],
+    }
+    for section, methods in expected.items():
+        header, *rows = tables[section]
+        assert header[:6] == ["method", "test acc (%)", "final train acc (%)", "s / epoch", "occlusion AUC (%)",
+                              "abs. relevance on object (%)"]
+        assert [row[0] for row in rows] == methods
+        for row in rows:
+            values = []
+            for cell in row[1:6]:
+                match = MEAN_SD.match(cell)
+                assert match, (section, row[0], cell)
+                values.append((float(match.group(1)), float(match.group(2))))
+            for (mean, sd), column in zip(values, header[1:6]):
+                assert sd >= 0.0
+                if column == "s / epoch":
+                    assert mean > 0.0
+                else:
+                    assert 0.0 <= mean <= 100.0, (section, row[0], column)
+        # The paragraph after the table is written from the numbers.
+        paragraph = report.split(f"## {section}")[1].split("\n\n")[3]
+        assert "seed" in paragraph and ("Relevance" in paragraph)
+    assert re.search(r"Total wall time of the run: \d+\.\d s", report)
+
+
+def test_demo_arguments():
+    import demo
+
+    args = demo.parse_args(["--quick"])
+    assert args.preset == "quick" and args.seeds == demo.PRESETS["quick"]["seeds"]
+    args = demo.parse_args(["--long", "--img-epochs", "2"])
+    assert args.preset == "long" and args.img_epochs == 2 and args.seeds >= 3
+    assert demo.parse_args([]).seeds >= 3
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--quick", "--long"])
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--seeds", "0"])
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--modalities", "audio"])
+
+
+def test_demo_metrics():
+    import demo
+
+    assert demo.area([1.0] * len(demo.FRACTIONS)) == pytest.approx(1.0)
+    assert demo.area([0.5] * len(demo.FRACTIONS)) == pytest.approx(0.5)
+    rel = torch.tensor([[1.0, -1.0, 2.0, 0.0]])
+    assert demo.object_share(rel, torch.tensor([[True, False, True, False]])) == pytest.approx(0.75)
