@@ -271,8 +271,8 @@ def header(device: torch.device) -> str:
         f"python {platform.python_version()}",
         f"- RelDrop: alpha={ALPHA}, beta={BETA}, p={P} (every sample attributed: the worst case), fill 0.0, "
         f"composite epsilon_flat (eps=1e-3); SGD(momentum=0.9) train step; medians of interleaved runs",
-        f"- point clouds: RelevanceDropout3d(alpha=0.5, beta=0.5, p=1.0, fill='zero', backend='auto'), fp32; "
-        f"published baseline: zennit attribution of the batch, then a per-cloud numpy loop",
+        "- point clouds: RelevanceDropout3d(alpha=0.5, beta=0.5, p=1.0, fill='zero', backend='auto'), fp32; "
+        "published baseline: zennit attribution of the batch, then a per-cloud numpy loop",
     ])
 
 

@@ -10,7 +10,7 @@ import logging
 import warnings
 from collections.abc import Callable
 
-from ._composites import EPSILON_FLAT, make_zennit_composite
+from ._composites import make_zennit_composite
 from ._fast import FAST_COMPOSITES, UnsupportedModel, fast_relevance
 from ._state import model_device, preserved_model_state, unwrap_model
 

@@ -262,7 +262,8 @@ def _bottleneck_forward(engine: "FastLRP") -> Callable:
     return forward
 
 
-def _structure(model: nn.Module) -> tuple:
+def module_structure(model: nn.Module) -> tuple:
+    """The module tree as identities and types: what a cached verdict or captured graph depends on."""
     return tuple((id(m), type(m)) for m in model.modules())
 
 
@@ -421,7 +422,7 @@ def fast_relevance(
 
     The first call for a model structure audits the operations of its forward; later calls skip the audit.
     """
-    structure = _structure(model)
+    structure = module_structure(model)
     cached = _VERDICTS.get(model)
     if cached is not None and cached[0] == structure:
         if cached[1] is not None:

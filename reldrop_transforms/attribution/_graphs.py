@@ -22,12 +22,14 @@ from collections.abc import Callable, Hashable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ._fast import module_structure
+
 __all__ = ["GraphCache", "model_key"]
 
 
 def model_key(model: nn.Module) -> tuple:
     """What a captured graph depends on in ``model``: module tree and tensor storages (not their values)."""
-    modules = tuple((id(m), type(m)) for m in model.modules())
+    modules = module_structure(model)
     tensors = tuple(
         (t.data_ptr(), tuple(t.shape), t.dtype) for t in (*model.parameters(), *model.buffers())
     )
