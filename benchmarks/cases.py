@@ -30,7 +30,9 @@ says, per variant, in which precision the attribution ran.
 
 Point-cloud cases (:class:`PointCase`: PointNet++ / PointNet, dense and PyG, issue #3 item 7) are defined here and
 run by ``point_cases.PointBench`` (variants ``plain``, ``floor``, ``reldrop``, ``published`` and the two mask-stage
-variants, float32 only); :func:`make_bench` builds the right bench for a case.
+variants, float32 only); erasing cases (:class:`ErasingCase`: RelevanceErasing2d / 3d mask stage against the
+published per-sample / per-cloud loops, issue #5 item 5) by ``erasing_cases.ErasingBench`` (the two mask-stage
+variants only, float32); :func:`make_bench` builds the right bench for a case.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ __all__ = [
     "ALPHA", "BETA", "P", "Bench", "build_model", "published_composite", "published_mask_loop",
     "vectorised_mask", "masked_batch_autocast", "synchronize",
     "PointCase", "CPU_POINT_CASES", "GPU_POINT_CASES", "POINT_STEP_VARIANTS", "POINT_VARIANTS", "ALL_VARIANTS",
-    "make_bench",
+    "make_bench", "ErasingCase", "CPU_ERASING_CASES", "GPU_ERASING_CASES",
 ]
 
 # The paper's image settings; p = 1.0 (every sample attributed) is the worst case for the overhead.
@@ -143,7 +145,42 @@ GPU_POINT_CASES = (
     PointCase("pointnet-dense-n1024-b32", "pointnet", "dense", 32, 1024),
     PointCase("pointnet-pyg-n1024-b32", "pointnet", "pyg", 32, 1024),
 )
-CASES = {case.name: case for case in CPU_CASES + GPU_CASES + CPU_POINT_CASES + GPU_POINT_CASES}
+
+
+@dataclass(frozen=True)
+class ErasingCase:
+    """A mask-stage-only erasing configuration (issue #5 item 5); see ``benchmarks/erasing_cases.py``.
+
+    Args:
+        name: Identifier used on the command line and as the pytest-benchmark group.
+        kind: ``"erasing2d"`` (images, Block erasing) or ``"erasing3d"`` (dense point clouds, ball erasing).
+        batch_size: Images or clouds per batch.
+        size: Height and width of the (square, 3-channel) images, or points per cloud (6 channels).
+    """
+
+    name: str
+    kind: str
+    batch_size: int
+    size: int
+
+    def describe(self) -> str:
+        if self.kind == "erasing2d":
+            return f"erasing2d, {self.size} px, batch {self.batch_size}"
+        return f"erasing3d dense, {self.size} pts x 6 ch, batch {self.batch_size}"
+
+
+# The issue's sizes (batch 512 x 32 px; 1024 points x 32 clouds) are cheap enough for the CPU too; batch 64 is the
+# CPU-sized 2D row.
+CPU_ERASING_CASES = (
+    ErasingCase("erasing2d-32px-b512", "erasing2d", 512, 32),
+    ErasingCase("erasing2d-32px-b64", "erasing2d", 64, 32),
+    ErasingCase("erasing3d-dense-n1024-b32", "erasing3d", 32, 1024),
+)
+GPU_ERASING_CASES = (
+    ErasingCase("erasing2d-32px-b512", "erasing2d", 512, 32),
+    ErasingCase("erasing3d-dense-n1024-b32", "erasing3d", 32, 1024),
+)
+CASES = {case.name: case for case in CPU_CASES + GPU_CASES + CPU_POINT_CASES + GPU_POINT_CASES + CPU_ERASING_CASES}
 
 # Point-cloud variants (point_cases.PointBench): "reldrop" is RelevanceDropout3d with its default backend ("auto").
 POINT_STEP_VARIANTS = ("plain", "floor", "reldrop", "published")
@@ -151,9 +188,14 @@ POINT_VARIANTS = POINT_STEP_VARIANTS + MASK_VARIANTS
 ALL_VARIANTS = ("plain", "floor", "reldrop", "reldrop_fast", "reldrop_zennit", "published") + MASK_VARIANTS
 
 
-def make_bench(case: Case | PointCase, device: str | torch.device = "cpu", precision: str = "fp32", seed: int = 0):
+def make_bench(case: Case | PointCase | ErasingCase, device: str | torch.device = "cpu", precision: str = "fp32",
+               seed: int = 0):
     """A :class:`Bench` for an image case, a ``point_cases.PointBench`` for a :class:`PointCase` (imported here:
-    it needs torch_geometric)."""
+    it needs torch_geometric), an ``erasing_cases.ErasingBench`` for an :class:`ErasingCase` (mask stage only)."""
+    if isinstance(case, ErasingCase):
+        from erasing_cases import ErasingBench
+
+        return ErasingBench(case, device, precision, seed)
     if isinstance(case, PointCase):
         from point_cases import PointBench
 

@@ -7,7 +7,9 @@ Usage::
 
 For each case (see ``benchmarks/cases.py``), every variant is warmed up, then timed round-robin (each round runs
 every variant once, starting at a rotating position, so that slow drifts of the machine hit all variants alike),
-with ``torch.cuda.synchronize()`` before and after each call on CUDA. The slow variants (zennit backend, the
+with ``torch.cuda.synchronize()`` before and after each call on CUDA. Erasing cases (issue #5 item 5) have only the
+two mask-stage variants (the RelevanceErasing2d / 3d kernels against the published per-sample / per-cloud loops)
+and get their own table. The slow variants (zennit backend, the
 published baseline, the per-sample mask loop) get fewer repeats (``--slow-repeats``). The tables report medians,
 the ratio to the plain step of the same run and, for RelDrop steps, ``(step - plain) / floor``: the extra cost in
 units of one eval forward + input gradient. On CUDA, the peak memory of one call of each train-step variant
@@ -33,8 +35,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cases import (  # noqa: E402
-    ALL_VARIANTS, ALPHA, BETA, CASES, CPU_CASES, CPU_POINT_CASES, GPU_CASES, GPU_POINT_CASES, MASK_VARIANTS, P,
-    POINT_STEP_VARIANTS, SLOW_VARIANTS, STEP_VARIANTS, Case, PointCase, make_bench, synchronize,
+    ALL_VARIANTS, ALPHA, BETA, CASES, CPU_CASES, CPU_ERASING_CASES, CPU_POINT_CASES, GPU_CASES, GPU_ERASING_CASES,
+    GPU_POINT_CASES, MASK_VARIANTS, P, POINT_STEP_VARIANTS, SLOW_VARIANTS, STEP_VARIANTS, Case, ErasingCase, PointCase,
+    make_bench, synchronize,
 )
 
 RELDROP_VARIANTS = ("reldrop", "reldrop_fast", "reldrop_zennit", "published")
@@ -50,6 +53,12 @@ GPU_MEMORY_TARGET = 1.1  # peak memory of a RelDrop step over a plain step
 # than the published per-cloud numpy loop, and the RelDrop step within plain + POINT_FLOOR_TARGET x floor.
 POINT_MASK_SPEEDUP_TARGET = 50.0
 POINT_FLOOR_TARGET = 1.15
+# Issue #5 item 5, erasing (GPU, fp32): the vectorised RelevanceErasing2d / 3d mask stage at least this many times
+# faster than the published per-sample (per-cloud) loop, and at most ERASING_MASK_TARGET_MS.
+ERASING_SPEEDUP_TARGET = 50.0
+ERASING_MASK_TARGET_MS = 1.0
+ERASING_COMPARISON = {"erasing2d": "erasing2d vectorised vs per-sample loop",
+                      "erasing3d": "erasing3d vectorised vs per-cloud loop"}
 
 
 @dataclass
@@ -63,7 +72,7 @@ class CaseResult:
     attribution: dict[str, str]
     times_ms: dict[str, list[float]] = field(default_factory=dict)
     peak_bytes: dict[str, int] = field(default_factory=dict)
-    kind: str = "image"  # "image" or "points"
+    kind: str = "image"  # "image", "points", "erasing2d" or "erasing3d"
     backend_warnings: list[str] = field(default_factory=list)  # RelevanceBackendWarning messages seen (points)
 
     def median(self, variant: str) -> float:
@@ -100,7 +109,14 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
     return torch.cuda.max_memory_allocated(device)
 
 
-def measure_case(case: Case | PointCase, device: str | torch.device, precision: str = "fp32", *, repeats: int = 20,
+def case_kind(case: Case | PointCase | ErasingCase) -> str:
+    """``"image"``, ``"points"``, or the erasing case's kind (``"erasing2d"``, ``"erasing3d"``)."""
+    if isinstance(case, ErasingCase):
+        return case.kind
+    return "points" if isinstance(case, PointCase) else "image"
+
+
+def measure_case(case: Case | PointCase | ErasingCase, device: str | torch.device, precision: str = "fp32", *, repeats: int = 20,
                  slow_repeats: int = 5, warmup: int = 2, variants: Sequence[str] = ALL_VARIANTS,
                  log: Callable[[str], None] | None = None) -> CaseResult:
     """Time every variant of ``case`` interleaved (round-robin), after ``warmup`` untimed calls of each.
@@ -126,7 +142,7 @@ def measure_case(case: Case | PointCase, device: str | torch.device, precision: 
     counts = {name: (slow_repeats if name in slow else repeats) for name in names}
     result = CaseResult(case.name, case.describe(), str(device), precision,
                         {name: bench.attribution_precision[name] for name in names},
-                        {name: [] for name in names}, kind="points" if isinstance(case, PointCase) else "image")
+                        {name: [] for name in names}, kind=case_kind(case))
     say = log or (lambda message: None)
     say(f"{case.name} [{precision}]: warm-up")
     for name, fn in fns.items():
@@ -197,6 +213,23 @@ def mask_table(results: Sequence[CaseResult]) -> str:
     return "\n".join(lines)
 
 
+def erasing_table(results: Sequence[CaseResult]) -> str:
+    """Markdown table of the erasing mask stage (issue #5 item 5): the vectorised kernel and its fill against the
+    published per-sample loop (2D) or the per-cloud numpy loop (3D)."""
+    lines = [
+        _row(["case", "comparison", "vectorised ms", "loop ms", "n (vectorised / loop)", "loop / vectorised"]),
+        _row(["---"] * 6),
+    ]
+    for result in results:
+        if result.kind not in ERASING_COMPARISON or not all(name in result.times_ms for name in MASK_VARIANTS):
+            continue
+        vectorised, loop = result.median("mask_vectorised"), result.median("mask_loop")
+        lines.append(_row([result.description, ERASING_COMPARISON[result.kind], f"{vectorised:.3f}", f"{loop:.2f}",
+                           f"{len(result.times_ms['mask_vectorised'])} / {len(result.times_ms['mask_loop'])}",
+                           f"{loop / vectorised:.1f}x"]))
+    return "\n".join(lines)
+
+
 def memory_table(results: Sequence[CaseResult]) -> str:
     """Markdown table of peak CUDA memory of one call of each train-step variant, over the plain step's."""
     lines = [_row(["case", "precision", "variant", "peak MiB", "x plain step"]), _row(["---"] * 5)]
@@ -213,6 +246,17 @@ def target_checks(results: Sequence[CaseResult]) -> list[tuple[str, str, bool]]:
     checks = []
     for result in results:
         on_gpu = result.device.startswith("cuda")
+        if result.kind in ERASING_COMPARISON:
+            # GPU targets only: on a CPU the loop's .item() and numpy round trips cost no device synchronisation.
+            if on_gpu and result.precision == "fp32" and all(name in result.times_ms for name in MASK_VARIANTS):
+                vectorised = result.median("mask_vectorised")
+                speedup = result.median("mask_loop") / vectorised
+                where = f"GPU {result.description}"
+                speed_target = f"{where}: {ERASING_COMPARISON[result.kind]} >= {ERASING_SPEEDUP_TARGET:.0f}x (issue #5)"
+                time_target = f"{where}: erasing mask stage <= {ERASING_MASK_TARGET_MS} ms (issue #5)"
+                checks.append((speed_target, f"{speedup:.1f}x", speedup >= ERASING_SPEEDUP_TARGET))
+                checks.append((time_target, f"{vectorised:.3f} ms", vectorised <= ERASING_MASK_TARGET_MS))
+            continue
         if result.kind == "points" and result.precision == "fp32":
             where = "GPU" if on_gpu else "CPU"
             if all(name in result.times_ms for name in MASK_VARIANTS):
@@ -250,7 +294,7 @@ def target_checks(results: Sequence[CaseResult]) -> list[tuple[str, str, bool]]:
 
 
 def targets_table(results: Sequence[CaseResult]) -> str:
-    lines = [_row(["target (issue #3 item 7, fp32)", "measured", "met"]), _row(["---"] * 3)]
+    lines = [_row(["target (issue #3 item 7 / issue #5 item 5, fp32)", "measured", "met"]), _row(["---"] * 3)]
     for target, measured, met in target_checks(results):
         lines.append(_row([target, measured, "met" if met else "NOT met"]))
     return "\n".join(lines)
@@ -273,6 +317,9 @@ def header(device: torch.device) -> str:
         f"composite epsilon_flat (eps=1e-3); SGD(momentum=0.9) train step; medians of interleaved runs",
         "- point clouds: RelevanceDropout3d(alpha=0.5, beta=0.5, p=1.0, fill='zero', backend='auto'), fp32; "
         "published baseline: zennit attribution of the batch, then a per-cloud numpy loop",
+        ("- erasing (mask stage only, fp32, random relevance): Block erasing scale=(0.02, 0.4), "
+         "ratio=(0.3, 1/0.3), top_k=1, fill 0.0, vs the published per-sample loop (100 tries); balls "
+         "radius=(0.1, 0.3) x diagonal, top_k=1, zero fill, vs a per-cloud numpy loop"),
     ])
 
 
@@ -289,8 +336,9 @@ def _cpu_name() -> str:
 def report(results: Sequence[CaseResult], device: torch.device) -> str:
     """The full markdown report: header, step table, mask table, memory table (CUDA), targets; image and point
     cases in separate tables."""
-    images = [result for result in results if result.kind != "points"]
+    images = [result for result in results if result.kind == "image"]
     points = [result for result in results if result.kind == "points"]
+    erasing = [result for result in results if result.kind in ERASING_COMPARISON]
     parts = [header(device)]
     if images:
         parts += ["", "### Train step variants", "", step_table(images), "",
@@ -301,6 +349,12 @@ def report(results: Sequence[CaseResult], device: torch.device) -> str:
         warned = sorted({message for result in points for message in result.backend_warnings})
         if warned:
             parts += ["", "RelevanceBackendWarning seen: " + "; ".join(f"`{message}`" for message in warned)]
+    if erasing:
+        parts += ["", "### Erasing: mask stage and fill alone (same relevance, issue #5 item 5)", "",
+                  erasing_table(erasing)]
+        if not any(result.device.startswith("cuda") for result in erasing):
+            parts += ["", (f"(The erasing targets, >= {ERASING_SPEEDUP_TARGET:.0f}x and <= {ERASING_MASK_TARGET_MS} "
+                           "ms, are GPU targets: they are judged by gpu_overhead.py, not on a CPU.)")]
     if any(result.peak_bytes for result in results):
         parts += ["", "### Peak memory of one step (torch.cuda.max_memory_allocated)", "", memory_table(results)]
     if target_checks(results):
@@ -312,7 +366,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=None,
-                        help="default: the CPU cases (image and point) on --device cpu, the GPU cases on --device cuda")
+                        help="default: the CPU cases (image, point, erasing) on --device cpu, the GPU cases on "
+                             "--device cuda")
     parser.add_argument("--dtype", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
                         help="precision(s): fp32, and/or bf16 autocast (train step, floor and attribution)")
     parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(ALL_VARIANTS),
@@ -335,15 +390,20 @@ def run(args: argparse.Namespace) -> list[CaseResult]:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    defaults = GPU_CASES + GPU_POINT_CASES if device.type == "cuda" else CPU_CASES + CPU_POINT_CASES
+    defaults = (GPU_CASES + GPU_POINT_CASES + GPU_ERASING_CASES if device.type == "cuda"
+                else CPU_CASES + CPU_POINT_CASES + CPU_ERASING_CASES)
     names = args.cases or [case.name for case in defaults]
     log = None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     results = []
     for precision in args.dtype:
         for name in names:
-            if isinstance(CASES[name], PointCase) and precision != "fp32":
+            if isinstance(CASES[name], (PointCase, ErasingCase)) and precision != "fp32":
                 if log is not None:
-                    log(f"{name} [{precision}]: skipped (point cases run in fp32 only)")
+                    log(f"{name} [{precision}]: skipped (point and erasing cases run in fp32 only)")
+                continue
+            if isinstance(CASES[name], ErasingCase) and not set(MASK_VARIANTS) & set(args.variants):
+                if log is not None:
+                    log(f"{name}: skipped (an erasing case has only the mask_vectorised / mask_loop variants)")
                 continue
             results.append(measure_case(CASES[name], device, precision, repeats=args.repeats,
                                         slow_repeats=args.slow_repeats, warmup=args.warmup,

@@ -2,7 +2,9 @@
 
 Timings are recorded, never asserted: each test only checks that the measured function did its work (a finite
 loss, a gradient of the input's shape, a masked batch of the input's shape with some pixels (points) filled and the
-input left untouched). Point-cloud cases (PointNet++ / PointNet, dense and PyG) are in ``test_point_overhead``. Ratios between variants are only meaningful within one run; ``benchmarks/overhead.py`` measures
+input left untouched). Point-cloud cases (PointNet++ / PointNet, dense and PyG) are in ``test_point_overhead``, the
+erasing mask stage (issue #5 item 5: vectorised against the published per-sample / per-cloud loops) in
+``test_erasing_overhead``. Ratios between variants are only meaningful within one run; ``benchmarks/overhead.py`` measures
 them interleaved, which is the better comparison on a busy machine.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cases import CPU_CASES, CPU_POINT_CASES, POINT_VARIANTS, SLOW_VARIANTS, VARIANTS, Bench
+from cases import CPU_CASES, CPU_ERASING_CASES, CPU_POINT_CASES, MASK_VARIANTS, POINT_VARIANTS, SLOW_VARIANTS, VARIANTS, Bench
 
 ROUNDS = 5
 SLOW_ROUNDS = 2
@@ -105,3 +107,40 @@ def test_point_overhead(benchmark, bench_for, case, variant):
     out = benchmark.pedantic(function, rounds=rounds, iterations=1, warmup_rounds=0)
     check_point_output(bench, variant, out)
     assert [tensor._version for tensor in tensors] == versions, f"{variant} modified the input batch in place"
+
+
+def check_erasing_output(bench, variant: str, out: torch.Tensor) -> None:
+    """Assert that the erasing ``variant`` erased what it should: in every image (cloud) a non-empty region that
+    contains its most relevant pixel (point, ``top_k=1``), set to 0 in every channel, within the area bounds of
+    ``U(0.02, 0.4)`` (2D: up to rounding of ``h`` and ``w``, and smaller where clipped at the border)."""
+    inputs = bench.inputs
+    assert out.shape == inputs.shape and out.dtype == inputs.dtype and out.device == inputs.device
+    assert torch.isfinite(out).all()
+    channel = 1 if bench.case.kind == "erasing2d" else -1
+    dropped = (out == 0).all(channel) & (inputs != 0).any(channel)
+    kept = (out == inputs).all(channel)
+    assert (dropped | kept).all(), f"{variant} changed values other than by erasing them"
+    flat = dropped.flatten(1)
+    fraction = flat.float().mean(1)
+    assert (fraction > 0).all(), f"{variant} left an image (cloud) unerased"
+    best = bench.relevance.sum(channel).flatten(1).argmax(1)
+    assert flat.gather(1, best[:, None]).all(), f"{variant} did not erase the most relevant pixel (point)"
+    if bench.case.kind == "erasing2d":
+        assert fraction.max() <= 0.45, f"{variant} erased more than the largest rectangle"
+        assert 0.02 < fraction.mean() < 0.4
+    else:
+        assert not flat.all(1).any(), f"{variant} erased a whole cloud (radius <= 0.3 x diagonal)"
+
+
+@pytest.mark.parametrize("variant", MASK_VARIANTS)
+@pytest.mark.parametrize("case", CPU_ERASING_CASES, ids=lambda case: case.name)
+def test_erasing_overhead(benchmark, bench_for, case, variant):
+    bench = bench_for(case)
+    version = bench.inputs._version
+    function = bench.variants()[variant]
+    function()  # warm-up
+    benchmark.group = case.name
+    benchmark.extra_info.update(case=case.name, variant=variant, precision=bench.precision)
+    out = benchmark.pedantic(function, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    check_erasing_output(bench, variant, out)
+    assert bench.inputs._version == version, f"{variant} modified the input batch in place"
