@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
-
 import copy
 import logging
 import warnings
 from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
 
 from ._composites import make_zennit_composite
 from ._fast import FAST_COMPOSITES, UnsupportedModel, fast_relevance
@@ -62,10 +62,10 @@ def check_inputs(model: nn.Module, inputs: Tensor, *, caller: str = "relevance")
             f"{caller}: the inputs are on {inputs.device} but the model is on {device}. Move the batch to "
             f"{device} first, or wrap the loader with RelevanceLoader, which does so."
         )
-    floating = [p.dtype for p in model.parameters() if p.is_floating_point()]
-    if floating and inputs.dtype != floating[0]:
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if dtype is not None and inputs.dtype != dtype:
         raise ValueError(
-            f"{caller}: the inputs have dtype {inputs.dtype} but the model's parameters have {floating[0]}. "
+            f"{caller}: the inputs have dtype {inputs.dtype} but the model's parameters have {dtype}. "
             "Convert one of them so that they match."
         )
     return device
