@@ -18,7 +18,7 @@ STEPS = 4
 BATCH = (8, 3, 16, 16)
 
 
-def run(rank: int, world_size: int, port: int, backends: list[str], out_dir: str) -> None:
+def run(rank: int, world_size: int, init_method: str, backends: list[str], out_dir: str) -> None:
     try:
         import datetime
 
@@ -27,7 +27,7 @@ def run(rank: int, world_size: int, port: int, backends: list[str], out_dir: str
 
         torch.set_num_threads(1)  # two ranks on a small shared machine
         dist.init_process_group(
-            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+            "gloo", init_method=init_method, rank=rank, world_size=world_size,
             timeout=datetime.timedelta(seconds=60),
         )
         try:

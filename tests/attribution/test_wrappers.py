@@ -7,7 +7,6 @@ step prepares a gradient reduction that never comes, and hooks added to a compil
 
 import multiprocessing
 import os
-import socket
 import time
 
 import pytest
@@ -36,18 +35,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_ddp(backends: list[str], out_dir: str, world_size: int = 2) -> list[dict]:
     """Start the ranks, join them under a hard deadline (a hang fails, never blocks) and return their results."""
     ctx = multiprocessing.get_context("spawn")
-    port = _free_port()
+    # a file rendezvous in the test's own folder: no port that another process could take first
+    init_method = f"file://{os.path.join(out_dir, 'rendezvous')}"
     procs = [
-        ctx.Process(target=_ddp_worker.run, args=(rank, world_size, port, backends, out_dir), daemon=True)
+        ctx.Process(target=_ddp_worker.run, args=(rank, world_size, init_method, backends, out_dir), daemon=True)
         for rank in range(world_size)
     ]
     try:
