@@ -133,21 +133,20 @@ def remove_points(batch, drop: Tensor):
     counts = torch.zeros(num_graphs, dtype=torch.long, device=keep.device).scatter_add_(0, batch.batch, keep.long())
     ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
     new_index = keep.long().cumsum(0) - 1  # old node -> new node (valid where kept)
+    kept_nodes = keep.nonzero().flatten()
     out = copy.copy(batch)
     slices = dict(batch._slice_dict)
     incs = dict(batch._inc_dict)
     edge_keeps: dict[int, tuple[Tensor, Tensor]] = {}
     done = {"batch", "ptr"}
     for key in list(batch.keys()):
-        if key in ("batch", "ptr"):
-            continue
         value = batch[key]
-        if not isinstance(value, Tensor):
+        if key in done or not isinstance(value, Tensor):
             continue
         dim = batch.__cat_dim__(key, value)
         inc = incs.get(key)
         if batch.is_node_attr(key) and value.shape[dim] == keep.shape[0]:
-            out[key] = value.index_select(dim, keep.nonzero().flatten())
+            out[key] = value.index_select(dim, kept_nodes)
             slices[key] = ptr
             done.add(key)
         elif inc is not None and not value.is_floating_point() and _counts_nodes(batch, key, value, inc):
