@@ -52,7 +52,8 @@ class RelevanceDropout2d(RelevanceImageTransform):
         cuda_graphs: On CUDA, with the fast engine, capture the whole attribution and mask in a CUDA graph per
             input shape and replay it (see :mod:`reldrop_transforms.attribution._graphs`). Every sample is then
             attributed (fixed shapes), the coin only decides which masks are applied, and one synchronisation per
-            batch checks labels and finiteness. Keeps one graph's memory per shape (up to 4). CPU stays eager.
+            batch checks labels and finiteness. Keeps one graph's memory per shape (up to 4). CPU, and any
+            ``dtype``, stay eager.
 
     Shape:
         - images: (B, C, H, W), floating, on the model's device.
@@ -107,8 +108,9 @@ class RelevanceDropout2d(RelevanceImageTransform):
         self._graphs = GraphCache()
 
     def _uses_graphs(self, image: Tensor) -> bool:
+        # The captured body attributes in the model's precision: with dtype= the eager path honours autocast.
         return (
-            self.cuda_graphs and image.is_cuda and self.backend in ("auto", "fast")
+            self.cuda_graphs and image.is_cuda and self.dtype is None and self.backend in ("auto", "fast")
             and isinstance(self.composite, str) and self.composite in FAST_COMPOSITES
         )
 

@@ -140,3 +140,17 @@ class TestCapturedBodyOnCpu:
         _, graph = self._pair(monkeypatch)
         with pytest.raises(ValueError, match="class indices"):
             graph(torch.randn(2, 3, 8, 8), torch.tensor([0, 9]))
+
+
+def test_graphs_only_where_they_apply():
+    """Capture needs CUDA, the fast engine's composite and the model's own precision (dtype= stays eager)."""
+    from types import SimpleNamespace
+
+    on_cuda, on_cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    model = small_model()
+    assert rt.RelevanceDropout2d(model, cuda_graphs=True)._uses_graphs(on_cuda)
+    assert not rt.RelevanceDropout2d(model, cuda_graphs=True)._uses_graphs(on_cpu)
+    assert not rt.RelevanceDropout2d(model, cuda_graphs=False)._uses_graphs(on_cuda)
+    assert not rt.RelevanceDropout2d(model, cuda_graphs=True, dtype=torch.bfloat16)._uses_graphs(on_cuda)
+    assert not rt.RelevanceDropout2d(model, cuda_graphs=True, backend="zennit")._uses_graphs(on_cuda)
+    assert not rt.RelevanceDropout2d(model, cuda_graphs=True, composite="epsilon_plus_flat")._uses_graphs(on_cuda)
