@@ -411,6 +411,12 @@ class FastLRP:
         return tuple(torch.zeros_like(x) if r is None else r for x, r in zip(leaves, rels))
 
 
+def known_refusal(model: nn.Module) -> str | None:
+    """Why the fast engine refused this model's current structure, if it already did (no work otherwise)."""
+    cached = _VERDICTS.get(model)
+    return cached[1] if cached is not None and cached[0] == module_structure(model) else None
+
+
 def fast_relevance(
     model: nn.Module,
     leaves: tuple[Tensor, ...],

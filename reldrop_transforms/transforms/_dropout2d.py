@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .._checks import check_unit_interval
 from ..attribution import relevance
 from ..attribution._api import check_not_in_worker, output_relevance_nosync
-from ..attribution._fast import FAST_COMPOSITES, UnsupportedModel, fast_relevance
+from ..attribution._fast import FAST_COMPOSITES, UnsupportedModel, fast_relevance, known_refusal
 from ..attribution._graphs import GraphCache
 from ..attribution._state import preserved_model_state, unwrap_model
 from ..functional import relevance_dropout_mask, sample_coins, uniform_like
@@ -109,9 +109,11 @@ class RelevanceDropout2d(RelevanceImageTransform):
 
     def _uses_graphs(self, image: Tensor) -> bool:
         # The captured body attributes in the model's precision: with dtype= the eager path honours autocast.
+        # A model the fast engine already refused is not captured again on every batch.
         return (
             self.cuda_graphs and image.is_cuda and self.dtype is None and self.backend in ("auto", "fast")
             and isinstance(self.composite, str) and self.composite in FAST_COMPOSITES
+            and known_refusal(unwrap_model(self.model)) is None
         )
 
     def _graph_mask(self, image: Tensor, labels: Tensor | None) -> Tensor:

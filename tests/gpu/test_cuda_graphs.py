@@ -154,3 +154,19 @@ def test_graphs_only_where_they_apply():
     assert not rt.RelevanceDropout2d(model, cuda_graphs=True, dtype=torch.bfloat16)._uses_graphs(on_cuda)
     assert not rt.RelevanceDropout2d(model, cuda_graphs=True, backend="zennit")._uses_graphs(on_cuda)
     assert not rt.RelevanceDropout2d(model, cuda_graphs=True, composite="epsilon_plus_flat")._uses_graphs(on_cuda)
+
+
+def test_refused_model_is_not_captured_again():
+    from types import SimpleNamespace
+
+    import pytest
+
+    from reldrop_transforms.attribution import relevance
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Softsign(), nn.Flatten(), nn.Linear(144, 5))
+    t = rt.RelevanceDropout2d(model, cuda_graphs=True)
+    on_cuda = SimpleNamespace(is_cuda=True)
+    assert t._uses_graphs(on_cuda)  # not known yet
+    with pytest.raises(ValueError, match="Softsign"):
+        relevance(model, torch.randn(2, 3, 8, 8), backend="fast")  # the engine's verdict is now cached
+    assert not t._uses_graphs(on_cuda)
