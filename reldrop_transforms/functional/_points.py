@@ -111,11 +111,14 @@ def _expand(mask: Tensor, like: Tensor) -> Tensor:
 
 
 def _counts_nodes(batch, key: str, value: Tensor, inc) -> bool:
-    """Whether ``key`` holds node indices (PyG increments it by the node count when batching). With a single graph
-    the stored increments are all zero, so the data class's own ``__inc__`` is asked as well."""
-    if torch.is_tensor(inc) and bool((inc != 0).any()):
-        return True
-    return bool(torch.as_tensor(batch.__inc__(key, value)).ne(0).any())
+    """Whether ``key`` holds node indices: PyG increments it by the node count when batching, so its stored
+    increments are the clouds' node offsets (``ptr[:-1]``). Where those are all zero (a single graph) the data
+    class's own ``__inc__`` is asked whether it is the node count."""
+    offsets = batch.ptr[:-1]
+    if torch.is_tensor(inc) and inc.shape == offsets.shape and bool((inc != 0).any()):
+        return torch.equal(inc.to(offsets.device), offsets)
+    num_nodes = batch.num_nodes
+    return bool(num_nodes) and bool(torch.as_tensor(batch.__inc__(key, value)).eq(num_nodes).all())
 
 
 def remove_points(batch, drop: Tensor):
@@ -145,11 +148,8 @@ def remove_points(batch, drop: Tensor):
             continue
         dim = batch.__cat_dim__(key, value)
         inc = incs.get(key)
-        if batch.is_node_attr(key) and value.shape[dim] == keep.shape[0]:
-            out[key] = value.index_select(dim, kept_nodes)
-            slices[key] = ptr
-            done.add(key)
-        elif inc is not None and not value.is_floating_point() and _counts_nodes(batch, key, value, inc):
+        # index attributes first: PyG's is_node_attr guesses from the size, and a (3, F) face with F == N fits
+        if inc is not None and not value.is_floating_point() and _counts_nodes(batch, key, value, inc):
             survive = keep[value].all(dim=0 if dim != 0 else -1) if value.numel() else torch.ones(
                 value.shape[dim], dtype=torch.bool, device=value.device)
             owner = batch.batch[value.select(0 if dim != 0 else -1, 0)] if value.numel() else value.new_zeros(0)
@@ -161,6 +161,10 @@ def remove_points(batch, drop: Tensor):
             incs[key] = ptr[:-1].clone()
             if key == "edge_index" or value.shape[dim] not in edge_keeps:  # edge attributes follow edge_index,
                 edge_keeps[value.shape[dim]] = (idx, slices[key])  # not a face tensor of the same length
+            done.add(key)
+        elif batch.is_node_attr(key) and value.shape[dim] == keep.shape[0]:
+            out[key] = value.index_select(dim, kept_nodes)
+            slices[key] = ptr
             done.add(key)
     for key in list(batch.keys()):  # edge-level companions (edge_attr, ...) follow their index
         value = batch[key]
@@ -176,4 +180,8 @@ def remove_points(batch, drop: Tensor):
     out.ptr = ptr
     out._slice_dict = slices
     out._inc_dict = incs
+    if "num_nodes" in batch:  # counts given explicitly (Data(num_nodes=...)) follow the survivors
+        if hasattr(batch._store, "_num_nodes"):  # per cloud, for get_example/to_data_list
+            out._store._num_nodes = counts.tolist()
+        out.num_nodes = int(ptr[-1])
     return out

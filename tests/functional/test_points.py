@@ -370,3 +370,53 @@ class TestRemovePoints:
         out = remove_points(batch, drop)
         for i, data in enumerate(datas):
             assert_same_data(out.get_example(i), filter_by_hand(data, ~drop[batch.ptr[i]:batch.ptr[i + 1]]))
+
+    def test_explicit_num_nodes_follows_the_survivors(self):
+        # Data(num_nodes=...) stores the count: the batch, get_example and to_data_list must not keep the old one.
+        one = Batch.from_data_list([Data(pos=torch.randn(9, 3), num_nodes=9)])
+        drop = torch.zeros(9, dtype=torch.bool)
+        drop[[1, 2, 3]] = True
+        out = remove_points(one, drop)
+        assert out.num_nodes == out.pos.shape[0] == 6
+        assert out.get_example(0).num_nodes == 6
+        batch = Batch.from_data_list([Data(pos=torch.randn(n, 3), num_nodes=n) for n in (6, 8)])
+        drop = torch.ones(14, dtype=torch.bool)
+        drop[[0, 6]] = False
+        out = remove_points(batch, drop)
+        assert out.num_nodes == out.pos.shape[0] == 2
+        assert [data.num_nodes for data in out.to_data_list()] == [1, 1]
+        assert [out.get_example(i).num_nodes for i in range(2)] == [1, 1]
+        assert batch.num_nodes == 14 and [data.num_nodes for data in batch.to_data_list()] == [6, 8]  # unchanged
+
+    def test_as_many_faces_as_nodes(self):
+        # F == N makes PyG's is_node_attr guess that face is a node attribute: it is an index all the same.
+        g = torch.Generator().manual_seed(5)
+        datas = []
+        for n in (5, 6):
+            data = make_cloud(n, seed=30 + n, with_faces=False)
+            data.face = torch.randint(0, n, (3, n), generator=g)
+            datas.append(data)
+        batch = Batch.from_data_list(datas)
+        assert batch.is_node_attr("face")
+        drop = torch.zeros(batch.num_nodes, dtype=torch.bool)
+        drop[[1, 7, 9]] = True
+        out = remove_points(batch, drop)
+        examples = out.to_data_list()
+        for i, data in enumerate(datas):
+            expected = filter_by_hand(data, ~drop[batch.ptr[i]:batch.ptr[i + 1]])
+            assert_same_data(out.get_example(i), expected)
+            assert_same_data(examples[i], expected)
+
+    def test_integer_node_attribute_with_increments_is_filtered(self):
+        # a per-node integer attribute that PyG increments by something other than the node count (here its
+        # max + 1, as for keys containing "batch") is a node attribute, not an index
+        datas = [make_cloud(n, seed=40 + n) for n in (5, 7)]
+        for data in datas:
+            data.sub_batch = torch.arange(data.num_nodes) % 2
+        batch = Batch.from_data_list(datas)
+        drop = torch.zeros(batch.num_nodes, dtype=torch.bool)
+        drop[[0, 6, 8]] = True
+        out = remove_points(batch, drop)
+        for i, data in enumerate(datas):
+            keep = ~drop[batch.ptr[i]:batch.ptr[i + 1]]
+            assert torch.equal(out.get_example(i).sub_batch, data.sub_batch[keep])
