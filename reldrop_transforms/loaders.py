@@ -111,8 +111,8 @@ class RelevanceLoader(_DeviceResolver):
     """Wrap a DataLoader: each batch is moved to the model's device and transformed in the main process.
 
     Workers are allowed (they only load and collate). Works with ``torch.utils.data.DataLoader`` and any other
-    iterable of batches. ``len()`` is the wrapped loader's; :meth:`set_epoch` reaches a ``DistributedSampler``;
-    other attributes (``dataset``, ``batch_size``, ...) are the wrapped loader's.
+    iterable of batches. ``len()`` is the wrapped loader's; :meth:`set_epoch` reaches a ``DistributedSampler``
+    and a batch sampler's ``set_epoch``; other attributes (``dataset``, ``batch_size``, ...) are the wrapped loader's.
 
     Args:
         loader: The DataLoader (or any iterable of batches).
@@ -138,16 +138,20 @@ class RelevanceLoader(_DeviceResolver):
         return len(self.loader)
 
     def set_epoch(self, epoch: int) -> None:
-        """Pass the epoch to the loader's (batch) sampler, e.g. a ``DistributedSampler``."""
-        if callable(getattr(self.loader, "set_epoch", None)):
-            self.loader.set_epoch(epoch)
-            return
-        samplers = [getattr(self.loader, "sampler", None)]
-        samplers.append(getattr(getattr(self.loader, "batch_sampler", None), "sampler", None))
-        for sampler in samplers:
-            if callable(getattr(sampler, "set_epoch", None)):
-                sampler.set_epoch(epoch)
-                return
+        """Pass the epoch to the loader and its (batch) sampler, e.g. a ``DistributedSampler``.
+
+        Each distinct object among the loader, its ``sampler``, its ``batch_sampler`` (distributed bucketing
+        samplers) and the batch sampler's ``sampler`` that has a ``set_epoch`` gets it once.
+        """
+        batch_sampler = getattr(self.loader, "batch_sampler", None)
+        called: list[Any] = []
+        for owner in (self.loader, getattr(self.loader, "sampler", None), batch_sampler,
+                      getattr(batch_sampler, "sampler", None)):
+            if owner is None or any(owner is seen for seen in called):
+                continue
+            if callable(getattr(owner, "set_epoch", None)):
+                owner.set_epoch(epoch)
+                called.append(owner)
 
     def __getattr__(self, name: str) -> Any:
         if name in ("loader", "transform", "device") or name.startswith("__"):

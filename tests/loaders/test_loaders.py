@@ -186,6 +186,30 @@ class TestRelevanceLoader:
         assert first != second
         assert second == list(sampler)  # the loader follows the sampler's new order
 
+    def test_set_epoch_reaches_batch_sampler_and_each_sampler_once(self, make_model, data):
+        class CountingSampler(DistributedSampler):
+            def set_epoch(self, epoch):
+                self.calls = getattr(self, "calls", []) + [epoch]
+                super().set_epoch(epoch)
+
+        class BucketBatchSampler(BatchSampler):  # a distributed bucketing sampler: shuffles by its own epoch
+            calls = []
+
+            def set_epoch(self, epoch):
+                self.calls.append(epoch)
+
+        dataset = IndexedDataset(*data)
+        sampler = CountingSampler(dataset, num_replicas=2, rank=0, shuffle=True, seed=0)
+        batch_sampler = BucketBatchSampler(sampler, batch_size=2, drop_last=False)
+        RelevanceLoader(DataLoader(dataset, batch_sampler=batch_sampler), ModelHolder(make_model())).set_epoch(3)
+        assert batch_sampler.calls == [3]
+        assert sampler.calls == [3]
+        shared = CountingSampler(dataset, num_replicas=2, rank=0)  # loader.sampler is batch_sampler.sampler
+        base = DataLoader(dataset, batch_size=2, sampler=shared)
+        assert base.batch_sampler.sampler is base.sampler
+        RelevanceLoader(base, ModelHolder(make_model())).set_epoch(4)
+        assert shared.calls == [4]
+
     def test_set_epoch_prefers_loader_method(self, make_model):
         class EpochLoader(list):
             epochs = []
