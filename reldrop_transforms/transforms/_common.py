@@ -13,10 +13,15 @@ from ..attribution._api import check_finite
 from ..functional import sample_coins
 
 
-def check_common(model: Any, backend: Any, generator: Any, epsilon: Any) -> None:
-    """Argument checks shared by every relevance transform."""
+def check_model(model: Any) -> None:
+    """The model of a relevance transform is a ``torch.nn.Module``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model should be a torch.nn.Module, but got {type(model).__name__}.")
+
+
+def check_common(model: Any, backend: Any, generator: Any, epsilon: Any) -> None:
+    """Argument checks shared by every relevance transform."""
+    check_model(model)
     if backend not in BACKENDS:
         raise ValueError(f"backend should be one of {BACKENDS}, but got {backend!r} instead.")
     if generator is not None and not isinstance(generator, torch.Generator):

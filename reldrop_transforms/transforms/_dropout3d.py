@@ -27,7 +27,7 @@ from ..functional import (
     sample_coins,
 )
 from ..functional._erasing import _check_range
-from ._common import attribute_selected, check_common, scatter_rows
+from ._common import attribute_selected, check_common, check_model, scatter_rows
 from ._labels import parse_labels_getter
 
 __all__ = ["RelevanceDropout3d", "RelevanceErasing3d"]
@@ -85,8 +85,16 @@ class RelevancePointTransform(BaseTransform):
 
     @property
     def model(self) -> nn.Module:
-        """The model whose relevance drives the mask (held by reference)."""
+        """The model whose relevance drives the mask (held by reference).
+
+        A pickled or deep-copied transform holds a copy of the model: ``t.model = model`` rebinds it.
+        """
         return self._model[0]
+
+    @model.setter
+    def model(self, model: nn.Module) -> None:
+        check_model(model)
+        self._model = (model,)
 
     def __repr__(self) -> str:
         options = {key: value for key, value in vars(self).items()
@@ -189,7 +197,7 @@ class RelevancePointTransform(BaseTransform):
             mask = mask & coins[batch.batch]
         mask = keep_least_relevant(mask, per_point, batch=batch.batch, num_segments=num_graphs)
         out = self._apply_pyg(batch, mask)
-        out = out.get_example(0) if single else out
+        out = _single_example(data, batch, out) if single else out
         if isinstance(sample, (tuple, list)):
             return type(sample)([out, *sample[1:]])
         return out
@@ -206,6 +214,20 @@ class RelevancePointTransform(BaseTransform):
                 continue
             out[key] = fill_points(value, mask, self.fill, batch=batch.batch, num_segments=batch.num_graphs)
         return out
+
+
+def _single_example(data: BaseData, batch: Batch, out: Batch) -> BaseData:
+    """The single ``data`` after the transform: the attributes that changed in the one-cloud ``out`` batch taken
+    from its example, all others (``y`` of shape (), ...) the input's own, so that shapes and dtypes match the
+    input's (batching alone turns a 0-dim tensor into (1,))."""
+    example = out.get_example(0)
+    result = copy.copy(data)
+    for key, value in data.items():
+        if isinstance(value, Tensor) and out[key] is not batch[key]:
+            result[key] = example[key]
+    if "num_nodes" in data:  # given explicitly: the survivors
+        result.num_nodes = example.num_nodes
+    return result
 
 
 class RelevanceDropout3d(RelevancePointTransform):

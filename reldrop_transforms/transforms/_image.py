@@ -18,7 +18,7 @@ from .._checks import check_unit_interval
 from ..attribution._api import check_inputs, check_not_in_worker
 from ..attribution._state import unwrap_model
 from ..functional import fill_dropped
-from ._common import attribute_selected, check_common, scatter_rows
+from ._common import attribute_selected, check_common, check_model, scatter_rows
 from ._labels import parse_labels_getter
 
 
@@ -64,8 +64,22 @@ class RelevanceImageTransform(Transform):
 
     @property
     def model(self) -> nn.Module:
-        """The model whose relevance drives the mask (held by reference)."""
+        """The model whose relevance drives the mask (held by reference).
+
+        A pickled or deep-copied transform holds a copy of the model: ``t.model = model`` rebinds it.
+        """
         return self._model[0]
+
+    @model.setter
+    def model(self, model: nn.Module) -> None:
+        check_model(model)
+        self._model = (model,)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "model":  # nn.Module.__setattr__ would register a module as a submodule, past the property
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
 
     def forward(self, *inputs: Any) -> Any:
         sample = inputs if len(inputs) > 1 else inputs[0]
@@ -75,6 +89,12 @@ class RelevanceImageTransform(Transform):
             raise TypeError(
                 f"{name} works on batched tensors, but got a PIL image. Use it after the DataLoader (or in a "
                 "collate function) on a float batch, e.g. after v2.ToImage() and v2.ToDtype(torch.float32, scale=True)."
+            )
+        if any(isinstance(inpt, tv_tensors.Video) for inpt in flat_inputs):
+            raise TypeError(
+                f"{name} expects a batch of images (B, C, H, W), but got a tv_tensors.Video: videos are not "
+                "supported. Reshape the frames into a batch of images, video.flatten(0, 1) for (B, T, C, H, W) -> "
+                "(B*T, C, H, W) with labels.repeat_interleave(T), and back with .unflatten(0, (B, T))."
             )
         needs_transform = self._needs_transform_list(flat_inputs)
         images = [inpt for inpt, needs in zip(flat_inputs, needs_transform) if needs]

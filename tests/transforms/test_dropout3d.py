@@ -18,7 +18,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import BaseTransform
 
 import reldrop_transforms
-from reldrop_transforms import RelevanceDropout3d
+from reldrop_transforms import RelevanceDropout3d, RelevanceErasing3d
 from reldrop_transforms.attribution import relevance, relevance_graph
 from reldrop_transforms.functional import keep_least_relevant, normalize_relevance, relevance_dropout_mask
 
@@ -350,6 +350,37 @@ class TestRelevanceDropout3d:
             assert torch.equal(out[key], expected[key]), key
         assert data.num_nodes == 11
 
+    @pytest.mark.parametrize("fill", ["remove", "zero", "first"])
+    def test_pyg_single_data_keeps_shapes_and_dtypes(self, fill):
+        # a single Data comes back as a Data like the input: the same attributes, shapes and dtypes except the
+        # dropped points (a 0-dim y stays 0-dim), so that transformed and untransformed samples collate together
+        model = GraphPointNet()
+        data = make_cloud(10, seed=6, edges=True)
+        data.y = torch.tensor(2)
+        data.weight = torch.tensor(0.5, dtype=torch.float64)
+        data.name = "cloud"
+        data.num_nodes = 10  # explicit, as Data(pos=..., num_nodes=10)
+        out = RelevanceDropout3d(model, fill=fill, generator=seeded(20))(data)
+        assert type(out) is type(data)
+        assert sorted(out.keys()) == sorted(data.keys())
+        assert out.num_nodes == out.pos.shape[0]
+        assert out.num_nodes < 10 if fill == "remove" else out.num_nodes == 10
+        for key, value in data.items():
+            if not isinstance(value, torch.Tensor):
+                assert key == "num_nodes" or out[key] == value, key
+                continue
+            assert out[key].dtype == value.dtype, key
+            if fill == "remove" and (data.is_node_attr(key) or data.is_edge_attr(key)):  # fewer along cat dim
+                dim = data.__cat_dim__(key, value) % value.ndim
+                assert out[key].shape[:dim] + out[key].shape[dim + 1:] == value.shape[:dim] + value.shape[dim + 1:]
+            else:
+                assert out[key].shape == value.shape, key
+        for key in ("y", "weight", "name"):
+            assert out[key] is data[key], key  # graph-level leaves: the input's own objects
+        collated = Batch.from_data_list([out, data])
+        assert collated.y.shape == (2,) and collated.num_nodes == out.num_nodes + 10
+        assert data.num_nodes == 10 and data.y.shape == ()
+
     def test_pyg_forward_fn(self):
         model = PosBatchNet()
         batch = make_batch(seed=5, features=0)
@@ -417,6 +448,24 @@ class TestRelevanceDropout3d:
         batch = make_batch(seed=11)
         assert_examples(clone(batch), batch, reference_graph_mask(clone.model, batch, batch.y, alpha=0.5, beta=0.5,
                                                                   seed=0)[0], "remove")
+
+    @pytest.mark.parametrize("cls", [RelevanceDropout3d, RelevanceErasing3d])
+    def test_deepcopy_holds_a_copy_until_the_model_is_rebound(self, cls):
+        model = GraphPointNet()
+        batch = make_batch(seed=12)
+        rebound = copy.deepcopy(cls(model, generator=seeded(21)))  # as a transform restored from a checkpoint
+        assert rebound.model is not model
+        stale = copy.deepcopy(rebound)
+        rebound.model = model
+        assert rebound.model is model
+        with torch.no_grad():  # training goes on: the masks follow the model's new weights
+            for param in model.parameters():
+                param.copy_(torch.randn(param.shape, generator=seeded(22)))
+        expected = cls(model, generator=seeded(21))(batch)
+        assert torch.equal(rebound(batch).pos, expected.pos)
+        assert not torch.equal(stale(batch).pos, expected.pos)
+        with pytest.raises(TypeError, match=r"model should be a torch.nn.Module, but got str"):
+            rebound.model = "model.pt"
 
     # -- errors ----------------------------------------------------------------------------------------------
 

@@ -7,9 +7,12 @@ reference computation) is tested per transform in test_dropout2d.py and test_era
 
 from __future__ import annotations
 
+import copy
+
 import PIL.Image
 import pytest
 import torch
+from torchvision import tv_tensors
 
 from reldrop_transforms import RelevanceDropout2d, RelevanceErasing2d
 
@@ -92,6 +95,30 @@ class TestImageBatchTransforms:
         first, second = t(images, labels)[0], t(images, labels)[0]
         assert not torch.equal(first, second)  # the generator advances
 
+    # -- the model a copied transform holds ----------------------------------------------------------------------
+
+    def test_deepcopy_holds_a_copy_until_the_model_is_rebound(self, transform, transform_cls, mask_kwargs, model,
+                                                              batch, device):
+        images, labels = batch
+        t = transform(p=1.0, **mask_kwargs)
+        rebound = copy.deepcopy(t)  # as a transform restored from a checkpoint: its own copy of the model
+        assert rebound.model is not model
+        stale = copy.deepcopy(rebound)
+        rebound.model = model
+        assert rebound.model is model
+        assert list(rebound.children()) == [] and len(rebound.state_dict()) == 0  # still not a submodule
+        with torch.no_grad():  # training goes on: the masks follow the model's new weights
+            for param in model.parameters():
+                param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(7)).to(device))
+        expected, _ = transform(p=1.0, **mask_kwargs)(images, labels)
+        assert torch.equal(rebound(images, labels)[0], expected)
+        assert not torch.equal(stale(images, labels)[0], expected)
+
+    def test_model_set_to_a_non_module(self, transform):
+        t = transform()
+        with pytest.raises(TypeError, match=r"model should be a torch.nn.Module, but got function"):
+            t.model = lambda x: x
+
     # -- errors ---------------------------------------------------------------------------------------------------
 
     @pytest.mark.parametrize("shape", [(3, 12, 12), (2, 2, 3, 12, 12), (8, 12)])
@@ -131,3 +158,15 @@ class TestImageBatchTransforms:
     def test_pil_image(self, transform_cls, model):
         with pytest.raises(TypeError, match="works on batched tensors, but got a PIL image"):
             transform_cls(model, p=1.0)(PIL.Image.new("RGB", (12, 12)), torch.tensor([0]))
+
+    @pytest.mark.parametrize("as_sample", [False, True])
+    def test_video(self, transform, transform_cls, device, as_sample):
+        video = tv_tensors.Video(torch.rand(2, 4, 3, 12, 12, device=device))  # (B, T, C, H, W)
+        labels = torch.tensor([0, 1], device=device)
+        match = (rf"{transform_cls.__name__} expects a batch of images \(B, C, H, W\), but got a tv_tensors.Video: "
+                 r"videos are not supported\. Reshape the frames into a batch of images.*\(B\*T, C, H, W\)")
+        with pytest.raises(TypeError, match=match):
+            if as_sample:
+                transform(p=1.0)({"video": video, "labels": labels})
+            else:
+                transform(p=1.0)(video, labels)
