@@ -1,6 +1,7 @@
-"""RelDrop demo: images and point clouds with a planted shortcut, trained with and without relevance-driven dropout.
+"""RelDrop demo: images and point clouds with a planted shortcut, and real handwritten digits, trained with and without
+relevance-driven dropout.
 
-The data are generated in code (``examples/synthetic.py``, no download):
+The first two sections' data are generated in code (``examples/synthetic.py``, no download):
 
 * **images**: five shapes on textured backgrounds (3x32x32). In the training split a coloured marker in the top-left
   corner names the class in 90% of the images; in the test split the marker has a random class colour.
@@ -17,6 +18,13 @@ For each seed, the same small model (same initialisation, same batch order) is t
   probability ``r``) and ``RelevanceDropout3d(alpha=0.5, beta=0.5)``; dropped points are filled with the cloud's first
   kept point (PointNet++'s convention; for a max-pooling PointNet that equals removing them).
 
+The third section uses real images that ship with scikit-learn (``examples/digits.py``;
+``sklearn.datasets.load_digits``, no download): 1,797 grey 8x8 handwritten digits, upsampled bilinearly to 16x16, in a
+data-scarce split fixed in advance (50 training images per class, the other 1,297 for testing). The same CNN (one
+input channel) is trained with the same four image methods and the same schedule. There is no planted shortcut and no
+object mask here; instead of the share of relevance on the object it reports how spread the relevance is: the share
+of the pixels that hold half of the absolute relevance.
+
 Then it measures, on the test split: accuracy, the occlusion curve (accuracy as the most relevant 0% to 50% of the
 pixels / points are removed, in order of each model's own LRP relevance, as the paper's Fig. 4) and its area, and the
 share of absolute relevance on the ground-truth object (pixels inside the object mask / points of the object rather
@@ -25,7 +33,7 @@ number in them is measured in the run that wrote them.
 
 Run it with ``make demo`` or::
 
-    .venv/bin/python examples/demo.py            # the default run (about 5 minutes on 2 lightly loaded CPU cores)
+    .venv/bin/python examples/demo.py            # the default run (about 6 minutes on 2 lightly loaded CPU cores)
     .venv/bin/python examples/demo.py --quick    # a smoke run (seconds)
     .venv/bin/python examples/demo.py --long     # more data, epochs and 5 seeds (estimated 40 minutes, not timed)
 """
@@ -47,23 +55,33 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # synthetic.py sits next to this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # synthetic.py and digits.py sit next to this file
 
+import digits  # noqa: E402  (imports scikit-learn only when the digits are loaded)
 import synthetic  # noqa: E402
 
 from reldrop_transforms import RelevanceDropout2d, RelevanceErasing2d, RelevanceLoader  # noqa: E402
 from reldrop_transforms.attribution import relevance  # noqa: E402
 from reldrop_transforms.functional import fill_dropped, fill_points, relevance_dropout_mask  # noqa: E402
 
-# Sizes of the three run lengths. "img_*": images; "pc_*": point clouds.
+# Sizes of the three run lengths. "img_*": images; "pc_*": point clouds; "dig_*": digits ("dig_per_class" training
+# images per class, at most "dig_test" test images, upsampled to "dig_size" x "dig_size"). The digits use the image
+# section's epochs and CNN width; batch 32 rather than 128 because their training split is 8x smaller (500 images).
+# All fixed before any digits result was seen.
 PRESETS: dict[str, dict[str, int]] = {
     "quick": {"seeds": 2, "img_epochs": 1, "img_train": 256, "img_test": 128, "img_width": 8, "img_batch": 64,
-              "pc_epochs": 1, "pc_train": 128, "pc_test": 64, "pc_points": 64, "pc_batch": 32},
+              "pc_epochs": 1, "pc_train": 128, "pc_test": 64, "pc_points": 64, "pc_batch": 32,
+              "dig_epochs": 1, "dig_per_class": 20, "dig_test": 200, "dig_size": 16, "dig_width": 8, "dig_batch": 32},
     "default": {"seeds": 3, "img_epochs": 10, "img_train": 4000, "img_test": 1000, "img_width": 12, "img_batch": 128,
-                "pc_epochs": 12, "pc_train": 1500, "pc_test": 500, "pc_points": 256, "pc_batch": 64},
+                "pc_epochs": 12, "pc_train": 1500, "pc_test": 500, "pc_points": 256, "pc_batch": 64,
+                "dig_epochs": 10, "dig_per_class": digits.PER_CLASS, "dig_test": 1297, "dig_size": 16,
+                "dig_width": 12, "dig_batch": 32},
     "long": {"seeds": 5, "img_epochs": 15, "img_train": 8000, "img_test": 2000, "img_width": 16, "img_batch": 128,
-             "pc_epochs": 25, "pc_train": 4000, "pc_test": 1000, "pc_points": 512, "pc_batch": 64},
+             "pc_epochs": 25, "pc_train": 4000, "pc_test": 1000, "pc_points": 512, "pc_batch": 64,
+             "dig_epochs": 15, "dig_per_class": digits.PER_CLASS, "dig_test": 1297, "dig_size": 32, "dig_width": 16,
+             "dig_batch": 32},
 }
+MODALITIES = ("images", "points", "digits")
 
 # The paper's settings: images (pixel variant) alpha=0.3, beta=0.5; point clouds alpha=beta=0.5.
 IMG_ALPHA, IMG_BETA, IMG_P = 0.3, 0.5, 0.5
@@ -83,7 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
             "Train a small CNN (images) and a small PointNet (point clouds) on synthetic data with a training-only "
-            "shortcut, without augmentation, with random baselines and with RelDrop; write report.md and figures."
+            "shortcut, and the CNN on scikit-learn's handwritten digits (50 per class), without augmentation, with "
+            "random baselines and with RelDrop; write report.md and figures."
         ),
     )
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
@@ -94,7 +113,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None,
                             help=f"default {value} (quick {PRESETS['quick'][key]}, long {PRESETS['long'][key]})")
     parser.add_argument("--seed", type=int, default=0, help="first seed; seeds are seed, seed+1, ... (default 0)")
-    parser.add_argument("--modalities", default="images,points", help="images, points or both (default both)")
+    parser.add_argument("--modalities", default=",".join(MODALITIES),
+                        help="comma-separated sections to run: images, points, digits (default all three; digits "
+                             "needs scikit-learn)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
     args = parser.parse_args(argv)
@@ -108,23 +129,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.threads < 1:
         parser.error(f"--threads should be >= 1, but got {args.threads}.")
     args.modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
-    if not args.modalities or any(m not in ("images", "points") for m in args.modalities):
-        parser.error(f"--modalities should list images and/or points, but got {args.modalities}.")
+    if not args.modalities or any(m not in MODALITIES for m in args.modalities):
+        parser.error(f"--modalities should list some of {', '.join(MODALITIES)}, but got {args.modalities}.")
     return args
 
 
 # -- models --------------------------------------------------------------------------------------------------------
-def make_cnn(width: int, num_classes: int) -> nn.Sequential:
+def make_cnn(width: int, num_classes: int, in_channels: int = 3) -> nn.Sequential:
     """A small CNN: four 3x3 conv-BatchNorm-ReLU blocks (two with stride 2), global average pool, linear.
 
     A plain ``nn.Sequential`` of supported layers, so the fast LRP engine attributes it exactly.
+
+    Args:
+        width: Channels of the first block (the others have 2x and 4x).
+        num_classes: Outputs.
+        in_channels: Image channels (3 for the synthetic images, 1 for the digits).
     """
 
     def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
     return nn.Sequential(
-        *block(3, width, 1), *block(width, 2 * width, 2), *block(2 * width, 2 * width, 1),
+        *block(in_channels, width, 1), *block(width, 2 * width, 2), *block(2 * width, 2 * width, 1),
         *block(2 * width, 4 * width, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, num_classes),
     )
 
@@ -194,6 +220,7 @@ class Run:
     dropped: list[float] = field(default_factory=list)  # fraction of inputs changed by the augmentation, per epoch
     curve: list[float] = field(default_factory=list)  # occlusion curve (accuracy per entry of FRACTIONS)
     object_share: float = float("nan")
+    spread: float = float("nan")  # share of the inputs that hold half of the absolute relevance (digits)
 
 
 @torch.no_grad()
@@ -283,7 +310,23 @@ def object_share(rel: Tensor, on_object: Tensor) -> float:
     return float((inside / absolute.sum(1).clamp(min=1e-12)).mean())
 
 
-# -- the two experiments -------------------------------------------------------------------------------------------
+def relevance_spread(rel: Tensor) -> float:
+    """Mean over samples of the share of the elements (pixels / points) that hold half of the absolute relevance.
+
+    Per sample, the smallest number of elements whose absolute relevance adds up to at least half of the total,
+    divided by the number of elements: ``1 / n`` if one element holds half of it, about ``0.5`` if all hold the same.
+    Higher: the relevance is spread over more of the input.
+
+    Args:
+        rel: Relevance per element, ``(B, H, W)`` or ``(B, N)``.
+    """
+    absolute = rel.abs().flatten(1).double()
+    cumulative = absolute.sort(dim=1, descending=True).values.cumsum(1)
+    needed = (cumulative < 0.5 * cumulative[:, -1:]).sum(1) + 1
+    return float((needed.double() / absolute.shape[1]).mean())
+
+
+# -- the three experiments -----------------------------------------------------------------------------------------
 @dataclass
 class Experiment:
     """The runs of one modality and what the figures need."""
@@ -293,6 +336,58 @@ class Experiment:
     runs: list[Run]
     setup: str
     figures: list[Path] = field(default_factory=list)
+    seconds: float = float("nan")  # wall time of the section (training, metrics and its own figures)
+
+
+def train_image_method(make_model: Callable[[], nn.Module], initial: dict[str, Tensor], method: str, seed: int,
+                       x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, *, epochs: int,
+                       batch_size: int, bar: tqdm) -> tuple[Run, nn.Module, Tensor]:
+    """Train one image method from the seed's shared initialisation and measure it on the test split.
+
+    Every method of a seed gets the same initial weights, the same batch order and the same global random stream
+    (``v2.RandomErasing`` draws from it); the RelDrop transforms draw from their own generator. All methods fill with
+    0.0 in normalised space (the training mean).
+
+    Args:
+        make_model: Builds the CNN (called after seeding; ``initial`` is then loaded into it).
+        initial: The seed's initial ``state_dict``.
+        method: One of ``IMAGE_METHODS``.
+        seed: The seed of the batch order and the augmentations.
+        x_train: Normalised training images ``(N, C, H, W)``.
+        y_train: Training labels ``(N,)``.
+        x_test: Normalised test images.
+        y_test: Test labels.
+        epochs: Training epochs.
+        batch_size: Training batch size.
+        bar: The epoch progress bar.
+
+    Returns:
+        ``(run, model, rel)``: the run with accuracies, times and occlusion curve filled in, the trained model, and
+        its LRP relevance of the true class on the test images, summed over channels, ``(N_test, H, W)``.
+    """
+    torch.manual_seed(seed)  # the same global random stream (v2.RandomErasing draws from it)
+    model = make_model()
+    model.load_state_dict(initial)
+    dataset = synthetic.ShapesDataset(x_train, y_train)
+    order = torch.Generator().manual_seed(seed)
+    if method == "RandomErasing":
+        erase = v2.RandomErasing(p=IMG_P, scale=(0.02, 0.4), ratio=(0.3, 3.3), value=0.0)
+        loader = DataLoader(PerSampleTransform(dataset, erase), batch_size=batch_size, shuffle=True, generator=order)
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=order)
+    batches: Iterable = loader
+    noise = torch.Generator().manual_seed(seed + 1)
+    if method == "RelevanceDropout2d":
+        batches = RelevanceLoader(loader, RelevanceDropout2d(model, alpha=IMG_ALPHA, beta=IMG_BETA, p=IMG_P,
+                                                             value=0.0, generator=noise))
+    elif method == "RelevanceErasing2d":
+        batches = RelevanceLoader(loader, RelevanceErasing2d(model, p=IMG_P, scale=(0.02, 0.4), top_k=1,
+                                                             value=0.0, generator=noise))
+    run = Run(method, seed)
+    train(model, batches, epochs, run, lambda: accuracy(model, x_test, y_test), bar)
+    rel = input_relevance(model, x_test, y_test, channel_dim=1)
+    run.curve = occlusion_curve(model, x_test, y_test, rel, lambda x, m: fill_dropped(x, m, 0.0))
+    return run, model, rel
 
 
 def run_images(args: argparse.Namespace, out: Path, bar: tqdm) -> Experiment:
@@ -311,33 +406,13 @@ def run_images(args: argparse.Namespace, out: Path, bar: tqdm) -> Experiment:
 
         x_train, x_test = normalise(train_split.images), normalise(test_split.images)
         y_train, y_test = train_split.labels, test_split.labels
-        dataset = synthetic.ShapesDataset(x_train, y_train)
         torch.manual_seed(seed)
         initial = make_cnn(args.img_width, num_classes).state_dict()
         models: dict[str, nn.Module] = {}
         for method in IMAGE_METHODS:
-            torch.manual_seed(seed)  # the same global random stream (v2.RandomErasing draws from it)
-            model = make_cnn(args.img_width, num_classes)
-            model.load_state_dict(initial)
-            order = torch.Generator().manual_seed(seed)
-            if method == "RandomErasing":
-                erase = v2.RandomErasing(p=IMG_P, scale=(0.02, 0.4), ratio=(0.3, 3.3), value=0.0)
-                loader = DataLoader(PerSampleTransform(dataset, erase), batch_size=args.img_batch, shuffle=True,
-                                    generator=order)
-            else:
-                loader = DataLoader(dataset, batch_size=args.img_batch, shuffle=True, generator=order)
-            batches: Iterable = loader
-            noise = torch.Generator().manual_seed(seed + 1)
-            if method == "RelevanceDropout2d":
-                batches = RelevanceLoader(loader, RelevanceDropout2d(model, alpha=IMG_ALPHA, beta=IMG_BETA, p=IMG_P,
-                                                                     value=0.0, generator=noise))
-            elif method == "RelevanceErasing2d":
-                batches = RelevanceLoader(loader, RelevanceErasing2d(model, p=IMG_P, scale=(0.02, 0.4), top_k=1,
-                                                                     value=0.0, generator=noise))
-            run = Run(method, seed)
-            train(model, batches, args.img_epochs, run, lambda m=model: accuracy(m, x_test, y_test), bar)
-            rel = input_relevance(model, x_test, y_test, channel_dim=1)
-            run.curve = occlusion_curve(model, x_test, y_test, rel, lambda x, m: fill_dropped(x, m, 0.0))
+            run, model, rel = train_image_method(lambda: make_cnn(args.img_width, num_classes), initial, method, seed,
+                                                 x_train, y_train, x_test, y_test, epochs=args.img_epochs,
+                                                 batch_size=args.img_batch, bar=bar)
             run.object_share = object_share(rel, test_split.masks)
             runs.append(run)
             models[method] = model
@@ -458,6 +533,67 @@ def measure_point_drop(model: nn.Module, method: str, points: Tensor, labels: Te
     return [float((out != points).any(-1).float().mean())]
 
 
+def run_digits(args: argparse.Namespace, out: Path, bar: tqdm) -> Experiment:
+    """Train and evaluate the image methods on scikit-learn's handwritten digits for every seed (one fixed split);
+    draw the digits' relevance figure for the first seed."""
+    from reldrop_transforms import viz
+
+    train_split, test_split = digits.make_splits(args.dig_size, per_class=args.dig_per_class)  # imports sklearn
+    import sklearn
+    mean, std = synthetic.channel_stats(train_split.images)
+
+    def normalise(x: Tensor) -> Tensor:
+        return (x - mean.view(1, 1, 1, 1)) / std.view(1, 1, 1, 1)
+
+    x_train, y_train = normalise(train_split.images), train_split.labels
+    x_test, y_test = normalise(test_split.images[: args.dig_test]), test_split.labels[: args.dig_test]
+    num_classes = len(digits.CLASSES)
+
+    def make_model() -> nn.Module:
+        return make_cnn(args.dig_width, num_classes, in_channels=1)
+
+    runs: list[Run] = []
+    for seed in range(args.seed, args.seed + args.seeds):
+        torch.manual_seed(seed)
+        initial = make_model().state_dict()
+        models: dict[str, nn.Module] = {}
+        for method in IMAGE_METHODS:
+            run, model, rel = train_image_method(make_model, initial, method, seed, x_train, y_train, x_test, y_test,
+                                                 epochs=args.dig_epochs, batch_size=args.dig_batch, bar=bar)
+            run.spread = relevance_spread(rel)
+            runs.append(run)
+            models[method] = model
+
+        if seed == args.seed:  # the first training digit of each class
+            picks = [int((y_train == cls).nonzero()[0]) for cls in range(num_classes)]
+            images, labels = x_train[picks], y_train[picks]
+            rel = relevance(models[RELDROP_IMAGE], images, labels)
+            mask = relevance_dropout_mask(rel.sum(1), IMG_ALPHA, IMG_BETA,
+                                          generator=torch.Generator().manual_seed(seed))
+            fig = viz.plot_image_relevance(
+                images, rel, mask, mean=mean, std=std, labels=labels, class_names=digits.CLASSES,
+                max_samples=num_classes,
+                title=f"Training digits: LRP of the '{RELDROP_IMAGE}' model, seed {seed},\n"
+                      f"and the RelevanceDropout2d mask (alpha={IMG_ALPHA}, beta={IMG_BETA}) it gives")
+            fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.4 / fig.get_figheight()))  # keep the title clear of 10 rows
+            viz.save_png(fig, out / "relevance_digits.png")
+    setup = (
+        f"Real handwritten digits: `sklearn.datasets.load_digits()` (scikit-learn {sklearn.__version__}, shipped in "
+        f"its wheel), {num_classes} classes, grey 8x8 upsampled bilinearly to 1x{args.dig_size}x{args.dig_size}. "
+        f"One data-scarce split fixed in advance for every seed (permutation seed {digits.SPLIT_SEED}): "
+        f"{args.dig_per_class} training images per class ({len(train_split)}) and {x_test.shape[0]} test images (the "
+        f"rest{'' if x_test.shape[0] == len(test_split) else f', first {x_test.shape[0]} of {len(test_split)}'}). "
+        f"The image section's CNN with one input channel, width {args.dig_width} "
+        f"({sum(p.numel() for p in make_model().parameters())} parameters), {args.dig_epochs} epochs, batch "
+        f"{args.dig_batch}, AdamW with a one-cycle schedule; the same four methods with the same settings as the "
+        f"image section (RelevanceDropout2d: alpha={IMG_ALPHA}, beta={IMG_BETA}, p={IMG_P}), filling with 0 in "
+        "normalised space (the training mean). No shortcut and no object mask here: the last column is how spread "
+        "the relevance is, the share of the pixels that hold half of the absolute relevance (per test image, then "
+        "averaged; higher: the relevance is spread over more pixels)."
+    )
+    return Experiment("digits", IMAGE_METHODS, runs, setup, [out / "relevance_digits.png"])
+
+
 # -- report --------------------------------------------------------------------------------------------------------
 def mean_sd(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     """``"mean ± sd"`` (sample standard deviation over seeds; 0 for one seed)."""
@@ -467,7 +603,8 @@ def mean_sd(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
 
 
 def summarise(exp: Experiment) -> dict[str, dict[str, list[float]]]:
-    """Per method: lists over seeds of the final test/train accuracy, s/epoch, AUC, object share, drop rate."""
+    """Per method: lists over seeds of the final test/train accuracy, s/epoch, AUC, object share, relevance spread and
+    drop rate."""
     table: dict[str, dict[str, list[float]]] = {}
     for method in exp.methods:
         runs = [r for r in exp.runs if r.method == method]
@@ -477,21 +614,32 @@ def summarise(exp: Experiment) -> dict[str, dict[str, list[float]]]:
             "seconds": [statistics.fmean(r.epoch_seconds) for r in runs],
             "auc": [area(r.curve) for r in runs],
             "object": [r.object_share for r in runs],
+            "spread": [r.spread for r in runs],
             "dropped_start": [r.dropped[0] for r in runs if r.dropped],
             "dropped_end": [r.dropped[-1] for r in runs if r.dropped],
         }
     return table
 
 
+# The last common column of the table: what it compares and how the paragraph names it, per modality.
+RELEVANCE_COLUMN = {
+    "images": ("object", "abs. relevance on object (%)", "the share of absolute relevance on the object"),
+    "points": ("object", "abs. relevance on object (%)", "the share of absolute relevance on the object"),
+    "digits": ("spread", "pixels holding half of abs. relevance (%)",
+               "the share of pixels holding half of the absolute relevance"),
+}
+
+
 def format_table(exp: Experiment, summary: dict[str, dict[str, list[float]]]) -> str:
-    headers = ["method", "test acc (%)", "final train acc (%)", "s / epoch", "occlusion AUC (%)",
-               "abs. relevance on object (%)"]
+    """The Markdown table of one section: one row per method, ``mean ± sd`` over seeds in every cell."""
+    key, header, _ = RELEVANCE_COLUMN[exp.modality]
+    headers = ["method", "test acc (%)", "final train acc (%)", "s / epoch", "occlusion AUC (%)", header]
     if exp.modality == "points":
         headers.append("points dropped, first / last epoch (%)")
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for method, s in summary.items():
         cells = [method, mean_sd(s["test"]), mean_sd(s["train"]), mean_sd(s["seconds"], 1.0, 2), mean_sd(s["auc"]),
-                 mean_sd(s["object"])]
+                 mean_sd(s[key])]
         if exp.modality == "points":
             cells.append(f"{mean_sd(s['dropped_start'])} / {mean_sd(s['dropped_end'])}" if s["dropped_start"]
                          else "0 / 0")
@@ -528,22 +676,28 @@ def interpret(exp: Experiment, summary: dict[str, dict[str, list[float]]], reldr
     base = "no augmentation"
     best_test = max(summary, key=lambda k: m(k, "test"))
     best_auc = max(summary, key=lambda k: m(k, "auc"))
-    best_object = max(summary, key=lambda k: m(k, "object"))
+    key, _, what = RELEVANCE_COLUMN[exp.modality]
+    best_rel = max(summary, key=lambda k: m(k, key))
+    most = (f"the most relevance on the object {best_rel}'s ({m(best_rel, key):.1f}%)" if key == "object" else
+            f"the most spread relevance {best_rel}'s ({m(best_rel, key):.1f}% of the pixels hold half of it)")
     slow = statistics.fmean(summary[reldrop]["seconds"]) / max(1e-9, statistics.fmean(summary[base]["seconds"]))
     n = len(summary[base]["test"])
     text = (
         f"Over {n} seed(s), {reldrop} compared with no augmentation: {compare('test', 'test accuracy')}; "
-        f"{compare('auc', 'the occlusion AUC')}; {compare('object', 'the share of absolute relevance on the object')}. "
+        f"{compare('auc', 'the occlusion AUC')}; {compare(key, what)}. "
         f"The best mean test accuracy is {best_test}'s ({m(best_test, 'test'):.1f}%), the highest occlusion AUC "
-        f"{best_auc}'s ({m(best_auc, 'auc'):.1f}%) and the most relevance on the object {best_object}'s "
-        f"({m(best_object, 'object'):.1f}%). An epoch with {reldrop} (its LRP pass included) took {slow:.1f}x the "
-        "time of one without augmentation. "
+        f"{best_auc}'s ({m(best_auc, 'auc'):.1f}%) and {most}. An epoch with {reldrop} (its LRP pass included) "
+        f"took {slow:.1f}x the time of one without augmentation. "
     )
     if n < 3:
         text += "With fewer than 3 seeds (a smoke run) these differences say nothing. "
     gap = m(base, "train") - m(base, "test")
-    text += (f"Without augmentation, final training accuracy (shortcut present) minus test accuracy (shortcut "
-             f"absent) is {gap:.1f} points: the larger, the more the model leans on the shortcut.")
+    if exp.modality == "digits":
+        text += (f"Without augmentation, final training accuracy minus test accuracy is {gap:.1f} points: with no "
+                 "shortcut in these data, this is the plain generalisation gap of the small training split.")
+    else:
+        text += (f"Without augmentation, final training accuracy (shortcut present) minus test accuracy (shortcut "
+                 f"absent) is {gap:.1f} points: the larger, the more the model leans on the shortcut.")
     return text
 
 
@@ -583,7 +737,7 @@ def plot_occlusion(experiments: list[Experiment], path: Path) -> None:
     fig = Figure(figsize=(6.0 * len(experiments), 4.2))
     axes = fig.subplots(1, len(experiments), squeeze=False)[0]
     for ax, exp in zip(axes, experiments):
-        unit = "pixels set to the mean" if exp.modality == "images" else "points removed"
+        unit = "points removed" if exp.modality == "points" else "pixels set to the mean"
         for i, method in enumerate(exp.methods):
             curves = torch.tensor([r.curve for r in exp.runs if r.method == method]) * 100
             x = [100 * f for f in FRACTIONS]
@@ -609,17 +763,28 @@ def main(argv: list[str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
 
     total_epochs = args.seeds * (len(IMAGE_METHODS) * args.img_epochs * ("images" in args.modalities)
-                                 + len(POINT_METHODS) * args.pc_epochs * ("points" in args.modalities))
+                                 + len(POINT_METHODS) * args.pc_epochs * ("points" in args.modalities)
+                                 + len(IMAGE_METHODS) * args.dig_epochs * ("digits" in args.modalities))
+    sections = {"images": run_images, "points": run_points, "digits": run_digits}
     experiments: list[Experiment] = []
     with tqdm(total=total_epochs, desc="training", unit="epoch", disable=args.no_progress) as bar:
-        if "images" in args.modalities:
-            experiments.append(run_images(args, out, bar))
-        if "points" in args.modalities:
-            experiments.append(run_points(args, out, bar))
+        for modality in MODALITIES:
+            if modality in args.modalities:
+                start = time.perf_counter()
+                experiments.append(sections[modality](args, out, bar))
+                experiments[-1].seconds = time.perf_counter() - start
 
+    # The synthetic sections share one figure of each kind (a panel per section); the digits have their own.
+    synthetic_experiments = [exp for exp in experiments if exp.modality != "digits"]
+    digits_experiments = [exp for exp in experiments if exp.modality == "digits"]
     curves_path, occlusion_path = out / "accuracy_curves.png", out / "occlusion.png"
-    plot_curves(experiments, curves_path)
-    plot_occlusion(experiments, occlusion_path)
+    digits_curves_path, digits_occlusion_path = out / "accuracy_curves_digits.png", out / "occlusion_digits.png"
+    if synthetic_experiments:
+        plot_curves(synthetic_experiments, curves_path)
+        plot_occlusion(synthetic_experiments, occlusion_path)
+    if digits_experiments:
+        plot_curves(digits_experiments, digits_curves_path)
+        plot_occlusion(digits_experiments, digits_occlusion_path)
 
     elapsed = time.perf_counter() - wall_start
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -630,32 +795,41 @@ def main(argv: list[str] | None = None) -> Path:
         f"{args.threads} CPU thread(s), torch {torch.__version__}). Every number below was measured in this run.",
         "",
         "Columns: test accuracy after the last epoch (mean ± sample standard deviation over the seeds); final train "
-        "accuracy on the batches as trained (augmented where the method augments, shortcut present); seconds per "
-        "training epoch (including the LRP pass of the relevance methods; evaluation excluded); occlusion AUC: the "
-        "test accuracy averaged over 0% to 50% of the most relevant inputs removed (trapezoids; higher: the model "
-        "keeps more accuracy without what it relies on most); share of absolute LRP relevance (true class, summed "
-        "over channels) that falls on the ground-truth object, on the test split.",
+        "accuracy on the batches as trained (augmented where the method augments; shortcut present in the synthetic "
+        "sections); seconds per training epoch (including the LRP pass of the relevance methods; evaluation "
+        "excluded); occlusion AUC: the test accuracy averaged over 0% to 50% of the most relevant inputs removed "
+        "(trapezoids; higher: the model keeps more accuracy without what it relies on most); share of absolute LRP "
+        "relevance (true class, summed over channels) that falls on the ground-truth object, on the test split; for "
+        "the digits, which have no object mask, instead the share of the pixels that hold half of the absolute LRP "
+        "relevance (per test image, then averaged; higher: more spread).",
         "",
     ]
     for exp in experiments:
         summary = summarise(exp)
-        reldrop = RELDROP_IMAGE if exp.modality == "images" else RELDROP_POINTS
+        reldrop = RELDROP_POINTS if exp.modality == "points" else RELDROP_IMAGE
         lines += [f"## {exp.modality.capitalize()}", "", exp.setup, "", format_table(exp, summary), "",
                   interpret(exp, summary, reldrop), ""]
-    lines += [
-        "## Figures",
-        "",
-        f"- `{curves_path.name}`: training and test accuracy per epoch (as the paper's Fig. 2).",
-        f"- `{occlusion_path.name}`: test accuracy as the most relevant inputs are removed (as the paper's Fig. 4).",
-    ]
+    lines += ["## Figures", ""]
+    if synthetic_experiments:
+        lines += [
+            f"- `{curves_path.name}`: training and test accuracy per epoch (as the paper's Fig. 2).",
+            f"- `{occlusion_path.name}`: test accuracy as the most relevant inputs are removed (as the paper's "
+            "Fig. 4).",
+        ]
     if "images" in args.modalities:
         lines += ["- `relevance_images.png`, `relevance_images_reldrop.png`: training images, LRP relevance of the "
                   "model trained without augmentation / with RelevanceDropout2d, and the RelDrop mask it gives."]
     if "points" in args.modalities:
         lines += ["- `relevance_points.png`: training clouds, LRP relevance of the RelevanceDropout3d model, and its "
                   "mask: dropped points red, kept points blue (as the paper's Fig. A.1)."]
-    lines += ["", f"Total wall time of the run: {elapsed:.1f} s (1-minute load average {load_start:.2f} at the start, "
-              f"{load_end:.2f} at the end).", ""]
+    if digits_experiments:
+        lines += [f"- `{digits_curves_path.name}`, `{digits_occlusion_path.name}`: the same two figures for the "
+                  "digits.",
+                  "- `relevance_digits.png`: one training digit per class, LRP relevance of the RelevanceDropout2d "
+                  "model, and the RelDrop mask it gives."]
+    per_section = ", ".join(f"{exp.modality} {exp.seconds:.1f} s" for exp in experiments)
+    lines += ["", f"Total wall time of the run: {elapsed:.1f} s ({per_section}; 1-minute load average "
+              f"{load_start:.2f} at the start, {load_end:.2f} at the end).", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines), encoding="utf-8")
 

@@ -1,4 +1,5 @@
-"""The demo (examples/demo.py) in --quick mode, and the synthetic data generator it trains on."""
+"""The demo (examples/demo.py) in --quick mode, the synthetic data generator it trains on, and its split of
+scikit-learn's digits (examples/digits.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
+import digits  # noqa: E402
 import synthetic  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -173,8 +175,68 @@ class TestPointSplit:
             synthetic.make_point_split(4, num_points=2)
 
 
+@pytest.fixture(scope="module")
+def labels() -> torch.Tensor:
+    """The labels of all 1,797 digits."""
+    return digits.load()[1]
+
+
+class TestDigitsSplit:
+    def test_load(self):
+        images, labels = digits.load()
+        assert images.shape == (1797, 1, 8, 8) and images.dtype == torch.float32
+        assert labels.shape == (1797,) and labels.dtype == torch.int64
+        assert float(images.min()) == 0.0 and float(images.max()) == 1.0
+        assert torch.bincount(labels).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+
+    def test_fifty_per_class_disjoint_and_complete(self, labels):
+        train, test = digits.split_per_class(labels, digits.PER_CLASS)
+        assert torch.bincount(labels[train], minlength=10).tolist() == [50] * 10
+        assert torch.equal(torch.bincount(labels[test], minlength=10), torch.bincount(labels) - 50)
+        assert len(train) == 500 and len(test) == 1297
+        assert not set(train.tolist()) & set(test.tolist())
+        assert sorted(train.tolist() + test.tolist()) == list(range(1797))
+
+    def test_deterministic_and_fixed_by_its_seed(self, labels):
+        train, test = digits.split_per_class(labels, digits.PER_CLASS)
+        again = digits.split_per_class(labels, digits.PER_CLASS)
+        assert torch.equal(train, again[0]) and torch.equal(test, again[1])
+        other = digits.split_per_class(labels, digits.PER_CLASS, seed=digits.SPLIT_SEED + 1)
+        assert set(other[0].tolist()) != set(train.tolist())
+        assert torch.bincount(labels[other[0]], minlength=10).tolist() == [50] * 10
+
+    def test_make_splits(self, labels):
+        train, test = digits.make_splits(16)
+        assert train.images.shape == (500, 1, 16, 16) and test.images.shape == (1297, 1, 16, 16)
+        assert len(train) == 500 and len(test) == 1297
+        assert torch.equal(train.labels, labels[train.indices]) and torch.equal(test.labels, labels[test.indices])
+        assert torch.equal(train.indices, digits.split_per_class(labels, digits.PER_CLASS)[0])
+        originals = digits.load()[0]
+        assert torch.equal(test.images, digits.upsample(originals[test.indices], 16))
+        assert float(train.images.min()) >= 0.0 and float(train.images.max()) <= 1.0
+        # Bilinear upsampling keeps each image's mean closely.
+        assert torch.allclose(train.images.mean((1, 2, 3)), originals[train.indices].mean((1, 2, 3)), atol=1e-3)
+
+    def test_invalid_arguments(self):
+        labels = torch.tensor([0, 0, 0, 1, 1, 1])
+        with pytest.raises(ValueError, match="smallest class size 3"):
+            digits.split_per_class(labels, 3)
+        with pytest.raises(ValueError, match="per_class should be >= 1"):
+            digits.split_per_class(labels, 0)
+        train, test = digits.split_per_class(labels, 2)
+        assert torch.bincount(labels[train]).tolist() == [2, 2] and torch.bincount(labels[test]).tolist() == [1, 1]
+
+
+def test_demo_does_not_import_sklearn():
+    """scikit-learn is loaded by the digits section only: importing the demo (and the package) does not need it."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import demo, reldrop_transforms.viz; "
+            "assert 'sklearn' not in sys.modules, 'sklearn was imported'")
+    proc = subprocess.run([sys.executable, "-c", code, str(EXAMPLES)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 FIGURES = ("accuracy_curves.png", "occlusion.png", "relevance_images.png", "relevance_images_reldrop.png",
-           "relevance_points.png")
+           "relevance_points.png", "accuracy_curves_digits.png", "occlusion_digits.png", "relevance_digits.png")
 MEAN_SD = re.compile(r"^(-?\d+\.\d+) ± (\d+\.\d+)$")
 
 
@@ -215,14 +277,17 @@ def test_demo_quick_run(tmp_path):
 
     report = (out / "report.md").read_text(encoding="utf-8")
     tables = _tables(report)
+    image_methods = ["no augmentation", "RandomErasing", "RelevanceDropout2d", "RelevanceErasing2d"]
     expected = {
-        "Images": ["no augmentation", "RandomErasing", "RelevanceDropout2d", "RelevanceErasing2d"],
-        "Points": ["no augmentation", "random point dropout", "RelevanceDropout3d"],
+        "Images": (image_methods, "abs. relevance on object (%)"),
+        "Points": (["no augmentation", "random point dropout", "RelevanceDropout3d"], "abs. relevance on object (%)"),
+        "Digits": (image_methods, "pixels holding half of abs. relevance (%)"),
     }
-    for section, methods in expected.items():
+    assert [line[3:] for line in report.splitlines() if line.startswith("## ")] == [*expected, "Figures"]
+    for section, (methods, relevance_column) in expected.items():
         header, *rows = tables[section]
         assert header[:6] == ["method", "test acc (%)", "final train acc (%)", "s / epoch", "occlusion AUC (%)",
-                              "abs. relevance on object (%)"]
+                              relevance_column]
         assert [row[0] for row in rows] == methods
         for row in rows:
             values = []
@@ -236,10 +301,25 @@ def test_demo_quick_run(tmp_path):
                     assert mean > 0.0
                 else:
                     assert 0.0 <= mean <= 100.0, (section, row[0], column)
+            if section == "Digits":  # half of the relevance needs at least one of the 16x16 pixels, at most half
+                assert 100 / 256 - 0.05 <= values[4][0] <= 50.05, row
         # The paragraph after the table is written from the numbers.
         paragraph = report.split(f"## {section}")[1].split("\n\n")[3]
         assert "seed" in paragraph and ("Relevance" in paragraph)
-    assert re.search(r"Total wall time of the run: \d+\.\d s", report)
+    digits_section = report.split("## Digits")[1].split("## Figures")[0]
+    quick = (f"{demo_presets()['dig_per_class']} training images per class ({10 * demo_presets()['dig_per_class']}) "
+             f"and {demo_presets()['dig_test']} test images")
+    assert "sklearn.datasets.load_digits()" in digits_section and quick in digits_section
+    assert "the share of pixels holding half of the absolute relevance" in digits_section.split("\n\n")[3]
+    assert re.search(r"Total wall time of the run: \d+\.\d s \(images \d+\.\d s, points \d+\.\d s, "
+                     r"digits \d+\.\d s;", report)
+
+
+def demo_presets() -> dict[str, int]:
+    """The demo's quick preset (imported lazily: the demo imports the package)."""
+    import demo
+
+    return demo.PRESETS["quick"]
 
 
 def test_demo_arguments():
@@ -256,6 +336,11 @@ def test_demo_arguments():
         demo.parse_args(["--seeds", "0"])
     with pytest.raises(SystemExit):
         demo.parse_args(["--modalities", "audio"])
+    assert demo.parse_args([]).modalities == ["images", "points", "digits"]
+    args = demo.parse_args(["--modalities", "digits", "--dig-epochs", "3"])
+    assert args.modalities == ["digits"] and args.dig_epochs == 3 and args.dig_per_class == digits.PER_CLASS
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--dig-per-class", "0"])
 
 
 def test_demo_metrics():
@@ -265,3 +350,11 @@ def test_demo_metrics():
     assert demo.area([0.5] * len(demo.FRACTIONS)) == pytest.approx(0.5)
     rel = torch.tensor([[1.0, -1.0, 2.0, 0.0]])
     assert demo.object_share(rel, torch.tensor([[True, False, True, False]])) == pytest.approx(0.75)
+    # Share of the elements holding half of the absolute relevance: one element, all of them, in between.
+    assert demo.relevance_spread(torch.tensor([[0.0, 5.0, 0.0, 0.0]])) == pytest.approx(0.25)
+    assert demo.relevance_spread(torch.ones(1, 16, 16)) == pytest.approx(0.5)
+    assert demo.relevance_spread(torch.tensor([[-3.0, 1.0, 1.0, 1.0]])) == pytest.approx(0.25)  # 3 of 6: half
+    assert demo.relevance_spread(torch.tensor([[2.0, -2.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]])) == pytest.approx(2 / 8)
+    assert demo.relevance_spread(torch.tensor([[4.0, 3.0, 2.0, 1.0]])) == pytest.approx(0.5)  # 4 < 5, 4 + 3 >= 5
+    both = torch.stack([torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.ones(4)])
+    assert demo.relevance_spread(both) == pytest.approx((0.25 + 0.5) / 2)
