@@ -1,14 +1,31 @@
-"""zennit composites by name, with the canonizers a model needs (the zennit reference backend)."""
+"""The zennit reference backend: zennit composites by name, with the canonizers and rules a model needs.
+
+For ``"epsilon_flat"`` the backend computes the semantics of :mod:`._rules` with zennit's own hooks:
+
+- BatchNorm is merged by zennit's ``MergeBatchNorm`` into the linear layer whose output it normalises, found
+  in *execution* order by a probe forward (zennit's ``SequentialMergeBatchNorm`` pairs by module order, which
+  merges the wrong layers in DenseNet or in a block registered as conv, bn, relu but run as conv, relu, bn);
+- every sum of two relevance-carrying tensors runs through a fresh ``zennit.layer.Sum`` module with zennit's
+  ``Norm`` rule (as zennit's ResNet canonizer does, for any model);
+- PyG ``MeanAggregation``/``SumAggregation`` get zennit's ``Norm``, re-run with all their arguments.
+
+zennit's hooks keep one input per module, so a module with an Epsilon/Flat/Norm rule that runs more than once
+in a forward cannot be explained by it: the backend refuses it (``backend="fast"`` handles it).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-import sys
+from collections.abc import Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
-__all__ = ["EPSILON_FLAT", "composite_names", "make_zennit_composite", "default_canonizers"]
+from ._rules import NORM_STABILIZER, RuleTypes, relevance_add, rule_types, stabilize
+
+__all__ = ["EPSILON_FLAT", "composite_names", "make_zennit_composite", "zennit_relevance"]
 
 EPSILON_FLAT = "epsilon_flat"
 
@@ -20,14 +37,81 @@ def composite_names() -> list[str]:
     return [EPSILON_FLAT, *sorted(COMPOSITES)]
 
 
-def _has_resnet_blocks(model: nn.Module) -> bool:
-    from torchvision.models.resnet import BasicBlock, Bottleneck
+class _Probe(TorchFunctionMode):
+    """What one plain forward shows: which linear layer each BatchNorm normalises (a BatchNorm merges into the
+    layer whose output it alone reads: merging the weights would change what another reader sees), and how
+    often rule modules run."""
 
-    return any(isinstance(module, (BasicBlock, Bottleneck)) for module in model.modules())
+    def __init__(self, model: nn.Module, types: RuleTypes) -> None:
+        super().__init__()
+        self.types = types
+        self.calls: dict[nn.Module, int] = {}
+        self._candidates: dict[nn.Module, tuple[nn.Module, Tensor]] = {}
+        self._produced: dict[int, tuple[nn.Module, Tensor]] = {}
+        self._uses: dict[int, int] = {}
+        self._handles = []
+        self.problem: str | None = None
+        for module in model.modules():
+            if isinstance(module, types.linear + types.norm):
+                self._handles.append(module.register_forward_hook(self._linear))
+            elif isinstance(module, types.batchnorm):
+                self._handles.append(module.register_forward_hook(self._batchnorm))
+            elif isinstance(module, types.activation):
+                self._handles.append(module.register_forward_hook(self._activation))
+
+    def _activation(self, module, args, out) -> None:
+        if self.problem is None and args and isinstance(args[0], Tensor) and (
+                not isinstance(out, Tensor) or out.shape != args[0].shape):
+            self.problem = f"the Pass rule needs an elementwise {type(module).__name__}"
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if isinstance(result, Tensor) or isinstance(result, (tuple, list)) and any(
+                isinstance(r, Tensor) for r in result):  # a reader (not a size or dtype query)
+            for arg in args:
+                for tensor in arg if isinstance(arg, (tuple, list)) else (arg,):
+                    if isinstance(tensor, Tensor) and id(tensor) in self._produced:
+                        self._uses[id(tensor)] = self._uses.get(id(tensor), 0) + 1
+        return result
+
+    def _linear(self, module, args, out) -> None:
+        self.calls[module] = self.calls.get(module, 0) + 1
+        if isinstance(out, Tensor) and isinstance(module, self.types.linear):
+            self._produced[id(out)] = (module, out)
+
+    def _batchnorm(self, module, args, out) -> None:
+        source = self._produced.get(id(args[0])) if args else None
+        candidate = source if source is not None and source[1] is args[0] else (None, None)
+        if self._candidates.get(module, candidate)[0] is not candidate[0]:
+            candidate = (None, None)  # called twice, after different layers
+        self._candidates[module] = candidate
+
+    def pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(linear, bn) for bn, (linear, out) in self._candidates.items()
+                if linear is not None and self._uses.get(id(out), 0) == 1]
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
-def _exact_merge_batchnorm():
-    """zennit's ``SequentialMergeBatchNorm``, with the merged BatchNorm an exact identity in every release.
+def _probe(model: nn.Module, call: Callable[[], Tensor], types: RuleTypes) -> tuple[list, dict]:
+    """``(BatchNorm pairs, calls per rule module)`` from one forward without gradients."""
+    probe = _Probe(model, types)
+    try:
+        with torch.no_grad(), probe:
+            call()
+        if probe.problem is not None:
+            raise ValueError(f"this {type(model).__name__} cannot be explained with LRP: {probe.problem}.")
+        return probe.pairs(), probe.calls
+    finally:
+        probe.close()
+        probe._produced.clear()
+        probe._candidates.clear()
+
+
+def _merge_batchnorm(pairs: list[tuple[nn.Module, nn.Module]]):
+    """zennit's ``MergeBatchNorm`` for the given (linear, BatchNorm) pairs, the merged BatchNorm an exact identity.
 
     After merging, zennit 0.5.1 leaves the BatchNorm computing ``z / sqrt(1 + eps)`` (running_var = 1, eps kept):
     a systematic 1e-6..1e-2 deviation from merged LRP that grows with depth. zennit 1.0.0 sets ``eps = 0``
@@ -35,10 +119,16 @@ def _exact_merge_batchnorm():
     positive eps and gets ``running_var = 1 - eps``, so that it divides by ``sqrt(1) = 1``. Both releases restore
     the original tensors and eps on removal (and :func:`preserved_model_state` checks that they did).
     """
-    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.canonizers import MergeBatchNorm
 
-    class ExactSequentialMergeBatchNorm(SequentialMergeBatchNorm):
-        linear_type = SequentialMergeBatchNorm.linear_type + _pyg_linear()
+    class ExecutionOrderMergeBatchNorm(MergeBatchNorm):
+        def apply(self, root_module):
+            instances = []
+            for linear, batch_norm in pairs:
+                instance = self.copy()
+                instance.register((linear,), batch_norm)
+                instances.append(instance)
+            return instances
 
         def register(self, linears, batch_norm):
             eps = batch_norm.eps
@@ -50,60 +140,70 @@ def _exact_merge_batchnorm():
             else:  # zennit 0.5 swaps .data and restores it
                 batch_norm.running_var.data = unit_variance
 
-    return ExactSequentialMergeBatchNorm()
+    return ExecutionOrderMergeBatchNorm()
 
 
-def default_canonizers(model: nn.Module) -> list:
-    """BatchNorm merging for every model; for torchvision ResNets also the explicit residual ``Sum`` module."""
-    from zennit.canonizers import CompositeCanonizer
-    from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
+def _aggregation_norm():
+    """zennit's ``Norm`` for PyG aggregations, which take more arguments than the input (zennit's hooks re-run a
+    module with its first input only)."""
+    from zennit.core import RemovableHandle, RemovableHandleList
+    from zennit.rules import Norm
 
-    if _has_resnet_blocks(model):
-        return [CompositeCanonizer((_exact_merge_batchnorm(), ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()))]
-    return [_exact_merge_batchnorm()]
+    class AggregationNorm(Norm):
+        def register(self, module):
+            return RemovableHandleList([
+                RemovableHandle(self),
+                module.register_forward_pre_hook(self.pre_forward),
+                module.register_forward_hook(self.post_forward),
+                module.register_forward_hook(self.store, with_kwargs=True),
+            ])
+
+        def store(self, module, args, kwargs, output):
+            self.stored_tensors["input"] = args
+            self.stored_tensors["kwargs"] = kwargs
+
+        def backward(self, module, grad_input, grad_output):
+            args, kwargs = self.stored_tensors["input"], self.stored_tensors["kwargs"]
+            x = args[0].clone().requires_grad_()
+            with torch.enable_grad():
+                z = module.forward(x, *args[1:], **kwargs)
+            (gradient,) = torch.autograd.grad(z, x, grad_output[0] / stabilize(z, NORM_STABILIZER))
+            relevance = x * gradient
+            return tuple(relevance if index == 0 else None for index in range(len(grad_input)))
+
+        def copy(self):
+            return AggregationNorm()
+
+    return AggregationNorm()
 
 
-def _pyg_linear() -> tuple:
-    """``torch_geometric.nn.Linear`` once torch_geometric is imported (zennit's types do not include it)."""
-    if "torch_geometric" not in sys.modules:
-        return ()
-    from torch_geometric.nn import Linear
-
-    return (Linear,)
-
-
-def epsilon_flat(epsilon: float, canonizers: list):
-    """The paper's composite: Flat on the first linear/conv layer, Epsilon on the others, Pass on activations,
-    Norm on average pooling and residual sums, BatchNorm merged by the canonizers (Pass where it cannot be)."""
+def epsilon_flat(epsilon: float, canonizers: list, types: RuleTypes):
+    """The paper's composite: Flat on the first linear layer, Epsilon on the others, Pass on activations and
+    unmerged BatchNorm, Norm on average pooling, PyG mean/sum aggregations and ``Sum`` modules."""
     from zennit.composites import SpecialFirstLayerMapComposite, layer_map_base
     from zennit.rules import Epsilon, Flat
-    from zennit.types import Linear
 
-    linear = (Linear, *_pyg_linear())
+    aggregations = tuple(t for t in types.norm if t.__module__.startswith("torch_geometric"))
+    layer_map = layer_map_base()
+    if aggregations:
+        layer_map.append((aggregations, _aggregation_norm()))
     return SpecialFirstLayerMapComposite(
-        layer_map=layer_map_base() + [(linear, Epsilon(epsilon=epsilon))],
-        first_map=[(linear, Flat())],
+        layer_map=layer_map + [(types.linear, Epsilon(epsilon=epsilon))],
+        first_map=[(types.linear, Flat())],
         canonizers=canonizers,
     )
 
 
-def make_zennit_composite(composite, model: nn.Module, inputs: torch.Tensor, epsilon: float):
+def make_zennit_composite(composite, inputs: Tensor, epsilon: float, canonizers: list, types: RuleTypes):
     """A zennit ``Composite`` for ``composite`` (a name or a ``Composite``, returned as given)."""
     from zennit.composites import COMPOSITES
     from zennit.core import Composite
 
     if isinstance(composite, Composite):
         return composite
-    if not isinstance(composite, str):
-        raise TypeError(
-            f"composite should be a name ({', '.join(composite_names())}) or a zennit Composite, "
-            f"but got {type(composite).__name__}."
-        )
-    canonizers = default_canonizers(model)
+    check_composite(composite)
     if composite == EPSILON_FLAT:
-        return epsilon_flat(epsilon, canonizers)
-    if composite not in COMPOSITES:
-        raise ValueError(f"composite should be one of {composite_names()}, but got {composite!r} instead.")
+        return epsilon_flat(epsilon, canonizers, types)
     cls = COMPOSITES[composite]
     accepted = inspect.signature(cls).parameters
     kwargs = {"canonizers": canonizers}
@@ -114,3 +214,103 @@ def make_zennit_composite(composite, model: nn.Module, inputs: torch.Tensor, eps
         kwargs["low"] = inputs.detach().amin().expand_as(inputs)
         kwargs["high"] = inputs.detach().amax().expand_as(inputs)
     return cls(**kwargs)
+
+
+def check_composite(composite) -> None:
+    """A ``TypeError``/``ValueError`` unless ``composite`` is a known name or a zennit ``Composite``."""
+    from zennit.composites import COMPOSITES
+    from zennit.core import Composite
+
+    if isinstance(composite, Composite):
+        return
+    if not isinstance(composite, str):
+        raise TypeError(
+            f"composite should be a name ({', '.join(composite_names())}) or a zennit Composite, "
+            f"but got {type(composite).__name__}."
+        )
+    if composite != EPSILON_FLAT and composite not in COMPOSITES:
+        raise ValueError(f"composite should be one of {composite_names()}, but got {composite!r} instead.")
+
+
+class _NormSums(TorchFunctionMode):
+    """Runs every sum of two relevance-carrying tensors (outside modules with rules) through a fresh
+    ``zennit.layer.Sum`` with zennit's ``Norm`` rule."""
+
+    def __init__(self, model: nn.Module, types: RuleTypes) -> None:
+        super().__init__()
+        self.depth = 0
+        self.handles = []
+        for module in model.modules():
+            if isinstance(module, types.linear + types.norm + types.activation + types.batchnorm):
+                self.handles.append(module.register_forward_pre_hook(self._enter))
+                self.handles.append(module.register_forward_hook(self._leave))
+
+    def _enter(self, module, args) -> None:
+        self.depth += 1
+
+    def _leave(self, module, args, out) -> None:
+        self.depth -= 1
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        added = relevance_add(func, args, kwargs) if self.depth == 0 else None
+        if added is None:
+            return func(*args, **(kwargs or {}))
+        from zennit.layer import Sum
+        from zennit.rules import Norm
+
+        a, b, in_place = added
+        module = Sum()
+        self.handles.append(Norm().register(module))
+        total = module(torch.stack(torch.broadcast_tensors(a, b), dim=-1))
+        if in_place:
+            a.copy_(total)  # autograd: a's new value comes from the Sum only
+            return a
+        return total
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+def zennit_relevance(
+    model: nn.Module,
+    leaves: tuple[Tensor, ...],
+    call: Callable[[], Tensor],
+    grad_output_fn: Callable[[Tensor], Tensor],
+    composite,
+    epsilon: float,
+) -> tuple[Tensor, ...]:
+    """Relevance of each of ``leaves`` computed by zennit (inside :func:`preserved_model_state`, in eval mode,
+    parameters not requiring gradients). Raises ``ValueError`` for a model zennit's hooks cannot explain."""
+    from zennit.core import Composite
+
+    types = rule_types()
+    custom = isinstance(composite, Composite)
+    canonizers = []
+    if not custom:
+        pairs, calls = _probe(model, call, types)
+        shared = [(name, calls[m]) for name, m in model.named_modules() if calls.get(m, 0) > 1]
+        if shared:
+            name, count = shared[0]
+            raise ValueError(
+                f"backend='zennit' cannot explain this {type(model).__name__}: module {name or 'model'!r} runs "
+                f"{count} times in one forward, and zennit's rules keep one input per module. Use backend='fast' "
+                "(or 'auto'), which applies the rules to every call."
+            )
+        canonizers = [_merge_batchnorm(pairs)]
+    zennit_composite = make_zennit_composite(composite, leaves[0], epsilon, canonizers, types)
+    sums = None if custom else _NormSums(model, types)
+    try:
+        with zennit_composite.context(model):
+            with sums if sums is not None else contextlib.nullcontext():
+                logits = call()
+            grad_output = grad_output_fn(logits)
+            if not logits.requires_grad:  # the output does not depend on the inputs
+                return tuple(torch.zeros_like(x) for x in leaves)
+            rels = torch.autograd.grad(logits, leaves, grad_output, allow_unused=True)
+    finally:
+        if sums is not None:
+            sums.close()
+    # an input the output does not depend on has zero relevance
+    return tuple(torch.zeros_like(x) if r is None else r for x, r in zip(leaves, rels))

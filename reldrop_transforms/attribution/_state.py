@@ -122,23 +122,23 @@ def preserved_model_state(model: nn.Module, *, keep_values: bool = True) -> Iter
 
     Restored, whether the block finishes or raises: the module tree, each module's own ``training`` flag and other
     attributes, the parameter and buffer objects (same ``nn.Parameter`` objects, so optimizers keep working), their
-    storage and, with ``keep_values``, their values bit for bit; ``requires_grad``, ``.grad`` and every module and
-    tensor hook.
+    storage, the buffers' values bit for bit (a forward may write to them: BatchNorm statistics, a call counter)
+    and, with ``keep_values``, the parameters' values; ``requires_grad``, ``.grad`` and every module and tensor hook.
 
     Args:
         model: The module whose state is preserved.
-        keep_values: Also snapshot and restore parameter and buffer values. Needed for backends that write into
-            weights (zennit's canonizers); costs one copy of the model's tensors.
+        keep_values: Also snapshot and restore parameter values. Needed for backends that write into weights
+            (zennit's canonizers); costs one copy of the parameters.
     """
     modules = [_ModuleRecord(module) for module in model.modules()]
     seen: set[int] = set()
     tensors = []
     for record in modules:
-        for container in ("_parameters", "_buffers"):
+        for container, keep in (("_parameters", keep_values), ("_buffers", True)):
             for tensor in record.attributes.get(container, {}).values():
                 if tensor is not None and id(tensor) not in seen:
                     seen.add(id(tensor))
-                    tensors.append(_TensorRecord(tensor, keep_values))
+                    tensors.append(_TensorRecord(tensor, keep))
     try:
         yield model
     finally:

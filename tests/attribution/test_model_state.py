@@ -168,3 +168,33 @@ def test_zennit_1_0_0_damage_is_real_without_the_guard():
         attributor(torch.randn(2, 3, 16, 16, requires_grad=True), torch.eye(5)[[0, 1]])
     damaged = [id(p) for p in model.parameters()] != ids or list(model.state_dict()) != keys
     assert damaged == importlib.metadata.version("zennit").startswith("1.")
+
+
+class _Counting(nn.Module):
+    """A model whose forward writes its own buffers: a call counter and a running statistic of its input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 5)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.register_buffer("seen_mean", torch.zeros(3))
+
+    def forward(self, x):
+        self.calls += 1
+        self.seen_mean.mul_(0.9).add_(0.1 * x.detach().mean((0, 2, 3)))
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("backend", ["fast", "zennit"])
+def test_buffers_written_by_the_forward_are_restored(backend):
+    """Issue: on the fast path ``calls == 1`` after one attribution (only zennit's path restored buffers)."""
+    model = _Counting()
+    model(torch.randn(2, 3, 8, 8))
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    versions = {name: buffer for name, buffer in model.named_buffers()}
+    relevance(model, torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), backend=backend)
+    for name, buffer in model.named_buffers():
+        assert buffer is versions[name]  # the same tensor objects
+        assert torch.equal(buffer, before[name]), name
+    assert int(model.calls) == 1

@@ -254,7 +254,8 @@ class TestRelevanceGraph:
 
     def test_labels_not_a_tensor(self):
         batch = make_batch()
-        with pytest.raises(ValueError, match=r"labels of shape list do not match a batch of 3 clouds"):
+        # a type error (house style: TypeError for types; was a ValueError before the shared label checker)
+        with pytest.raises(TypeError, match=r"the labels should be a torch.Tensor, but got list"):
             relevance_graph(PointNetLike().double(), batch, [0, 1, 2])
 
     def test_x_rows_differ_from_pos(self):

@@ -1,0 +1,123 @@
+"""What the paper's composite does at each operation: shared by the fast engine and the zennit backend.
+
+The reference semantics (``composite="epsilon_flat"``) are zennit's, written out:
+
+- **Flat** on the first linear layer in module order (zennit's ``SpecialFirstLayerMapComposite``): a
+  ``Linear``/``Conv``/``ConvTranspose`` of any groups, dilation or padding, or ``torch_geometric.nn.Linear``;
+- **Epsilon** (``epsilon``) on every other linear layer;
+- **BatchNorm merged** into the linear layer whose output it normalises, found in *execution* order (the
+  BatchNorm's input is that layer's output); an unmerged BatchNorm (one that follows no linear layer) gets
+  **Pass**, as in zennit's composite;
+- **Pass** on the activations of ``zennit.types.Activation`` (relevance handed on unchanged);
+- **Norm** (Epsilon with stabiliser 1e-6 and no parameters) on average pooling, on PyG ``MeanAggregation`` /
+  ``SumAggregation``, on ``zennit.layer.Sum``, and on every sum of two tensors that both carry relevance
+  (``a + b``, ``a += b`` / ``add_``, ``torch.add``): residual adds in any model, as zennit's ResNet canonizer does
+  for torchvision ResNets;
+- every other operation (gates ``x * s``, LayerNorm, arithmetic, indexing, coordinate differences, scatter and
+  max pooling, concatenation, channel shuffles, activations zennit does not list such as ``Mish``) passes
+  relevance on through its ordinary backward, as zennit does for operations it has no rule for.
+
+A tensor *carries relevance* when it depends on the attributed inputs: during attribution the model's parameters
+do not require gradients, so that is exactly ``requires_grad``. Rules apply only where a module's first input
+carries relevance (as zennit's hooks).
+
+Without an LRP rule, and refused by both backends with the module named: ``nn.MultiheadAttention`` (three
+inputs and softmax attention; zennit's Pass hook cannot handle it), and BatchNorm without running statistics
+(in eval mode it normalises with the statistics of the batch, so relevance would leak between samples).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["NORM_STABILIZER", "RuleTypes", "rule_types", "first_linear", "explanation_problem", "stabilize",
+           "inputs_only_carry_relevance", "relevance_add"]
+
+NORM_STABILIZER = 1e-6  # zennit's stabiliser for Norm and Flat
+
+_ADDS = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__"})
+
+
+class RuleTypes:
+    """The module types each rule applies to (PyG's, when torch_geometric is imported: a model that uses them has
+    imported it, and the core never imports it itself)."""
+
+    __slots__ = ("linear", "norm", "activation", "batchnorm")
+
+    def __init__(self) -> None:
+        from zennit.layer import Sum
+        from zennit.types import Activation, AvgPool, BatchNorm, Linear
+
+        self.linear: tuple = (Linear,)
+        self.norm: tuple = (AvgPool, Sum)
+        self.activation: tuple = (Activation,)
+        self.batchnorm: tuple = (BatchNorm,)
+        if "torch_geometric" in sys.modules:
+            from torch_geometric.nn import Linear as PygLinear
+            from torch_geometric.nn.aggr import MeanAggregation, SumAggregation
+
+            self.linear += (PygLinear,)
+            self.norm += (MeanAggregation, SumAggregation)
+
+
+def rule_types() -> RuleTypes:
+    return RuleTypes()
+
+
+def first_linear(model: nn.Module, types: RuleTypes) -> nn.Module | None:
+    """The layer that gets Flat: the first linear module in module order (as zennit's composite)."""
+    return next((module for module in model.modules() if isinstance(module, types.linear)), None)
+
+
+def explanation_problem(model: nn.Module) -> str | None:
+    """Why LRP with these rules cannot explain ``model``, or ``None``."""
+    for name, module in model.named_modules():
+        label = f"{type(module).__name__} {name or 'model'!r}"
+        if isinstance(module, nn.MultiheadAttention):
+            return (f"{label} has no LRP rule (attention mixes three inputs through a softmax; zennit's Pass rule "
+                    "cannot be applied to it)")
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+                not module.track_running_stats or module.running_mean is None or module.running_var is None):
+            return (f"{label} has no running statistics (track_running_stats=False): in eval mode it normalises "
+                    "with the statistics of the batch, so one sample's relevance would depend on the others")
+    return None
+
+
+def stabilize(z: Tensor, epsilon: float) -> Tensor:
+    """zennit's stabiliser: ``z + epsilon * sign(z)`` with ``sign(0) = +1``."""
+    return torch.where(z >= 0, z + epsilon, z - epsilon)
+
+
+@contextlib.contextmanager
+def inputs_only_carry_relevance(model: nn.Module) -> Iterator[None]:
+    """Parameters stop requiring gradients, so that ``requires_grad`` marks exactly what depends on the inputs
+    (and autograd builds no weight-gradient graph). Restored on exit; run inside :func:`preserved_model_state`."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def relevance_add(func, args: tuple, kwargs: dict | None) -> tuple[Tensor, Tensor, bool] | None:
+    """``(a, b, in_place)`` when ``func(*args, **kwargs)`` is a sum of two tensors that both carry relevance
+    (the operations that get Norm), else ``None``. A scaled sum (``alpha=``) is ordinary arithmetic."""
+    name = getattr(func, "__name__", None)
+    if name not in _ADDS or len(args) < 2:
+        return None
+    a, b = args[0], args[1]
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor) and a.requires_grad and b.requires_grad):
+        return None
+    if len(args) > 2 or kwargs and (set(kwargs) - {"alpha"} or kwargs["alpha"] != 1):
+        return None
+    if not (a.is_floating_point() and b.is_floating_point()):
+        return None
+    return a, b, name in ("add_", "__iadd__")
