@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # zennit 1.0.0 is installed beside the pinned 0.5.1, for the test that runs the model-state suite against it.
 ZENNIT100 := $(VENV)/zennit-1.0.0
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench gpu-check clean
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q benchmarks --benchmark-columns=median,iqr,rounds --benchmark-sort=name
+
+# On a machine with a CUDA GPU: the CUDA-graph checks of the four transforms, then the GPU overhead table.
+gpu-check: $(STAMP)
+	$(BIN)/python tests/gpu/check_cuda_graphs.py
+	$(BIN)/python benchmarks/gpu_overhead.py
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache .benchmarks

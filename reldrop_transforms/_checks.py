@@ -1,8 +1,15 @@
-"""Argument checks shared by the public entry points (internal)."""
+"""Argument checks shared by every public entry point (internal): one checker per kind of argument."""
 
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+BACKENDS = ("auto", "fast", "zennit")
 
 
 def check_unit_interval(name: str, value: object) -> float:
@@ -13,3 +20,86 @@ def check_unit_interval(name: str, value: object) -> float:
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise ValueError(f"`{name}` should be in the interval [0.0, 1.0], but got {value} instead.")
     return value
+
+
+def check_model(model: Any) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model should be a torch.nn.Module, but got {type(model).__name__}.")
+    return model
+
+
+def check_backend(backend: Any) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend should be one of {BACKENDS}, but got {backend!r} instead.")
+    return backend
+
+
+def check_epsilon(epsilon: Any) -> float:
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not epsilon >= 0:
+        raise ValueError(f"epsilon should be a number >= 0, but got {epsilon!r} instead.")
+    return float(epsilon)
+
+
+def check_generator(generator: Any) -> torch.Generator | None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator should be a torch.Generator or None, but got {type(generator).__name__}.")
+    return generator
+
+
+def check_dtype(dtype: Any) -> torch.dtype | None:
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype should be a torch.dtype or None, but got {type(dtype).__name__}.")
+    return dtype
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} should be a bool, but got {type(value).__name__}.")
+    return value
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """An ``int`` >= 1 (``bool`` is not accepted)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} should be an integer >= 1, but got {value!r} instead.")
+    return value
+
+
+def check_range(name: str, value: Sequence[float], low: float, high: float | None = None) -> tuple[float, float]:
+    """An increasing pair ``(min, max)`` with ``low <= min`` (and ``max <= high``)."""
+    if (isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2
+            or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)):
+        raise TypeError(f"`{name}` should be a sequence (min, max), but got {value!r}.")
+    a, b = float(value[0]), float(value[1])
+    if not (low <= a <= b) or (high is not None and b > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"`{name}` should be an increasing pair in {bound}, but got {tuple(value)} instead.")
+    return a, b
+
+
+def check_labels(labels: Any, batch_size: int, what: str = "samples") -> Tensor | None:
+    """Labels of a whole batch: ``None``, class indices ``(B,)`` of an integer dtype, or soft labels ``(B, K)``.
+
+    Returns them as a plain tensor (soft labels as floating point). The class range needs the model's number of
+    outputs and is checked where that is known.
+    """
+    if labels is None:
+        return None
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"the labels should be a torch.Tensor, but got {type(labels).__name__}.")
+    labels = labels.as_subclass(Tensor)
+    if labels.ndim not in (1, 2) or labels.shape[0] != batch_size:
+        raise ValueError(
+            f"labels of shape {tuple(labels.shape)} do not match a batch of {batch_size} {what}: expected "
+            f"class indices ({batch_size},) or soft labels ({batch_size}, K)."
+        )
+    if labels.ndim == 1:
+        if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+            raise TypeError(
+                f"labels of shape (B,) should be integer class indices, but got dtype {labels.dtype}. "
+                "Soft labels have shape (B, K)."
+            )
+        return labels
+    if labels.is_complex():
+        raise TypeError(f"soft labels should be real, but got dtype {labels.dtype}.")
+    return labels if labels.is_floating_point() else labels.float()

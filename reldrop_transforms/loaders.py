@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate, get_worker_info
 
-from .attribution._state import model_device, unwrap_model
+from .attribution import model_device, unwrap_model
 
 __all__ = ["RelevanceCollate", "RelevanceLoader", "move_to_device", "collate"]
 

@@ -16,22 +16,25 @@ buffer before each replay, so they differ per batch and follow the generator.
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ._fast import module_structure
-
 __all__ = ["GraphCache", "model_key"]
 
 
 def model_key(model: nn.Module) -> tuple:
-    """What a captured graph depends on in ``model``: module tree and tensor storages (not their values)."""
-    modules = module_structure(model)
+    """What a captured graph depends on in ``model``: module tree and tensor storages (not their values).
+
+    Modules and tensors enter as weak references: a freed object's reference equals only itself, so a new object
+    that reuses a freed one's address never matches an old key.
+    """
+    modules = tuple((weakref.ref(m), type(m)) for m in model.modules())
     tensors = tuple(
-        (t.data_ptr(), tuple(t.shape), t.dtype) for t in (*model.parameters(), *model.buffers())
+        (weakref.ref(t), t.data_ptr(), tuple(t.shape), t.dtype) for t in (*model.parameters(), *model.buffers())
     )
     return modules, tensors
 

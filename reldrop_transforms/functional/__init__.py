@@ -1,6 +1,14 @@
 """Pure tensor kernels: relevance normalisation, the RelDrop mask rule, fills and point removal. No model."""
 
-from ._erasing import box_mask, relevance_ball_mask, relevance_erasing_mask, relevant_centres, sample_erasing_sizes
+from ._erasing import (
+    ball_draws,
+    box_mask,
+    erasing_draws,
+    relevance_ball_mask,
+    relevance_erasing_mask,
+    relevant_centres,
+    sample_erasing_sizes,
+)
 from ._mask import fill_dropped, normalize_relevance, relevance_dropout_mask, sample_coins, uniform_like
 from ._points import FILLS, fill_points, keep_least_relevant, remove_points
 
@@ -19,4 +27,6 @@ __all__ = [
     "relevant_centres",
     "box_mask",
     "relevance_ball_mask",
+    "erasing_draws",
+    "ball_draws",
 ]

@@ -8,28 +8,19 @@ and the tries: no Python loop over samples and no host synchronisation.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from .._checks import check_positive_int, check_range
 from ._mask import normalize_relevance, uniform_like
 
-__all__ = ["sample_erasing_sizes", "relevant_centres", "box_mask", "relevance_erasing_mask", "relevance_ball_mask"]
+__all__ = ["sample_erasing_sizes", "relevant_centres", "box_mask", "relevance_erasing_mask", "relevance_ball_mask",
+           "erasing_draws", "ball_draws"]
 
 _TRIES = 10  # as torchvision's RandomErasing
 
-
-def _check_range(name: str, value: Sequence[float], low: float, high: float | None = None) -> tuple[float, float]:
-    if (isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2
-            or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)):
-        raise TypeError(f"`{name}` should be a sequence (min, max), but got {value!r}.")
-    a, b = float(value[0]), float(value[1])
-    if not (low <= a <= b) or (high is not None and b > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"`{name}` should be an increasing pair in {bound}, but got {tuple(value)} instead.")
-    return a, b
 
 
 def sample_erasing_sizes(
@@ -42,6 +33,7 @@ def sample_erasing_sizes(
     num_patches: int = 1,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    draws: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Rectangle sizes as ``v2.RandomErasing`` draws them, for every sample and patch at once.
 
@@ -49,16 +41,19 @@ def sample_erasing_sizes(
     10 tries the first that fits (``0 < h < H`` and ``0 < w < W``) is taken, and a sample-patch with none is not
     erased.
 
+    Args:
+        draws: The uniform numbers ``(B, P, 10, 2)`` themselves (then ``generator`` is unused), e.g. drawn outside a
+            captured CUDA graph.
+
     Returns:
         ``sizes`` (B, P, 2) integer ``(h, w)`` and ``valid`` (B, P) bool.
     """
-    low, high = _check_range("scale", scale, 0.0, 1.0)
-    r_low, r_high = _check_range("ratio", ratio, 1e-12)
-    if not isinstance(num_patches, int) or num_patches < 1:
-        raise ValueError(f"num_patches should be an integer >= 1, but got {num_patches!r} instead.")
+    low, high = check_range("scale", scale, 0.0, 1.0)
+    r_low, r_high = check_range("ratio", ratio, 1e-12)
+    check_positive_int("num_patches", num_patches)
     device = torch.device("cpu") if device is None else torch.device(device)
-    reference = torch.empty(batch_size, num_patches, _TRIES, 2, device=device)
-    draws = uniform_like(reference, generator)
+    if draws is None:
+        draws = uniform_like(torch.empty(batch_size, num_patches, _TRIES, 2, device=device), generator)
     area = (low + (high - low) * draws[..., 0]) * (height * width / num_patches)
     log_ratio = math.log(r_low) + (math.log(r_high) - math.log(r_low)) * draws[..., 1]
     aspect = torch.exp(log_ratio)
@@ -71,24 +66,25 @@ def sample_erasing_sizes(
 
 
 def relevant_centres(
-    relevance: Tensor, top_k: int = 1, num_patches: int = 1, *, generator: torch.Generator | None = None
+    relevance: Tensor, top_k: int = 1, num_patches: int = 1, *, generator: torch.Generator | None = None,
+    draws: Tensor | None = None,
 ) -> Tensor:
     """Centres drawn uniformly from each sample's ``top_k`` most relevant pixels (one per patch).
 
     A sample whose relevance is flat (all equal, or all zero) has no ranking: its centres are uniformly random
-    pixels.
+    pixels. ``draws``: the uniform numbers ``(B, num_patches, 2)`` themselves (then ``generator`` is unused).
 
     Shape:
         - relevance: (B, H, W).
         - output: (B, num_patches, 2) integer ``(row, column)``.
     """
-    if not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k should be an integer >= 1, but got {top_k!r} instead.")
+    check_positive_int("top_k", top_k)
     batch_size, height, width = relevance.shape
     flat = relevance.reshape(batch_size, height * width)  # not -1: an empty batch is allowed
     k = min(top_k, flat.shape[1])
     best = flat.topk(k, dim=1).indices  # (B, k)
-    draws = uniform_like(torch.empty(batch_size, num_patches, 2, device=relevance.device), generator)
+    if draws is None:
+        draws = uniform_like(torch.empty(batch_size, num_patches, 2, device=relevance.device), generator)
     pick = best.gather(1, (draws[..., 0] * k).long().clamp_(max=k - 1))
     anywhere = (draws[..., 1] * flat.shape[1]).long().clamp_(max=flat.shape[1] - 1)
     is_flat = (normalize_relevance(flat).amax(1, keepdim=True) == 0)
@@ -124,13 +120,14 @@ def relevance_erasing_mask(
     top_k: int = 1,
     num_patches: int = 1,
     generator: torch.Generator | None = None,
+    draws: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Mask of relevance-guided Random Erasing: Block (``num_patches=1``) or Patch (``num_patches > 1``).
 
     Each of ``num_patches`` rectangles has area fraction ``U(scale) / num_patches`` and a log-uniform aspect
     ratio in ``ratio`` (as ``v2.RandomErasing``), and is centred on one of the sample's ``top_k`` most relevant
     pixels, clipped at the border. With ``top_k=1`` the most relevant pixel is always erased (when a rectangle
-    fits at all).
+    fits at all). ``draws``: the uniform numbers of :func:`erasing_draws` (then ``generator`` is unused).
 
     Shape:
         - relevance: (B, H, W) (channels already summed).
@@ -143,10 +140,28 @@ def relevance_erasing_mask(
     if relevance.ndim != 3:
         raise ValueError(f"relevance should have shape (B, H, W), but got {tuple(relevance.shape)} instead.")
     batch_size, height, width = relevance.shape
+    size_draws, centre_draws = (None, None) if draws is None else draws
     sizes, valid = sample_erasing_sizes(batch_size, height, width, scale=scale, ratio=ratio,
-                                        num_patches=num_patches, generator=generator, device=relevance.device)
-    centres = relevant_centres(relevance, top_k, num_patches, generator=generator)
+                                        num_patches=num_patches, generator=generator, device=relevance.device,
+                                        draws=size_draws)
+    centres = relevant_centres(relevance, top_k, num_patches, generator=generator, draws=centre_draws)
     return box_mask(height, width, centres, sizes, valid)
+
+
+def erasing_draws(batch_size: int, num_patches: int = 1, *, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """The uniform numbers :func:`relevance_erasing_mask` draws, in its order: sizes ``(B, P, 10, 2)`` (area and
+    aspect of each try), then centres ``(B, P, 2)``."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    sizes = uniform_like(torch.empty(batch_size, num_patches, _TRIES, 2, device=device), generator)
+    return sizes, uniform_like(torch.empty(batch_size, num_patches, 2, device=device), generator)
+
+
+def ball_draws(num_clouds: int, *, dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> Tensor:
+    """The uniform numbers :func:`relevance_ball_mask` draws: ``(num_clouds, 3)`` (centre rank, radius, spare)."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    return uniform_like(torch.empty(num_clouds, 3, device=device, dtype=dtype), generator)
 
 
 def relevance_ball_mask(
@@ -158,20 +173,21 @@ def relevance_ball_mask(
     generator: torch.Generator | None = None,
     batch: Tensor | None = None,
     num_segments: int | None = None,
+    draws: Tensor | None = None,
 ) -> Tensor:
     """Mask of the points within a ball around one of each cloud's ``top_k`` most relevant points.
 
     The radius is ``U(radius)`` times the cloud's bounding-box diagonal. A cloud with flat relevance gets a
     uniformly random centre. Dense clouds ``(B, N)`` or PyG-style flat clouds with ``batch``; no loop over clouds.
+    ``draws``: the uniform numbers of :func:`ball_draws` (then ``generator`` is unused).
 
     Shape:
         - relevance: (B, N) dense, or (N,) with ``batch`` (N,) and ``num_segments`` clouds.
         - pos: (B, N, D) dense, or (N, D) with ``batch``.
         - output: like ``relevance``, bool.
     """
-    low, high = _check_range("radius", radius, 0.0)
-    if not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k should be an integer >= 1, but got {top_k!r} instead.")
+    low, high = check_range("radius", radius, 0.0)
+    check_positive_int("top_k", top_k)
     if batch is None:
         num, size = relevance.shape
         flat_rel, flat_pos = relevance.reshape(-1), pos.reshape(num * size, pos.shape[-1])
@@ -184,7 +200,8 @@ def relevance_ball_mask(
     n = flat_rel.shape[0]
     if n == 0:  # no points at all (a shape, not a synchronisation)
         return torch.zeros(relevance.shape, dtype=torch.bool, device=relevance.device)
-    draws = uniform_like(torch.empty(count, 3, device=relevance.device, dtype=pos.dtype), generator)
+    if draws is None:
+        draws = ball_draws(count, dtype=pos.dtype, generator=generator, device=relevance.device)
     # rank points within their cloud by relevance (descending), without a loop over clouds
     by_relevance = torch.argsort(flat_rel, descending=True, stable=True)
     order = by_relevance[torch.argsort(segment[by_relevance], stable=True)]

@@ -11,8 +11,12 @@ __all__ = ["RelevanceDropout2d", "RelevanceErasing2d", "RelevanceDropout3d", "Re
 
 
 def __getattr__(name: str):
-    if name in ("RelevanceDropout3d", "RelevanceErasing3d"):
-        from . import _dropout3d
+    if name == "RelevanceDropout3d":
+        from ._dropout3d import RelevanceDropout3d
 
-        return getattr(_dropout3d, name)
+        return RelevanceDropout3d
+    if name == "RelevanceErasing3d":
+        from ._erasing3d import RelevanceErasing3d
+
+        return RelevanceErasing3d
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,62 +1,94 @@
-"""Steps shared by the image and point transforms: argument checks, coins and attribution of the selected samples."""
+"""What every relevance transform shares: its settings, its one :class:`Attributor`, and the masking of a dense batch.
+
+The rule for ``p`` (every transform, every path): one coin per sample is drawn from ``generator`` first
+(``True`` with probability ``p``; ``p = 1`` and ``p = 0`` draw nothing); then the random numbers of the masks are
+drawn for the whole batch, also from ``generator``; only samples whose coin came up are masked. Which samples are
+attributed is a matter of cost, not of the result (a sample's relevance depends on that sample only): dense eager
+batches attribute the selected samples only; PyG batches and replayed CUDA graphs (fixed shapes) attribute all.
+"""
 
 from __future__ import annotations
 
-import numbers
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..attribution import BACKENDS, relevance
-from ..attribution._api import check_finite
+from .._checks import check_generator, check_unit_interval
+from ..attribution import Attributor
 from ..functional import sample_coins
+from ._labels import parse_labels_getter
 
 
-def check_model(model: Any) -> None:
-    """The model of a relevance transform is a ``torch.nn.Module``."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model should be a torch.nn.Module, but got {type(model).__name__}.")
+class RelevanceSettings:
+    """The settings block of a relevance transform: the model (through its :class:`Attributor`), ``p``, the
+    labels getter and the generator. ``composite``, ``epsilon``, ``backend``, ``dtype`` and ``cuda_graphs`` are
+    the attributor's."""
 
+    def _set_up(self, model: nn.Module, *, p: float, composite, epsilon: float, backend: str,
+                labels_getter: str | Callable[[Any], Any] | None, generator: torch.Generator | None,
+                dtype: torch.dtype | None, cuda_graphs: bool) -> None:
+        self._attributor = Attributor(model, composite=composite, epsilon=epsilon, backend=backend, dtype=dtype,
+                                      cuda_graphs=cuda_graphs)
+        self.p = check_unit_interval("p", p)
+        self.labels_getter = labels_getter
+        self._labels_getter = parse_labels_getter(labels_getter)
+        self.generator = check_generator(generator)
 
-def check_common(model: Any, backend: Any, generator: Any, epsilon: Any) -> None:
-    """Argument checks shared by every relevance transform."""
-    check_model(model)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend should be one of {BACKENDS}, but got {backend!r} instead.")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator should be a torch.Generator or None, but got {type(generator).__name__}.")
-    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not epsilon >= 0:
-        raise ValueError(f"epsilon should be a number >= 0, but got {epsilon!r} instead.")
+    @property
+    def model(self) -> nn.Module:
+        """The model whose relevance drives the mask (held by reference, not registered as a submodule).
 
+        A pickled or deep-copied transform holds a copy of the model: ``t.model = model`` rebinds it.
+        """
+        return self._attributor.model
 
-def attribute_selected(owner: Any, inputs: Tensor, labels: Tensor | None, channel_dim: int):
-    """Draw the per-sample coins, attribute the selected samples, and sum the relevance over ``channel_dim``.
+    @model.setter
+    def model(self, model: nn.Module) -> None:
+        self._attributor.model = model
 
-    Returns ``(relevance, index)``: ``index`` is ``None`` when every sample is selected (``p = 1``), else the
-    selected positions (one synchronisation); ``relevance`` is ``None`` when no sample is selected.
-    """
-    batch_size = inputs.shape[0]
-    coins = sample_coins(batch_size, owner.p, device=inputs.device, generator=owner.generator)
-    index = None if owner.p >= 1.0 else coins.nonzero().flatten()
-    if index is not None and index.numel() == 0:
-        return None, index
-    selected = inputs if index is None else inputs.index_select(0, index)
-    targets = None
-    if labels is not None:
-        targets = labels.as_subclass(Tensor).to(inputs.device, non_blocking=True)
-        if index is not None:
-            targets = targets.index_select(0, index)
-    rel = relevance(owner.model, selected, targets, composite=owner.composite, epsilon=owner.epsilon,
-                    backend=owner.backend, dtype=getattr(owner, "dtype", None),
-                    check_finite_values=False)  # checked here, so that the error names batch indices
-    check_finite(rel, type(owner).__name__, index)
-    return rel.sum(channel_dim), index
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "model":  # nn.Module.__setattr__ would register a module as a submodule, past the property
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
 
+    composite = property(lambda self: self._attributor.composite, doc="LRP rules (see Attributor).")
+    epsilon = property(lambda self: self._attributor.epsilon, doc="Stabiliser of the Epsilon rule.")
+    backend = property(lambda self: self._attributor.backend, doc="Attribution backend (see Attributor).")
+    dtype = property(lambda self: self._attributor.dtype, doc="Autocast dtype of the attribution, or None.")
+    cuda_graphs = property(lambda self: self._attributor.cuda_graphs, doc="Replay captured CUDA graphs.")
 
-def scatter_rows(rows: Tensor, index: Tensor | None, batch_size: int) -> Tensor:
-    """``rows`` of the selected samples placed into a ``False`` mask of the whole batch."""
-    if index is None:
-        return rows
-    full = torch.zeros((batch_size, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
-    return full.index_copy_(0, index, rows)
+    # -- dense batches ---------------------------------------------------------------------------------------------
+    def masks(self, inputs: Tensor, targets: Tensor | None, reduce: Callable[[Tensor], Tensor],
+              draw: Callable[[int], Sequence[Tensor]], mask_rows: Callable[..., Tensor],
+              extra: Sequence[Tensor] = (), key: Any = ()) -> Tensor | None:
+        """The mask of a dense batch under the rule for ``p`` (module docstring); ``None`` if no coin came up.
+
+        ``reduce(relevance)`` gives the per-element relevance (channels summed); ``draw(batch_size)`` the random
+        tensors of the masks, one row per sample; ``mask_rows(relevance, *extra, *draws)`` the masks of some rows (a
+        pure tensor function: it is what a CUDA graph captures, with ``key`` naming its settings); ``extra`` are
+        other per-sample tensors it reads (e.g. positions).
+        """
+        name = type(self).__name__
+        attributor = self._attributor
+        batch_size = inputs.shape[0]
+        coins = sample_coins(batch_size, self.p, device=inputs.device, generator=self.generator)
+        draws = tuple(draw(batch_size))
+        if attributor.graphs_apply(inputs):
+
+            def post(rel: Tensor, *tensors: Tensor) -> tuple[Tensor]:
+                return (mask_rows(reduce(rel), *tensors),)
+
+            (mask,) = attributor.then(inputs, targets, post, (*extra, *draws), key=(type(self), key), caller=name)
+            return mask & coins.view(-1, *([1] * (mask.ndim - 1)))
+        if self.p >= 1.0:
+            return mask_rows(reduce(attributor(inputs, targets, caller=name)), *extra, *draws)
+        index = coins.nonzero().flatten()  # one synchronisation
+        rel = attributor(inputs, targets, index=index, caller=name)
+        if index.numel() == 0:
+            return None
+        rows = mask_rows(reduce(rel), *(t.index_select(0, index) for t in (*extra, *draws)))
+        full = torch.zeros((batch_size, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+        return full.index_copy_(0, index, rows)

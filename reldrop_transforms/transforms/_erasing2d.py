@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..functional import relevance_erasing_mask
-from ..functional._erasing import _check_range
+from .._checks import check_positive_int, check_range
+from ..functional import erasing_draws, relevance_erasing_mask
 from ._image import RelevanceImageTransform
 
 __all__ = ["RelevanceErasing2d"]
@@ -27,13 +27,14 @@ class RelevanceErasing2d(RelevanceImageTransform):
 
     Args:
         model: The model being trained; held by reference.
-        p: Probability that a sample is erased; only selected samples are attributed.
+        p: Probability that a sample is erased (the rule for ``p`` of :class:`RelevanceDropout2d`).
         scale: Range of the erased area fraction (all patches together).
         ratio: Range of the aspect ratio (height / width), sampled log-uniformly.
         value: Fill value, a number or one per channel, in the space of the tensor as given.
         top_k: The centre is drawn uniformly from this many most relevant pixels (1: the most relevant one).
         num_patches: Rectangles per sample (1: Block; more: Patch).
-        composite, epsilon, backend, labels_getter, generator: As in :class:`RelevanceDropout2d`.
+        composite, epsilon, backend, labels_getter, generator, dtype, cuda_graphs: As in
+            :class:`RelevanceDropout2d`.
 
     Shape:
         - images: (B, C, H, W), floating, on the model's device; output the same.
@@ -58,18 +59,22 @@ class RelevanceErasing2d(RelevanceImageTransform):
         backend: str = "auto",
         labels_getter: str | Callable[[Any], Any] | None = "default",
         generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__(model, p=p, value=value, composite=composite, epsilon=epsilon, backend=backend,
-                         labels_getter=labels_getter, generator=generator)
-        self.scale = _check_range("scale", scale, 0.0, 1.0)
-        self.ratio = _check_range("ratio", ratio, 1e-12)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k should be an integer >= 1, but got {top_k!r} instead.")
-        if isinstance(num_patches, bool) or not isinstance(num_patches, int) or num_patches < 1:
-            raise ValueError(f"num_patches should be an integer >= 1, but got {num_patches!r} instead.")
-        self.top_k = top_k
-        self.num_patches = num_patches
+                         labels_getter=labels_getter, generator=generator, dtype=dtype, cuda_graphs=cuda_graphs)
+        self.scale = check_range("scale", scale, 0.0, 1.0)
+        self.ratio = check_range("ratio", ratio, 1e-12)
+        self.top_k = check_positive_int("top_k", top_k)
+        self.num_patches = check_positive_int("num_patches", num_patches)
 
-    def mask_from_relevance(self, relevance: Tensor) -> Tensor:
+    def draw(self, batch_size: int, image: Tensor) -> tuple[Tensor, ...]:
+        return erasing_draws(batch_size, self.num_patches, generator=self.generator, device=image.device)
+
+    def mask_rows(self, relevance: Tensor, *draws: Tensor) -> Tensor:
         return relevance_erasing_mask(relevance, scale=self.scale, ratio=self.ratio, top_k=self.top_k,
-                                      num_patches=self.num_patches, generator=self.generator)
+                                      num_patches=self.num_patches, draws=draws)
+
+    def mask_key(self) -> tuple:
+        return (self.scale, self.ratio, self.top_k, self.num_patches)

@@ -1,4 +1,4 @@
-"""Shared machinery of the image transforms: inputs, labels, coins, attribution of the selected samples, fill."""
+"""Shared machinery of the image transforms: inputs, labels, masks (through :class:`RelevanceSettings`), fill."""
 
 from __future__ import annotations
 
@@ -14,12 +14,8 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import Transform
 from torchvision.transforms.v2._utils import is_pure_tensor
 
-from .._checks import check_unit_interval
-from ..attribution._api import check_inputs, check_not_in_worker
-from ..attribution._state import unwrap_model
 from ..functional import fill_dropped
-from ._common import attribute_selected, check_common, check_model, scatter_rows
-from ._labels import parse_labels_getter
+from ._common import RelevanceSettings
 
 
 def _check_value(value: Any) -> float | tuple[float, ...]:
@@ -32,9 +28,10 @@ def _check_value(value: Any) -> float | tuple[float, ...]:
     raise TypeError(f"value should be a number or a sequence of numbers (one per channel), but got {value!r}.")
 
 
-class RelevanceImageTransform(Transform):
-    """Base of the image transforms: ``t(images, labels)`` on float batches ``(B, C, H, W)``; subclasses build the
-    mask from the channel-summed relevance of the selected samples (:meth:`mask_from_relevance`)."""
+class RelevanceImageTransform(RelevanceSettings, Transform):
+    """Base of the image transforms: ``t(images, labels)`` on float batches ``(B, C, H, W)``; subclasses draw the
+    random numbers of their masks (:meth:`draw`) and build the masks of some samples from their channel-summed
+    relevance (:meth:`mask_rows`, a pure tensor function)."""
 
     _transformed_types = (tv_tensors.Image, is_pure_tensor)
 
@@ -49,37 +46,17 @@ class RelevanceImageTransform(Transform):
         backend: str,
         labels_getter: str | Callable[[Any], Any] | None,
         generator: torch.Generator | None,
+        dtype: torch.dtype | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__()
-        check_common(model, backend, generator, epsilon)
-        self._model = (model,)  # a tuple: not registered as a submodule
-        self.p = check_unit_interval("p", p)
+        self._set_up(model, p=p, composite=composite, epsilon=epsilon, backend=backend, labels_getter=labels_getter,
+                     generator=generator, dtype=dtype, cuda_graphs=cuda_graphs)
         self.value = _check_value(value)
-        self.composite = composite
-        self.epsilon = float(epsilon)
-        self.backend = backend
-        self.labels_getter = labels_getter
-        self._labels_getter = parse_labels_getter(labels_getter)
-        self.generator = generator
 
-    @property
-    def model(self) -> nn.Module:
-        """The model whose relevance drives the mask (held by reference).
-
-        A pickled or deep-copied transform holds a copy of the model: ``t.model = model`` rebinds it.
-        """
-        return self._model[0]
-
-    @model.setter
-    def model(self, model: nn.Module) -> None:
-        check_model(model)
-        self._model = (model,)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "model":  # nn.Module.__setattr__ would register a module as a submodule, past the property
-            object.__setattr__(self, name, value)
-            return
-        super().__setattr__(name, value)
+    def extra_repr(self) -> str:
+        settings = f"composite={self.composite!r}, epsilon={self.epsilon}, backend={self.backend!r}"
+        return ", ".join(part for part in (super().extra_repr(), settings) if part)
 
     def forward(self, *inputs: Any) -> Any:
         sample = inputs if len(inputs) > 1 else inputs[0]
@@ -102,10 +79,10 @@ class RelevanceImageTransform(Transform):
             raise ValueError(f"{name} expects exactly one image batch per call, but found {len(images)}.")
         image = images[0]
         self._check_image(image)
-        labels = None
-        if self._labels_getter is not None:
-            labels = self._labels_getter(sample)
-            self._check_labels(labels, image.shape[0])
+        labels = None if self._labels_getter is None else self._labels_getter(sample)
+        if self._labels_getter is not None and not isinstance(labels, Tensor):
+            raise TypeError(f"the labels should be a torch.Tensor, but got {type(labels).__name__}.")
+        labels = self._attributor.check_batch(image.as_subclass(Tensor), labels, caller=name, what="images")
         if image.shape[0] == 0:
             return sample
         params = self.make_params_for(image, labels)
@@ -123,33 +100,30 @@ class RelevanceImageTransform(Transform):
                 f"{name} expects a batch of shape (B, C, H, W), but got {tuple(image.shape)} instead. Use it after "
                 "the DataLoader, in a collate function, or wrap the loader with RelevanceLoader."
             )
-        check_inputs(unwrap_model(self.model), image, caller=name)
         if isinstance(self.value, tuple) and len(self.value) not in (1, image.shape[1]):
             raise ValueError(
                 f"{name}: value has {len(self.value)} entries but the images have {image.shape[1]} channels."
             )
 
-    def _check_labels(self, labels: Any, batch_size: int) -> None:
-        if not isinstance(labels, Tensor):
-            raise TypeError(f"the labels should be a torch.Tensor, but got {type(labels).__name__}.")
-        if labels.ndim not in (1, 2) or labels.shape[0] != batch_size:
-            raise ValueError(
-                f"labels of shape {tuple(labels.shape)} do not match a batch of {batch_size} images: expected "
-                f"class indices ({batch_size},) or soft labels ({batch_size}, K)."
-            )
+    def draw(self, batch_size: int, image: Tensor) -> tuple[Tensor, ...]:
+        """The random tensors of the masks of the whole batch ``image`` (one row per sample), from ``generator``."""
+        raise NotImplementedError
 
-    def mask_from_relevance(self, relevance: Tensor) -> Tensor:
-        """The pixel mask ``(B', H, W)`` of the selected samples from their relevance ``(B', H, W)``."""
+    def mask_rows(self, relevance: Tensor, *draws: Tensor) -> Tensor:
+        """The pixel masks ``(B', H, W)`` of some samples from their relevance ``(B', H, W)`` and their rows of
+        :meth:`draw`; a pure tensor function (captured in CUDA graphs)."""
+        raise NotImplementedError
+
+    def mask_key(self) -> tuple:
+        """The settings :meth:`mask_rows` depends on (a captured graph is reused only for the same key)."""
         raise NotImplementedError
 
     def make_params_for(self, image: Tensor, labels: Tensor | None) -> dict[str, Any]:
-        """Draw the coins, attribute the selected samples and build the pixel mask ``(B, H, W)`` (or ``None``)."""
-        check_not_in_worker(type(self).__name__)
+        """Coins, draws, relevance and the pixel mask ``(B, H, W)`` of the batch (``None``: nothing masked)."""
         image = image.as_subclass(Tensor)
-        rel, index = attribute_selected(self, image, labels, channel_dim=1)
-        if rel is None:
-            return {"mask": None}
-        return {"mask": scatter_rows(self.mask_from_relevance(rel), index, image.shape[0])}
+        mask = self.masks(image, labels, lambda rel: rel.sum(1), lambda b: self.draw(b, image), self.mask_rows,
+                          key=self.mask_key())
+        return {"mask": mask}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         out = fill_dropped(inpt.as_subclass(Tensor), params["mask"], self.value)

@@ -1,4 +1,4 @@
-"""GPU check of the CUDA-graph path of RelevanceDropout2d (run it on a GPU: CI has none).
+"""GPU check of the CUDA-graph path of the four transforms (run it on a GPU: CI has none).
 
     python tests/gpu/check_cuda_graphs.py
 
@@ -6,7 +6,8 @@ Checks, each printed as PASS/FAIL with numbers: replay equals eager (relevance-d
 in-place optimizer updates are seen without recapture; replacing a parameter, moving a buffer to new storage and
 changing the module tree force a recapture; a last batch of another size is correct; random numbers differ
 between batches and follow the generator; labels out of range and non-finite relevance still raise; the model
-state is untouched. Exits 1 if any check fails, 0 otherwise; without CUDA it prints that it skipped and exits 0.
+state is untouched; and for RelevanceErasing2d, RelevanceDropout3d and RelevanceErasing3d (dense batches):
+replay equals eager for the same generator, at p = 1 and p = 0.5. Exits 1 if any check fails, 0 otherwise; without CUDA it prints that it skipped and exits 0.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def main() -> int:
     graph, _ = graph_t(images, labels)  # capture + first replay
     graph2, _ = graph_t(images, labels)  # pure replay
     differ = ((eager == 0).all(1) != (graph2 == 0).all(1)).float().mean().item()
-    check("replay equals eager", differ < 1e-3 and graph_t._graphs.captures == 1,
-          f"(fraction of differing mask pixels {differ:.2e}, captures {graph_t._graphs.captures})")
+    check("replay equals eager", differ < 1e-3 and graph_t._attributor._graphs.captures == 1,
+          f"(fraction of differing mask pixels {differ:.2e}, captures {graph_t._attributor._graphs.captures})")
     rel = rt.attribution.relevance(model, images, labels, backend="fast")
     # 2. in-place optimizer step: no recapture, new weights seen
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -69,25 +70,25 @@ def main() -> int:
     graph_after, _ = graph_t(images, labels)
     same = ((eager_after == 0).all(1) != (graph_after == 0).all(1)).float().mean().item()
     changed = ((rel_after - rel).norm() / rel.norm()).item()
-    check("in-place update seen without recapture", same < 1e-3 and graph_t._graphs.captures == 1 and changed > 1e-3,
-          f"(differing {same:.2e}, relevance changed by {changed:.2e}, captures {graph_t._graphs.captures})")
+    check("in-place update seen without recapture", same < 1e-3 and graph_t._attributor._graphs.captures == 1 and changed > 1e-3,
+          f"(differing {same:.2e}, relevance changed by {changed:.2e}, captures {graph_t._attributor._graphs.captures})")
     # 3. replacing a parameter forces a recapture
     model.fc.weight = nn.Parameter(model.fc.weight.detach().clone() * 2)
     graph_t(images, labels)
-    check("parameter replacement recaptures", graph_t._graphs.captures == 2, f"(captures {graph_t._graphs.captures})")
+    check("parameter replacement recaptures", graph_t._attributor._graphs.captures == 2, f"(captures {graph_t._attributor._graphs.captures})")
     model.bn1.running_var = model.bn1.running_var.clone()
     graph_t(images, labels)
-    check("buffer replacement recaptures", graph_t._graphs.captures == 3, f"(captures {graph_t._graphs.captures})")
+    check("buffer replacement recaptures", graph_t._attributor._graphs.captures == 3, f"(captures {graph_t._attributor._graphs.captures})")
     # 4. module tree change recaptures
     model.layer4[1].relu = nn.ReLU()
     graph_t(images, labels)
-    check("module tree change recaptures", graph_t._graphs.captures == 4, f"(captures {graph_t._graphs.captures})")
+    check("module tree change recaptures", graph_t._attributor._graphs.captures == 4, f"(captures {graph_t._attributor._graphs.captures})")
     # 5. last batch of another size
     tail_g, _ = graph_t(images[:24], labels[:24])
     tail_e, _ = transform(False)(images[:24], labels[:24])
     tail_diff = ((tail_e == 0).all(1) != (tail_g == 0).all(1)).float().mean().item()
     check("last batch of another size", tail_g.shape == (24, 3, 32, 32) and tail_diff < 1e-3,
-          f"(differing {tail_diff:.2e}, graphs cached {len(graph_t._graphs)})")
+          f"(differing {tail_diff:.2e}, graphs cached {len(graph_t._attributor._graphs)})")
     # 6. randomness: differs per batch, follows the generator
     noisy = rt.RelevanceDropout2d(model, p=1.0, alpha=0.5, beta=0.5, cuda_graphs=True, backend="fast",
                                   generator=torch.Generator(device=device).manual_seed(7))
@@ -115,6 +116,30 @@ def main() -> int:
     graph_t(images, labels)
     check("model state untouched", all(torch.equal(state[k], v) for k, v in model.state_dict().items())
           and flags == [m.training for m in model.modules()] and ids == [id(p) for p in model.parameters()])
+
+    # 9. the other transforms: replay equals eager for the same generator (dense batches)
+    from reldrop_transforms.models import PointNet
+
+    torch.manual_seed(0)
+    pointnet = PointNet(4, 10).to(device).eval()
+    points = torch.randn(32, 256, 4, device=device)
+    point_labels = torch.randint(0, 10, (32,), device=device)
+    cases = [
+        ("RelevanceErasing2d", rt.RelevanceErasing2d, model, images, labels, {"num_patches": 2, "top_k": 3}),
+        ("RelevanceDropout3d", rt.RelevanceDropout3d, pointnet, points, point_labels, {"alpha": 0.0}),
+        ("RelevanceErasing3d", rt.RelevanceErasing3d, pointnet, points, point_labels, {}),
+    ]
+    for name, cls, net, inputs, targets, options in cases:
+        for p in (1.0, 0.5):
+            outputs = []
+            for graphs in (False, True):
+                gen = torch.Generator(device=device).manual_seed(3)
+                t = cls(net, p=p, generator=gen, cuda_graphs=graphs, backend="fast", **options)
+                t(inputs, targets)  # capture (graphs) or warm-up
+                gen.manual_seed(4)
+                outputs.append(t(inputs, targets)[0])
+            differ = (outputs[0] != outputs[1]).float().mean().item()
+            check(f"{name} replay equals eager (p={p})", differ < 1e-3, f"(fraction differing {differ:.2e})")
 
     print(f"check_cuda_graphs: {len(failures)} failed: {failures}" if failures else "check_cuda_graphs: all passed")
     return 1 if failures else 0

@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 
+import pytest
 import torch
 from torch import nn
 
@@ -69,13 +70,14 @@ class TestCudaGraphsOptionOnCpu:
         for graphs in (False, True):
             t = rt.RelevanceDropout2d(model, p=1.0, cuda_graphs=graphs, generator=torch.Generator().manual_seed(3))
             outputs.append(t(images, labels)[0])
-            assert len(t._graphs) == 0
+            assert len(t._attributor._graphs) == 0
         torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
 
     def test_graphs_are_not_pickled(self):
         t = rt.RelevanceDropout2d(small_model(), cuda_graphs=True)
         clone = pickle.loads(pickle.dumps(t))
-        assert clone.cuda_graphs and len(clone._graphs) == 0 and clone._graphs is not t._graphs
+        assert clone.cuda_graphs and len(clone._attributor._graphs) == 0
+        assert clone._attributor._graphs is not t._attributor._graphs
 
     def test_bad_option_type(self):
         import pytest
@@ -98,35 +100,65 @@ class _EagerGraphs:
         return 0
 
 
-class TestCapturedBodyOnCpu:
-    """The function that is captured, run eagerly: it must produce the eager transform's mask."""
+def point_model():
+    torch.manual_seed(0)
+    from reldrop_transforms.models import PointNet
 
-    def _pair(self, monkeypatch, **kwargs):
-        model = small_model()
-        eager = rt.RelevanceDropout2d(model, p=1.0, generator=torch.Generator().manual_seed(5), **kwargs)
-        graph = rt.RelevanceDropout2d(model, p=1.0, generator=torch.Generator().manual_seed(5), cuda_graphs=True,
-                                      **kwargs)
-        graph._graphs = _EagerGraphs()
-        monkeypatch.setattr(type(graph), "_uses_graphs", lambda self, image: self.cuda_graphs)
+    return PointNet(4, 5).eval()
+
+
+def image_batch():
+    return torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4, 0])
+
+
+def point_batch():
+    return torch.randn(6, 12, 4), torch.tensor([0, 1, 2, 3, 4, 0])
+
+
+TRANSFORMS = {
+    "RelevanceDropout2d": (lambda: rt.RelevanceDropout2d, small_model, image_batch, {"alpha": 0.3}),
+    "RelevanceErasing2d": (lambda: rt.RelevanceErasing2d, small_model, image_batch, {"num_patches": 2, "top_k": 3}),
+    "RelevanceDropout3d": (lambda: rt.RelevanceDropout3d, point_model, point_batch, {"alpha": 0.5}),
+    "RelevanceErasing3d": (lambda: rt.RelevanceErasing3d, point_model, point_batch, {"radius": (0.2, 0.5)}),
+}
+
+
+class TestCapturedBodyOnCpu:
+    """The function that is captured, run eagerly: it must produce the eager transform's mask, for every
+    transform (dense batches), for the same generator."""
+
+    def _pair(self, monkeypatch, name, **kwargs):
+        import reldrop_transforms.attribution._attributor as attributor_module
+
+        cls, make_model, _, defaults = TRANSFORMS[name]
+        model = make_model()
+        options = {**defaults, **kwargs}
+        eager = cls()(model, generator=torch.Generator().manual_seed(5), **options)
+        graph = cls()(model, generator=torch.Generator().manual_seed(5), cuda_graphs=True, **options)
+        graph._attributor._graphs = _EagerGraphs()
+        monkeypatch.setattr(attributor_module.Attributor, "graphs_apply", lambda self, inputs: self.cuda_graphs)
         return eager, graph
 
-    def test_same_mask_as_eager(self, monkeypatch):
-        eager, graph = self._pair(monkeypatch, alpha=0.3, beta=0.5)
-        images, labels = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4, 0])
-        torch.testing.assert_close(graph(images, labels)[0], eager(images, labels)[0], rtol=0, atol=0)
-        assert graph._graphs.calls == 1
+    @pytest.mark.parametrize("p", [1.0, 0.5])
+    @pytest.mark.parametrize("name", sorted(TRANSFORMS))
+    def test_same_mask_as_eager(self, monkeypatch, name, p):
+        eager, graph = self._pair(monkeypatch, name, p=p)
+        inputs, labels = TRANSFORMS[name][2]()
+        expected = eager(inputs, labels)[0]
+        torch.testing.assert_close(graph(inputs, labels)[0], expected, rtol=0, atol=0)
+        assert graph._attributor._graphs.calls == 1
+        assert not torch.equal(expected, inputs)  # the comparison is not vacuous
 
     def test_predicted_class_and_soft_labels(self, monkeypatch):
-        eager, graph = self._pair(monkeypatch, alpha=0.0, labels_getter=None)
+        eager, graph = self._pair(monkeypatch, "RelevanceDropout2d", alpha=0.0, labels_getter=None, p=1.0)
         images = torch.randn(4, 3, 8, 8)
         torch.testing.assert_close(graph(images), eager(images), rtol=0, atol=0)
-        eager, graph = self._pair(monkeypatch, alpha=0.0)
+        eager, graph = self._pair(monkeypatch, "RelevanceDropout2d", alpha=0.0, p=1.0)
         soft = torch.softmax(torch.randn(4, 5), 1)
         torch.testing.assert_close(graph(images, soft)[0], eager(images, soft)[0], rtol=0, atol=0)
 
     def test_coin_applies_after_capture(self, monkeypatch):
-        eager, graph = self._pair(monkeypatch, alpha=0.0, beta=0.9)
-        graph.p = 0.5
+        eager, graph = self._pair(monkeypatch, "RelevanceDropout2d", alpha=0.0, beta=0.9, p=0.5)
         graph.generator = torch.Generator().manual_seed(1)
         images, labels = torch.randn(32, 3, 8, 8), torch.randint(0, 5, (32,))
         out = graph(images, labels)[0]
@@ -134,12 +166,20 @@ class TestCapturedBodyOnCpu:
         coins = torch.rand(32, generator=torch.Generator().manual_seed(1)) < 0.5
         assert torch.equal(changed, coins)
 
-    def test_invalid_labels_raise(self, monkeypatch):
-        import pytest
-
-        _, graph = self._pair(monkeypatch)
+    @pytest.mark.parametrize("name", sorted(TRANSFORMS))
+    def test_invalid_labels_raise(self, monkeypatch, name):
+        _, graph = self._pair(monkeypatch, name, p=1.0)
+        inputs, _ = TRANSFORMS[name][2]()
         with pytest.raises(ValueError, match="class indices"):
-            graph(torch.randn(2, 3, 8, 8), torch.tensor([0, 9]))
+            graph(inputs, torch.tensor([0, 9, 0, 0, 0, 0]))
+
+    def test_model_without_lrp_rule_raises(self, monkeypatch):
+        """The engine caches no verdict: a model with no LRP rule gets the same ValueError on the graph path."""
+        _, graph = self._pair(monkeypatch, "RelevanceDropout2d", p=1.0)
+        graph.model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.Flatten(),
+                                    nn.Linear(144, 5))
+        with pytest.raises(ValueError, match="no running statistics"):
+            graph(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
 
 
 def test_graphs_only_where_they_apply():
@@ -148,25 +188,16 @@ def test_graphs_only_where_they_apply():
 
     on_cuda, on_cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
     model = small_model()
-    assert rt.RelevanceDropout2d(model, cuda_graphs=True)._uses_graphs(on_cuda)
-    assert not rt.RelevanceDropout2d(model, cuda_graphs=True)._uses_graphs(on_cpu)
-    assert not rt.RelevanceDropout2d(model, cuda_graphs=False)._uses_graphs(on_cuda)
-    assert not rt.RelevanceDropout2d(model, cuda_graphs=True, dtype=torch.bfloat16)._uses_graphs(on_cuda)
-    assert not rt.RelevanceDropout2d(model, cuda_graphs=True, backend="zennit")._uses_graphs(on_cuda)
-    assert not rt.RelevanceDropout2d(model, cuda_graphs=True, composite="epsilon_plus_flat")._uses_graphs(on_cuda)
 
+    def applies(x, **kwargs):
+        return rt.RelevanceDropout2d(model, **kwargs)._attributor.graphs_apply(x)
 
-def test_refused_model_is_not_captured_again():
-    from types import SimpleNamespace
-
-    import pytest
-
-    from reldrop_transforms.attribution import relevance
-
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Softsign(), nn.Flatten(), nn.Linear(144, 5))
-    t = rt.RelevanceDropout2d(model, cuda_graphs=True)
-    on_cuda = SimpleNamespace(is_cuda=True)
-    assert t._uses_graphs(on_cuda)  # not known yet
-    with pytest.raises(ValueError, match="Softsign"):
-        relevance(model, torch.randn(2, 3, 8, 8), backend="fast")  # the engine's verdict is now cached
-    assert not t._uses_graphs(on_cuda)
+    assert applies(on_cuda, cuda_graphs=True)
+    assert not applies(on_cpu, cuda_graphs=True)
+    assert not applies(on_cuda, cuda_graphs=False)
+    assert not applies(on_cuda, cuda_graphs=True, dtype=torch.bfloat16)
+    assert not applies(on_cuda, cuda_graphs=True, backend="zennit")
+    assert not applies(on_cuda, cuda_graphs=True, composite="epsilon_plus_flat")
+    for name in ("RelevanceErasing2d", "RelevanceDropout3d", "RelevanceErasing3d"):
+        cls, make_model, _, _ = TRANSFORMS[name]
+        assert cls()(make_model(), cuda_graphs=True)._attributor.graphs_apply(on_cuda)

@@ -28,18 +28,22 @@ def transform(model, device, **kwargs):
 
 
 def reference_mask(model, images, labels, *, alpha, beta, p, seed):
-    """The mask built by hand: coins ``U < p`` (none drawn at ``p = 1``), relevance of the selected samples summed
-    over channels, then the mask rule, all from one generator seeded as the transform's."""
+    """The mask built by hand: coins ``U < p`` (none drawn at ``p = 1``), then the noise of the whole batch (none at
+    ``alpha = 0``), relevance of the selected samples summed over channels, the mask rule on their rows of the
+    noise; all from one generator seeded as the transform's (the rule for ``p`` in transforms/_common.py)."""
     batch_size, _, height, width = images.shape
     g = torch.Generator(device=images.device).manual_seed(seed)
     index = reference_coins(batch_size, p, g, images.device)
+    noise = None
+    if alpha > 0:
+        noise = torch.rand(batch_size, height, width, generator=g, device=images.device, dtype=images.dtype)
     mask = torch.zeros(batch_size, height, width, dtype=torch.bool, device=images.device)
     if index.numel() == 0:
         return mask
     selected = images if p >= 1.0 else images[index]
     targets = None if labels is None else (labels if p >= 1.0 else labels[index])
     rel = relevance(model, selected, targets)
-    mask[index] = relevance_dropout_mask(rel.sum(1), alpha, beta, generator=g)
+    mask[index] = relevance_dropout_mask(rel.sum(1), alpha, beta, noise=None if noise is None else noise[index])
     return mask
 
 

@@ -89,13 +89,13 @@ def graph_per_point(model, batch, labels, **kwargs):
 
 def reference_graph_mask(model, batch, labels, *, alpha, beta, seed, p=1.0, **kwargs):
     """The per-point relevance (sum over pos and x channels), then per cloud in a Python loop: min-max
-    normalisation, the rule with the noise the transform draws (N values, then the coins when p < 1), the coin,
-    and the rescue of the least relevant point of a fully dropped cloud."""
+    normalisation, the rule with the noise the transform draws (the coins when p < 1, then N values: the rule
+    for p), the coin, and the rescue of the least relevant point of a fully dropped cloud."""
     per_point = graph_per_point(model, batch, labels, **kwargs)
     g = seeded(seed)
-    noise = torch.rand(per_point.shape, generator=g, dtype=per_point.dtype)
     coins = torch.ones(batch.num_graphs, dtype=torch.bool) if p >= 1 else (
         torch.rand(batch.num_graphs, generator=g) < p)
+    noise = torch.rand(per_point.shape, generator=g, dtype=per_point.dtype)
     mask = torch.zeros(per_point.shape, dtype=torch.bool)
     for i in range(batch.num_graphs):
         lo, hi = int(batch.ptr[i]), int(batch.ptr[i + 1])
@@ -220,11 +220,12 @@ class TestRelevanceDropout3d:
         model = DensePointNet()
         points, labels = make_points(batch_size=8, seed=7)
         out, _ = RelevanceDropout3d(model, p=0.5, generator=seeded(7))(points, labels)
-        g = seeded(7)  # coins first, then the noise of the selected clouds only
+        g = seeded(7)  # coins first, then the noise of the whole batch (the rule for p)
         index = (torch.rand(8, generator=g) < 0.5).nonzero().flatten()
+        noise = torch.rand(8, 10, generator=g, dtype=points.dtype)
         assert 0 < index.numel() < 8
         per_point = relevance(model, points[index], labels[index]).sum(2)
-        sub = keep_least_relevant(relevance_dropout_mask(per_point, 0.5, 0.5, generator=g), per_point)
+        sub = keep_least_relevant(relevance_dropout_mask(per_point, 0.5, 0.5, noise=noise[index]), per_point)
         mask = torch.zeros(8, 10, dtype=torch.bool)
         mask[index] = sub
         assert torch.equal(out[mask], torch.zeros_like(out[mask])) and torch.equal(out[~mask], points[~mask])

@@ -35,17 +35,21 @@ def transform(model, device, **kwargs):
 
 
 def reference_mask(model, images, labels, *, p, seed, **kwargs):
-    """Coins ``U < p`` (none drawn at ``p = 1``), then relevance of the selected samples summed over channels, then
-    ``relevance_erasing_mask`` with the same generator."""
+    """Coins ``U < p`` (none drawn at ``p = 1``), then the draws of the whole batch as ``relevance_erasing_mask``
+    makes them (sizes, then centres: the rule for p), relevance of the selected samples summed over channels, then
+    ``relevance_erasing_mask`` on their rows of the draws."""
     batch_size, _, height, width = images.shape
     g = torch.Generator(device=images.device).manual_seed(seed)
     index = reference_coins(batch_size, p, g, images.device)
+    patches = kwargs.get("num_patches", 1)
+    sizes = torch.rand(batch_size, patches, 10, 2, generator=g, device=images.device)
+    centres = torch.rand(batch_size, patches, 2, generator=g, device=images.device)
     mask = torch.zeros(batch_size, height, width, dtype=torch.bool, device=images.device)
     if index.numel() == 0:
         return mask, index
     targets = None if labels is None else labels[index]
     rel = relevance(model, images[index], targets).sum(1)
-    mask[index] = relevance_erasing_mask(rel, generator=g, **kwargs)
+    mask[index] = relevance_erasing_mask(rel, draws=(sizes[index], centres[index]), **kwargs)
     return mask, index
 
 

@@ -103,11 +103,11 @@ def graph_per_point(model, batch, labels):
 
 
 def reference_graph(model, batch, labels, *, radius, top_k, seed, p=1.0):
-    """Draws (num_graphs, 3) first, then the coins when p < 1 (the transform attributes every cloud)."""
+    """The coins when p < 1 first, then the draws (num_graphs, 3): the rule for p (every cloud is attributed)."""
     per_point = graph_per_point(model, batch, labels)
     g = seeded(seed)
-    draws = torch.rand(batch.num_graphs, 3, generator=g, dtype=batch.pos.dtype)
     coins = torch.ones(batch.num_graphs, dtype=torch.bool) if p >= 1 else torch.rand(batch.num_graphs, generator=g) < p
+    draws = torch.rand(batch.num_graphs, 3, generator=g, dtype=batch.pos.dtype)
     clouds = [(batch.batch == i).nonzero().flatten() for i in range(batch.num_graphs)]
     mask = loop_ball_mask(per_point, batch.pos, draws, radius, top_k, clouds) & coins[batch.batch]
     return mask, per_point

@@ -1,0 +1,483 @@
+"""``Attributor``: the one attribution path behind every transform (engines, state guard, locks, CUDA graphs)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import warnings
+import weakref
+from collections.abc import Callable, Hashable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_backend, check_bool, check_dtype, check_epsilon, check_labels, check_model
+from ._composites import check_composite, zennit_relevance
+from ._fast import FAST_COMPOSITES, UnsupportedModel, fast_relevance
+from ._graphs import GraphCache
+from ._rules import explanation_problem, inputs_only_carry_relevance
+from ._state import model_device, preserved_model_state, unwrap_model
+
+__all__ = ["Attributor", "RelevanceBackendWarning", "model_lock", "check_not_in_worker", "check_inputs",
+           "output_relevance", "check_finite"]
+
+_log = logging.getLogger("reldrop_transforms")
+
+# One lock per model object, shared by every Attributor of that model (weakly keyed: a freed model frees its
+# lock; no id() keys). Re-entrant, so that a forward_fn may itself attribute.
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serialises every attribution of ``model`` (the unwrapped module)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
+class RelevanceBackendWarning(UserWarning):
+    """Kept for code that filters it: ``backend="auto"`` no longer falls back from the fast engine to zennit (the
+    fast engine computes ``"epsilon_flat"`` on every model zennit can explain, and both refuse the others)."""
+
+
+def check_not_in_worker(caller: str) -> None:
+    """Attribution in a DataLoader worker would use a stale copy of the model (and no CUDA after fork)."""
+    if torch.utils.data.get_worker_info() is not None:
+        raise RuntimeError(
+            f"{caller} runs inside a DataLoader worker process, which holds a stale copy of the model and cannot use "
+            "CUDA after fork. Attribute in the main process: wrap the loader with "
+            "reldrop_transforms.RelevanceLoader(loader, transform) (workers allowed), or use RelevanceCollate only "
+            "with num_workers=0."
+        )
+
+
+def check_inputs(model: nn.Module, inputs: Tensor, *, caller: str = "relevance") -> None:
+    """The inputs are a floating tensor batch on the model's device, in the model's dtype."""
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"{caller} expects the inputs as a torch.Tensor, but got {type(inputs).__name__}.")
+    if not inputs.is_floating_point():
+        raise TypeError(
+            f"{caller} expects floating-point inputs, but got dtype {inputs.dtype}. Convert images first, "
+            "e.g. with v2.ToDtype(torch.float32, scale=True)."
+        )
+    if inputs.ndim < 1:
+        raise ValueError(f"{caller} expects a batch of shape (B, *), but got a scalar.")
+    device = model_device(model)
+    if device is not None and inputs.device != device:
+        raise ValueError(
+            f"{caller}: the inputs are on {inputs.device} but the model is on {device}. Move the batch to "
+            f"{device} first, or wrap the loader with RelevanceLoader, which does so."
+        )
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if dtype is not None and inputs.dtype != dtype:
+        raise ValueError(
+            f"{caller}: the inputs have dtype {inputs.dtype} but the model's parameters have {dtype}. "
+            "Convert one of them so that they match."
+        )
+
+
+def check_class_range(targets: Tensor | None, num_classes: int) -> None:
+    """Class indices lie in [0, num_classes); soft labels have ``num_classes`` columns."""
+    if targets is None:
+        return
+    if targets.ndim == 2:
+        if targets.shape[1] != num_classes:
+            raise ValueError(
+                f"soft labels should have shape (B, K) = ({targets.shape[0]}, {num_classes}) (the model has "
+                f"{num_classes} outputs), but got {tuple(targets.shape)}."
+            )
+        return
+    outside = (targets < 0) | (targets >= num_classes)
+    if bool(outside.any()):
+        bad = targets[outside][:5].tolist()
+        raise ValueError(
+            f"labels should be class indices in [0, {num_classes - 1}] (the model has {num_classes} outputs), "
+            f"but got {bad}."
+        )
+
+
+def output_relevance(logits: Tensor, targets: Tensor | None, batch_size: int, *,
+                     all_targets: Tensor | None = None) -> Tensor:
+    """The relevance put on the model's output: one-hot targets, soft targets as given, or the predicted class.
+
+    ``all_targets``: the whole batch's labels, range-checked too (when ``targets`` are those of some samples).
+    """
+    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != batch_size:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(
+            f"the model should return logits of shape (B, K) = ({batch_size}, K) for a batch of {batch_size}, "
+            f"but returned {shape}."
+        )
+    num_classes = logits.shape[1]
+    check_class_range(targets if all_targets is None else all_targets, num_classes)
+    if targets is None:
+        return nn.functional.one_hot(logits.detach().argmax(1), num_classes).to(logits.dtype)
+    targets = targets.to(logits.device)
+    if targets.ndim == 1:
+        return nn.functional.one_hot(targets.long(), num_classes).to(logits.dtype)
+    return targets.to(dtype=logits.dtype)
+
+
+def check_finite(rel: Tensor, caller: str = "relevance", index: Tensor | None = None) -> None:
+    """Raise a ValueError naming the samples whose relevance is NaN or infinite (one synchronisation).
+
+    ``index`` maps the rows of ``rel`` to positions in the caller's batch (when only some samples were attributed).
+    """
+    flat = rel.reshape(rel.shape[0], -1)
+    finite = torch.isfinite(flat)
+    if bool(finite.all()):
+        return
+    bad = (~finite).any(1).nonzero().flatten()
+    if index is not None:
+        bad = index[bad].unique()
+    n_nan = int(torch.isnan(flat).sum())
+    n_inf = int(torch.isinf(flat).sum())
+    raise ValueError(
+        f"{caller}: the relevance is not finite ({n_nan} NaN and {n_inf} infinite values) for sample(s) "
+        f"{bad[:10].tolist()}{' ...' if bad.numel() > 10 else ''} of the batch. Check the model's outputs for these "
+        "inputs, and use epsilon > 0."
+    )
+
+
+class Attributor:
+    """LRP relevance of the *current* ``model``, computed without touching its training state.
+
+    Every transform holds one; it can also be used directly. Each call unwraps the model (DDP, DataParallel,
+    ``torch.compile``), refuses to run in a DataLoader worker, puts the model in eval mode and attributes it, then
+    restores it exactly: the same parameter objects with the same values, buffers bit for bit, ``.grad``,
+    ``requires_grad``, every submodule's train/eval flag and no hooks left, also when the model raises.
+    Attributions of one model object never interleave: every ``Attributor`` of the same model shares one lock, so
+    several threads may attribute it at once (they take turns). The lock serialises attributions, not your
+    training step: never attribute while a training step of the same model runs in another thread.
+
+    Backends: ``"fast"`` computes the composite ``"epsilon_flat"`` exactly as zennit defines it (the rules are
+    listed in :mod:`reldrop_transforms.attribution._rules`) in one eval forward and one backward, on any model
+    zennit can explain; ``"zennit"`` runs zennit's own hooks (the reference, 2-5x slower); ``"auto"`` (default)
+    uses the fast engine for ``"epsilon_flat"`` and zennit for other composites. The decision is taken on every
+    call from the forward actually run; nothing about the model is cached. Models without an LRP rule
+    (``nn.MultiheadAttention``, BatchNorm without running statistics) and outputs that are not ``(B, K)``
+    logits get a ``ValueError`` naming the module or shape, from both backends.
+
+    Args:
+        model: A classifier returning logits ``(B, K)``; held by reference (``attributor.model = other``
+            rebinds it).
+        composite: ``"epsilon_flat"`` (the paper's), a zennit registry name such as ``"epsilon_plus_flat"``,
+            or a zennit ``Composite``.
+        epsilon: The Epsilon rule's stabiliser (the paper found 1e-3 best).
+        backend: ``"auto"``, ``"fast"`` or ``"zennit"``.
+        dtype: Attribute under autocast in this dtype (e.g. ``torch.bfloat16``); ``None`` (default) disables
+            autocast, so attribution runs in the model's own precision.
+        cuda_graphs: Let :meth:`then` capture attribution and the caller's mask in one CUDA graph per input
+            shape (CUDA, fast engine, ``dtype=None`` only; CPU stays eager). Keeps one graph's memory per shape.
+        max_graphs: How many captured graphs are kept (least recently used evicted).
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        >>> attributor = Attributor(model)
+        >>> attributor(torch.randn(2, 3, 2, 2), torch.tensor([0, 2])).shape
+        torch.Size([2, 3, 2, 2])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        composite="epsilon_flat",
+        epsilon: float = 1e-3,
+        backend: str = "auto",
+        dtype: torch.dtype | None = None,
+        cuda_graphs: bool = False,
+        max_graphs: int = 4,
+    ) -> None:
+        self.model = model
+        check_composite(composite)
+        self.composite = composite
+        self.epsilon = check_epsilon(epsilon)
+        self.backend = check_backend(backend)
+        if backend == "fast" and not self._fast_composite:
+            raise ValueError(
+                f"backend='fast' computes the composites {FAST_COMPOSITES}, but got composite={composite!r}; "
+                "use backend='zennit' or 'auto' for other composites."
+            )
+        self.dtype = check_dtype(dtype)
+        self.cuda_graphs = check_bool("cuda_graphs", cuda_graphs)
+        self._graphs = GraphCache(max_graphs)
+        self._said: set = set()
+
+    # -- the model -------------------------------------------------------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        """The model that is attributed (held by reference)."""
+        return self._model
+
+    @model.setter
+    def model(self, model: nn.Module) -> None:
+        self._model = check_model(model)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_graphs"] = self._graphs.max_entries  # captured CUDA graphs do not travel
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        state["_graphs"] = GraphCache(state["_graphs"])
+        self.__dict__.update(state)
+
+    def __deepcopy__(self, memo: dict) -> "Attributor":
+        clone = Attributor.__new__(Attributor)
+        memo[id(self)] = clone
+        clone.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return clone
+
+    def __repr__(self) -> str:
+        return (f"Attributor({type(self.model).__name__}, composite={self.composite!r}, epsilon={self.epsilon}, "
+                f"backend={self.backend!r}, dtype={self.dtype}, cuda_graphs={self.cuda_graphs})")
+
+    @property
+    def _fast_composite(self) -> bool:
+        return isinstance(self.composite, str) and self.composite in FAST_COMPOSITES
+
+    # -- public calls ----------------------------------------------------------------------------------------
+    def check_batch(self, inputs: Tensor, targets: Tensor | None = None, *, caller: str = "relevance",
+                    what: str = "samples") -> Tensor | None:
+        """Validate a tensor batch and its labels as :meth:`__call__` will (not in a DataLoader worker; floating
+        inputs on the model's device and in its dtype; labels of the batch's size and a valid dtype), before any
+        random draw of the caller. Returns the labels as a plain tensor."""
+        check_not_in_worker(caller)
+        check_inputs(unwrap_model(self.model), inputs, caller=caller)
+        return check_labels(targets, inputs.shape[0], what)
+
+    def __call__(self, inputs: Tensor, targets: Tensor | None = None, *, index: Tensor | None = None,
+                 check_finite: bool = True, caller: str = "relevance") -> Tensor:
+        """Relevance of a tensor batch (of the rows ``index`` only, when given).
+
+        Args:
+            inputs: The batch ``(B, *)``, floating, on the model's device.
+            targets: Class indices ``(B,)``, one-hot or soft labels ``(B, K)`` (the output relevance as given), or
+                ``None`` for the predicted class. All ``B`` are validated, also with ``index``.
+            index: Attribute only these rows (e.g. the samples whose coin came up); the result has one row each.
+            check_finite: Raise a ``ValueError`` naming the samples whose relevance is NaN or infinite (one
+                host-device synchronisation).
+            caller: The name used in error messages.
+
+        Shape:
+            - output: ``inputs[index]``'s shape (``inputs``' without ``index``), ``inputs``' dtype.
+        """
+        targets = self.check_batch(inputs, targets, caller=caller)
+        module = unwrap_model(self.model)
+        selected, selected_targets = inputs, targets
+        if index is not None:
+            selected = inputs.index_select(0, index)
+            selected_targets = None if targets is None else targets.index_select(0, index.to(targets.device))
+            if selected.shape[0] == 0:
+                if targets is not None:  # still validate every label against the model's outputs
+                    check_class_range(targets, self._num_outputs(module, inputs[:1]))
+                return selected.detach().clone()
+        if selected.numel() == 0:
+            return torch.zeros_like(selected)
+
+        def grad_output_fn(logits: Tensor) -> Tensor:
+            return output_relevance(logits, selected_targets, selected.shape[0],
+                                    all_targets=None if index is None else targets)
+
+        (rel,) = self._attribute(module, (selected,), lambda x: module(x), grad_output_fn)
+        if check_finite:
+            check_finite_(rel, caller, index)
+        return rel
+
+    def attribute_graph(self, data, targets: Tensor | None = None, *, keys: Sequence[str] = ("pos", "x"),
+                        forward_fn: Callable | None = None, check_finite: bool = True,
+                        caller: str = "relevance_graph") -> dict[str, Tensor]:
+        """Relevance of a PyTorch Geometric ``Data``/``Batch`` with respect to its node tensors.
+
+        The node attributes named in ``keys`` that the data has (``pos`` is required, ``x`` is used where present)
+        are each replaced by a leaf in a shallow copy of ``data`` that is passed to ``forward_fn(model, data)``
+        (default ``model(data)``; it receives the unwrapped module).
+
+        Args:
+            data: A ``torch_geometric.data.Batch`` (or a single ``Data``: one cloud) on the model's device.
+            targets: Class indices ``(num_graphs,)``, soft labels ``(num_graphs, K)``, or ``None`` (predicted
+                class).
+            keys: Node attributes to attribute.
+            forward_fn: ``forward_fn(model, data) -> logits`` for models with other call signatures.
+            check_finite: As in :meth:`__call__`; the error names the clouds.
+
+        Returns:
+            ``{key: relevance}`` with each relevance of the attribute's shape, for the keys present in ``data``.
+        """
+        present, targets = self.check_graph(data, targets, keys=keys, forward_fn=forward_fn, caller=caller)
+        module = unwrap_model(self.model)
+        num_nodes, num_graphs = data.pos.shape[0], getattr(data, "num_graphs", 1)
+        if num_nodes == 0:
+            return {key: torch.zeros_like(data[key]) for key in present}
+
+        def call(*leaves: Tensor) -> Tensor:
+            view = copy.copy(data)
+            for key, leaf in zip(present, leaves):
+                view[key] = leaf
+            return module(view) if forward_fn is None else forward_fn(module, view)
+
+        def grad_output_fn(logits: Tensor) -> Tensor:
+            return output_relevance(logits, targets, num_graphs)
+
+        rels = self._attribute(module, tuple(data[key] for key in present), call, grad_output_fn)
+        if check_finite:
+            batch = getattr(data, "batch", None)
+            for rel in rels:
+                check_finite_(rel, caller, batch)
+        return dict(zip(present, rels))
+
+    def check_graph(self, data, targets: Tensor | None = None, *, keys: Sequence[str] = ("pos", "x"),
+                    forward_fn: Callable | None = None, caller: str = "relevance_graph") -> tuple[list, Tensor | None]:
+        """Validate a PyG ``Data``/``Batch`` and its labels as :meth:`attribute_graph` will, before any random draw
+        of the caller. Returns the keys present and the labels as a plain tensor."""
+        check_not_in_worker(caller)
+        if forward_fn is not None and not callable(forward_fn):
+            raise TypeError(f"forward_fn should be callable, but got {type(forward_fn).__name__}.")
+        module = unwrap_model(self.model)
+        if getattr(data, "pos", None) is None:
+            raise ValueError(
+                f"{caller} expects point clouds with node positions `pos`, but the {type(data).__name__} has none."
+            )
+        present = [key for key in keys if isinstance(getattr(data, key, None), Tensor)]
+        num_nodes = data.pos.shape[0]
+        for key in present:
+            check_inputs(module, data[key], caller=f"{caller} ({key})")
+            if data[key].shape[0] != num_nodes:
+                raise ValueError(f"{caller}: `{key}` has {data[key].shape[0]} rows but `pos` has {num_nodes} nodes.")
+        return present, check_labels(targets, getattr(data, "num_graphs", 1), "clouds")
+
+    def graphs_apply(self, inputs: Tensor) -> bool:
+        """Whether :meth:`then` replays a captured CUDA graph for this batch (else it runs eagerly)."""
+        return (self.cuda_graphs and inputs.is_cuda and self.dtype is None and self.backend in ("auto", "fast")
+                and self._fast_composite)
+
+    def then(self, inputs: Tensor, targets: Tensor | None, post: Callable[..., tuple[Tensor, ...]],
+             post_inputs: Sequence[Tensor] = (), key: Hashable = (), caller: str = "relevance") -> tuple[Tensor, ...]:
+        """``post(relevance, *post_inputs)`` for the whole batch, as one captured CUDA graph where
+        :meth:`graphs_apply` (one graph per shape, replayed per batch), eagerly otherwise.
+
+        ``post`` must be a pure tensor function (no host synchronisation, no random draws: draw them into
+        ``post_inputs``); ``key`` names its settings (a new key is a new graph). The outputs of a replay are static
+        buffers, valid until the next call. Labels are validated before, and the finiteness of the relevance after,
+        with one synchronisation per batch.
+        """
+        if not self.graphs_apply(inputs):
+            return tuple(post(self(inputs, targets, caller=caller), *post_inputs))
+        targets = self.check_batch(inputs, targets, caller=caller)
+        module = unwrap_model(self.model)
+        _check_explainable(module)
+        predicted = targets is None
+        static_targets = torch.zeros(inputs.shape[0], dtype=torch.long, device=inputs.device) if predicted else \
+            targets.as_subclass(Tensor).to(inputs.device, non_blocking=True)
+        body = self._graph_body(module, post, predicted)
+        with model_lock(module), torch.autocast("cuda", enabled=False):
+            *outputs, status = self._graphs(module, (key, predicted, self.epsilon),
+                                            (inputs, static_targets, *post_inputs), body)
+        if not bool(status.all()):  # one synchronisation per batch: redo eagerly, for the precise error
+            self(inputs, targets, caller=caller)
+            raise ValueError(f"{caller}: invalid labels or non-finite relevance in this batch.")
+        return tuple(outputs)
+
+    # -- internals -------------------------------------------------------------------------------------------
+    def _graph_body(self, module: nn.Module, post: Callable, predicted: bool) -> Callable:
+        """What is captured: attribution (fast engine) and ``post``, with the labels' validity and the relevance's
+        finiteness returned as a status tensor instead of a synchronisation."""
+        epsilon = self.epsilon
+
+        def body(x: Tensor, static_targets: Tensor, *post_inputs: Tensor) -> tuple[Tensor, ...]:
+            valid = []
+
+            def grad_output_fn(logits: Tensor) -> Tensor:
+                weights, ok = _output_relevance_nosync(logits, None if predicted else static_targets)
+                valid.append(ok)
+                return weights
+
+            with torch.enable_grad(), preserved_model_state(module, keep_values=False), \
+                    inputs_only_carry_relevance(module):
+                module.eval()
+                leaf = x.detach().requires_grad_(True)
+                (rel,) = fast_relevance(module, (leaf,), lambda: module(leaf), grad_output_fn, epsilon)
+            status = torch.stack([valid[0], torch.isfinite(rel).all()])
+            return (*post(rel, *post_inputs), status)
+
+        return body
+
+    def _num_outputs(self, module: nn.Module, sample: Tensor) -> int:
+        """The model's number of outputs, from a forward of one sample (eval mode, state preserved)."""
+        with model_lock(module), torch.no_grad(), preserved_model_state(module, keep_values=False):
+            module.eval()
+            logits = module(sample)
+        if not isinstance(logits, Tensor) or logits.ndim != 2:
+            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(f"the model should return logits of shape (B, K), but returned {shape}.")
+        return logits.shape[1]
+
+    def _say_once(self, key: Hashable, message: str, *, warn: bool) -> None:
+        if key in self._said:
+            return
+        self._said.add(key)
+        if warn:
+            warnings.warn(message, RelevanceBackendWarning, stacklevel=4)
+        else:
+            _log.info(message)
+
+    def _attribute(self, module: nn.Module, inputs: tuple[Tensor, ...], call: Callable[..., Tensor],
+                   grad_output_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, ...]:
+        """Relevance of every tensor in ``inputs`` for ``call(*leaves)``, under the model's lock and state guard."""
+        _check_explainable(module)
+        use_fast = self.backend == "fast" or (self.backend == "auto" and self._fast_composite)
+        if self.backend == "auto" and not use_fast:
+            self._say_once(("composite", str(self.composite)), f"relevance: composite {self.composite!r} runs on the "
+                           f"zennit backend (the fast engine computes {FAST_COMPOSITES}).", warn=False)
+        device_type = inputs[0].device.type
+        autocast = torch.autocast(device_type, dtype=self.dtype, enabled=self.dtype is not None)
+        with model_lock(module), torch.inference_mode(False), torch.enable_grad(), autocast:
+            # Fresh leaves: never the caller's tensor objects, never their autograd graph (nor inference tensors).
+            leaves = tuple((x.clone() if x.is_inference() else x.detach()).requires_grad_(True) for x in inputs)
+            if use_fast:
+                with preserved_model_state(module, keep_values=False), inputs_only_carry_relevance(module):
+                    module.eval()
+                    try:
+                        rels = fast_relevance(module, leaves, lambda: call(*leaves), grad_output_fn, self.epsilon)
+                    except UnsupportedModel as error:
+                        raise ValueError(f"this {type(module).__name__} cannot be explained with LRP: {error}.") \
+                            from None
+            else:
+                with preserved_model_state(module, keep_values=True), inputs_only_carry_relevance(module):
+                    module.eval()
+                    rels = zennit_relevance(module, leaves, lambda: call(*leaves), grad_output_fn, self.composite,
+                                            self.epsilon)
+        return tuple(r.detach() for r in rels)
+
+
+def _check_explainable(module: nn.Module) -> None:
+    problem = explanation_problem(module)
+    if problem is not None:
+        raise ValueError(f"this {type(module).__name__} cannot be explained with LRP: {problem}.")
+
+
+check_finite_ = check_finite  # the name inside methods whose keyword argument shadows it
+
+
+def _output_relevance_nosync(logits: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Like :func:`output_relevance` without host synchronisation (capturable in a CUDA graph): the label range
+    comes back as a 0-d bool tensor (out-of-range indices give an all-zero row meanwhile)."""
+    if logits.ndim != 2:
+        raise ValueError(f"the model should return logits of shape (B, K), but returned {tuple(logits.shape)}.")
+    num_classes = logits.shape[1]
+    valid = torch.ones((), dtype=torch.bool, device=logits.device)
+    if targets is None:
+        targets = logits.detach().argmax(1)
+    if targets.ndim == 2:
+        if targets.shape != logits.shape:
+            raise ValueError(f"soft labels should have shape {tuple(logits.shape)}, but got {tuple(targets.shape)}.")
+        return targets.to(logits.dtype), valid
+    classes = torch.arange(num_classes, device=logits.device)
+    valid = ((targets >= 0) & (targets < num_classes)).all()
+    return (targets[:, None] == classes[None, :]).to(logits.dtype), valid

@@ -1,0 +1,205 @@
+"""The base of the point transforms: dense ``(B, N, C)`` batches and PyTorch Geometric ``Data``/``Batch``."""
+
+from __future__ import annotations
+
+import copy
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Batch
+from torch_geometric.data.data import BaseData
+from torch_geometric.transforms import BaseTransform
+
+from .._checks import check_labels
+from ..attribution import check_not_in_worker
+from ..functional import FILLS, fill_points, remove_points, sample_coins
+from ._common import RelevanceSettings
+
+__all__ = ["RelevancePointTransform"]
+
+
+def _check_fill(fill: Any) -> str | float:
+    if isinstance(fill, str) and fill in FILLS:
+        return fill
+    if isinstance(fill, numbers.Real) and not isinstance(fill, bool):
+        return float(fill)
+    raise ValueError(f"fill should be one of {FILLS} or a number, but got {fill!r} instead.")
+
+
+class RelevancePointTransform(RelevanceSettings, BaseTransform):
+    """Base of the point transforms: inputs, labels, coins, attribution, fills; subclasses build the mask from
+    the per-point relevance (:meth:`mask_from_relevance`). See :class:`RelevanceDropout3d` for the arguments."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        p: float,
+        fill: str | float,
+        composite,
+        epsilon: float,
+        backend: str,
+        labels_getter: str | Callable[[Any], Any] | None,
+        forward_fn: Callable[[nn.Module, Any], Tensor] | None,
+        generator: torch.Generator | None,
+        channels_first: bool,
+        keys: tuple[str, ...],
+        dtype: torch.dtype | None = None,
+        cuda_graphs: bool = False,
+    ) -> None:
+        self._set_up(model, p=p, composite=composite, epsilon=epsilon, backend=backend, labels_getter=labels_getter,
+                     generator=generator, dtype=dtype, cuda_graphs=cuda_graphs)
+        if forward_fn is not None and not callable(forward_fn):
+            raise TypeError(f"forward_fn should be callable, but got {type(forward_fn).__name__}.")
+        self.fill = _check_fill(fill)
+        self.forward_fn = forward_fn
+        self.channels_first = bool(channels_first)
+        self.keys = tuple(keys)
+
+    def draw(self, num_clouds: int, pos: Tensor) -> tuple[Tensor, ...]:
+        """The random tensors of the masks of ``num_clouds`` clouds: one row per cloud, or per point of ``pos``
+        for per-point noise (dense ``(B, N, D)``, or PyG ``(N, D)``), from ``generator``."""
+        raise NotImplementedError
+
+    def mask_rows(self, relevance: Tensor, pos: Tensor, *draws: Tensor, batch: Tensor | None = None,
+                  num_segments: int | None = None) -> Tensor:
+        """The drop mask from the per-point relevance: dense ``(B, N)`` with ``pos`` ``(B, N, D)``, or flat
+        ``(N,)`` with ``pos`` ``(N, D)``, the ``batch`` vector and ``num_segments`` clouds; a pure tensor function
+        (captured in CUDA graphs). A cloud never loses all its points: its least relevant point is kept."""
+        raise NotImplementedError
+
+    def mask_key(self) -> tuple:
+        """The settings :meth:`mask_rows` depends on (a captured graph is reused only for the same key)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        options = {key: value for key, value in vars(self).items()
+                   if not key.startswith("_") and isinstance(value, (bool, int, float, str, tuple))}
+        options.update(composite=self.composite, epsilon=self.epsilon, backend=self.backend)
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
+
+    # -- dispatch --------------------------------------------------------------------------------------------
+    def __call__(self, *inputs: Any) -> Any:
+        if not inputs:
+            raise TypeError(f"{type(self).__name__} expects points (and labels), but got no input.")
+        sample = inputs if len(inputs) > 1 else inputs[0]
+        first = inputs[0] if len(inputs) > 1 else (sample[0] if isinstance(sample, (tuple, list)) else sample)
+        check_not_in_worker(type(self).__name__)
+        if isinstance(first, BaseData):
+            return self._call_pyg(sample, first)
+        if isinstance(first, Tensor):
+            return self._call_dense(sample, first)
+        raise TypeError(
+            f"{type(self).__name__} expects a dense batch (B, N, C) or a torch_geometric Data/Batch, "
+            f"but got {type(first).__name__}."
+        )
+
+    def forward(self, data: Any) -> Any:  # BaseTransform API: a single Data/Batch
+        return self(data)
+
+    def _labels(self, sample: Any, batch_size: int, default: Any = None) -> Tensor | None:
+        if self._labels_getter is None:
+            return None
+        if self.labels_getter == "default" and not isinstance(sample, (tuple, list)):
+            labels = default
+            if labels is None:
+                raise ValueError(
+                    f"{type(self).__name__} could not find labels: pass t(points, labels), give the data a `y`, "
+                    "pass a labels_getter callable, or labels_getter=None to attribute the predicted class."
+                )
+        else:
+            labels = self._labels_getter(sample)
+        if not isinstance(labels, Tensor):
+            raise TypeError(f"the labels should be a torch.Tensor, but got {type(labels).__name__}.")
+        return check_labels(labels, batch_size, "clouds")
+
+    # -- dense -----------------------------------------------------------------------------------------------
+    def _call_dense(self, sample: Any, points: Tensor) -> Any:
+        name = type(self).__name__
+        if points.ndim != 3:
+            layout = "(B, C, N)" if self.channels_first else "(B, N, C)"
+            raise ValueError(
+                f"{name} expects a batch of point clouds of shape {layout}, but got {tuple(points.shape)} instead."
+            )
+        if self.fill == "remove":
+            raise ValueError(f"{name}: fill='remove' needs PyG batches; dense batches keep N points per cloud.")
+        batch_size = points.shape[0]
+        labels = self._attributor.check_batch(points, self._labels(sample, batch_size), caller=name, what="clouds")
+        channels_last = points.transpose(1, 2) if self.channels_first else points
+        if batch_size == 0 or channels_last.shape[1] == 0:
+            return sample
+        channel_dim = 1 if self.channels_first else 2
+        positions = channels_last[..., :3]
+        mask = self.masks(points, labels, lambda rel: rel.sum(channel_dim),
+                          lambda b: self.draw(b, positions), self.mask_rows, extra=(positions,), key=self.mask_key())
+        if mask is None:
+            return sample
+        out = fill_points(channels_last, mask, self.fill)
+        out = out.transpose(1, 2) if self.channels_first else out
+        if isinstance(sample, (tuple, list)):
+            return type(sample)([out, *sample[1:]])
+        return out
+
+    # -- PyG -------------------------------------------------------------------------------------------------
+    def _call_pyg(self, sample: Any, data: BaseData) -> Any:
+        name = type(self).__name__
+        single = not isinstance(data, Batch)
+        batch = Batch.from_data_list([data]) if single else data
+        if getattr(batch, "pos", None) is None:
+            raise ValueError(f"{name} expects point clouds with positions `pos`, but the {type(data).__name__} has none.")
+        if batch.pos.ndim != 2:
+            raise ValueError(f"{name} expects `pos` of shape (N, D), but got {tuple(batch.pos.shape)}.")
+        num_graphs = batch.num_graphs
+        labels = self._labels(sample, num_graphs, default=getattr(batch, "y", None))
+        if num_graphs == 0:
+            return sample
+        sizes = batch.ptr[1:] - batch.ptr[:-1]
+        if bool((sizes == 0).any()):
+            empty = (sizes == 0).nonzero().flatten()[:10].tolist()
+            raise ValueError(f"{name}: cloud(s) {empty} have no points; remove empty clouds before RelDrop.")
+        labels = self._attributor.check_graph(batch, labels, keys=self.keys, forward_fn=self.forward_fn,
+                                              caller=name)[1]
+        # the rule for p: coins first, then the draws of the whole batch; every cloud is attributed
+        coins = sample_coins(num_graphs, self.p, device=batch.pos.device, generator=self.generator)
+        draws = self.draw(num_graphs, batch.pos)
+        rels = self._attributor.attribute_graph(batch, labels, keys=self.keys, forward_fn=self.forward_fn,
+                                                caller=name)
+        per_point = sum(r.reshape(r.shape[0], -1).sum(1) for r in rels.values())
+        mask = self.mask_rows(per_point, batch.pos, *draws, batch=batch.batch, num_segments=num_graphs)
+        if self.p < 1.0:
+            mask = mask & coins[batch.batch]
+        out = self._apply_pyg(batch, mask)
+        out = _single_example(data, batch, out) if single else out
+        if isinstance(sample, (tuple, list)):
+            return type(sample)([out, *sample[1:]])
+        return out
+
+    def _apply_pyg(self, batch: Batch, mask: Tensor) -> Batch:
+        if self.fill == "remove":
+            return remove_points(batch, mask)
+        out = copy.copy(batch)
+        for key in batch.keys():
+            value = batch[key]
+            if key in ("batch", "ptr") or not isinstance(value, Tensor) or not batch.is_node_attr(key):
+                continue
+            if value.shape[0] != mask.shape[0] or (self.fill != "first" and not value.is_floating_point()):
+                continue
+            out[key] = fill_points(value, mask, self.fill, batch=batch.batch, num_segments=batch.num_graphs)
+        return out
+
+
+def _single_example(data: BaseData, batch: Batch, out: Batch) -> BaseData:
+    """The single ``data`` after the transform: the attributes that changed in the one-cloud ``out`` batch taken
+    from its example, all others (``y`` of shape (), ...) the input's own, so that shapes and dtypes match the
+    input's (batching alone turns a 0-dim tensor into (1,))."""
+    example = out.get_example(0)
+    result = copy.copy(data)
+    for key, value in data.items():
+        if isinstance(value, Tensor) and out[key] is not batch[key]:
+            result[key] = example[key]
+    if "num_nodes" in data:  # given explicitly: the survivors
+        result.num_nodes = example.num_nodes
+    return result

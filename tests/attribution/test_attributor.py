@@ -1,0 +1,147 @@
+"""Attributor: the one attribution path (rebinding, pickling, locks, threads) and validation before any coin."""
+
+import copy
+import pickle
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+import reldrop_transforms as rt
+from reldrop_transforms.attribution import Attributor, relevance
+from reldrop_transforms.attribution._attributor import model_lock
+
+from _models import small_cnn, warm_up_batchnorm
+from helpers import assert_same_state, snapshot
+
+
+def bn_model():
+    torch.manual_seed(0)
+    return warm_up_batchnorm(small_cnn(), shape=(8, 3, 16, 16))
+
+
+class TestAttributor:
+    def test_equals_relevance(self):
+        model = bn_model()
+        x, targets = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+        torch.testing.assert_close(Attributor(model)(x, targets), relevance(model, x, targets), rtol=0, atol=0)
+
+    def test_index_attributes_those_rows_only(self):
+        model = bn_model()
+        x, targets = torch.randn(5, 3, 16, 16), torch.tensor([0, 1, 2, 3, 4])
+        index = torch.tensor([1, 3])
+        rows = Attributor(model)(x, targets, index=index)
+        torch.testing.assert_close(rows, relevance(model, x[index], targets[index]))
+
+    def test_index_still_validates_every_label(self):
+        model = bn_model()
+        x = torch.randn(3, 3, 16, 16)
+        for index in (torch.tensor([0]), torch.tensor([], dtype=torch.long)):
+            with pytest.raises(ValueError, match=r"class indices in \[0, 4\].*\[99\]"):
+                Attributor(model)(x, torch.tensor([0, 1, 99]), index=index)
+
+    def test_rebinding_and_copies(self):
+        model = bn_model()
+        attributor = Attributor(model)
+        clone = copy.deepcopy(attributor)
+        assert clone.model is not model and attributor.model is model
+        clone.model = model
+        assert clone.model is model
+        restored = pickle.loads(pickle.dumps(attributor))
+        assert restored.model is not model and len(restored._graphs) == 0
+        with pytest.raises(TypeError, match="model should be a torch.nn.Module, but got str"):
+            attributor.model = "resnet"
+
+    def test_one_lock_per_model_shared_by_attributors(self):
+        model, other = bn_model(), bn_model()
+        assert model_lock(model) is model_lock(model)
+        assert model_lock(model) is not model_lock(other)
+
+    @pytest.mark.parametrize("bad, error, match", [
+        (dict(composite=3), TypeError, "composite should be a name"),
+        (dict(composite="nope"), ValueError, "composite should be one of"),
+        (dict(backend="gpu"), ValueError, "backend should be one of"),
+        (dict(epsilon=-1), ValueError, "epsilon should be a number >= 0"),
+        (dict(dtype="bf16"), TypeError, "dtype should be a torch.dtype"),
+        (dict(cuda_graphs=1), TypeError, "cuda_graphs should be a bool"),
+        (dict(backend="fast", composite="epsilon_plus_flat"), ValueError, "backend='fast' computes the composites"),
+    ])
+    def test_bad_arguments(self, bad, error, match):
+        with pytest.raises(error, match=match):
+            Attributor(bn_model(), **bad)
+
+
+TRANSFORMS = {
+    "RelevanceDropout2d": lambda model, **kw: rt.RelevanceDropout2d(model, alpha=0.0, beta=0.5, **kw),
+    "RelevanceErasing2d": lambda model, **kw: rt.RelevanceErasing2d(model, **kw),
+}
+
+
+class TestThreads:
+    """4 threads x 25 calls of one transform on one model with BatchNorm: before the per-model lock this damaged
+    the model in 5 of 5 trials (merged BatchNorm values left in conv weights, hooks left, eval mode)."""
+
+    @pytest.mark.parametrize("backend", ["fast", "zennit"])
+    def test_four_threads(self, backend):
+        model = bn_model().train()
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        before = snapshot(model)
+        t = rt.RelevanceDropout2d(model, alpha=0.0, beta=0.5, p=1.0, backend=backend)  # no noise: deterministic
+        g = torch.Generator().manual_seed(0)
+        batches = [(torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 5, (4,), generator=g))
+                   for _ in range(5)]
+        expected = [t(images, labels)[0] for images, labels in batches]
+        errors, results = [], []
+
+        def work(offset):
+            try:
+                for i in range(25):
+                    k = (i + offset) % len(batches)
+                    results.append((k, t(*batches[k])[0]))
+            except Exception as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+
+        threads = [threading.Thread(target=work, args=(offset,)) for offset in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        assert not errors, errors
+        assert len(results) == 100
+        for k, out in results:
+            torch.testing.assert_close(out, expected[k], rtol=0, atol=0)
+        assert_same_state(before, model)
+
+
+class TestValidationBeforeCoins:
+    """Labels are validated for the whole batch before any coin: the same error for every seed and p."""
+
+    @pytest.mark.parametrize("name", sorted(TRANSFORMS))
+    @pytest.mark.parametrize("labels, error, match", [
+        (torch.tensor([0, 1, 2, 99]), ValueError, r"class indices in \[0, 4\].*\[99\]"),
+        (torch.tensor([0.0, 1.0, 2.0, 3.0]), TypeError, "should be integer class indices"),
+        (torch.tensor([0, 1, 2]), ValueError, r"labels of shape \(3,\) do not match a batch of 4"),
+        (torch.zeros(4, 3), ValueError, r"soft labels should have shape \(B, K\) = \(4, 5\)"),
+    ])
+    def test_same_error_for_every_seed_and_p(self, name, labels, error, match):
+        model = bn_model()
+        images = torch.randn(4, 3, 16, 16)
+        for p in (0.0, 0.5, 1.0):
+            for seed in range(6):
+                t = TRANSFORMS[name](model, p=p, generator=torch.Generator().manual_seed(seed))
+                with pytest.raises(error, match=match):
+                    t(images, labels)
+
+    def test_dense_points_too(self):
+        from reldrop_transforms.models import PointNet
+
+        torch.manual_seed(0)
+        model = PointNet(4, 5).eval()
+        points = torch.randn(4, 10, 4)
+        for p in (0.0, 0.5, 1.0):
+            for seed in range(6):
+                t = rt.RelevanceDropout3d(model, p=p, generator=torch.Generator().manual_seed(seed))
+                with pytest.raises(ValueError, match=r"class indices in \[0, 4\].*\[99\]"):
+                    t(points, torch.tensor([0, 1, 2, 99]))
