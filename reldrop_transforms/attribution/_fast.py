@@ -81,7 +81,7 @@ class _OutputPoint(torch.autograd.Function):
         point: _Point = ctx.point
         if grad is None or not point.active:
             return grad, None
-        return grad / stabilize(point.z, point.epsilon), None
+        return divide_by_stabilized(grad, point.z, point.epsilon), None
 
 
 class _InputPoint(torch.autograd.Function):
@@ -151,7 +151,7 @@ class _BatchNormPoint(torch.autograd.Function):
             return None, grad, None, None
         if point.kind == "flat":
             return None, None, _flat_input_relevance(point.module, point.inp, grad), None
-        return grad / stabilize(point.z, point.epsilon), None, None, None
+        return divide_by_stabilized(grad, point.z, point.epsilon), None, None, None
 
 
 class _SumPoint(torch.autograd.Function):
@@ -171,8 +171,16 @@ class _SumPoint(torch.autograd.Function):
     def backward(ctx, grad):
         point: _Point = ctx.point
         a, b = ctx.saved_tensors
-        share = grad / stabilize(point.z, NORM_STABILIZER)
+        share = divide_by_stabilized(grad, point.z, NORM_STABILIZER)
         return (share * a).sum_to_size(ctx.shapes[0]), (share * b).sum_to_size(ctx.shapes[1]), None, None
+
+
+def divide_by_stabilized(grad: Tensor, z: Tensor, epsilon: float) -> Tensor:
+    """``grad / stabilize(z, epsilon)``, bitwise, in one buffer and four passes (the hot path of the backward)."""
+    denominator = torch.where(z >= 0, z.new_full((), epsilon), z.new_full((), -epsilon)).add_(z)
+    if grad.dtype != denominator.dtype or grad.shape != denominator.shape:  # autocast, broadcasting
+        return grad / denominator
+    return torch.div(grad, denominator, out=denominator)
 
 
 def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor) -> Tensor:
