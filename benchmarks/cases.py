@@ -28,18 +28,20 @@ would attribute in float32), so the RelDrop variants then use :func:`masked_batc
 the published baseline runs its zennit attribution under the same autocast. :attr:`Bench.attribution_precision`
 says, per variant, in which precision the attribution ran.
 
-Point-cloud cases (:class:`PointCase`: PointNet++ / PointNet, dense and PyG, issue #3 item 7) are defined here and
-run by ``point_cases.PointBench`` (variants ``plain``, ``floor``, ``reldrop``, ``published`` and the two mask-stage
-variants, float32 only); erasing cases (:class:`ErasingCase`: RelevanceErasing2d / 3d mask stage against the
-published per-sample / per-cloud loops, issue #5 item 5) by ``erasing_cases.ErasingBench`` (the two mask-stage
-variants only, float32); :func:`make_bench` builds the right bench for a case.
+This module is also the registry of every case: :data:`CPU_CASES` / :data:`GPU_CASES` (images),
+:data:`CPU_POINT_CASES` / :data:`GPU_POINT_CASES` (PointNet++, PointNet and DGCNN, dense and PyG, issue #3 item 7:
+run by ``point_cases.PointBench``, variants ``plain``, ``floor``, ``reldrop``, ``published`` and the two mask-stage
+variants, float32 only), :data:`CPU_ERASING_CASES` / :data:`GPU_ERASING_CASES` (RelevanceErasing2d / 3d mask stage
+against the published per-sample / per-cloud loops, issue #5 item 5: ``erasing_cases.ErasingBench``, the two
+mask-stage variants only, float32), :data:`CASES` by name, and :func:`make_bench`, which builds the right bench for
+a case. The shared settings, variant names and case dataclasses live in ``common.py`` (re-exported here);
+``point_cases.py`` and ``erasing_cases.py`` import only from ``common``, never from this module.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torchvision
@@ -49,125 +51,63 @@ from reldrop_transforms import RelevanceDropout2d
 from reldrop_transforms.attribution import relevance
 from reldrop_transforms.functional import fill_dropped, relevance_dropout_mask
 
+from common import (
+    ALL_VARIANTS, ALPHA, BETA, EPSILON, LEARNING_RATE, MASK_VARIANTS, POINT_STEP_VARIANTS, POINT_VARIANTS, P,
+    SLOW_VARIANTS, STEP_VARIANTS, VARIANTS, Case, ErasingCase, PointCase, published_composite, synchronize,
+)
+from erasing_cases import ErasingBench
+
 __all__ = [
     "Case", "CPU_CASES", "GPU_CASES", "CASES", "STEP_VARIANTS", "MASK_VARIANTS", "VARIANTS", "SLOW_VARIANTS",
-    "ALPHA", "BETA", "P", "Bench", "build_model", "published_composite", "published_mask_loop",
-    "vectorised_mask", "masked_batch_autocast", "synchronize",
+    "ALPHA", "BETA", "P", "EPSILON", "LEARNING_RATE", "Bench", "build_model", "published_composite",
+    "published_attribution", "published_mask_loop", "vectorised_mask", "masked_batch_autocast", "synchronize",
     "PointCase", "CPU_POINT_CASES", "GPU_POINT_CASES", "POINT_STEP_VARIANTS", "POINT_VARIANTS", "ALL_VARIANTS",
     "make_bench", "ErasingCase", "CPU_ERASING_CASES", "GPU_ERASING_CASES",
 ]
 
-# The paper's image settings; p = 1.0 (every sample attributed) is the worst case for the overhead.
-ALPHA = 0.3
-BETA = 0.5
-P = 1.0
-EPSILON = 1e-3
-LEARNING_RATE = 1e-3
-
-STEP_VARIANTS = ("plain", "floor", "reldrop_fast", "reldrop_zennit", "published")
-MASK_VARIANTS = ("mask_vectorised", "mask_loop")
-VARIANTS = STEP_VARIANTS + MASK_VARIANTS
-# Several times slower than a train step: fewer repeats in the scripts, fewer rounds in the pytest suite.
-SLOW_VARIANTS = ("reldrop_zennit", "published", "mask_loop")
-
-
-@dataclass(frozen=True)
-class Case:
-    """One benchmark configuration.
-
-    Args:
-        name: Identifier used on the command line and as the pytest-benchmark group.
-        arch: ``"small_cnn"``, ``"resnet18"`` or ``"resnet50"`` (torchvision, random weights).
-        batch_size: Images per batch.
-        image_size: Height and width of the (square, 3-channel) images.
-        num_classes: Outputs of the classifier.
-    """
-
-    name: str
-    arch: str
-    batch_size: int
-    image_size: int
-    num_classes: int
-
-    def describe(self) -> str:
-        return f"{self.arch}, {self.image_size} px, batch {self.batch_size}"
-
-
+# MobileNetV2 and EfficientNet-B0 (depthwise convolutions; EfficientNet also SiLU and squeeze-excitation) next to
+# the CNN and the ResNet: 10 classes, batch 32 like ResNet-18; EfficientNet-B0 at 64 px (at 32 px its last stages
+# see 1 x 1 maps). Both get warmed-up BatchNorm statistics (BATCHNORM_WARMUP_ARCHS below).
+#
+# EfficientNet-B0's SGD step runs with learning rate 0 (the same arithmetic; the weights stay as built): its
+# epsilon_flat relevance is ~1e12 per image for an output relevance of 1 (both backends agree; the squeeze-excitation
+# gates amplify it: with them replaced by identities it is ~1e-2), and a few steps of training on the fixed batch
+# take it past float32's range (NaN after ~6 steps at lr 1e-3), which the transforms refuse with a ValueError.
 CPU_CASES = (
     Case("small_cnn-32px-b64", "small_cnn", 64, 32, 10),
     Case("resnet18-32px-b32", "resnet18", 32, 32, 100),
+    Case("mobilenet_v2-32px-b32", "mobilenet_v2", 32, 32, 10),
+    Case("efficientnet_b0-64px-b32", "efficientnet_b0", 32, 64, 10, learning_rate=0.0),
 )
+# On CUDA MobileNetV2 and EfficientNet-B0 run at their ImageNet size, as ResNet-50 (the issue sets no target for
+# them).
 GPU_CASES = (
     Case("resnet18-32px-b128", "resnet18", 128, 32, 100),
     Case("resnet18-32px-b512", "resnet18", 512, 32, 100),
     Case("resnet50-224px-b64", "resnet50", 64, 224, 1000),
+    Case("mobilenet_v2-224px-b64", "mobilenet_v2", 64, 224, 1000),
+    Case("efficientnet_b0-224px-b64", "efficientnet_b0", 64, 224, 1000, learning_rate=0.0),
 )
 
-
-@dataclass(frozen=True)
-class PointCase:
-    """One point-cloud benchmark configuration (issue #3 item 7); see ``benchmarks/point_cases.py``.
-
-    Args:
-        name: Identifier used on the command line and as the pytest-benchmark group.
-        arch: ``"pointnet2"`` or ``"pointnet"`` (:mod:`reldrop_transforms.models`, random weights).
-        layout: ``"dense"`` (a ``(B, N, C)`` tensor) or ``"pyg"`` (the same clouds as a PyG ``Batch``).
-        batch_size: Clouds per batch.
-        num_points: Points per cloud.
-        in_channels: Channels per point: xyz, then normals (6).
-        num_classes: Outputs of the classifier (40: ModelNet40).
-    """
-
-    name: str
-    arch: str
-    layout: str
-    batch_size: int
-    num_points: int
-    in_channels: int = 6
-    num_classes: int = 40
-
-    def describe(self) -> str:
-        return f"{self.arch} {self.layout}, {self.num_points} pts x {self.in_channels} ch, batch {self.batch_size}"
-
-
-# PointNet++ at 1024 points x 32 clouds takes seconds per step on two shared CPU cores: the CPU cases are 256 x 16
-# (and PointNet, which the fast engine supports, next to PointNet2, which falls back to zennit); the GPU cases are
-# the issue's size.
+# PointNet++ at 1024 points x 32 clouds takes seconds per step on two shared CPU cores: the CPU cases are 256 x 16;
+# the GPU cases are the issue's size. DGCNN: k = 10 neighbours on the CPU (as in tests/models/test_pointnets.py;
+# 256 points), its default k = 20 (the DGCNN paper's, at 1024 points) on CUDA.
 CPU_POINT_CASES = (
     PointCase("pointnet2-dense-n256-b16", "pointnet2", "dense", 16, 256),
     PointCase("pointnet2-pyg-n256-b16", "pointnet2", "pyg", 16, 256),
     PointCase("pointnet-dense-n256-b16", "pointnet", "dense", 16, 256),
     PointCase("pointnet-pyg-n256-b16", "pointnet", "pyg", 16, 256),
+    PointCase("dgcnn-dense-n256-b16", "dgcnn", "dense", 16, 256, k=10),
+    PointCase("dgcnn-pyg-n256-b16", "dgcnn", "pyg", 16, 256, k=10),
 )
 GPU_POINT_CASES = (
     PointCase("pointnet2-dense-n1024-b32", "pointnet2", "dense", 32, 1024),
     PointCase("pointnet2-pyg-n1024-b32", "pointnet2", "pyg", 32, 1024),
     PointCase("pointnet-dense-n1024-b32", "pointnet", "dense", 32, 1024),
     PointCase("pointnet-pyg-n1024-b32", "pointnet", "pyg", 32, 1024),
+    PointCase("dgcnn-dense-n1024-b32", "dgcnn", "dense", 32, 1024, k=20),
+    PointCase("dgcnn-pyg-n1024-b32", "dgcnn", "pyg", 32, 1024, k=20),
 )
-
-
-@dataclass(frozen=True)
-class ErasingCase:
-    """A mask-stage-only erasing configuration (issue #5 item 5); see ``benchmarks/erasing_cases.py``.
-
-    Args:
-        name: Identifier used on the command line and as the pytest-benchmark group.
-        kind: ``"erasing2d"`` (images, Block erasing) or ``"erasing3d"`` (dense point clouds, ball erasing).
-        batch_size: Images or clouds per batch.
-        size: Height and width of the (square, 3-channel) images, or points per cloud (6 channels).
-    """
-
-    name: str
-    kind: str
-    batch_size: int
-    size: int
-
-    def describe(self) -> str:
-        if self.kind == "erasing2d":
-            return f"erasing2d, {self.size} px, batch {self.batch_size}"
-        return f"erasing3d dense, {self.size} pts x 6 ch, batch {self.batch_size}"
-
 
 # The issue's sizes (batch 512 x 32 px; 1024 points x 32 clouds) are cheap enough for the CPU too; batch 64 is the
 # CPU-sized 2D row.
@@ -182,19 +122,13 @@ GPU_ERASING_CASES = (
 )
 CASES = {case.name: case for case in CPU_CASES + GPU_CASES + CPU_POINT_CASES + GPU_POINT_CASES + CPU_ERASING_CASES}
 
-# Point-cloud variants (point_cases.PointBench): "reldrop" is RelevanceDropout3d with its default backend ("auto").
-POINT_STEP_VARIANTS = ("plain", "floor", "reldrop", "published")
-POINT_VARIANTS = POINT_STEP_VARIANTS + MASK_VARIANTS
-ALL_VARIANTS = ("plain", "floor", "reldrop", "reldrop_fast", "reldrop_zennit", "published") + MASK_VARIANTS
-
 
 def make_bench(case: Case | PointCase | ErasingCase, device: str | torch.device = "cpu", precision: str = "fp32",
                seed: int = 0):
-    """A :class:`Bench` for an image case, a ``point_cases.PointBench`` for a :class:`PointCase` (imported here:
-    it needs torch_geometric), an ``erasing_cases.ErasingBench`` for an :class:`ErasingCase` (mask stage only)."""
+    """A :class:`Bench` for an image case, a ``point_cases.PointBench`` for a :class:`PointCase` (imported here, on
+    first use: it needs torch_geometric), an ``erasing_cases.ErasingBench`` for an :class:`ErasingCase` (mask stage
+    only)."""
     if isinstance(case, ErasingCase):
-        from erasing_cases import ErasingBench
-
         return ErasingBench(case, device, precision, seed)
     if isinstance(case, PointCase):
         from point_cases import PointBench
@@ -203,11 +137,49 @@ def make_bench(case: Case | PointCase | ErasingCase, device: str | torch.device 
     return Bench(case, device, precision, seed)
 
 
+# torchvision's builders (random weights); "small_cnn" is built in build_model.
+TORCHVISION_ARCHS = {
+    "resnet18": torchvision.models.resnet18,
+    "resnet50": torchvision.models.resnet50,
+    "mobilenet_v2": torchvision.models.mobilenet_v2,
+    "efficientnet_b0": torchvision.models.efficientnet_b0,
+}
+# Freshly initialised, these two collapse in eval mode (logits ~1e-10 for MobileNetV2, ~1e-13 for EfficientNet-B0:
+# the initial running statistics, mean 0 and variance 1, do not match their activations), and so does their
+# relevance (absorbed by the Epsilon rule to ~0; the published loop then sees flat relevance and drops nothing).
+# build_model sets their BatchNorm statistics from a few train-mode forwards first, as a trained model has them.
+BATCHNORM_WARMUP_ARCHS = ("mobilenet_v2", "efficientnet_b0")
+BATCHNORM_WARMUP_BATCHES = 4
+
+
+def warm_up_batchnorm(model: nn.Module, case: Case, seed: int = 0, batches: int = BATCHNORM_WARMUP_BATCHES) -> None:
+    """Set every BatchNorm's running statistics to the mean over ``batches`` train-mode forwards (no grad) of
+    random batches of ``case``'s shape, drawn like the bench's images (standard normal: as after ``Normalize``)
+    from their own generator; the momenta are restored afterwards."""
+    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    generator = torch.Generator().manual_seed(seed + 1)
+    shape = (case.batch_size, 3, case.image_size, case.image_size)
+    try:
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # cumulative average
+        model.train()
+        with torch.no_grad():
+            for _ in range(batches):
+                model(torch.randn(shape, generator=generator))
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+
+
 def build_model(case: Case, seed: int = 0) -> nn.Module:
     """The classifier of ``case``, seeded, in train mode (random weights, no downloads).
 
     ``small_cnn`` is Conv-BatchNorm-ReLU blocks with max pooling, global average pooling and a linear head: small
-    enough for two CPU cores, and fully supported by the fast engine (as are torchvision's ResNets).
+    enough for two CPU cores. It, torchvision's ResNets, MobileNetV2 and EfficientNet-B0 all run on the fast engine.
+    MobileNetV2 and EfficientNet-B0 get their BatchNorm statistics from :func:`warm_up_batchnorm` (see
+    :data:`BATCHNORM_WARMUP_ARCHS`).
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -222,44 +194,19 @@ def build_model(case: Case, seed: int = 0) -> nn.Module:
                 *block(32, 64),
                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, case.num_classes),
             )
-        elif case.arch == "resnet18":
-            model = torchvision.models.resnet18(weights=None, num_classes=case.num_classes)
-        elif case.arch == "resnet50":
-            model = torchvision.models.resnet50(weights=None, num_classes=case.num_classes)
+        elif case.arch in TORCHVISION_ARCHS:
+            model = TORCHVISION_ARCHS[case.arch](weights=None, num_classes=case.num_classes)
+            if case.arch in BATCHNORM_WARMUP_ARCHS:
+                warm_up_batchnorm(model, case, seed)
         else:
-            raise ValueError(f"arch should be one of 'small_cnn', 'resnet18', 'resnet50', but got {case.arch!r}.")
+            raise ValueError(f"arch should be 'small_cnn' or one of {sorted(TORCHVISION_ARCHS)}, but got "
+                             f"{case.arch!r}.")
     return model.train()
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (a no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # The published pixel variant, re-implemented (structure and costs, not the bugs)
 # --------------------------------------------------------------------------------------------------------------
-def published_composite(model: nn.Module, epsilon: float = EPSILON):
-    """The paper's composite as the authors built it with zennit: Flat on the first linear layer, Epsilon on the
-    others, zennit's default map elsewhere (Pass on activations, Norm on average pooling and the residual ``Sum``),
-    with zennit's stock canonizers (``ResNetCanonizer`` for ResNets, else ``SequentialMergeBatchNorm``)."""
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-    from zennit.canonizers import SequentialMergeBatchNorm
-    from zennit.composites import SpecialFirstLayerMapComposite, layer_map_base
-    from zennit.rules import Epsilon, Flat
-    from zennit.torchvision import ResNetCanonizer
-    from zennit.types import Linear
-
-    is_resnet = any(isinstance(module, (BasicBlock, Bottleneck)) for module in model.modules())
-    canonizers = [ResNetCanonizer()] if is_resnet else [SequentialMergeBatchNorm()]
-    return SpecialFirstLayerMapComposite(
-        layer_map=layer_map_base() + [(Linear, Epsilon(epsilon=epsilon))],
-        first_map=[(Linear, Flat())],
-        canonizers=canonizers,
-    )
-
-
 def published_attribution(model: nn.Module, images: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     """zennit ``Gradient`` attribution of the whole batch, as the published transform did it: eval mode, a fresh
     composite per batch, one-hot targets from ``torch.eye``, train mode back afterwards."""
@@ -369,7 +316,8 @@ class Bench:
         self.precision = precision
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         self.model = build_model(case, seed).to(self.device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LEARNING_RATE, momentum=0.9, weight_decay=5e-4)
+        learning_rate = LEARNING_RATE if case.learning_rate is None else case.learning_rate
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=learning_rate, momentum=0.9, weight_decay=5e-4)
         generator = torch.Generator().manual_seed(seed)
         shape = (case.batch_size, 3, case.image_size, case.image_size)
         self.images = torch.randn(shape, generator=generator).to(self.device)  # as after Normalize

@@ -1,4 +1,4 @@
-"""Fixtures of the pytest-benchmark suite: one :class:`cases.Bench` per case, built once per session.
+"""Fixtures of the pytest-benchmark suite: one bench per case (``cases.make_bench``), built once per session.
 
 The suite runs on the CPU only (``benchmarks/gpu_overhead.py`` is the GPU counterpart). Set
 ``RELDROP_BENCH_THREADS`` to fix ``torch.set_num_threads`` (on a shared machine, 1 thread avoids the long
@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from cases import Case, PointCase, make_bench
+from cases import Case, ErasingCase, PointCase, make_bench
 
 
 def pytest_configure(config) -> None:
@@ -23,11 +23,11 @@ def pytest_configure(config) -> None:
 
 @pytest.fixture(scope="session")
 def bench_for():
-    """Factory ``bench_for(case)`` on the CPU in float32 (a ``Bench``, or a ``point_cases.PointBench`` for a point
-    case), cached: the variants of a case share a model."""
+    """Factory ``bench_for(case)`` on the CPU in float32 (a ``Bench``, a ``point_cases.PointBench`` for a point
+    case, an ``erasing_cases.ErasingBench`` for an erasing case), cached: the variants of a case share a model."""
     benches: dict = {}
 
-    def get(case: Case | PointCase):
+    def get(case: Case | PointCase | ErasingCase):
         if case.name not in benches:
             benches[case.name] = make_bench(case, "cpu", "fp32")
         return benches[case.name]

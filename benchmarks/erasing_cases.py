@@ -13,7 +13,8 @@ per-sample (2D) and per-cloud (3D) loops, on one fixed relevance tensor. No mode
   ``.cpu().numpy()``, numpy top-k, radius and distances, zero fill, ``torch.from_numpy(...).to(device)`` back).
 
 Both variants are named as the other mask-stage variants (``mask_vectorised``, ``mask_loop``), so that
-``overhead.py`` times them interleaved and puts them in its mask tables.
+``overhead.py`` times them interleaved and puts them in its mask tables. Among the benchmark modules this one imports
+only ``common``; ``cases.make_bench`` builds an :class:`ErasingBench` for an ``ErasingCase``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from cases import MASK_VARIANTS, ErasingCase
 from torch import Tensor
 
 from reldrop_transforms.functional import (
@@ -32,6 +32,8 @@ from reldrop_transforms.functional import (
     relevance_ball_mask,
     relevance_erasing_mask,
 )
+
+from common import MASK_VARIANTS, ErasingCase
 
 __all__ = [
     "BALL_RADIUS",
@@ -136,7 +138,7 @@ def vectorised_ball(points: Tensor, relevance: Tensor, *, generator: torch.Gener
 
 
 class ErasingBench:
-    """An :class:`cases.ErasingCase` on a device: one fixed batch and relevance, and the two mask-stage variants.
+    """An :class:`common.ErasingCase` on a device: one fixed batch and relevance, and the two mask-stage variants.
 
     2D: images ``randn(B, 3, H, W)`` (as after ``Normalize``), relevance ``rand(B, 3, H, W)``. 3D: dense clouds
     ``(B, N, 6)``, xyz uniform in the unit ball plus random unit normals, relevance ``rand(B, N, 6)``.

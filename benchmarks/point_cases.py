@@ -1,19 +1,21 @@
 """Point-cloud benchmark cases (issue #3 item 7): the step functions they time, and the published 3D baseline.
 
-Imported on first use by :func:`cases.make_bench` (it needs torch_geometric, whose import takes seconds). Every
-case is a point-cloud classifier (:class:`reldrop_transforms.models.PointNet2` or ``PointNet``, random weights),
-an SGD optimizer and one fixed batch of random clouds (xyz in the unit ball, then 3 channels of unit normals),
-either dense ``(B, N, 6)`` or the same clouds as a PyG ``Batch`` (``pos`` (B*N, 3), ``x`` (B*N, 3), ``y``). The
-variants, measured in one process on the same model:
+Imported on first use by :func:`cases.make_bench` (it needs torch_geometric, whose import takes seconds); imports
+only from ``common`` among the benchmark modules. Every case is a point-cloud classifier
+(:class:`reldrop_transforms.models.PointNet2`, ``PointNet`` or ``DGCNN``, random weights), an SGD optimizer and
+one fixed batch of random clouds (xyz in the unit ball, then 3 channels of unit normals), either dense
+``(B, N, 6)`` or the same clouds as a PyG ``Batch`` (``pos`` (B*N, 3), ``x`` (B*N, 3), ``y``). The variants,
+measured in one process on the same model:
 
 - ``plain``: ``model.train()``, forward, cross-entropy, backward, SGD step.
 - ``floor``: ``model.eval()``, forward with the points (dense) or ``pos`` and ``x`` (PyG) requiring grad,
   ``torch.autograd.grad`` of the label logits (one-hot ``grad_output``) w.r.t. them, ``model.train()`` back.
 - ``reldrop``: ``RelevanceDropout3d(model, alpha=0.5, beta=0.5, p=1.0, fill="zero")`` with its **default backend**
-  (``"auto"``) on the batch, then the plain step on the masked batch. Which backend actually ran is probed once
-  (``relevance(..., backend="fast")`` on two clouds: PointNet2 computes ``pos_j - pos_c`` outside any module, so
-  the fast engine refuses it and ``auto`` falls back to zennit) and reported in :attr:`PointBench.attribution_precision`;
-  the ``RelevanceBackendWarning`` the fallback emits is recorded in :attr:`PointBench.backend_warnings`.
+  (``"auto"``) on the batch, then the plain step on the masked batch. Which engine ``auto`` actually runs is
+  observed once per bench (:func:`probe_engine`: the transform's attribution settings on two clouds, watching
+  whether a zennit composite gets registered) and reported in :attr:`PointBench.attribution_precision` (the fast
+  engine runs all three models today). A ``RelevanceBackendWarning`` (no longer emitted by the library) would
+  still be recorded in :attr:`PointBench.backend_warnings`.
 - ``published``: the published 3D path, re-implemented here (nothing copied; METHOD.md sections 2 and 5): zennit's
   attribution of the whole batch with the paper's composite (Flat first linear layer, Epsilon elsewhere,
   BatchNorm merged by zennit's ``SequentialMergeBatchNorm``), built anew per batch, then **one cloud at a time**:
@@ -44,13 +46,13 @@ from torch_geometric.data import Batch, Data
 
 from reldrop_transforms.attribution import RelevanceBackendWarning, relevance, relevance_graph
 from reldrop_transforms.functional import fill_points, keep_least_relevant, relevance_dropout_mask
-from reldrop_transforms.models import PointNet, PointNet2
+from reldrop_transforms.models import DGCNN, PointNet, PointNet2
 from reldrop_transforms.transforms import RelevanceDropout3d
 
-from cases import EPSILON, LEARNING_RATE, PointCase, published_composite
+from common import EPSILON, LEARNING_RATE, POINT_VARIANTS, PointCase, published_composite
 
 __all__ = [
-    "POINT_ALPHA", "POINT_BETA", "POINT_P", "PointBench", "build_point_model", "make_clouds",
+    "POINT_ALPHA", "POINT_BETA", "POINT_P", "PointBench", "build_point_model", "make_clouds", "probe_engine",
     "published_point_attribution", "published_point_loop", "vectorised_point_mask",
 ]
 
@@ -61,15 +63,19 @@ POINT_P = 1.0
 
 
 def build_point_model(case: PointCase, seed: int = 0) -> nn.Module:
-    """The classifier of ``case`` with its default widths, seeded, in train mode."""
+    """The classifier of ``case`` with its default widths (DGCNN: ``k=case.k`` where given), seeded, in train
+    mode."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if case.arch == "pointnet2":
             model = PointNet2(case.in_channels, case.num_classes)
         elif case.arch == "pointnet":
             model = PointNet(case.in_channels, case.num_classes)
+        elif case.arch == "dgcnn":
+            kwargs = {} if case.k is None else {"k": case.k}
+            model = DGCNN(case.in_channels, case.num_classes, **kwargs)
         else:
-            raise ValueError(f"arch should be 'pointnet2' or 'pointnet', but got {case.arch!r}.")
+            raise ValueError(f"arch should be 'pointnet2', 'pointnet' or 'dgcnn', but got {case.arch!r}.")
     return model.train()
 
 
@@ -86,6 +92,27 @@ def make_clouds(case: PointCase, generator: torch.Generator) -> tuple[Tensor, Te
         parts.append(extra / extra.norm(dim=-1, keepdim=True).clamp_min(1e-12))
     labels = torch.randint(0, case.num_classes, (b,), generator=generator)
     return torch.cat(parts, dim=-1), labels
+
+
+def probe_engine(attribute: Callable[[], object]) -> str:
+    """Which engine ``attribute()`` ran: ``"zennit"`` if it registered a zennit composite on a model (every zennit
+    attribution does, through ``Composite.register``), else ``"fast"``. Watches zennit's public class, not the
+    library's internals, and no warning: what ran is observed, not predicted."""
+    from zennit.core import Composite
+
+    registered = []
+    register = Composite.register
+
+    def watched(self, module):
+        registered.append(type(self).__name__)
+        return register(self, module)
+
+    Composite.register = watched
+    try:
+        attribute()
+    finally:
+        Composite.register = register
+    return "zennit" if registered else "fast"
 
 
 def _replace(batch: Batch, **tensors: Tensor) -> Batch:
@@ -204,7 +231,7 @@ class PointBench:
     same clouds). Only ``precision="fp32"``.
     """
 
-    variant_names = ("plain", "floor", "reldrop", "published", "mask_vectorised", "mask_loop")
+    variant_names = POINT_VARIANTS
     slow_variants = ("published",)
 
     def __init__(self, case: PointCase, device: str | torch.device = "cpu", precision: str = "fp32",
@@ -240,23 +267,22 @@ class PointBench:
         return self.case.layout == "pyg"
 
     def _probe_backend(self) -> str:
-        """Which backend ``backend="auto"`` runs for this model and input kind: ``"fast"`` if the fast engine accepts
-        two clouds of the batch, else ``"zennit"`` (the fallback)."""
-        try:
-            if self.is_pyg:
-                small = Batch.from_data_list(self.inputs.index_select([0, 1]))
-                relevance_graph(self.model, small, small.y, backend="fast", check_finite_values=False)
-            else:
-                relevance(self.model, self.points[:2], self.labels[:2], backend="fast", check_finite_values=False)
-        except ValueError as error:
-            if "does not support" not in str(error):
-                raise
-            return "zennit"
-        return "fast"
+        """Which engine the transform's attribution runs for this model and input kind (its backend, ``"auto"``,
+        composite and epsilon, on two clouds of the batch; the transform's generator is not touched):
+        ``"fast"`` or ``"zennit"``, as observed by :func:`probe_engine`."""
+        t = self.transform
+        if self.is_pyg:
+            small = Batch.from_data_list(self.inputs.index_select([0, 1]))
+            return probe_engine(lambda: relevance_graph(self.model, small, small.y, keys=t.keys,
+                                                        composite=t.composite, epsilon=t.epsilon, backend=t.backend,
+                                                        check_finite_values=False))
+        return probe_engine(lambda: relevance(self.model, self.points[:2], self.labels[:2], composite=t.composite,
+                                              epsilon=t.epsilon, backend=t.backend, check_finite_values=False))
 
     @property
     def attribution_precision(self) -> dict[str, str]:
-        """Precision and backend of each variant's attribution (``"-"`` for variants without one)."""
+        """Precision and engine of each variant's attribution (``"-"`` for variants without one): the ``reldrop``
+        entry names the engine ``backend="auto"`` was seen to run (``"fast"``, or ``"zennit (auto fallback)"``)."""
         backend = "fast" if self.backend == "fast" else "zennit (auto fallback)"
         return {"plain": "-", "floor": "fp32", "reldrop": f"fp32, {backend}", "published": "fp32, zennit",
                 "mask_vectorised": "-", "mask_loop": "-"}

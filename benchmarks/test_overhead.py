@@ -1,11 +1,11 @@
 """pytest-benchmark suite: every variant of every CPU case, grouped by case (``make bench``).
 
-Timings are recorded, never asserted: each test only checks that the measured function did its work (a finite
-loss, a gradient of the input's shape, a masked batch of the input's shape with some pixels (points) filled and the
-input left untouched). Point-cloud cases (PointNet++ / PointNet, dense and PyG) are in ``test_point_overhead``, the
-erasing mask stage (issue #5 item 5: vectorised against the published per-sample / per-cloud loops) in
-``test_erasing_overhead``. Ratios between variants are only meaningful within one run; ``benchmarks/overhead.py`` measures
-them interleaved, which is the better comparison on a busy machine.
+Timings are recorded, never asserted: each test only checks that the measured function did its work (a finite loss,
+a gradient of the input's shape, a masked batch of the input's shape with some pixels (points) filled and the input
+left untouched). Point-cloud cases (PointNet++ / PointNet / DGCNN, dense and PyG) are in ``test_point_overhead``,
+the erasing mask stage (issue #5 item 5: vectorised against the published per-sample / per-cloud loops) in
+``test_erasing_overhead``. Ratios between variants are only meaningful within one run; ``benchmarks/overhead.py``
+measures them interleaved, which is the better comparison on a busy machine.
 """
 
 from __future__ import annotations
