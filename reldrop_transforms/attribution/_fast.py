@@ -65,23 +65,35 @@ class _Point:
         self.uses = 0  # operations that read ``result`` (a BatchNorm merges only into a layer it alone reads)
 
 
-class _OutputPoint(torch.autograd.Function):
-    """Identity in the forward, in place (``mark_dirty``) so that in-place operations after it stay in place;
-    backward ``R -> R / stab(z)``."""
+class _RulePoint(torch.autograd.Function):
+    """A rule at a module's output ``out``, applied in place (``mark_dirty``: in-place operations after it stay in
+    place), by ``point.kind`` in the backward:
+
+    - ``"epsilon"``/``"norm"``: ``R -> R / stab(z)`` on to ``out``'s own graph (the module's ordinary backward);
+      unchanged once inactive (a following BatchNorm took the rule over);
+    - ``"flat"``: Flat straight to the first layer's input ``flat_inp`` (``out`` detached: the layer's graph cut);
+    - ``"pass"``: relevance straight to the module's input ``inp`` (``out`` detached).
+    """
 
     @staticmethod
-    def forward(ctx, out: Tensor, point: _Point) -> Tensor:
+    def forward(ctx, out: Tensor, inp: Tensor | None, flat_inp: Tensor | None, point: _Point) -> Tensor:
         ctx.point = point
-        ctx.set_materialize_grads(False)
+        ctx.set_materialize_grads(False)  # a branch cut off by Flat sends None: keep it None, compute nothing
         ctx.mark_dirty(out)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         point: _Point = ctx.point
-        if grad is None or not point.active:
-            return grad, None
-        return divide_by_stabilized(grad, point.z, point.epsilon), None
+        if grad is None:
+            return None, None, None, None
+        if not point.active:
+            return grad, None, None, None
+        if point.kind == "pass":
+            return None, grad, None, None
+        if point.kind == "flat":
+            return None, None, _flat_input_relevance(point.module, point.inp, grad), None
+        return divide_by_stabilized(grad, point.z, point.epsilon), None, None, None
 
 
 class _InputPoint(torch.autograd.Function):
@@ -96,62 +108,6 @@ class _InputPoint(torch.autograd.Function):
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         return grad * x
-
-
-class _FlatPoint(torch.autograd.Function):
-    """At the output of the first layer (its own graph cut off): Flat sends relevance straight to its input."""
-
-    @staticmethod
-    def forward(ctx, out: Tensor, inp: Tensor, point: _Point) -> Tensor:
-        ctx.point = point
-        ctx.set_materialize_grads(False)
-        ctx.mark_dirty(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        point: _Point = ctx.point
-        if grad is None or not point.active:
-            return None, None, None
-        return None, _flat_input_relevance(point.module, point.inp, grad), None
-
-
-class _PassPoint(torch.autograd.Function):
-    """At an activation's output (its own graph cut off): relevance handed to its input unchanged."""
-
-    @staticmethod
-    def forward(ctx, out: Tensor, inp: Tensor) -> Tensor:
-        ctx.set_materialize_grads(False)
-        ctx.mark_dirty(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        return None, grad
-
-
-class _BatchNormPoint(torch.autograd.Function):
-    """At a BatchNorm's output, by ``point.kind``: merged into a linear layer (``"epsilon"``: ``R -> R / stab(z)``,
-    then the BatchNorm's own backward; ``"flat"``: Flat straight to the first layer's input ``flat_inp``), or
-    ``"pass"`` (relevance straight to the BatchNorm's input)."""
-
-    @staticmethod
-    def forward(ctx, out: Tensor, inp: Tensor, flat_inp: Tensor | None, point: _Point) -> Tensor:
-        ctx.point = point
-        ctx.set_materialize_grads(False)
-        ctx.mark_dirty(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        point: _Point = ctx.point
-        if grad is None:
-            return None, None, None, None
-        if point.kind == "pass":
-            return None, grad, None, None
-        if point.kind == "flat":
-            return None, None, _flat_input_relevance(point.module, point.inp, grad), None
-        return divide_by_stabilized(grad, point.z, point.epsilon), None, None, None
 
 
 class _SumPoint(torch.autograd.Function):
@@ -322,11 +278,11 @@ class _Engine:
             return self._output_point(out, _Point("norm", out.detach(), NORM_STABILIZER))
         if module is self.first:
             point = _Point("flat", out.detach(), self.epsilon, module, args[0])
-            return self._register(point, _FlatPoint.apply(out.detach(), args[0], point))
+            return self._register(point, _RulePoint.apply(out.detach(), None, args[0], point))
         return self._output_point(out, _Point("epsilon", out.detach(), self.epsilon, module))
 
     def _output_point(self, out: Tensor, point: _Point) -> Tensor:
-        return self._register(point, _OutputPoint.apply(out, point))
+        return self._register(point, _RulePoint.apply(out, None, None, point))
 
     def _pass_hook(self, module: nn.Module, args, out):
         self.depth -= 1
@@ -337,7 +293,7 @@ class _Engine:
             return None
         if not isinstance(out, Tensor) or out.shape != args[0].shape:
             raise UnsupportedModel(f"the Pass rule needs an elementwise {type(module).__name__}")
-        return _PassPoint.apply(out.detach(), args[0])
+        return _RulePoint.apply(out.detach(), args[0], None, _Point("pass", out, 0.0))
 
     def _batchnorm_hook(self, module: nn.Module, args, out):
         self.depth -= 1
@@ -356,7 +312,7 @@ class _Engine:
         self.merges.append((producer, point))
         self.internal = True
         try:
-            result = _BatchNormPoint.apply(out.detach() if flat else out, inp, producer.inp if flat else None, point)
+            result = _RulePoint.apply(out.detach() if flat else out, inp, producer.inp if flat else None, point)
         finally:
             self.internal = False
         return self._register(point, result)
