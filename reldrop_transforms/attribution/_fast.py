@@ -132,8 +132,15 @@ class _SumPoint(torch.autograd.Function):
 
 
 def divide_by_stabilized(grad: Tensor, z: Tensor, epsilon: float) -> Tensor:
-    """``grad / stabilize(z, epsilon)``, bitwise, in one buffer and four passes (the hot path of the backward)."""
-    denominator = torch.where(z >= 0, z.new_full((), epsilon), z.new_full((), -epsilon)).add_(z)
+    """``grad / stabilize(z, epsilon)``, bitwise, in one buffer and in-place passes (the hot path of the backward).
+
+    ``(z >= 0) * 2 eps - eps`` is exactly ``+-eps`` (doubling is exact, and so is ``2 eps - eps``), so adding ``z``
+    gives ``z + eps * sign(z)`` with ``sign(0) = +1``, as :func:`stabilize`; written into a float buffer, it avoids
+    ``torch.where`` on broadcast scalars (9x slower on CPU).
+    """
+    denominator = torch.empty_like(z)
+    torch.ge(z, 0, out=denominator)
+    denominator.mul_(2 * epsilon).sub_(epsilon).add_(z)
     if grad.dtype != denominator.dtype or grad.shape != denominator.shape:  # autocast, broadcasting
         return grad / denominator
     return torch.div(grad, denominator, out=denominator)
@@ -198,14 +205,20 @@ class _Forward(TorchFunctionMode):
             if added is not None:
                 engine.count_uses(args)
                 return engine.norm_sum(*added)
-        name = getattr(func, "__name__", "")
-        if (name.endswith("_") or name == "__setitem__") and name not in _CLAMPS and args \
-                and isinstance(args[0], Tensor):
+        if args and isinstance(args[0], Tensor) and _in_place(getattr(func, "__name__", "")):
             engine.keep_before_change(args[0])
         result = func(*args, **kwargs)
         if not engine.internal and _has_tensor(result):  # a reader (not a size or dtype query)
             engine.count_uses(args)
         return result
+
+
+def _in_place(name: str) -> bool:
+    """``add_``, ``__iadd__``, ``__setitem__``: an operation that changes its first argument (not ``__get__``), other
+    than a ReLU-like clamp."""
+    if name.startswith("__"):
+        return name == "__setitem__" or name.startswith("__i")
+    return name.endswith("_") and name not in _CLAMPS
 
 
 def _has_tensor(value) -> bool:
