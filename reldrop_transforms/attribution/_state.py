@@ -51,8 +51,9 @@ class _ModuleRecord:
         self.module = module
         self.attributes = dict(module.__dict__)
         # _parameters, _buffers, _modules, every hook dict, _non_persistent_buffers_set, ...
+        # (most containers, the hook dicts, are empty: recorded as such without a copy)
         self.containers = {
-            key: (value.copy() if isinstance(value, (dict, set)) else None)
+            key: (value.copy() if value else _EMPTY)
             for key, value in self.attributes.items()
             if isinstance(value, (dict, set))
         }
@@ -65,12 +66,16 @@ class _ModuleRecord:
             if current.get(key, _MISSING) is not value:
                 current[key] = value
             saved = self.containers.get(key)
-            if saved is not None and not _same_contents(value, saved):
+            if saved is _EMPTY:
+                if value:
+                    value.clear()
+            elif saved is not None and not _same_contents(value, saved):
                 value.clear()
                 value.update(saved)
 
 
 _MISSING = object()
+_EMPTY = object()  # an empty container
 
 
 def _same_contents(current: dict | set, saved: dict | set) -> bool:
