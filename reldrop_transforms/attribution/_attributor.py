@@ -253,7 +253,7 @@ class Attributor:
         return check_labels(targets, inputs.shape[0], what)
 
     def __call__(self, inputs: Tensor, targets: Tensor | None = None, *, index: Tensor | None = None,
-                 check_finite: bool = True, caller: str = "relevance") -> Tensor:
+                 check_finite: bool = True, caller: str = "relevance", checked: bool = False) -> Tensor:
         """Relevance of a tensor batch (of the rows ``index`` only, when given).
 
         Args:
@@ -264,11 +264,14 @@ class Attributor:
             check_finite: Raise a ``ValueError`` naming the samples whose relevance is NaN or infinite (one
                 host-device synchronisation).
             caller: The name used in error messages.
+            checked: The caller already validated ``inputs`` and ``targets`` with :meth:`check_batch` (and passes
+                the labels it returned): not repeated.
 
         Shape:
             - output: ``inputs[index]``'s shape (``inputs``' without ``index``), ``inputs``' dtype.
         """
-        targets = self.check_batch(inputs, targets, caller=caller)
+        if not checked:
+            targets = self.check_batch(inputs, targets, caller=caller)
         module = unwrap_model(self.model)
         selected, selected_targets = inputs, targets
         if index is not None:
@@ -292,7 +295,7 @@ class Attributor:
 
     def attribute_graph(self, data, targets: Tensor | None = None, *, keys: Sequence[str] = ("pos", "x"),
                         forward_fn: Callable | None = None, check_finite: bool = True,
-                        caller: str = "relevance_graph") -> dict[str, Tensor]:
+                        caller: str = "relevance_graph", checked: bool = False) -> dict[str, Tensor]:
         """Relevance of a PyTorch Geometric ``Data``/``Batch`` with respect to its node tensors.
 
         The node attributes named in ``keys`` that the data has (``pos`` is required, ``x`` is used where present)
@@ -306,11 +309,15 @@ class Attributor:
             keys: Node attributes to attribute.
             forward_fn: ``forward_fn(model, data) -> logits`` for models with other call signatures.
             check_finite: As in :meth:`__call__`; the error names the clouds.
+            checked: The caller already validated ``data`` and ``targets`` with :meth:`check_graph`.
 
         Returns:
             ``{key: relevance}`` with each relevance of the attribute's shape, for the keys present in ``data``.
         """
-        present, targets = self.check_graph(data, targets, keys=keys, forward_fn=forward_fn, caller=caller)
+        if checked:
+            present = [key for key in keys if isinstance(getattr(data, key, None), Tensor)]
+        else:
+            present, targets = self.check_graph(data, targets, keys=keys, forward_fn=forward_fn, caller=caller)
         module = unwrap_model(self.model)
         num_nodes, num_graphs = data.pos.shape[0], getattr(data, "num_graphs", 1)
         if num_nodes == 0:
@@ -358,18 +365,20 @@ class Attributor:
                 and self._fast_composite)
 
     def then(self, inputs: Tensor, targets: Tensor | None, post: Callable[..., tuple[Tensor, ...]],
-             post_inputs: Sequence[Tensor] = (), key: Hashable = (), caller: str = "relevance") -> tuple[Tensor, ...]:
+             post_inputs: Sequence[Tensor] = (), key: Hashable = (), caller: str = "relevance",
+             checked: bool = False) -> tuple[Tensor, ...]:
         """``post(relevance, *post_inputs)`` for the whole batch, as one captured CUDA graph where
         :meth:`graphs_apply` (one graph per shape, replayed per batch), eagerly otherwise.
 
         ``post`` must be a pure tensor function (no host synchronisation, no random draws: draw them into
         ``post_inputs``); ``key`` names its settings (a new key is a new graph). The outputs of a replay are static
-        buffers, valid until the next call. Labels are validated before, and the finiteness of the relevance after,
-        with one synchronisation per batch.
+        buffers, valid until the next call. Labels are validated before (unless ``checked``, as in :meth:`__call__`),
+        and the finiteness of the relevance after, with one synchronisation per batch.
         """
         if not self.graphs_apply(inputs):
-            return tuple(post(self(inputs, targets, caller=caller), *post_inputs))
-        targets = self.check_batch(inputs, targets, caller=caller)
+            return tuple(post(self(inputs, targets, caller=caller, checked=checked), *post_inputs))
+        if not checked:
+            targets = self.check_batch(inputs, targets, caller=caller)
         module = unwrap_model(self.model)
         _check_explainable(module)
         predicted = targets is None

@@ -66,6 +66,8 @@ class RelevanceSettings:
               extra: Sequence[Tensor] = (), key: Any = ()) -> Tensor | None:
         """The mask of a dense batch under the rule for ``p`` (module docstring); ``None`` if no coin came up.
 
+        ``inputs`` and ``targets`` were validated by the attributor's ``check_batch`` (before any draw).
+
         ``reduce(relevance)`` gives the per-element relevance (channels summed); ``draw(batch_size)`` the random
         tensors of the masks, one row per sample; ``mask_rows(relevance, *extra, *draws)`` the masks of some rows (a
         pure tensor function: it is what a CUDA graph captures, with ``key`` naming its settings); ``extra`` are
@@ -81,12 +83,13 @@ class RelevanceSettings:
             def post(rel: Tensor, *tensors: Tensor) -> tuple[Tensor]:
                 return (mask_rows(reduce(rel), *tensors),)
 
-            (mask,) = attributor.then(inputs, targets, post, (*extra, *draws), key=(type(self), key), caller=name)
+            (mask,) = attributor.then(inputs, targets, post, (*extra, *draws), key=(type(self), key), caller=name,
+                                      checked=True)
             return mask & coins.view(-1, *([1] * (mask.ndim - 1)))
         if self.p >= 1.0:
-            return mask_rows(reduce(attributor(inputs, targets, caller=name)), *extra, *draws)
+            return mask_rows(reduce(attributor(inputs, targets, caller=name, checked=True)), *extra, *draws)
         index = coins.nonzero().flatten()  # one synchronisation
-        rel = attributor(inputs, targets, index=index, caller=name)
+        rel = attributor(inputs, targets, index=index, caller=name, checked=True)
         if index.numel() == 0:
             return None
         rows = mask_rows(reduce(rel), *(t.index_select(0, index) for t in (*extra, *draws)))

@@ -14,7 +14,6 @@ from torch_geometric.data.data import BaseData
 from torch_geometric.transforms import BaseTransform
 
 from .._checks import check_labels
-from ..attribution import check_not_in_worker
 from ..functional import FILLS, fill_points, remove_points, sample_coins
 from ._common import RelevanceSettings
 
@@ -87,7 +86,6 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
             raise TypeError(f"{type(self).__name__} expects points (and labels), but got no input.")
         sample = inputs if len(inputs) > 1 else inputs[0]
         first = inputs[0] if len(inputs) > 1 else (sample[0] if isinstance(sample, (tuple, list)) else sample)
-        check_not_in_worker(type(self).__name__)
         if isinstance(first, BaseData):
             return self._call_pyg(sample, first)
         if isinstance(first, Tensor):
@@ -166,7 +164,7 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         coins = sample_coins(num_graphs, self.p, device=batch.pos.device, generator=self.generator)
         draws = self.draw(num_graphs, batch.pos)
         rels = self._attributor.attribute_graph(batch, labels, keys=self.keys, forward_fn=self.forward_fn,
-                                                caller=name)
+                                                caller=name, checked=True)
         per_point = sum(r.reshape(r.shape[0], -1).sum(1) for r in rels.values())
         mask = self.mask_rows(per_point, batch.pos, *draws, batch=batch.batch, num_segments=num_graphs)
         if self.p < 1.0:

@@ -145,3 +145,24 @@ class TestValidationBeforeCoins:
                 t = rt.RelevanceDropout3d(model, p=p, generator=torch.Generator().manual_seed(seed))
                 with pytest.raises(ValueError, match=r"class indices in \[0, 4\].*\[99\]"):
                     t(points, torch.tensor([0, 1, 2, 99]))
+
+
+@pytest.mark.parametrize("name, pyg", [("RelevanceDropout2d", False), ("RelevanceErasing2d", False),
+                                       ("RelevanceDropout3d", False), ("RelevanceDropout3d", True),
+                                       ("RelevanceErasing3d", False), ("RelevanceErasing3d", True)])
+def test_every_transform_refuses_a_dataloader_worker(monkeypatch, name, pyg):
+    """The worker check lives in the Attributor (once per call), for every transform and input kind."""
+    from reldrop_transforms.models import PointNet
+
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
+    if name.endswith("2d"):
+        inputs = (torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))
+        t = getattr(rt, name)(bn_model())
+    else:
+        from torch_geometric.data import Batch, Data
+
+        t = getattr(rt, name)(PointNet(3, 4).eval())
+        inputs = ((Batch.from_data_list([Data(pos=torch.randn(5, 3), y=torch.tensor([1]))]),) if pyg
+                  else (torch.randn(2, 5, 3), torch.tensor([0, 1])))
+    with pytest.raises(RuntimeError, match="DataLoader worker.*RelevanceLoader"):
+        t(*inputs)
