@@ -380,42 +380,92 @@ class Attributor:
         if not checked:
             targets = self.check_batch(inputs, targets, caller=caller)
         module = unwrap_model(self.model)
-        _check_explainable(module)
-        predicted = targets is None
-        static_targets = torch.zeros(inputs.shape[0], dtype=torch.long, device=inputs.device) if predicted else \
-            targets.as_subclass(Tensor).to(inputs.device, non_blocking=True)
-        body = self._graph_body(module, post, predicted)
-        with model_lock(module), torch.autocast("cuda", enabled=False):
-            *outputs, status = self._graphs(module, (key, predicted, self.epsilon),
-                                            (inputs, static_targets, *post_inputs), body)
-        if not bool(status.all()):  # one synchronisation per batch: redo eagerly, for the precise error
+
+        def attribute(static: tuple[Tensor, ...], grad_output_fn: Callable) -> tuple[Tensor, ...]:
+            leaf = static[0].detach().requires_grad_(True)
+            return fast_relevance(module, (leaf,), lambda: module(leaf), grad_output_fn, self.epsilon)
+
+        outputs = self._replay(module, (inputs,), targets, inputs.shape[0], attribute,
+                               lambda rels, *rest: post(rels[0], *rest), post_inputs, key)
+        if outputs is None:  # one synchronisation per batch said no: redo eagerly, for the precise error
             self(inputs, targets, caller=caller)
             raise ValueError(f"{caller}: invalid labels or non-finite relevance in this batch.")
-        return tuple(outputs)
+        return outputs
+
+    def then_graph(self, data, targets: Tensor | None, post: Callable[..., tuple[Tensor, ...]],
+                   post_inputs: Sequence[Tensor] = (), key: Hashable = (), *, keys: Sequence[str] = ("pos", "x"),
+                   forward_fn: Callable | None = None, caller: str = "relevance_graph",
+                   checked: bool = False) -> tuple[Tensor, ...]:
+        """:meth:`then` for a PyG ``Batch``: ``post(relevance_dict, *post_inputs)`` as one captured CUDA graph per
+        shape of the batch's tensors (node, edge and cloud counts; at most ``max_graphs`` kept), eagerly otherwise.
+        The model's forward must not synchronise with the host (no ``.item()``, no data-dependent sizes)."""
+        if not self.graphs_apply(data.pos):
+            rels = self.attribute_graph(data, targets, keys=keys, forward_fn=forward_fn, caller=caller,
+                                        checked=checked)
+            return tuple(post(rels, *post_inputs))
+        if checked:
+            present = [k for k in keys if isinstance(getattr(data, k, None), Tensor)]
+        else:
+            present, targets = self.check_graph(data, targets, keys=keys, forward_fn=forward_fn, caller=caller)
+        module = unwrap_model(self.model)
+        names = [k for k in data.keys() if isinstance(data[k], Tensor)]  # every tensor is a static input
+
+        def attribute(static: tuple[Tensor, ...], grad_output_fn: Callable) -> tuple[Tensor, ...]:
+            view = copy.copy(data)
+            for name, tensor in zip(names, static):
+                view[name] = tensor
+            leaves = tuple(view[k].detach().requires_grad_(True) for k in present)
+            for name, leaf in zip(present, leaves):
+                view[name] = leaf
+
+            def call() -> Tensor:
+                return module(view) if forward_fn is None else forward_fn(module, view)
+
+            return fast_relevance(module, leaves, call, grad_output_fn, self.epsilon)
+
+        def post_dict(rels: tuple[Tensor, ...], *rest: Tensor) -> tuple[Tensor, ...]:
+            return post(dict(zip(present, rels)), *rest)
+
+        outputs = self._replay(module, tuple(data[k] for k in names), targets, getattr(data, "num_graphs", 1),
+                               attribute, post_dict, post_inputs, (key, tuple(names), tuple(present), forward_fn))
+        if outputs is None:  # redo eagerly, for the precise error
+            self.attribute_graph(data, targets, keys=keys, forward_fn=forward_fn, caller=caller, checked=True)
+            raise ValueError(f"{caller}: invalid labels or non-finite relevance in this batch.")
+        return outputs
 
     # -- internals -------------------------------------------------------------------------------------------
-    def _graph_body(self, module: nn.Module, post: Callable, predicted: bool) -> Callable:
-        """What is captured: attribution (fast engine) and ``post``, with the labels' validity and the relevance's
-        finiteness returned as a status tensor instead of a synchronisation."""
-        epsilon = self.epsilon
+    def _replay(self, module: nn.Module, tensors: tuple[Tensor, ...], targets: Tensor | None, batch_size: int,
+                attribute: Callable, post: Callable, post_inputs: Sequence[Tensor], key: Hashable):
+        """Capture (once per key and shapes) and replay ``attribute`` (the fast engine on static copies of
+        ``tensors``) and ``post``; ``None`` when the batch's status (labels in range, relevance finite) says no."""
+        _check_explainable(module)
+        predicted = targets is None
+        device = tensors[0].device
+        static_targets = torch.zeros(batch_size, dtype=torch.long, device=device) if predicted else \
+            targets.as_subclass(Tensor).to(device, non_blocking=True)
+        count = len(tensors)
 
-        def body(x: Tensor, static_targets: Tensor, *post_inputs: Tensor) -> tuple[Tensor, ...]:
+        def body(*static: Tensor) -> tuple[Tensor, ...]:
+            """What is captured: the labels' validity and the relevance's finiteness come back as a status tensor
+            instead of a synchronisation."""
             valid = []
 
             def grad_output_fn(logits: Tensor) -> Tensor:
-                weights, ok = _output_relevance_nosync(logits, None if predicted else static_targets)
+                weights, ok = _output_relevance_nosync(logits, None if predicted else static[count])
                 valid.append(ok)
                 return weights
 
             with torch.enable_grad(), preserved_model_state(module, keep_values=False), \
                     inputs_only_carry_relevance(module):
                 module.eval()
-                leaf = x.detach().requires_grad_(True)
-                (rel,) = fast_relevance(module, (leaf,), lambda: module(leaf), grad_output_fn, epsilon)
-            status = torch.stack([valid[0], torch.isfinite(rel).all()])
-            return (*post(rel, *post_inputs), status)
+                rels = attribute(static[:count], grad_output_fn)
+            status = torch.stack([valid[0], *(torch.isfinite(rel).all() for rel in rels)])
+            return (*post(rels, *static[count + 1:]), status)
 
-        return body
+        with model_lock(module), torch.autocast(device.type, enabled=False):
+            *outputs, status = self._graphs(module, (key, predicted, self.epsilon),
+                                            (*tensors, static_targets, *post_inputs), body)
+        return tuple(outputs) if bool(status.all()) else None
 
     def _num_outputs(self, module: nn.Module, sample: Tensor) -> int:
         """The model's number of outputs, from a forward of one sample (eval mode, state preserved)."""

@@ -52,8 +52,9 @@ class RelevanceDropout3d(RelevancePointTransform):
         channels_first: Dense input is ``(B, C, N)`` instead of ``(B, N, C)``.
         keys: The PyG node attributes that are attributed (and whose relevance is summed per point).
         dtype: Attribute under autocast in this dtype; ``None``: the model's own precision.
-        cuda_graphs: Capture attribution and mask of dense CUDA batches in one CUDA graph per shape (see
-            :class:`~reldrop_transforms.RelevanceDropout2d`); PyG batches stay eager.
+        cuda_graphs: Capture attribution and mask of CUDA batches in one CUDA graph per shape (see
+            :class:`~reldrop_transforms.RelevanceDropout2d`): dense batches, and PyG batches keyed by the shapes of
+            their tensors (up to 4 graphs; the model's forward must not synchronise with the host).
 
     Shape:
         - dense points: (B, N, C) (or (B, C, N)), floating, on the model's device; output the same.

@@ -163,10 +163,14 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         # the rule for p: coins first, then the draws of the whole batch; every cloud is attributed
         coins = sample_coins(num_graphs, self.p, device=batch.pos.device, generator=self.generator)
         draws = self.draw(num_graphs, batch.pos)
-        rels = self._attributor.attribute_graph(batch, labels, keys=self.keys, forward_fn=self.forward_fn,
-                                                caller=name, checked=True)
-        per_point = sum(r.reshape(r.shape[0], -1).sum(1) for r in rels.values())
-        mask = self.mask_rows(per_point, batch.pos, *draws, batch=batch.batch, num_segments=num_graphs)
+
+        def post(rels: dict[str, Tensor], pos: Tensor, batch_vector: Tensor, *tensors: Tensor) -> tuple[Tensor]:
+            per_point = sum(r.reshape(r.shape[0], -1).sum(1) for r in rels.values())
+            return (self.mask_rows(per_point, pos, *tensors, batch=batch_vector, num_segments=num_graphs),)
+
+        (mask,) = self._attributor.then_graph(batch, labels, post, (batch.pos, batch.batch, *draws),
+                                              key=(type(self), self.mask_key()), keys=self.keys,
+                                              forward_fn=self.forward_fn, caller=name, checked=True)
         if self.p < 1.0:
             mask = mask & coins[batch.batch]
         out = self._apply_pyg(batch, mask)

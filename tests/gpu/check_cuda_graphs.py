@@ -7,7 +7,7 @@ in-place optimizer updates are seen without recapture; replacing a parameter, mo
 changing the module tree force a recapture; a last batch of another size is correct; random numbers differ
 between batches and follow the generator; labels out of range and non-finite relevance still raise; the model
 state is untouched; and for RelevanceErasing2d, RelevanceDropout3d and RelevanceErasing3d (dense batches):
-replay equals eager for the same generator, at p = 1 and p = 0.5. Exits 1 if any check fails, 0 otherwise; without CUDA it prints that it skipped and exits 0.
+replay equals eager for the same generator, at p = 1 and p = 0.5, and for PyG batches. Exits 1 if any check fails, 0 otherwise; without CUDA it prints that it skipped and exits 0.
 """
 
 from __future__ import annotations
@@ -140,6 +140,22 @@ def main() -> int:
                 outputs.append(t(inputs, targets)[0])
             differ = (outputs[0] != outputs[1]).float().mean().item()
             check(f"{name} replay equals eager (p={p})", differ < 1e-3, f"(fraction differing {differ:.2e})")
+
+    # 10. PyG batches (keyed by their tensors' shapes)
+    from torch_geometric.data import Batch, Data
+
+    clouds = Batch.from_data_list([Data(pos=torch.randn(n, 3), x=torch.randn(n, 1), y=torch.tensor([n % 10]))
+                                   for n in (300, 250, 400, 280)]).to(device)
+    for cls in (rt.RelevanceDropout3d, rt.RelevanceErasing3d):
+        outputs = []
+        for graphs in (False, True):
+            gen = torch.Generator(device=device).manual_seed(3)
+            t = cls(pointnet, generator=gen, cuda_graphs=graphs, backend="fast")
+            t(clouds)
+            gen.manual_seed(4)
+            outputs.append(t(clouds).pos)
+        differ = (outputs[0] != outputs[1]).float().mean().item()
+        check(f"{cls.__name__} PyG replay equals eager", differ < 1e-3, f"(fraction differing {differ:.2e})")
 
     print(f"check_cuda_graphs: {len(failures)} failed: {failures}" if failures else "check_cuda_graphs: all passed")
     return 1 if failures else 0

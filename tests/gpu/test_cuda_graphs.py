@@ -182,6 +182,40 @@ class TestCapturedBodyOnCpu:
             graph(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
 
 
+def pyg_batch():
+    from torch_geometric.data import Batch, Data
+
+    g = torch.Generator().manual_seed(2)
+    return Batch.from_data_list([Data(pos=torch.randn(n, 3, generator=g), x=torch.randn(n, 1, generator=g),
+                                      y=torch.tensor([i % 5])) for i, n in enumerate((7, 12, 5, 9))])
+
+
+class TestCapturedBodyOnCpuPyG(TestCapturedBodyOnCpu):
+    """The same for PyG batches (the captured body rebuilds the batch from static copies of its tensors)."""
+
+    @pytest.mark.parametrize("p", [1.0, 0.5])
+    @pytest.mark.parametrize("name", ["RelevanceDropout3d", "RelevanceErasing3d"])
+    def test_same_mask_as_eager(self, monkeypatch, name, p):
+        for fill in ("zero", "remove"):
+            eager, graph = self._pair(monkeypatch, name, p=p, fill=fill)
+            batch = pyg_batch()
+            expected, out = eager(batch), graph(batch)
+            assert graph._attributor._graphs.calls == 1
+            for key in ("pos", "x", "batch"):
+                torch.testing.assert_close(out[key], expected[key], rtol=0, atol=0)
+            assert not torch.equal(expected.pos, batch.pos) or expected.pos.shape != batch.pos.shape
+
+    def test_invalid_labels_raise(self, monkeypatch):
+        _, graph = self._pair(monkeypatch, "RelevanceDropout3d", p=1.0)
+        batch = pyg_batch()
+        batch.y = torch.tensor([0, 9, 0, 0])
+        with pytest.raises(ValueError, match="class indices"):
+            graph(batch)
+
+    test_predicted_class_and_soft_labels = test_coin_applies_after_capture = None
+    test_model_without_lrp_rule_raises = None
+
+
 def test_graphs_only_where_they_apply():
     """Capture needs CUDA, the fast engine's composite and the model's own precision (dtype= stays eager)."""
     from types import SimpleNamespace
