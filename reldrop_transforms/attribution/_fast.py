@@ -340,12 +340,13 @@ class _Engine:
     def run(self, leaves: tuple[Tensor, ...], call: Callable[[], Tensor],
             grad_output_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, ...]:
         types = self.types
-        handles = []
+        handles, in_place = [], []
         try:
             for module in self.model.modules():
                 if isinstance(module, types.activation):
                     if getattr(module, "inplace", False):
                         module.inplace = False  # its input keeps its value and its autograd identity
+                        in_place.append(module)
                     handles.append(module.register_forward_pre_hook(self._enter))
                     handles.append(module.register_forward_hook(self._pass_hook))
                 elif isinstance(module, types.batchnorm):
@@ -361,9 +362,11 @@ class _Engine:
             if not logits.requires_grad:  # the output does not depend on the inputs
                 return tuple(torch.zeros_like(x) for x in leaves)
             rels = torch.autograd.grad(logits, leaves, grad_output, allow_unused=True)
-        finally:
+        finally:  # everything this pass changed on the model is undone here
             for handle in handles:
                 handle.remove()
+            for module in in_place:
+                module.inplace = True
             for point in self.points.values():  # point -> result -> its autograd node -> point: break the cycle
                 point.result = point.inp = point.z = None
             self.points.clear()

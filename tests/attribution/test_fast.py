@@ -261,3 +261,24 @@ def test_no_memory_kept_between_calls():
     for _ in range(5):
         relevance(model, x, targets, backend="fast")
     assert live_tensors() <= before
+
+
+def test_engine_undoes_what_it_patches_itself():
+    """The engine restores in-place flags and removes its hooks in its own ``finally`` (not relying on the
+    caller's state guard), also when the forward raises."""
+    from reldrop_transforms.attribution._fast import fast_relevance
+
+    from _models import Boom
+
+    boom = Boom()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), boom, nn.Flatten(), nn.Linear(144, 5)).eval()
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    one_hot = lambda logits: torch.eye(5)[[0, 1]]  # noqa: E731
+    for armed in (False, True):
+        boom.armed = armed
+        try:
+            fast_relevance(model, (x,), lambda: model(x), one_hot, 1e-3)
+        except RuntimeError:
+            assert armed
+        assert model[1].inplace is True
+        assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
