@@ -9,10 +9,9 @@ Each model takes either a dense batch ``(B, N, C)`` (``C = in_channels``: xyz fi
 ``Data``/``Batch`` with ``pos`` ``(N_total, 3)``, optional ``x`` ``(N_total, F)`` and ``batch``; the per-point input
 is then ``[pos, x]``, so ``in_channels = 3 + F``. Both return logits ``(B, num_classes)``.
 
-Fast LRP engine (:mod:`reldrop_transforms.attribution._fast`): the dense :class:`PointNet` path runs only supported
-leaves and routing operations (``reshape``, ``view``, ``transpose``, ``flatten``). :class:`DGCNN` and
-:class:`PointNet2` compute edge features / relative coordinates by subtraction outside any module, so attribution
-falls back to zennit for them.
+Fast LRP engine (:mod:`reldrop_transforms.attribution._fast`): all three run on it, dense and PyG. The edge features
+of :class:`DGCNN` and the relative coordinates of :class:`PointNet2` (subtractions outside any module) pass relevance
+by their ordinary backward, as in zennit (tests/attribution/test_zoo.py).
 """
 
 from __future__ import annotations
