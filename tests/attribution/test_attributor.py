@@ -6,7 +6,6 @@ import threading
 
 import pytest
 import torch
-from torch import nn
 
 import reldrop_transforms as rt
 from reldrop_transforms.attribution import Attributor, relevance
