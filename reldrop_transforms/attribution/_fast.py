@@ -255,19 +255,23 @@ class _Engine:
             elif isinstance(arg, (tuple, list)):
                 self.count_uses(arg)
 
-    def keep_before_change(self, tensor: Tensor) -> None:
-        """``tensor`` (or what it is a view of) is about to change in place: points reading it keep a copy."""
+    def keep_before_change(self, tensor: Tensor, copy: Tensor | None = None) -> None:
+        """``tensor`` (or what it is a view of) is about to change in place: points reading it keep a copy (``copy``,
+        a copy of ``tensor`` already made, where it is one of the same values)."""
         for candidate in (tensor, tensor._base):
             point = self.points.get(id(candidate)) if candidate is not None else None
             if point is not None and point.kind != "flat" and point.z.data_ptr() == candidate.data_ptr():
-                point.z = point.z.clone()
+                same = copy is not None and candidate is tensor and point.z.shape == copy.shape \
+                    and point.z.stride() == tensor.stride()
+                point.z = copy if same else point.z.clone()
 
     def norm_sum(self, a: Tensor, b: Tensor, in_place: bool) -> Tensor:
         point = _Point("norm", a, NORM_STABILIZER)  # z: set by the sum point's forward
         if not in_place:
             return self._register(point, _SumPoint.apply(a, b, a, point))
-        result = _SumPoint.apply(a, b, a.detach().clone(), point)
-        self.keep_before_change(a)
+        a_value = a.detach().clone()
+        result = _SumPoint.apply(a, b, a_value, point)
+        self.keep_before_change(a, a_value)  # e.g. the BatchNorm point of `out` in `out += identity`
         a.copy_(result)  # autograd: a's new value comes from the sum point only
         return self._register(point, a)
 
