@@ -51,7 +51,7 @@ class UnsupportedModel(Exception):
 class _Point:
     """A division point: the tensor ``z`` whose stabilised values divide the relevance in the backward."""
 
-    __slots__ = ("kind", "module", "inp", "epsilon", "active", "z", "result", "uses")
+    __slots__ = ("kind", "module", "inp", "epsilon", "active", "z", "result", "uses", "scale")
 
     def __init__(self, kind: str, z: Tensor, epsilon: float, module: nn.Module | None = None,
                  inp: Tensor | None = None) -> None:
@@ -63,6 +63,7 @@ class _Point:
         self.active = True  # False once a following BatchNorm took the rule over
         self.result: Tensor | None = None
         self.uses = 0  # operations that read ``result`` (a BatchNorm merges only into a layer it alone reads)
+        self.scale: Tensor | None = None  # a merged BatchNorm's eval-mode Jacobian (per channel)
 
 
 class _RulePoint(torch.autograd.Function):
@@ -70,7 +71,9 @@ class _RulePoint(torch.autograd.Function):
     place), by ``point.kind`` in the backward:
 
     - ``"epsilon"``/``"norm"``: ``R -> R / stab(z)`` on to ``out``'s own graph (the module's ordinary backward);
-      unchanged once inactive (a following BatchNorm took the rule over);
+      unchanged once inactive (a following BatchNorm took the rule over); at a merged BatchNorm, times its
+      per-channel eval-mode scale straight to its input ``inp`` (``out`` detached: the same derivative, without
+      autograd's general BatchNorm backward);
     - ``"flat"``: Flat straight to the first layer's input ``flat_inp`` (``out`` detached: the layer's graph cut);
     - ``"pass"``: relevance straight to the module's input ``inp`` (``out`` detached).
     """
@@ -93,7 +96,10 @@ class _RulePoint(torch.autograd.Function):
             return None, grad, None, None
         if point.kind == "flat":
             return None, None, _flat_input_relevance(point.module, point.inp, grad), None
-        return divide_by_stabilized(grad, point.z, point.epsilon), None, None, None
+        share = divide_by_stabilized(grad, point.z, point.epsilon)
+        if point.scale is not None:  # merged BatchNorm: its backward in eval mode is this per-channel scale
+            return None, share.mul_(point.scale), None, None
+        return share, None, None, None
 
 
 class _InputPoint(torch.autograd.Function):
@@ -129,6 +135,15 @@ class _SumPoint(torch.autograd.Function):
         a, b = ctx.saved_tensors
         share = divide_by_stabilized(grad, point.z, NORM_STABILIZER)
         return (share * a).sum_to_size(ctx.shapes[0]), (share * b).sum_to_size(ctx.shapes[1]), None, None
+
+
+def _batchnorm_scale(module: nn.Module, out: Tensor) -> Tensor:
+    """d out / d in of a BatchNorm in eval mode: ``weight / sqrt(running_var + eps)`` per channel (dim 1)."""
+    with torch.no_grad():
+        scale = torch.rsqrt(module.running_var.to(out.dtype) + module.eps)
+        if module.weight is not None:
+            scale = scale * module.weight.to(out.dtype)
+    return scale.view(1, -1, *([1] * (out.ndim - 2)))
 
 
 def divide_by_stabilized(grad: Tensor, z: Tensor, epsilon: float) -> Tensor:
@@ -326,10 +341,12 @@ class _Engine:
         producer.active = False
         flat = producer.kind == "flat"
         point = _Point(producer.kind, out.detach(), self.epsilon, producer.module, producer.inp)
+        if not flat:
+            point.scale = _batchnorm_scale(module, out)
         self.merges.append((producer, point))
         self.internal = True
         try:
-            result = _RulePoint.apply(out.detach() if flat else out, inp, producer.inp if flat else None, point)
+            result = _RulePoint.apply(out.detach(), inp, producer.inp if flat else None, point)
         finally:
             self.internal = False
         return self._register(point, result)
