@@ -6,8 +6,9 @@ The reference semantics (``composite="epsilon_flat"``) are zennit's, written out
   ``Linear``/``Conv``/``ConvTranspose`` of any groups, dilation or padding, or ``torch_geometric.nn.Linear``;
 - **Epsilon** (``epsilon``) on every other linear layer;
 - **BatchNorm merged** into the linear layer whose output it normalises, found in *execution* order (the
-  BatchNorm's input is that layer's output); an unmerged BatchNorm (one that follows no linear layer) gets
-  **Pass**, as in zennit's composite;
+  BatchNorm's input is that layer's output, and nothing else reads that output: merging the weights would change
+  what another reader sees); an unmerged BatchNorm (one that follows no linear layer) gets **Pass**, as in zennit's
+  composite;
 - **Pass** on the activations of ``zennit.types.Activation`` (relevance handed on unchanged);
 - **Norm** (Epsilon with stabiliser 1e-6 and no parameters) on average pooling, on PyG ``MeanAggregation`` /
   ``SumAggregation``, on ``zennit.layer.Sum``, and on every sum of two tensors that both carry relevance
