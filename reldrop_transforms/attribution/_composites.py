@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ._rules import NORM_STABILIZER, RuleTypes, relevance_add, rule_types, stabilize
+from ._rules import NORM_STABILIZER, RuleTypes, has_tensor, relevance_add, rule_types, stabilize
 
 __all__ = ["EPSILON_FLAT", "composite_names", "make_zennit_composite", "zennit_relevance"]
 
@@ -66,8 +66,7 @@ class _Probe(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
-        if isinstance(result, Tensor) or isinstance(result, (tuple, list)) and any(
-                isinstance(r, Tensor) for r in result):  # a reader (not a size or dtype query)
+        if has_tensor(result):
             for arg in args:
                 for tensor in arg if isinstance(arg, (tuple, list)) else (arg,):
                     if isinstance(tensor, Tensor) and id(tensor) in self._produced:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ._rules import NORM_STABILIZER, RuleTypes, first_linear, relevance_add, rule_types, stabilize
+from ._rules import NORM_STABILIZER, RuleTypes, first_linear, has_tensor, relevance_add, rule_types, stabilize
 
 __all__ = ["FAST_COMPOSITES", "UnsupportedModel", "fast_relevance"]
 
@@ -223,7 +223,7 @@ class _Forward(TorchFunctionMode):
         if args and isinstance(args[0], Tensor) and _in_place(getattr(func, "__name__", "")):
             engine.keep_before_change(args[0])
         result = func(*args, **kwargs)
-        if not engine.internal and _has_tensor(result):  # a reader (not a size or dtype query)
+        if not engine.internal and has_tensor(result):  # a reader (not a size or dtype query)
             engine.count_uses(args)
         return result
 
@@ -234,12 +234,6 @@ def _in_place(name: str) -> bool:
     if name.startswith("__"):
         return name == "__setitem__" or name.startswith("__i")
     return name.endswith("_") and name not in _CLAMPS
-
-
-def _has_tensor(value) -> bool:
-    if isinstance(value, Tensor):
-        return True
-    return isinstance(value, (tuple, list)) and any(isinstance(v, Tensor) for v in value)
 
 
 class _Engine:

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["NORM_STABILIZER", "RuleTypes", "rule_types", "first_linear", "explanation_problem", "stabilize",
-           "inputs_only_carry_relevance", "relevance_add"]
+           "inputs_only_carry_relevance", "relevance_add", "has_tensor"]
 
 NORM_STABILIZER = 1e-6  # zennit's stabiliser for Norm and Flat
 
@@ -106,6 +106,13 @@ def inputs_only_carry_relevance(model: nn.Module) -> Iterator[None]:
     finally:
         for p in params:
             p.requires_grad_(True)
+
+
+def has_tensor(value) -> bool:
+    """Whether an operation's result is (or holds) a tensor: a reader of its inputs, not a size or dtype query."""
+    if isinstance(value, Tensor):
+        return True
+    return isinstance(value, (tuple, list)) and any(isinstance(v, Tensor) for v in value)
 
 
 def relevance_add(func, args: tuple, kwargs: dict | None) -> tuple[Tensor, Tensor, bool] | None:

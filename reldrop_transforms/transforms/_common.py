@@ -54,6 +54,16 @@ class RelevanceSettings:
             return
         super().__setattr__(name, value)
 
+    def _labels_from(self, sample: Any) -> Tensor | None:
+        """The labels ``labels_getter`` finds in ``sample`` (``None`` without a getter); the attributor's
+        ``check_batch``/``check_graph`` validates them for the batch."""
+        if self._labels_getter is None:
+            return None
+        labels = self._labels_getter(sample)
+        if not isinstance(labels, Tensor):
+            raise TypeError(f"the labels should be a torch.Tensor, but got {type(labels).__name__}.")
+        return labels
+
     composite = property(lambda self: self._attributor.composite, doc="LRP rules (see Attributor).")
     epsilon = property(lambda self: self._attributor.epsilon, doc="Stabiliser of the Epsilon rule.")
     backend = property(lambda self: self._attributor.backend, doc="Attribution backend (see Attributor).")

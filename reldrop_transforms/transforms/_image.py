@@ -79,10 +79,8 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
             raise ValueError(f"{name} expects exactly one image batch per call, but found {len(images)}.")
         image = images[0]
         self._check_image(image)
-        labels = None if self._labels_getter is None else self._labels_getter(sample)
-        if self._labels_getter is not None and not isinstance(labels, Tensor):
-            raise TypeError(f"the labels should be a torch.Tensor, but got {type(labels).__name__}.")
-        labels = self._attributor.check_batch(image.as_subclass(Tensor), labels, caller=name, what="images")
+        labels = self._attributor.check_batch(image.as_subclass(Tensor), self._labels_from(sample), caller=name,
+                                              what="images")
         if image.shape[0] == 0:
             return sample
         params = self.make_params_for(image, labels)

@@ -13,7 +13,6 @@ from torch_geometric.data import Batch
 from torch_geometric.data.data import BaseData
 from torch_geometric.transforms import BaseTransform
 
-from .._checks import check_labels
 from ..functional import FILLS, fill_points, remove_points, sample_coins
 from ._common import RelevanceSettings
 
@@ -29,8 +28,9 @@ def _check_fill(fill: Any) -> str | float:
 
 
 class RelevancePointTransform(RelevanceSettings, BaseTransform):
-    """Base of the point transforms: inputs, labels, coins, attribution, fills; subclasses build the mask from
-    the per-point relevance (:meth:`mask_from_relevance`). See :class:`RelevanceDropout3d` for the arguments."""
+    """Base of the point transforms: inputs, labels, masks (through :class:`RelevanceSettings`), fills; subclasses
+    draw the random numbers of their masks (:meth:`draw`) and build the masks from the per-point relevance
+    (:meth:`mask_rows`, a pure tensor function). See :class:`RelevanceDropout3d` for the arguments."""
 
     def __init__(
         self,
@@ -98,21 +98,17 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
     def forward(self, data: Any) -> Any:  # BaseTransform API: a single Data/Batch
         return self(data)
 
-    def _labels(self, sample: Any, batch_size: int, default: Any = None) -> Tensor | None:
-        if self._labels_getter is None:
-            return None
-        if self.labels_getter == "default" and not isinstance(sample, (tuple, list)):
-            labels = default
-            if labels is None:
+    def _labels(self, sample: Any, default: Any = None) -> Tensor | None:
+        """The labels: ``default`` (PyG ``data.y``) for the default getter on a lone Data/Batch, else the getter's."""
+        if self._labels_getter is not None and self.labels_getter == "default" \
+                and not isinstance(sample, (tuple, list)):
+            if default is None:
                 raise ValueError(
                     f"{type(self).__name__} could not find labels: pass t(points, labels), give the data a `y`, "
                     "pass a labels_getter callable, or labels_getter=None to attribute the predicted class."
                 )
-        else:
-            labels = self._labels_getter(sample)
-        if not isinstance(labels, Tensor):
-            raise TypeError(f"the labels should be a torch.Tensor, but got {type(labels).__name__}.")
-        return check_labels(labels, batch_size, "clouds")
+            return default
+        return self._labels_from(sample)
 
     # -- dense -----------------------------------------------------------------------------------------------
     def _call_dense(self, sample: Any, points: Tensor) -> Any:
@@ -125,7 +121,7 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         if self.fill == "remove":
             raise ValueError(f"{name}: fill='remove' needs PyG batches; dense batches keep N points per cloud.")
         batch_size = points.shape[0]
-        labels = self._attributor.check_batch(points, self._labels(sample, batch_size), caller=name, what="clouds")
+        labels = self._attributor.check_batch(points, self._labels(sample), caller=name, what="clouds")
         channels_last = points.transpose(1, 2) if self.channels_first else points
         if batch_size == 0 or channels_last.shape[1] == 0:
             return sample
@@ -151,7 +147,7 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         if batch.pos.ndim != 2:
             raise ValueError(f"{name} expects `pos` of shape (N, D), but got {tuple(batch.pos.shape)}.")
         num_graphs = batch.num_graphs
-        labels = self._labels(sample, num_graphs, default=getattr(batch, "y", None))
+        labels = self._labels(sample, default=getattr(batch, "y", None))
         if num_graphs == 0:
             return sample
         sizes = batch.ptr[1:] - batch.ptr[:-1]
