@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ._rules import NORM_STABILIZER, RuleTypes, first_linear, has_tensor, relevance_add, rule_types, stabilize
+from ._rules import ADD_NAMES, NORM_STABILIZER, RuleTypes, first_linear, has_tensor, relevance_add, rule_types, stabilize
 
 __all__ = ["FAST_COMPOSITES", "UnsupportedModel", "fast_relevance"]
 
@@ -42,6 +42,15 @@ _CLAMPS = frozenset({"relu_", "hardtanh_", "threshold_", "clamp_", "clamp_min_",
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_INPUT_GRAD = {nn.Conv1d: nn.grad.conv1d_input, nn.Conv2d: nn.grad.conv2d_input, nn.Conv3d: nn.grad.conv3d_input}
 _CONV_FORWARD = {nn.Conv1d: nn.functional.conv1d, nn.Conv2d: nn.functional.conv2d, nn.Conv3d: nn.functional.conv3d}
+
+
+_plain = torch._C.DisableTorchFunction  # the engine's own operations inside the forward: unseen by _Forward
+
+
+def _builtin(module: nn.Module) -> bool:
+    """A torch activation or BatchNorm class itself (its forward is one functional call: nothing inside it needs
+    the engine's attention, and its point cuts its graph off anyway)."""
+    return type(module).__module__.startswith("torch.nn.modules.")
 
 
 class UnsupportedModel(Exception):
@@ -142,7 +151,7 @@ def _batchnorm_scale(module: nn.Module, out: Tensor) -> Tensor:
     with torch.no_grad():
         scale = torch.rsqrt(module.running_var.to(out.dtype) + module.eps)
         if module.weight is not None:
-            scale = scale * module.weight.to(out.dtype)
+            scale.mul_(module.weight.to(out.dtype))
     return scale.view(1, -1, *([1] * (out.ndim - 2)))
 
 
@@ -204,28 +213,7 @@ def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor) -> Tensor
     return spread
 
 
-class _Forward(TorchFunctionMode):
-    """Norm points at relevance-carrying sums, and copies of point values that an in-place operation would change."""
-
-    def __init__(self, engine: "_Engine") -> None:
-        super().__init__()
-        self.engine = engine
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        engine = self.engine
-        if kwargs is None:
-            kwargs = {}
-        if engine.depth == 0:  # not inside a module that has a rule of its own
-            added = relevance_add(func, args, kwargs)
-            if added is not None:
-                engine.count_uses(args)
-                return engine.norm_sum(*added)
-        if args and isinstance(args[0], Tensor) and _in_place(getattr(func, "__name__", "")):
-            engine.keep_before_change(args[0])
-        result = func(*args, **kwargs)
-        if not engine.internal and has_tensor(result):  # a reader (not a size or dtype query)
-            engine.count_uses(args)
-        return result
+_ADD, _IN_PLACE = 1, 2  # what an operation may be, by its name (see _Forward)
 
 
 def _in_place(name: str) -> bool:
@@ -234,6 +222,42 @@ def _in_place(name: str) -> bool:
     if name.startswith("__"):
         return name == "__setitem__" or name.startswith("__i")
     return name.endswith("_") and name not in _CLAMPS
+
+
+def _operation_kind(func) -> int:
+    name = getattr(func, "__name__", "")
+    return (_ADD if name in ADD_NAMES else 0) | (_IN_PLACE if _in_place(name) else 0)
+
+
+class _Forward(TorchFunctionMode):
+    """Norm points at relevance-carrying sums, and copies of point values that an in-place operation would change.
+
+    Every torch operation of the forward passes through here (the engine's own operations run under
+    ``DisableTorchFunction``, unseen): the common case, neither a sum nor in place, costs a dict lookup.
+    """
+
+    def __init__(self, engine: "_Engine") -> None:
+        super().__init__()
+        self.engine = engine
+        self.kinds: dict = {}  # operation -> _ADD | _IN_PLACE bits (for this pass only)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kind = self.kinds.get(func)
+        if kind is None:
+            kind = self.kinds[func] = _operation_kind(func)
+        engine = self.engine
+        if kind:
+            if kind & _ADD and not engine.depth:  # not inside a module that has a rule of its own
+                added = relevance_add(func, args, kwargs)
+                if added is not None:
+                    engine.count_uses(args)
+                    return engine.norm_sum(*added)
+            if kind & _IN_PLACE and args and isinstance(args[0], Tensor):
+                engine.keep_before_change(args[0])
+        result = func(*args, **kwargs) if kwargs else func(*args)
+        if engine.points and has_tensor(result):  # a reader (not a size or dtype query)
+            engine.count_uses(args)
+        return result
 
 
 class _Engine:
@@ -246,7 +270,6 @@ class _Engine:
         self.first = first_linear(model, self.types)
         self.points: dict[int, _Point] = {}  # id(result) -> point; results are kept alive by their points
         self.depth = 0  # how many hooked modules' forwards are running
-        self.internal = False  # the engine's own operations (not counted as uses)
         self.merges: list[tuple[_Point, _Point]] = []  # (linear point, BatchNorm point)
 
     # -- points ------------------------------------------------------------------------------------------------
@@ -284,46 +307,58 @@ class _Engine:
         a.copy_(result)  # autograd: a's new value comes from the sum point only
         return self._register(point, a)
 
-    # -- hooks -------------------------------------------------------------------------------------------------
+    # -- hooks (the engine's own operations run unseen by _Forward: _plain) ------------------------------------
     def _enter(self, module: nn.Module, args) -> None:
         self.depth += 1
 
     def _rule_pre_hook(self, module: nn.Module, args):
         self.depth += 1
-        if module is self.first or not args or not isinstance(args[0], Tensor) or not args[0].requires_grad:
+        if module is self.first or not args or not isinstance(args[0], Tensor):
             return None
-        return (_InputPoint.apply(args[0]), *args[1:])
+        with _plain():
+            if not args[0].requires_grad:
+                return None
+            self.count_uses(args[:1])  # the module reads its input (through the view made here)
+            return (_InputPoint.apply(args[0]), *args[1:])
 
     def _rule_hook(self, module: nn.Module, args, out):
         self.depth -= 1
-        if not args or not isinstance(args[0], Tensor) or not args[0].requires_grad:
+        if not args or not isinstance(args[0], Tensor):
             return None
-        if not isinstance(out, Tensor):
-            raise UnsupportedModel(f"a {type(module).__name__} returned a {type(out).__name__}, not a tensor")
-        if isinstance(module, self.types.norm):
-            return self._output_point(out, _Point("norm", out.detach(), NORM_STABILIZER))
-        if module is self.first:
-            point = _Point("flat", out.detach(), self.epsilon, module, args[0])
-            return self._register(point, _RulePoint.apply(out.detach(), None, args[0], point))
-        return self._output_point(out, _Point("epsilon", out.detach(), self.epsilon, module))
-
-    def _output_point(self, out: Tensor, point: _Point) -> Tensor:
-        return self._register(point, _RulePoint.apply(out, None, None, point))
+        with _plain():
+            if not args[0].requires_grad:
+                return None
+            if not isinstance(out, Tensor):
+                raise UnsupportedModel(f"a {type(module).__name__} returned a {type(out).__name__}, not a tensor")
+            if isinstance(module, self.types.norm):
+                point = _Point("norm", out.detach(), NORM_STABILIZER)
+            elif module is self.first:
+                point = _Point("flat", out.detach(), self.epsilon, module, args[0])
+                return self._register(point, _RulePoint.apply(out.detach(), None, args[0], point))
+            else:
+                point = _Point("epsilon", out.detach(), self.epsilon, module)
+            return self._register(point, _RulePoint.apply(out, None, None, point))
 
     def _pass_hook(self, module: nn.Module, args, out):
         self.depth -= 1
         return self._pass(module, args, out)
 
     def _pass(self, module: nn.Module, args, out):
-        if not args or not isinstance(args[0], Tensor) or not args[0].requires_grad:
+        if not args or not isinstance(args[0], Tensor):
             return None
-        if not isinstance(out, Tensor) or out.shape != args[0].shape:
-            raise UnsupportedModel(f"the Pass rule needs an elementwise {type(module).__name__}")
-        return _RulePoint.apply(out.detach(), args[0], None, _Point("pass", out, 0.0))
+        with _plain():
+            if not args[0].requires_grad:
+                return None
+            if not isinstance(out, Tensor) or out.shape != args[0].shape:
+                raise UnsupportedModel(f"the Pass rule needs an elementwise {type(module).__name__}")
+            return _RulePoint.apply(out.detach(), args[0], None, _Point("pass", out, 0.0))
 
     def _batchnorm_hook(self, module: nn.Module, args, out):
         self.depth -= 1
-        if not args or not isinstance(args[0], Tensor) or not args[0].requires_grad:
+        return self._batchnorm(module, args, out)
+
+    def _batchnorm(self, module: nn.Module, args, out):
+        if not args or not isinstance(args[0], Tensor):
             return None
         inp = args[0]
         producer = self.points.get(id(inp))
@@ -332,18 +367,14 @@ class _Engine:
             return self._pass(module, args, out)  # follows no linear layer: Pass, as in zennit's composite
         # Merge: the linear layer's rule moves to the BatchNorm's output (undone after the forward if anything
         # else reads the layer's output: merging the weights would change what that reader sees)
-        producer.active = False
-        flat = producer.kind == "flat"
-        point = _Point(producer.kind, out.detach(), self.epsilon, producer.module, producer.inp)
-        if not flat:
-            point.scale = _batchnorm_scale(module, out)
-        self.merges.append((producer, point))
-        self.internal = True
-        try:
-            result = _RulePoint.apply(out.detach(), inp, producer.inp if flat else None, point)
-        finally:
-            self.internal = False
-        return self._register(point, result)
+        with _plain():
+            producer.active = False
+            flat = producer.kind == "flat"
+            point = _Point(producer.kind, out.detach(), self.epsilon, producer.module, producer.inp)
+            if not flat:
+                point.scale = _batchnorm_scale(module, out)
+            self.merges.append((producer, point))
+            return self._register(point, _RulePoint.apply(out.detach(), inp, producer.inp if flat else None, point))
 
     def _settle_merges(self) -> None:
         for producer, point in self.merges:
@@ -362,11 +393,17 @@ class _Engine:
                     if getattr(module, "inplace", False):
                         module.inplace = False  # its input keeps its value and its autograd identity
                         in_place.append(module)
-                    handles.append(module.register_forward_pre_hook(self._enter))
-                    handles.append(module.register_forward_hook(self._pass_hook))
+                    if _builtin(module):
+                        handles.append(module.register_forward_hook(self._pass))
+                    else:
+                        handles.append(module.register_forward_pre_hook(self._enter))
+                        handles.append(module.register_forward_hook(self._pass_hook))
                 elif isinstance(module, types.batchnorm):
-                    handles.append(module.register_forward_pre_hook(self._enter))
-                    handles.append(module.register_forward_hook(self._batchnorm_hook))
+                    if _builtin(module):
+                        handles.append(module.register_forward_hook(self._batchnorm))
+                    else:
+                        handles.append(module.register_forward_pre_hook(self._enter))
+                        handles.append(module.register_forward_hook(self._batchnorm_hook))
                 elif isinstance(module, types.linear + types.norm):
                     handles.append(module.register_forward_pre_hook(self._rule_pre_hook))
                     handles.append(module.register_forward_hook(self._rule_hook))

@@ -36,12 +36,13 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-__all__ = ["NORM_STABILIZER", "RuleTypes", "rule_types", "first_linear", "explanation_problem", "stabilize",
+__all__ = ["ADD_NAMES", "NORM_STABILIZER", "RuleTypes", "rule_types", "first_linear", "explanation_problem", "stabilize",
            "inputs_only_carry_relevance", "relevance_add", "has_tensor"]
 
 NORM_STABILIZER = 1e-6  # zennit's stabiliser for Norm and Flat
 
-_ADDS = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__"})
+# the names of the operations that may be a sum of two tensors (relevance_add decides)
+ADD_NAMES = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__"})
 
 
 class RuleTypes:
@@ -119,7 +120,7 @@ def relevance_add(func, args: tuple, kwargs: dict | None) -> tuple[Tensor, Tenso
     """``(a, b, in_place)`` when ``func(*args, **kwargs)`` is a sum of two tensors that both carry relevance
     (the operations that get Norm), else ``None``. A scaled sum (``alpha=``) is ordinary arithmetic."""
     name = getattr(func, "__name__", None)
-    if name not in _ADDS or len(args) < 2:
+    if name not in ADD_NAMES or len(args) < 2:
         return None
     a, b = args[0], args[1]
     if not (isinstance(a, Tensor) and isinstance(b, Tensor) and a.requires_grad and b.requires_grad):
