@@ -16,7 +16,7 @@ from .._checks import check_backend, check_bool, check_dtype, check_epsilon, che
 from ._composites import check_composite, zennit_relevance
 from ._fast import FAST_COMPOSITES, UnsupportedModel, fast_relevance
 from ._graphs import GraphCache
-from ._rules import explanation_problem, inputs_only_carry_relevance
+from ._rules import RuleTypes, explanation_problem, inputs_only_carry_relevance, rule_types
 from ._state import model_device, preserved_model_state, unwrap_model
 
 __all__ = ["Attributor", "RelevanceBackendWarning", "model_lock", "check_not_in_worker", "check_inputs",
@@ -207,6 +207,7 @@ class Attributor:
         self.cuda_graphs = check_bool("cuda_graphs", cuda_graphs)
         self._graphs = GraphCache(max_graphs)
         self._said: set = set()
+        self._types: RuleTypes | None = None
 
     # -- the model -------------------------------------------------------------------------------------------
     @property
@@ -221,6 +222,7 @@ class Attributor:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_graphs"] = self._graphs.max_entries  # captured CUDA graphs do not travel
+        state["_types"] = None  # a cache, rebuilt on use
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -383,7 +385,8 @@ class Attributor:
 
         def attribute(static: tuple[Tensor, ...], grad_output_fn: Callable) -> tuple[Tensor, ...]:
             leaf = static[0].detach().requires_grad_(True)
-            return fast_relevance(module, (leaf,), lambda: module(leaf), grad_output_fn, self.epsilon)
+            return fast_relevance(module, (leaf,), lambda: module(leaf), grad_output_fn, self.epsilon,
+                                  self._rule_types())
 
         outputs = self._replay(module, (inputs,), targets, inputs.shape[0], attribute,
                                lambda rels, *rest: post(rels[0], *rest), post_inputs, key)
@@ -421,7 +424,7 @@ class Attributor:
             def call() -> Tensor:
                 return module(view) if forward_fn is None else forward_fn(module, view)
 
-            return fast_relevance(module, leaves, call, grad_output_fn, self.epsilon)
+            return fast_relevance(module, leaves, call, grad_output_fn, self.epsilon, self._rule_types())
 
         def post_dict(rels: tuple[Tensor, ...], *rest: Tensor) -> tuple[Tensor, ...]:
             return post(dict(zip(present, rels)), *rest)
@@ -489,7 +492,6 @@ class Attributor:
     def _attribute(self, module: nn.Module, inputs: tuple[Tensor, ...], call: Callable[..., Tensor],
                    grad_output_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, ...]:
         """Relevance of every tensor in ``inputs`` for ``call(*leaves)``, under the model's lock and state guard."""
-        _check_explainable(module)
         use_fast = self.backend == "fast" or (self.backend == "auto" and self._fast_composite)
         if self.backend == "auto" and not use_fast:
             self._say_once(("composite", str(self.composite)), f"relevance: composite {self.composite!r} runs on the "
@@ -497,26 +499,39 @@ class Attributor:
         device_type = inputs[0].device.type
         autocast = torch.autocast(device_type, dtype=self.dtype, enabled=self.dtype is not None)
         with model_lock(module), torch.inference_mode(False), torch.enable_grad(), autocast:
+            modules = tuple(module.modules())  # one walk of the tree for the checks, the guard and the engine
+            _check_explainable(module, modules)
             # Fresh leaves: never the caller's tensor objects, never their autograd graph (nor inference tensors).
             leaves = tuple((x.clone() if x.is_inference() else x.detach()).requires_grad_(True) for x in inputs)
             if use_fast:
-                with preserved_model_state(module, keep_values=False), inputs_only_carry_relevance(module):
+                with preserved_model_state(module, keep_values=False, modules=modules), \
+                        inputs_only_carry_relevance(module, modules):
                     module.eval()
                     try:
-                        rels = fast_relevance(module, leaves, lambda: call(*leaves), grad_output_fn, self.epsilon)
+                        rels = fast_relevance(module, leaves, lambda: call(*leaves), grad_output_fn, self.epsilon,
+                                              self._rule_types(), modules)
                     except UnsupportedModel as error:
                         raise ValueError(f"this {type(module).__name__} cannot be explained with LRP: {error}.") \
                             from None
             else:
-                with preserved_model_state(module, keep_values=True), inputs_only_carry_relevance(module):
+                with preserved_model_state(module, keep_values=True, modules=modules), \
+                        inputs_only_carry_relevance(module, modules):
                     module.eval()
                     rels = zennit_relevance(module, leaves, lambda: call(*leaves), grad_output_fn, self.composite,
                                             self.epsilon)
         return tuple(r.detach() for r in rels)
 
+    def _rule_types(self) -> RuleTypes:
+        """The rule types, kept across calls (they cache each module class's rule); renewed when torch_geometric
+        has been imported since."""
+        types = self._types
+        if types is None or not types.current():
+            types = self._types = rule_types()
+        return types
 
-def _check_explainable(module: nn.Module) -> None:
-    problem = explanation_problem(module)
+
+def _check_explainable(module: nn.Module, modules: Sequence[nn.Module] | None = None) -> None:
+    problem = explanation_problem(module, modules)
     if problem is not None:
         raise ValueError(f"this {type(module).__name__} cannot be explained with LRP: {problem}.")
 

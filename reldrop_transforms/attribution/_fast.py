@@ -24,7 +24,7 @@ a ReLU-like clamp, whose gradient is zero wherever it changes a value) makes the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -263,11 +263,12 @@ class _Forward(TorchFunctionMode):
 class _Engine:
     """One attribution pass over ``model``: hooks and points live only inside :meth:`run`."""
 
-    def __init__(self, model: nn.Module, epsilon: float) -> None:
+    def __init__(self, model: nn.Module, epsilon: float, types: RuleTypes, modules: Sequence[nn.Module]) -> None:
         self.model = model
         self.epsilon = epsilon
-        self.types: RuleTypes = rule_types()
-        self.first = first_linear(model, self.types)
+        self.types = types
+        self.modules = modules
+        self.first = first_linear(model, types, modules)
         self.points: dict[int, _Point] = {}  # id(result) -> point; results are kept alive by their points
         self.depth = 0  # how many hooked modules' forwards are running
         self.merges: list[tuple[_Point, _Point]] = []  # (linear point, BatchNorm point)
@@ -330,7 +331,7 @@ class _Engine:
                 return None
             if not isinstance(out, Tensor):
                 raise UnsupportedModel(f"a {type(module).__name__} returned a {type(out).__name__}, not a tensor")
-            if isinstance(module, self.types.norm):
+            if self.types.kind(module) == "norm":
                 point = _Point("norm", out.detach(), NORM_STABILIZER)
             elif module is self.first:
                 point = _Point("flat", out.detach(), self.epsilon, module, args[0])
@@ -388,8 +389,11 @@ class _Engine:
         types = self.types
         handles, in_place = [], []
         try:
-            for module in self.model.modules():
-                if isinstance(module, types.activation):
+            for module in self.modules:
+                kind = types.kind(module)
+                if kind is None:
+                    continue
+                if kind == "activation":
                     if getattr(module, "inplace", False):
                         module.inplace = False  # its input keeps its value and its autograd identity
                         in_place.append(module)
@@ -398,13 +402,13 @@ class _Engine:
                     else:
                         handles.append(module.register_forward_pre_hook(self._enter))
                         handles.append(module.register_forward_hook(self._pass_hook))
-                elif isinstance(module, types.batchnorm):
+                elif kind == "batchnorm":
                     if _builtin(module):
                         handles.append(module.register_forward_hook(self._batchnorm))
                     else:
                         handles.append(module.register_forward_pre_hook(self._enter))
                         handles.append(module.register_forward_hook(self._batchnorm_hook))
-                elif isinstance(module, types.linear + types.norm):
+                else:  # linear, norm
                     handles.append(module.register_forward_pre_hook(self._rule_pre_hook))
                     handles.append(module.register_forward_hook(self._rule_hook))
             with _Forward(self):
@@ -431,12 +435,16 @@ def fast_relevance(
     call: Callable[[], Tensor],
     grad_output_fn: Callable[[Tensor], Tensor],
     epsilon: float,
+    types: RuleTypes | None = None,
+    modules: Sequence[nn.Module] | None = None,
 ) -> tuple[Tensor, ...]:
     """Relevance of each of ``leaves`` (tensors requiring grad that ``call()`` feeds to the model).
 
     ``grad_output_fn(logits)`` gives the output relevance. The model must be in eval mode inside a
     :func:`preserved_model_state` block, with parameters not requiring gradients
-    (:func:`._rules.inputs_only_carry_relevance`).
+    (:func:`._rules.inputs_only_carry_relevance`). ``types`` (e.g. kept by the caller across calls: it caches each
+    class's rule) and ``modules`` (``model.modules()``) are computed when not given.
     """
-    return _Engine(model, epsilon).run(leaves, call, grad_output_fn)
-
+    types = rule_types() if types is None else types
+    modules = tuple(model.modules()) if modules is None else modules
+    return _Engine(model, epsilon, types, modules).run(leaves, call, grad_output_fn)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,9 +47,10 @@ ADD_NAMES = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__"})
 
 class RuleTypes:
     """The module types each rule applies to (PyG's, when torch_geometric is imported: a model that uses them has
-    imported it, and the core never imports it itself)."""
+    imported it, and the core never imports it itself), and each class's rule, looked up once per class
+    (zennit's types answer ``isinstance`` in Python)."""
 
-    __slots__ = ("linear", "norm", "activation", "batchnorm")
+    __slots__ = ("linear", "norm", "activation", "batchnorm", "pyg", "_kinds")
 
     def __init__(self) -> None:
         from zennit.layer import Sum
@@ -59,34 +60,64 @@ class RuleTypes:
         self.norm: tuple = (AvgPool, Sum)
         self.activation: tuple = (Activation,)
         self.batchnorm: tuple = (BatchNorm,)
-        if "torch_geometric" in sys.modules:
+        self.pyg = "torch_geometric" in sys.modules
+        if self.pyg:
             from torch_geometric.nn import Linear as PygLinear
             from torch_geometric.nn.aggr import MeanAggregation, SumAggregation
 
             self.linear += (PygLinear,)
             self.norm += (MeanAggregation, SumAggregation)
+        self._kinds: dict[type, str | None] = {}
+
+    def kind(self, module: nn.Module) -> str | None:
+        """``"activation"``, ``"batchnorm"``, ``"linear"``, ``"norm"`` (in that order of precedence) or ``None``."""
+        cls = type(module)
+        kind = self._kinds.get(cls, _UNKNOWN)
+        if kind is _UNKNOWN:
+            kind = self._kinds[cls] = next(
+                (name for name, types in (("activation", self.activation), ("batchnorm", self.batchnorm),
+                                          ("linear", self.linear), ("norm", self.norm))
+                 if issubclass(cls, types)), None)
+        return kind
+
+    def current(self) -> bool:
+        """Whether these types still describe the process (torch_geometric not imported since)."""
+        return self.pyg == ("torch_geometric" in sys.modules)
+
+
+_UNKNOWN = object()
 
 
 def rule_types() -> RuleTypes:
     return RuleTypes()
 
 
-def first_linear(model: nn.Module, types: RuleTypes) -> nn.Module | None:
-    """The layer that gets Flat: the first linear module in module order (as zennit's composite)."""
-    return next((module for module in model.modules() if isinstance(module, types.linear)), None)
+def first_linear(model: nn.Module, types: RuleTypes, modules: Sequence[nn.Module] | None = None) -> nn.Module | None:
+    """The layer that gets Flat: the first linear module in module order (as zennit's composite). ``modules``:
+    ``model.modules()``, when the caller has them."""
+    return next((module for module in (model.modules() if modules is None else modules)
+                 if types.kind(module) == "linear"), None)
 
 
-def explanation_problem(model: nn.Module) -> str | None:
-    """Why LRP with these rules cannot explain ``model``, or ``None``."""
-    for name, module in model.named_modules():
-        label = f"{type(module).__name__} {name or 'model'!r}"
-        if isinstance(module, nn.MultiheadAttention):
-            return (f"{label} has no LRP rule (attention mixes three inputs through a softmax; zennit's Pass rule "
-                    "cannot be applied to it)")
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
-                not module.track_running_stats or module.running_mean is None or module.running_var is None):
-            return (f"{label} has no running statistics (track_running_stats=False): in eval mode it normalises "
-                    "with the statistics of the batch, so one sample's relevance would depend on the others")
+def explanation_problem(model: nn.Module, modules: Sequence[nn.Module] | None = None) -> str | None:
+    """Why LRP with these rules cannot explain ``model``, or ``None``. ``modules``: ``model.modules()``, when the
+    caller has them."""
+    for module in model.modules() if modules is None else modules:
+        reason = _problem(module)
+        if reason is not None:
+            name = next((name for name, m in model.named_modules() if m is module), "")
+            return f"{type(module).__name__} {name or 'model'!r} {reason}"
+    return None
+
+
+def _problem(module: nn.Module) -> str | None:
+    if isinstance(module, nn.MultiheadAttention):
+        return ("has no LRP rule (attention mixes three inputs through a softmax; zennit's Pass rule cannot be "
+                "applied to it)")
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+            not module.track_running_stats or module.running_mean is None or module.running_var is None):
+        return ("has no running statistics (track_running_stats=False): in eval mode it normalises with the "
+                "statistics of the batch, so one sample's relevance would depend on the others")
     return None
 
 
@@ -96,10 +127,14 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
 
 
 @contextlib.contextmanager
-def inputs_only_carry_relevance(model: nn.Module) -> Iterator[None]:
+def inputs_only_carry_relevance(model: nn.Module, modules: Sequence[nn.Module] | None = None) -> Iterator[None]:
     """Parameters stop requiring gradients, so that ``requires_grad`` marks exactly what depends on the inputs
-    (and autograd builds no weight-gradient graph). Restored on exit; run inside :func:`preserved_model_state`."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    (and autograd builds no weight-gradient graph). Restored on exit; run inside :func:`preserved_model_state`.
+    ``modules``: ``model.modules()``, when the caller has them."""
+    if modules is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+    else:  # a parameter shared by two modules may appear twice: harmless
+        params = [p for module in modules for p in module._parameters.values() if p is not None and p.requires_grad]
     try:
         for p in params:
             p.requires_grad_(False)

@@ -9,7 +9,8 @@ afterwards, also when an exception is raised half-way.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import operator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -43,48 +44,54 @@ def model_device(model: nn.Module) -> torch.device | None:
 
 
 class _ModuleRecord:
-    """A shallow record of one module: its attribute dict and the contents of every dict/set held in it."""
+    """A shallow record of one module: its attribute dict and the contents of every dict/set held in it.
 
-    __slots__ = ("module", "attributes", "containers")
+    Most containers (the hook dicts) are empty and stay so: recorded without a copy. Restoring compares by identity
+    with C-level loops first and touches only what changed.
+    """
+
+    __slots__ = ("module", "attributes", "containers", "empty")
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
-        self.attributes = dict(module.__dict__)
+        self.attributes = attributes = module.__dict__.copy()
         # _parameters, _buffers, _modules, every hook dict, _non_persistent_buffers_set, ...
-        # (most containers, the hook dicts, are empty: recorded as such without a copy)
-        self.containers = {
-            key: (value.copy() if value else _EMPTY)
-            for key, value in self.attributes.items()
-            if isinstance(value, (dict, set))
-        }
+        self.containers: list = []  # (container, copy of its contents)
+        self.empty: list = []  # containers that were empty
+        for value in attributes.values():
+            if isinstance(value, (dict, set)):
+                if value:
+                    self.containers.append((value, value.copy()))
+                else:
+                    self.empty.append(value)
 
     def restore(self) -> None:
         current = self.module.__dict__
-        for key in [key for key in current if key not in self.attributes]:
-            del current[key]  # e.g. a weight that zennit 1.0.0 left in the instance dict
-        for key, value in self.attributes.items():
-            if current.get(key, _MISSING) is not value:
-                current[key] = value
-            saved = self.containers.get(key)
-            if saved is _EMPTY:
-                if value:
-                    value.clear()
-            elif saved is not None and not _same_contents(value, saved):
+        attributes = self.attributes
+        if current.keys() != attributes.keys() or not all(map(operator.is_, current.values(), attributes.values())):
+            for key in [key for key in current if key not in attributes]:
+                del current[key]  # e.g. a weight that zennit 1.0.0 left in the instance dict
+            for key, value in attributes.items():
+                if current.get(key, _MISSING) is not value:
+                    current[key] = value
+        for value in self.empty:
+            if value:
+                value.clear()
+        for value, saved in self.containers:
+            if not _same_contents(value, saved):
                 value.clear()
                 value.update(saved)
 
 
 _MISSING = object()
-_EMPTY = object()  # an empty container
 
 
 def _same_contents(current: dict | set, saved: dict | set) -> bool:
-    # By identity: `==` on tensors is elementwise.
+    # By identity, in order: `==` on tensors is elementwise.
     if isinstance(saved, set):
         return current == saved
-    return len(current) == len(saved) and all(
-        a == b and current[a] is saved[b] for a, b in zip(current, saved)
-    )
+    return len(current) == len(saved) and all(map(operator.eq, current, saved)) \
+        and all(map(operator.is_, current.values(), saved.values()))
 
 
 class _TensorRecord:
@@ -98,14 +105,15 @@ class _TensorRecord:
         self.data_ptr = tensor.data_ptr()
         self.requires_grad = tensor.requires_grad
         self.grad = tensor.grad
-        self.hooks = None if tensor._backward_hooks is None else dict(tensor._backward_hooks)
+        hooks = tensor._backward_hooks
+        self.hooks = None if hooks is None else dict(hooks)
         self.values = tensor.detach().clone() if keep_values else None
 
     def restore(self) -> None:
         tensor = self.tensor
-        if tensor.data_ptr() != self.data_ptr or tensor.data.shape != self.data.shape:
+        if tensor.data_ptr() != self.data_ptr or tensor.shape != self.data.shape:
             tensor.data = self.data
-        if self.values is not None and not torch.equal(tensor.data, self.values):
+        if self.values is not None and not torch.equal(tensor, self.values):
             # In place on `.data`: the parameter's autograd version counter is not bumped.
             tensor.data.copy_(self.values)
         if tensor.requires_grad != self.requires_grad:
@@ -122,7 +130,8 @@ class _TensorRecord:
 
 
 @contextlib.contextmanager
-def preserved_model_state(model: nn.Module, *, keep_values: bool = True) -> Iterator[nn.Module]:
+def preserved_model_state(model: nn.Module, *, keep_values: bool = True,
+                          modules: Sequence[nn.Module] | None = None) -> Iterator[nn.Module]:
     """Context in which ``model`` may be changed freely: on exit everything is put back as it was.
 
     Restored, whether the block finishes or raises: the module tree, each module's own ``training`` flag and other
@@ -134,8 +143,9 @@ def preserved_model_state(model: nn.Module, *, keep_values: bool = True) -> Iter
         model: The module whose state is preserved.
         keep_values: Also snapshot and restore parameter values. Needed for backends that write into weights
             (zennit's canonizers); costs one copy of the parameters.
+        modules: ``model.modules()``, when the caller has them.
     """
-    modules = [_ModuleRecord(module) for module in model.modules()]
+    modules = [_ModuleRecord(module) for module in (model.modules() if modules is None else modules)]
     seen: set[int] = set()
     tensors = []
     for record in modules:
