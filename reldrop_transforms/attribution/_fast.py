@@ -24,6 +24,7 @@ a ReLU-like clamp, whose gradient is zero wherever it changes a value) makes the
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -65,12 +66,12 @@ class _Point:
     def __init__(self, kind: str, z: Tensor, epsilon: float, module: nn.Module | None = None,
                  inp: Tensor | None = None) -> None:
         self.kind = kind  # "epsilon" | "norm" | "flat"
-        self.z = z  # detached; replaced by a copy before an in-place change (see _Forward)
+        self.z = z  # detached; replaced by a copy before an in-place change (see _Forward); None while merged
         self.epsilon = epsilon
         self.module = module  # linear module (epsilon, flat)
         self.inp = inp  # the Flat layer's input
         self.active = True  # False once a following BatchNorm took the rule over
-        self.result: Tensor | None = None
+        self.result: weakref.ref | None = None  # the tensor the point returned (weakly: see _Engine.points)
         self.uses = 0  # operations that read ``result`` (a BatchNorm merges only into a layer it alone reads)
         self.scale: Tensor | None = None  # a merged BatchNorm's eval-mode Jacobian (per channel)
 
@@ -106,6 +107,7 @@ class _RulePoint(torch.autograd.Function):
         if point.kind == "flat":
             return None, None, _flat_input_relevance(point.module, point.inp, grad), None
         share = divide_by_stabilized(grad, point.z, point.epsilon)
+        point.z = None  # each point runs once: its value is freed here, as autograd frees what it saved
         if point.scale is not None:  # merged BatchNorm: its backward in eval mode is this per-channel scale
             return None, share.mul_(point.scale), None, None
         return share, None, None, None
@@ -143,6 +145,7 @@ class _SumPoint(torch.autograd.Function):
         point: _Point = ctx.point
         a, b = ctx.saved_tensors
         share = divide_by_stabilized(grad, point.z, NORM_STABILIZER)
+        point.z = None
         return (share * a).sum_to_size(ctx.shapes[0]), (share * b).sum_to_size(ctx.shapes[1]), None, None
 
 
@@ -269,13 +272,15 @@ class _Engine:
         self.types = types
         self.modules = modules
         self.first = first_linear(model, types, modules)
-        self.points: dict[int, _Point] = {}  # id(result) -> point; results are kept alive by their points
+        # id(result) -> point. Results are weakly referenced (a merged layer's output is freed as soon as its
+        # BatchNorm has read it); an id reused by a new tensor is told apart by the dead reference.
+        self.points: dict[int, _Point] = {}
         self.depth = 0  # how many hooked modules' forwards are running
         self.merges: list[tuple[_Point, _Point]] = []  # (linear point, BatchNorm point)
 
     # -- points ------------------------------------------------------------------------------------------------
     def _register(self, point: _Point, result: Tensor) -> Tensor:
-        point.result = result
+        point.result = weakref.ref(result)
         self.points[id(result)] = point
         return result
 
@@ -283,8 +288,10 @@ class _Engine:
         for arg in args:
             if isinstance(arg, Tensor):
                 point = self.points.get(id(arg))
-                if point is not None and point.result is arg:
+                if point is not None and point.result() is arg:
                     point.uses += 1
+                    if point.z is None:  # a merged layer's output read again: the merge will be undone
+                        point.z = arg.detach()
             elif isinstance(arg, (tuple, list)):
                 self.count_uses(arg)
 
@@ -293,7 +300,12 @@ class _Engine:
         a copy of ``tensor`` already made, where it is one of the same values)."""
         for candidate in (tensor, tensor._base):
             point = self.points.get(id(candidate)) if candidate is not None else None
-            if point is not None and point.kind != "flat" and point.z.data_ptr() == candidate.data_ptr():
+            if point is None or point.kind == "flat":
+                continue
+            if point.z is None:  # a merged layer's output (see _batchnorm): kept, in case the merge is undone
+                if point.result() is candidate:
+                    point.z = candidate.detach().clone()
+            elif point.z.data_ptr() == candidate.data_ptr():
                 same = copy is not None and candidate is tensor and point.z.shape == copy.shape \
                     and point.z.stride() == tensor.stride()
                 point.z = copy if same else point.z.clone()
@@ -352,7 +364,7 @@ class _Engine:
                 return None
             if not isinstance(out, Tensor) or out.shape != args[0].shape:
                 raise UnsupportedModel(f"the Pass rule needs an elementwise {type(module).__name__}")
-            return _RulePoint.apply(out.detach(), args[0], None, _Point("pass", out, 0.0))
+            return _RulePoint.apply(out.detach(), args[0], None, _Point("pass", None, 0.0))
 
     def _batchnorm_hook(self, module: nn.Module, args, out):
         self.depth -= 1
@@ -363,13 +375,15 @@ class _Engine:
             return None
         inp = args[0]
         producer = self.points.get(id(inp))
-        if producer is None or producer.result is not inp or producer.kind not in ("epsilon", "flat") \
+        if producer is None or producer.result() is not inp or producer.kind not in ("epsilon", "flat") \
                 or not producer.active:
             return self._pass(module, args, out)  # follows no linear layer: Pass, as in zennit's composite
         # Merge: the linear layer's rule moves to the BatchNorm's output (undone after the forward if anything
         # else reads the layer's output: merging the weights would change what that reader sees)
         with _plain():
             producer.active = False
+            if producer.uses == 1:  # the BatchNorm alone read it so far: its value is not needed unless another
+                producer.z = None  # reader comes (count_uses, keep_before_change take it back then)
             flat = producer.kind == "flat"
             point = _Point(producer.kind, out.detach(), self.epsilon, producer.module, producer.inp)
             if not flat:
