@@ -142,6 +142,25 @@ def test_guard_undoes_parameter_replacement_and_storage_swaps():
     assert_same_state(before, model)
 
 
+def test_guard_undoes_attribute_deletion_container_swaps_and_reordering():
+    model = small_cnn()
+    model[0].notes = {"seen": 0}  # a user dict attribute
+    model[0].register_forward_hook(lambda *a: None)
+    model[0].register_forward_hook(lambda *a: None)
+    before = snapshot(model)
+    notes, hooks = model[0].notes, list(model[0]._forward_hooks.items())
+    with preserved_model_state(model):
+        model[0].notes["seen"] = 1
+        model[0].notes["extra"] = 2
+        del model[1].eps  # an attribute deleted
+        model[0]._forward_hooks = type(model[0]._forward_hooks)()  # the hook dict object replaced
+        model[3]._forward_pre_hooks.clear()
+        model[0].__dict__["_parameters"] = dict(reversed(list(model[0]._parameters.items())))
+    assert_same_state(before, model)
+    assert model[0].notes is notes and notes == {"seen": 0}
+    assert list(model[0]._forward_hooks.items()) == hooks  # same objects, same order
+
+
 def test_guard_restores_on_exception():
     model = small_cnn()
     before = snapshot(model)

@@ -200,6 +200,69 @@ class TestBatchNormPairing:
                                paper_composite(1e-3, [SequentialMergeBatchNorm()]))
         assert_matches(both(model, x, targets), oracle)
 
+    @pytest.mark.parametrize("reader", ["function_after", "module_before", "view_after"])
+    def test_no_merge_whoever_reads_the_layer_when(self, reader):
+        """The same rule whichever other reader there is and whenever it reads: a function after the BatchNorm (the
+        engine frees a merged layer's output once its BatchNorm has read it, and must take it back here), a module
+        before it, a reader of a view. Oracle: stock zennit on the same model with nothing merged (no canonizer:
+        the BatchNorm gets Pass, the conv Epsilon)."""
+
+        class Reader(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.stem = nn.Conv2d(3, 4, 3, padding=1)
+                self.conv = nn.Conv2d(4, 4, 3, padding=1)
+                self.bn = nn.BatchNorm2d(4)
+                self.other = nn.Conv2d(4, 4, 1)
+                self.fc = nn.Linear(4, 5)
+
+            def forward(self, x):
+                h = self.conv(torch.relu(self.stem(x)))
+                if reader == "module_before":
+                    side = self.other(h)
+                    return self.fc((torch.relu(self.bn(h)) * side).mean((2, 3)))
+                y = torch.relu(self.bn(h))
+                side = torch.sigmoid(h) if reader == "function_after" else torch.sigmoid(h[:, :2]).mean(1, True)
+                return self.fc((y * side).mean((2, 3)))
+
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(Reader(), shape=(8, 3, 8, 8)).double()
+        x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2])
+        oracle = zennit_oracle(model, x, targets, paper_composite(1e-3, []))
+        assert_matches(both(model, x, targets), oracle)
+
+    def test_a_merged_layers_output_is_freed_before_the_backward(self):
+        """Memory: once its BatchNorm has read it (and nothing else has), a merged conv's output is not kept for
+        the backward (its value is not needed; keeping it made the attribution hold a third more memory than the
+        plain gradient on conv-BN-ReLU stacks). Seen from inside the engine when its backward starts."""
+        import sys
+
+        import reldrop_transforms.attribution._fast as fast
+
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+            nn.Flatten(), nn.Linear(64, 5)), shape=(8, 3, 8, 8))
+        seen = []
+        grad = torch.autograd.grad
+
+        def spy(*args, **kwargs):  # the engine's backward starts here
+            engine = sys._getframe(1).f_locals["self"]
+            seen.extend((point.active, point.z is None, point.result() is None)
+                        for point in engine.points.values() if point.module is model[3])
+            return grad(*args, **kwargs)
+
+        fast.torch.autograd.grad = spy
+        try:
+            relevance(model, torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), backend="fast")
+        finally:
+            fast.torch.autograd.grad = grad
+        # the conv's own point: inactive, nothing holds the conv's output any more; the BatchNorm's point, which
+        # took its rule over: its output divides the relevance
+        (conv_active, conv_free, conv_gone), (merged_active, merged_free, _) = seen
+        assert (conv_active, conv_free, conv_gone) == (False, True, True)
+        assert (merged_active, merged_free) == (True, False)
+
     def test_densenet_pairs_in_execution_order(self):
         """DenseNet registers norm1, relu1, conv1, norm2, ...: by module order stock zennit merges each layer's
         norm1 (which follows a concatenation) into the previous layer's conv2 and crashes on the shapes. Oracle:
@@ -509,3 +572,30 @@ class TestPyG:
             for key, ref in zip(("pos", "x"), oracle):
                 assert ref.abs().sum() > 0
                 assert rel_l2(rels[key], ref) <= 1e-9, (backend, key)
+
+
+class TestRuleLookup:
+    def test_each_class_gets_zennits_rule(self):
+        """The per-class lookup (zennit's types answer isinstance in Python, so the engine asks once per class)
+        gives the rule the composite gives, subclasses included."""
+        from reldrop_transforms.attribution._rules import rule_types
+
+        class MyConv(nn.Conv2d):
+            pass
+
+        types = rule_types()
+        expected = {nn.ReLU(): "activation", nn.ReLU6(): "activation", nn.SiLU(): "activation",
+                    nn.BatchNorm2d(3): "batchnorm", nn.BatchNorm1d(3): "batchnorm", nn.Conv2d(3, 3, 1): "linear",
+                    MyConv(3, 3, 1): "linear", nn.Linear(3, 3): "linear", nn.ConvTranspose2d(3, 3, 1): "linear",
+                    nn.AvgPool2d(2): "norm", nn.AdaptiveAvgPool2d(1): "norm", Sum(): "norm", nn.LayerNorm(3): None,
+                    nn.Mish(): None, nn.MaxPool2d(2): None, nn.Sequential(): None}
+        for _ in range(2):  # the second round answers from the cache
+            assert {type(m).__name__ + str(i): types.kind(m) for i, m in enumerate(expected)} == \
+                {type(m).__name__ + str(i): kind for i, (m, kind) in enumerate(expected.items())}
+
+    def test_attributor_renews_its_types_when_pyg_arrives(self):
+        attributor = Attributor(nn.Linear(3, 2))
+        types = attributor._rule_types()
+        assert attributor._rule_types() is types
+        types.pyg = not types.pyg  # as if torch_geometric had been imported since
+        assert attributor._rule_types() is not types
