@@ -17,7 +17,7 @@ from ._composites import check_composite, zennit_relevance
 from ._fast import FAST_COMPOSITES, UnsupportedModel, fast_relevance
 from ._graphs import GraphCache
 from ._rules import RuleTypes, explanation_problem, inputs_only_carry_relevance, rule_types
-from ._state import model_device, preserved_model_state, unwrap_model
+from ._state import model_device, preserved_model_state, set_eval, unwrap_model
 
 __all__ = ["Attributor", "RelevanceBackendWarning", "model_lock", "check_not_in_worker", "check_inputs",
            "output_relevance", "check_finite"]
@@ -506,7 +506,7 @@ class Attributor:
             if use_fast:
                 with preserved_model_state(module, keep_values=False, modules=modules), \
                         inputs_only_carry_relevance(module, modules):
-                    module.eval()
+                    set_eval(module, modules)
                     try:
                         rels = fast_relevance(module, leaves, lambda: call(*leaves), grad_output_fn, self.epsilon,
                                               self._rule_types(), modules)
@@ -516,7 +516,7 @@ class Attributor:
             else:
                 with preserved_model_state(module, keep_values=True, modules=modules), \
                         inputs_only_carry_relevance(module, modules):
-                    module.eval()
+                    set_eval(module, modules)
                     rels = zennit_relevance(module, leaves, lambda: call(*leaves), grad_output_fn, self.composite,
                                             self.epsilon)
         return tuple(r.detach() for r in rels)

@@ -150,12 +150,13 @@ class _SumPoint(torch.autograd.Function):
 
 
 def _batchnorm_scale(module: nn.Module, out: Tensor) -> Tensor:
-    """d out / d in of a BatchNorm in eval mode: ``weight / sqrt(running_var + eps)`` per channel (dim 1)."""
-    with torch.no_grad():
-        scale = torch.rsqrt(module.running_var.to(out.dtype) + module.eps)
-        if module.weight is not None:
-            scale.mul_(module.weight.to(out.dtype))
-    return scale.view(1, -1, *([1] * (out.ndim - 2)))
+    """d out / d in of a BatchNorm in eval mode: ``weight / sqrt(running_var + eps)`` per channel (dim 1). (During
+    attribution nothing here requires grad: see :func:`fast_relevance`.)"""
+    var, weight = module.running_var, module.weight
+    scale = torch.rsqrt((var if var.dtype == out.dtype else var.to(out.dtype)) + module.eps)
+    if weight is not None:
+        scale.mul_(weight if weight.dtype == out.dtype else weight.to(out.dtype))
+    return scale.view((1, -1) + (1,) * (out.ndim - 2))
 
 
 def divide_by_stabilized(grad: Tensor, z: Tensor, epsilon: float) -> Tensor:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-__all__ = ["preserved_model_state", "unwrap_model", "model_device"]
+__all__ = ["preserved_model_state", "unwrap_model", "model_device", "set_eval"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -41,6 +41,18 @@ def model_device(model: nn.Module) -> torch.device | None:
     for tensor in model.buffers():
         return tensor.device
     return None
+
+
+def set_eval(model: nn.Module, modules: Sequence[nn.Module]) -> None:
+    """``model.eval()``; when no module in ``modules`` (``model.modules()``) overrides ``train`` or
+    ``__setattr__``, by setting the flags directly (what ``nn.Module.train`` does, without its per-module
+    ``__setattr__``)."""
+    train, setattr_ = nn.Module.train, nn.Module.__setattr__
+    if all(type(module).train is train and type(module).__setattr__ is setattr_ for module in modules):
+        for module in modules:
+            module.__dict__["training"] = False
+    else:
+        model.eval()
 
 
 class _ModuleRecord:

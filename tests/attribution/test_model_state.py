@@ -217,3 +217,22 @@ def test_buffers_written_by_the_forward_are_restored(backend):
         assert buffer is versions[name]  # the same tensor objects
         assert torch.equal(buffer, before[name]), name
     assert int(model.calls) == 1
+
+
+def test_set_eval_sets_every_flag_and_respects_train_overrides():
+    from reldrop_transforms.attribution._state import set_eval
+
+    calls = []
+
+    class Custom(nn.Linear):
+        def train(self, mode=True):
+            calls.append(mode)
+            return super().train(mode)
+
+    plain = small_cnn().train()
+    set_eval(plain, tuple(plain.modules()))
+    assert not any(m.training for m in plain.modules())
+    custom = nn.Sequential(small_cnn(), Custom(3, 3)).train()
+    calls.clear()
+    set_eval(custom, tuple(custom.modules()))
+    assert calls == [False] and not any(m.training for m in custom.modules())
