@@ -61,7 +61,7 @@ class UnsupportedModel(Exception):
 class _Point:
     """A division point: the tensor ``z`` whose stabilised values divide the relevance in the backward."""
 
-    __slots__ = ("kind", "module", "inp", "epsilon", "active", "z", "result", "uses", "scale")
+    __slots__ = ("kind", "module", "inp", "epsilon", "active", "z", "result", "uses", "scale", "fused")
 
     def __init__(self, kind: str, z: Tensor, epsilon: float, module: nn.Module | None = None,
                  inp: Tensor | None = None) -> None:
@@ -74,6 +74,7 @@ class _Point:
         self.result: weakref.ref | None = None  # the tensor the point returned (weakly: see _Engine.points)
         self.uses = 0  # operations that read ``result`` (a BatchNorm merges only into a layer it alone reads)
         self.scale: Tensor | None = None  # a merged BatchNorm's eval-mode Jacobian (per channel)
+        self.fused: Tensor | None = None  # the ReLU output x of a fused chain (see _Engine._settle_chains)
 
 
 class _RulePoint(torch.autograd.Function):
@@ -106,7 +107,12 @@ class _RulePoint(torch.autograd.Function):
             return None, grad, None, None
         if point.kind == "flat":
             return None, None, _flat_input_relevance(point.module, point.inp, grad), None
-        share = divide_by_stabilized(grad, point.z, point.epsilon)
+        if point.fused is not None:  # z -> ReLU -> rule layer: grad is c, not c * x (see _Engine._settle_chains)
+            x, point.fused = point.fused, None
+            share = grad * x  # what the rule layer's input point would have given
+            share.div_(x + point.epsilon)  # = stab(z) where z > 0 (x = z there); elsewhere c * x = 0
+        else:
+            share = divide_by_stabilized(grad, point.z, point.epsilon)
         point.z = None  # each point runs once: its value is freed here, as autograd frees what it saved
         if point.scale is not None:  # merged BatchNorm: its backward in eval mode is this per-channel scale
             return None, share.mul_(point.scale), None, None
@@ -114,17 +120,32 @@ class _RulePoint(torch.autograd.Function):
 
 
 class _InputPoint(torch.autograd.Function):
-    """Identity in the forward (a view); backward ``c -> c * x``: the reducer of Epsilon and Norm."""
+    """Identity in the forward (a view); backward ``c -> c * x``: the reducer of Epsilon and Norm (``c`` unchanged
+    when ``link.fused``: the point that produced ``x``'s ReLU input multiplies instead)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, link: "_Link | None") -> Tensor:
         ctx.save_for_backward(x)
+        ctx.link = link
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):
+        link = ctx.link
+        if link is not None and link.fused:
+            return grad, None
         (x,) = ctx.saved_tensors
-        return grad * x
+        return grad * x, None
+
+
+class _Link:
+    """A rule layer's input point whose input ``x`` is a ReLU's output: the chain z -> ReLU -> layer may be fused."""
+
+    __slots__ = ("fused", "x")
+
+    def __init__(self, x: Tensor) -> None:
+        self.fused = False
+        self.x: Tensor | None = x  # until the chain is settled
 
 
 class _SumPoint(torch.autograd.Function):
@@ -278,6 +299,8 @@ class _Engine:
         self.points: dict[int, _Point] = {}
         self.depth = 0  # how many hooked modules' forwards are running
         self.merges: list[tuple[_Point, _Point]] = []  # (linear point, BatchNorm point)
+        self.relus: list[tuple[_Point, _Point]] = []  # (Epsilon point, the ReLU's pass point on its output)
+        self.links: list[tuple[_Point, _Link]] = []  # (a ReLU's pass point, the input point of a layer reading it)
 
     # -- points ------------------------------------------------------------------------------------------------
     def _register(self, point: _Point, result: Tensor) -> Tensor:
@@ -301,7 +324,7 @@ class _Engine:
         a copy of ``tensor`` already made, where it is one of the same values)."""
         for candidate in (tensor, tensor._base):
             point = self.points.get(id(candidate)) if candidate is not None else None
-            if point is None or point.kind == "flat":
+            if point is None or point.kind in ("flat", "pass"):
                 continue
             if point.z is None:  # a merged layer's output (see _batchnorm): kept, in case the merge is undone
                 if point.result() is candidate:
@@ -332,8 +355,14 @@ class _Engine:
         with _plain():
             if not args[0].requires_grad:
                 return None
+            x = args[0]
             self.count_uses(args[:1])  # the module reads its input (through the view made here)
-            return (_InputPoint.apply(args[0]), *args[1:])
+            link = None
+            relu = self.points.get(id(x))
+            if relu is not None and relu.kind == "pass" and relu.result() is x:
+                link = _Link(x)
+                self.links.append((relu, link))
+            return (_InputPoint.apply(x, link), *args[1:])
 
     def _rule_hook(self, module: nn.Module, args, out):
         self.depth -= 1
@@ -365,7 +394,14 @@ class _Engine:
                 return None
             if not isinstance(out, Tensor) or out.shape != args[0].shape:
                 raise UnsupportedModel(f"the Pass rule needs an elementwise {type(module).__name__}")
-            return _RulePoint.apply(out.detach(), args[0], None, _Point("pass", None, 0.0))
+            point = _Point("pass", None, 0.0)
+            result = _RulePoint.apply(out.detach(), args[0], None, point)
+            if type(module) is nn.ReLU:  # a candidate chain z -> ReLU -> rule layer (see _settle_chains)
+                producer = self.points.get(id(args[0]))
+                if producer is not None and producer.kind == "epsilon" and producer.result() is args[0]:
+                    self.relus.append((producer, point))
+                    self._register(point, result)  # its readers are counted
+            return result
 
     def _batchnorm_hook(self, module: nn.Module, args, out):
         self.depth -= 1
@@ -391,6 +427,25 @@ class _Engine:
                 point.scale = _batchnorm_scale(module, out)
             self.merges.append((producer, point))
             return self._register(point, _RulePoint.apply(out.detach(), inp, producer.inp if flat else None, point))
+
+    def _settle_chains(self) -> None:
+        """Fuse z -> ReLU -> rule layer where each reads the other alone: the layer's input point would give
+        ``R = c * x`` and the point at z ``R / stab(z)``; since ``x = relu(z)`` equals ``z`` wherever it is not zero
+        (and ``R`` is zero elsewhere), the point at z computes ``c * x / (x + eps)`` itself, the same numbers, from
+        ``x`` alone: three passes over the tensor fewer in the backward, and z is freed before it (run after
+        :meth:`_settle_merges`)."""
+        links = {id(relu): link for relu, link in self.links}
+        for producer, relu in self.relus:
+            link = links.get(id(relu))
+            if link is not None and producer.kind == "epsilon" and producer.active and producer.uses == 1 \
+                    and relu.uses == 1 and producer.z is not None:
+                link.fused = True
+                producer.fused = link.x.detach()
+                producer.z = None
+        for _, link in self.links:
+            link.x = None
+        self.links.clear()
+        self.relus.clear()
 
     def _settle_merges(self) -> None:
         for producer, point in self.merges:
@@ -429,6 +484,7 @@ class _Engine:
             with _Forward(self):
                 logits = call()
             self._settle_merges()
+            self._settle_chains()
             grad_output = grad_output_fn(logits)
             if not logits.requires_grad:  # the output does not depend on the inputs
                 return tuple(torch.zeros_like(x) for x in leaves)
@@ -439,7 +495,7 @@ class _Engine:
             for module in in_place:
                 module.inplace = True
             for point in self.points.values():  # point -> result -> its autograd node -> point: break the cycle
-                point.result = point.inp = point.z = None
+                point.result = point.inp = point.z = point.fused = None
             self.points.clear()
         return tuple(torch.zeros_like(x) if r is None else r for x, r in zip(leaves, rels))
 

@@ -263,6 +263,51 @@ class TestBatchNormPairing:
         assert (conv_active, conv_free, conv_gone) == (False, True, True)
         assert (merged_active, merged_free) == (True, False)
 
+    @pytest.mark.parametrize("second_reader", [False, True])
+    def test_relu_chain_fused_only_where_it_alone_reads(self, second_reader):
+        """conv -> BN -> ReLU -> conv: the engine multiplies by the ReLU output at the BatchNorm's point instead of
+        at the second conv's input (fewer passes, the same numbers). Only where each reads the other alone: a
+        second reader of the ReLU output (after the conv) keeps the plain path. Both against stock zennit."""
+        import sys
+
+        import reldrop_transforms.attribution._fast as fast
+
+        class Chain(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.stem = nn.Conv2d(3, 4, 3, padding=1)
+                self.conv = nn.Conv2d(4, 4, 3, padding=1)
+                self.bn = nn.BatchNorm2d(4)
+                self.relu = nn.ReLU(inplace=True)
+                self.head = nn.Conv2d(4, 4, 3, padding=1)
+                self.fc = nn.Linear(4, 5)
+
+            def forward(self, x):
+                h = self.relu(self.bn(self.conv(torch.relu(self.stem(x)))))
+                y = self.head(h)
+                if second_reader:
+                    y = y * torch.sigmoid(h)
+                return self.fc(y.mean((2, 3)))
+
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(Chain(), shape=(8, 3, 8, 8)).double()
+        x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2])
+        fused = []
+        settle = fast._Engine._settle_chains
+
+        def spy(engine):
+            settle(engine)
+            fused.append(sum(point.fused is not None for point in engine.points.values()))
+
+        fast._Engine._settle_chains = spy
+        try:
+            ours = both(model, x, targets)
+        finally:
+            fast._Engine._settle_chains = settle
+        oracle = zennit_oracle(model, x, targets, paper_composite(1e-3, [SequentialMergeBatchNorm()]))
+        assert_matches(ours, oracle)
+        assert fused == [0 if second_reader else 1]  # the fast backend's pass (the zennit one has no engine)
+
     def test_densenet_pairs_in_execution_order(self):
         """DenseNet registers norm1, relu1, conv1, norm2, ...: by module order stock zennit merges each layer's
         norm1 (which follows a concatenation) into the previous layer's conv2 and crashes on the shapes. Oracle:
