@@ -139,13 +139,12 @@ class _InputPoint(torch.autograd.Function):
 
 
 class _Link:
-    """A rule layer's input point whose input ``x`` is a ReLU's output: the chain z -> ReLU -> layer may be fused."""
+    """A rule layer's input point whose input comes from a ReLU's output: the chain may be fused."""
 
-    __slots__ = ("fused", "x")
+    __slots__ = ("fused",)
 
-    def __init__(self, x: Tensor) -> None:
+    def __init__(self) -> None:
         self.fused = False
-        self.x: Tensor | None = x  # until the chain is settled
 
 
 class _SumPoint(torch.autograd.Function):
@@ -238,7 +237,12 @@ def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor) -> Tensor
     return spread
 
 
-_ADD, _IN_PLACE = 1, 2  # what an operation may be, by its name (see _Forward)
+_ADD, _IN_PLACE, _THROUGH = 1, 2, 4  # what an operation may be, by its name (see _Forward)
+# Operations y = f(x) whose backward B is linear with B(g * y) = B(g) * x: max pooling routes to where x equals its
+# output, reshapes permute. A fused chain (see _Engine._settle_chains) may run through them.
+_THROUGH_NAMES = frozenset({"max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+                            "adaptive_max_pool3d", "flatten", "view", "view_as", "reshape", "reshape_as", "squeeze",
+                            "unsqueeze", "permute", "transpose", "contiguous"})
 
 
 def _in_place(name: str) -> bool:
@@ -251,7 +255,8 @@ def _in_place(name: str) -> bool:
 
 def _operation_kind(func) -> int:
     name = getattr(func, "__name__", "")
-    return (_ADD if name in ADD_NAMES else 0) | (_IN_PLACE if _in_place(name) else 0)
+    return (_ADD if name in ADD_NAMES else 0) | (_IN_PLACE if _in_place(name) else 0) \
+        | (_THROUGH if name in _THROUGH_NAMES else 0)
 
 
 class _Forward(TorchFunctionMode):
@@ -282,6 +287,8 @@ class _Forward(TorchFunctionMode):
         result = func(*args, **kwargs) if kwargs else func(*args)
         if engine.points and has_tensor(result):  # a reader (not a size or dtype query)
             engine.count_uses(args)
+            if kind & _THROUGH and args and isinstance(result, Tensor):
+                engine.through(args[0], result)
         return result
 
 
@@ -299,8 +306,10 @@ class _Engine:
         self.points: dict[int, _Point] = {}
         self.depth = 0  # how many hooked modules' forwards are running
         self.merges: list[tuple[_Point, _Point]] = []  # (linear point, BatchNorm point)
-        self.relus: list[tuple[_Point, _Point]] = []  # (Epsilon point, the ReLU's pass point on its output)
-        self.links: list[tuple[_Point, _Link]] = []  # (a ReLU's pass point, the input point of a layer reading it)
+        # chains z -> ReLU [-> max pooling / reshapes] -> rule layer (see _settle_chains)
+        self.relus: dict[int, tuple[_Point, Tensor]] = {}  # id(ReLU's pass point) -> (point at z, ReLU output)
+        self.parents: dict[int, _Point] = {}  # id(a "through" point) -> the point of its input
+        self.links: list[tuple[_Point, _Link]] = []  # (point of a rule layer's input, that layer's input point)
 
     # -- points ------------------------------------------------------------------------------------------------
     def _register(self, point: _Point, result: Tensor) -> Tensor:
@@ -358,10 +367,10 @@ class _Engine:
             x = args[0]
             self.count_uses(args[:1])  # the module reads its input (through the view made here)
             link = None
-            relu = self.points.get(id(x))
-            if relu is not None and relu.kind == "pass" and relu.result() is x:
-                link = _Link(x)
-                self.links.append((relu, link))
+            source = self.points.get(id(x))
+            if source is not None and source.kind in ("pass", "through") and source.result() is x:
+                link = _Link()
+                self.links.append((source, link))
             return (_InputPoint.apply(x, link), *args[1:])
 
     def _rule_hook(self, module: nn.Module, args, out):
@@ -399,7 +408,7 @@ class _Engine:
             if type(module) is nn.ReLU:  # a candidate chain z -> ReLU -> rule layer (see _settle_chains)
                 producer = self.points.get(id(args[0]))
                 if producer is not None and producer.kind == "epsilon" and producer.result() is args[0]:
-                    self.relus.append((producer, point))
+                    self.relus[id(point)] = (producer, result)
                     self._register(point, result)  # its readers are counted
             return result
 
@@ -428,24 +437,39 @@ class _Engine:
             self.merges.append((producer, point))
             return self._register(point, _RulePoint.apply(out.detach(), inp, producer.inp if flat else None, point))
 
+    def through(self, source: Tensor, result: Tensor) -> None:
+        """``result`` is a max pooling or reshape of ``source``: if ``source`` is on a chain from a ReLU, so is it."""
+        point = self.points.get(id(source))
+        if point is not None and point.kind in ("pass", "through") and point.result() is source \
+                and (point.kind == "through" or id(point) in self.relus):
+            derived = _Point("through", None, 0.0)
+            self.parents[id(derived)] = point
+            self._register(derived, result)
+
     def _settle_chains(self) -> None:
-        """Fuse z -> ReLU -> rule layer where each reads the other alone: the layer's input point would give
-        ``R = c * x`` and the point at z ``R / stab(z)``; since ``x = relu(z)`` equals ``z`` wherever it is not zero
-        (and ``R`` is zero elsewhere), the point at z computes ``c * x / (x + eps)`` itself, the same numbers, from
-        ``x`` alone: three passes over the tensor fewer in the backward, and z is freed before it (run after
-        :meth:`_settle_merges`)."""
-        links = {id(relu): link for relu, link in self.links}
-        for producer, relu in self.relus:
-            link = links.get(id(relu))
-            if link is not None and producer.kind == "epsilon" and producer.active and producer.uses == 1 \
-                    and relu.uses == 1 and producer.z is not None:
+        """Fuse z -> ReLU [-> max pooling / reshapes] -> rule layer where each reads the previous one alone.
+
+        The layer's input point would give ``R = c * y`` and the point at z ``B(R) / stab(z)`` (``B``: the backward
+        of what lies between). ``B(c * y) = B(c) * x`` for the ReLU output ``x`` (max pooling routes to where ``x``
+        equals its output; reshapes permute), and ``x = relu(z)`` equals ``z`` wherever it is not zero (where it
+        is, the relevance is zero): so the layer's input point passes ``c`` on and the point at z computes
+        ``B(c) * x / (x + eps)``, the same numbers (bitwise without pooling): three passes over the tensor fewer
+        in the backward, and z is freed before it. Run after :meth:`_settle_merges`.
+        """
+        for point, link in self.links:
+            alone = point.uses == 1
+            while alone and point.kind == "through":
+                point = self.parents[id(point)]
+                alone = point.uses == 1
+            producer, relu_output = self.relus.get(id(point), (None, None)) if alone else (None, None)
+            if producer is not None and producer.kind == "epsilon" and producer.active and producer.uses == 1 \
+                    and producer.z is not None and producer.fused is None:
                 link.fused = True
-                producer.fused = link.x.detach()
+                producer.fused = relu_output.detach()
                 producer.z = None
-        for _, link in self.links:
-            link.x = None
         self.links.clear()
         self.relus.clear()
+        self.parents.clear()
 
     def _settle_merges(self) -> None:
         for producer, point in self.merges:

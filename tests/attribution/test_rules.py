@@ -248,8 +248,8 @@ class TestBatchNormPairing:
 
         def spy(*args, **kwargs):  # the engine's backward starts here
             engine = sys._getframe(1).f_locals["self"]
-            seen.extend((point.active, point.z is None, point.result() is None)
-                        for point in engine.points.values() if point.module is model[3])
+            seen.extend((point.active, point.z is None and point.fused is None, point.result() is None)
+                        for pair in engine.merges if pair[0].module is model[3] for point in pair)
             return grad(*args, **kwargs)
 
         fast.torch.autograd.grad = spy
@@ -258,16 +258,18 @@ class TestBatchNormPairing:
         finally:
             fast.torch.autograd.grad = grad
         # the conv's own point: inactive, nothing holds the conv's output any more; the BatchNorm's point, which
-        # took its rule over: its output divides the relevance
+        # took its rule over, holds what divides the relevance (its output, or the ReLU's in a fused chain)
         (conv_active, conv_free, conv_gone), (merged_active, merged_free, _) = seen
         assert (conv_active, conv_free, conv_gone) == (False, True, True)
         assert (merged_active, merged_free) == (True, False)
 
+    @pytest.mark.parametrize("between", ["nothing", "max_pool", "overlapping_max_pool_flatten"])
     @pytest.mark.parametrize("second_reader", [False, True])
-    def test_relu_chain_fused_only_where_it_alone_reads(self, second_reader):
-        """conv -> BN -> ReLU -> conv: the engine multiplies by the ReLU output at the BatchNorm's point instead of
-        at the second conv's input (fewer passes, the same numbers). Only where each reads the other alone: a
-        second reader of the ReLU output (after the conv) keeps the plain path. Both against stock zennit."""
+    def test_relu_chain_fused_only_where_it_alone_reads(self, second_reader, between):
+        """conv -> BN -> ReLU [-> max pooling, reshapes] -> conv: the engine multiplies by the ReLU output at the
+        BatchNorm's point instead of at the second conv's input (fewer passes, the same numbers; overlapping
+        windows route several shares to one input). Only where each reads the previous one alone: a second reader
+        of the ReLU output (after the conv) keeps the plain path. Both against stock zennit."""
         import sys
 
         import reldrop_transforms.attribution._fast as fast
@@ -284,9 +286,14 @@ class TestBatchNormPairing:
 
             def forward(self, x):
                 h = self.relu(self.bn(self.conv(torch.relu(self.stem(x)))))
-                y = self.head(h)
+                g = h
+                if between == "max_pool":
+                    g = nn.functional.max_pool2d(h, 2)
+                elif between == "overlapping_max_pool_flatten":
+                    g = nn.functional.max_pool2d(h, 3, stride=1, padding=1).flatten(2).view(h.shape)
+                y = self.head(g)
                 if second_reader:
-                    y = y * torch.sigmoid(h)
+                    y = y * torch.sigmoid(h).mean()
                 return self.fc(y.mean((2, 3)))
 
         torch.manual_seed(0)
@@ -296,8 +303,9 @@ class TestBatchNormPairing:
         settle = fast._Engine._settle_chains
 
         def spy(engine):
+            links = [link for _, link in engine.links]
             settle(engine)
-            fused.append(sum(point.fused is not None for point in engine.points.values()))
+            fused.append(sum(link.fused for link in links))
 
         fast._Engine._settle_chains = spy
         try:
