@@ -82,9 +82,9 @@ class CaseResult:
         """Median of ``variant`` over the median of the plain step."""
         return self.median(variant) / self.median("plain")
 
-    def floors(self, variant: str) -> float:
+    def floors(self, variant: str, plain: str = "plain") -> float:
         """``(median(variant) - median(plain)) / median(floor)``."""
-        return (self.median(variant) - self.median("plain")) / self.median("floor")
+        return (self.median(variant) - self.median(plain)) / self.median("floor")
 
     def memory_ratio(self, variant: str) -> float:
         return self.peak_bytes[variant] / self.peak_bytes["plain"]
@@ -178,20 +178,21 @@ def _row(cells: Sequence[object]) -> str:
 def step_table(results: Sequence[CaseResult]) -> str:
     """Markdown table of the train-step variants: median, ratio to the plain step, extra cost in floors. The
     "attribution in" column of point cases also names the backend that ran."""
-    lines = [
-        _row(["case", "precision", "variant", "attribution in", "median ms", "n", "x plain step",
-              "(step - plain) / floor"]),
-        _row(["---"] * 8),
-    ]
+    masked = any("plain_masked" in result.times_ms for result in results)
+    header = ["case", "precision", "variant", "attribution in", "median ms", "n", "x plain step",
+              "(step - plain) / floor"] + (["(step - plain on the masked batch) / floor"] if masked else [])
+    lines = [_row(header), _row(["---"] * len(header))]
     for result in results:
         for name in (POINT_STEP_VARIANTS if result.kind == "points" else STEP_VARIANTS):
             if name not in result.times_ms:
                 continue
             floors = f"{result.floors(name):.2f}" if name in RELDROP_VARIANTS else "-"
-            lines.append(_row([
-                result.description, result.precision, name, result.attribution[name],
-                f"{result.median(name):.2f}", len(result.times_ms[name]), f"{result.ratio(name):.2f}", floors,
-            ]))
+            row = [result.description, result.precision, name, result.attribution[name],
+                   f"{result.median(name):.2f}", len(result.times_ms[name]), f"{result.ratio(name):.2f}", floors]
+            if masked:
+                row.append(f"{result.floors(name, 'plain_masked'):.2f}"
+                           if name in RELDROP_VARIANTS and "plain_masked" in result.times_ms else "-")
+            lines.append(_row(row))
     return "\n".join(lines)
 
 

@@ -261,6 +261,7 @@ class PointBench:
         self.backend = self._probe_backend()
         self.backend_warnings: list[str] = []
         self._mask_relevance: Tensor | dict[str, Tensor] | None = None
+        self._masked: Tensor | Batch | None = None
 
     @property
     def is_pyg(self) -> bool:
@@ -284,8 +285,8 @@ class PointBench:
         """Precision and engine of each variant's attribution (``"-"`` for variants without one): the ``reldrop``
         entry names the engine ``backend="auto"`` was seen to run (``"fast"``, or ``"zennit (auto fallback)"``)."""
         backend = "fast" if self.backend == "fast" else "zennit (auto fallback)"
-        return {"plain": "-", "floor": "fp32", "reldrop": f"fp32, {backend}", "published": "fp32, zennit",
-                "mask_vectorised": "-", "mask_loop": "-"}
+        return {"plain": "-", "plain_masked": "-", "floor": "fp32", "reldrop": f"fp32, {backend}",
+                "published": "fp32, zennit", "mask_vectorised": "-", "mask_loop": "-"}
 
     # -- the variants -----------------------------------------------------------------------------------------
     def plain_step(self, inputs: Tensor | Batch | None = None) -> Tensor:
@@ -327,6 +328,13 @@ class PointBench:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return out[0] if isinstance(out, (tuple, list)) else out
 
+    def plain_masked_step(self) -> Tensor:
+        """The plain step on the fixed batch as RelDrop masked it once (computed on first use): what training on
+        masked clouds costs without the attribution; returns the detached loss."""
+        if self._masked is None:
+            self._masked = self.masked_batch()
+        return self.plain_step(self._masked)
+
     def reldrop_step(self) -> Tensor | Batch:
         """RelDrop on the fixed batch, then the plain step on the masked batch; returns the masked batch."""
         masked = self.masked_batch()
@@ -364,6 +372,7 @@ class PointBench:
         """Every variant as a callable without arguments, in :attr:`variant_names` order."""
         return {
             "plain": self.plain_step,
+            "plain_masked": self.plain_masked_step,
             "floor": self.floor,
             "reldrop": self.reldrop_step,
             "published": self.published_step,
