@@ -109,8 +109,8 @@ class _RulePoint(torch.autograd.Function):
             return None, None, _flat_input_relevance(point.module, point.inp, grad), None
         if point.fused is not None:  # z -> ReLU -> rule layer: grad is c, not c * x (see _Engine._settle_chains)
             x, point.fused = point.fused, None
-            share = grad * x  # what the rule layer's input point would have given
-            share.div_(x + point.epsilon)  # = stab(z) where z > 0 (x = z there); elsewhere c * x = 0
+            share = torch.add(x, point.epsilon)  # = stab(z) where z > 0 (x = z there); elsewhere c * x = 0
+            torch.div(grad, share, out=share).mul_(x)  # one buffer: a fresh one costs more than a pass here
         else:
             share = divide_by_stabilized(grad, point.z, point.epsilon)
         point.z = None  # each point runs once: its value is freed here, as autograd frees what it saved
@@ -453,8 +453,8 @@ class _Engine:
         of what lies between). ``B(c * y) = B(c) * x`` for the ReLU output ``x`` (max pooling routes to where ``x``
         equals its output; reshapes permute), and ``x = relu(z)`` equals ``z`` wherever it is not zero (where it
         is, the relevance is zero): so the layer's input point passes ``c`` on and the point at z computes
-        ``B(c) * x / (x + eps)``, the same numbers (bitwise without pooling): three passes over the tensor fewer
-        in the backward, and z is freed before it. Run after :meth:`_settle_merges`.
+        ``B(c) / (x + eps) * x``, the same numbers up to rounding: three passes over the tensor fewer in the
+        backward, and z is freed before it. Run after :meth:`_settle_merges`.
         """
         for point, link in self.links:
             alone = point.uses == 1
