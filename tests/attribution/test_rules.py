@@ -136,6 +136,22 @@ class TestNeverStale:
         assert rel_l2(attributor(x, targets), oracle) <= 1e-9
 
 
+class TwoReaders(nn.Module):
+    """A conv whose output a BatchNorm and a second conv read."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.other = nn.Conv2d(4, 4, 1)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        h = self.conv(torch.relu(self.stem(x)))
+        return self.fc((torch.relu(self.bn(h)) * self.other(h)).mean((2, 3)))
+
+
 class TestBatchNormPairing:
     def test_registered_conv_bn_relu_run_conv_relu_bn(self):
         """The BatchNorm follows the ReLU in the forward, so it follows no linear layer: Pass. Stock zennit pairs by
@@ -173,19 +189,6 @@ class TestBatchNormPairing:
         merges by registration order (and so changes the forward); against stock zennit on the same model
         registered so that nothing is merged, the result is equal."""
 
-        class TwoReaders(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.stem = nn.Conv2d(3, 4, 3, padding=1)
-                self.conv = nn.Conv2d(4, 4, 3, padding=1)
-                self.bn = nn.BatchNorm2d(4)
-                self.other = nn.Conv2d(4, 4, 1)
-                self.fc = nn.Linear(4, 5)
-
-            def forward(self, x):
-                h = self.conv(torch.relu(self.stem(x)))
-                return self.fc((torch.relu(self.bn(h)) * self.other(h)).mean((2, 3)))
-
         class Unmerged(TwoReaders):
             def __init__(self, model):
                 nn.Module.__init__(self)
@@ -207,15 +210,7 @@ class TestBatchNormPairing:
         before it, a reader of a view. Oracle: stock zennit on the same model with nothing merged (no canonizer:
         the BatchNorm gets Pass, the conv Epsilon)."""
 
-        class Reader(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.stem = nn.Conv2d(3, 4, 3, padding=1)
-                self.conv = nn.Conv2d(4, 4, 3, padding=1)
-                self.bn = nn.BatchNorm2d(4)
-                self.other = nn.Conv2d(4, 4, 1)
-                self.fc = nn.Linear(4, 5)
-
+        class Reader(TwoReaders):
             def forward(self, x):
                 h = self.conv(torch.relu(self.stem(x)))
                 if reader == "module_before":
