@@ -17,9 +17,16 @@ autograd points around each rule module instead of a re-run:
   ``b / stab(a + b)``, seen by a ``TorchFunctionMode`` (so functional residual adds are found in any model);
 - anything else: the ordinary backward.
 
-Every decision is taken on the forward actually run, at every call: nothing is cached between calls. The points
-read the forward's own values; an in-place operation that would change a value a point still needs (other than
-a ReLU-like clamp, whose gradient is zero wherever it changes a value) makes the point keep a copy first.
+Every decision is taken on the forward actually run, at every call: nothing is cached between calls (the caller
+may keep the :class:`._rules.RuleTypes`, which only caches each module class's rule). The points read the forward's
+own values; an in-place operation that would change a value a point still needs (other than a ReLU-like clamp,
+whose gradient is zero wherever it changes a value) makes the point keep a copy first.
+
+Memory is time on a CPU (a fresh page costs more than a pass over it), so the pass holds no more than the gradient
+pass: a merged layer's output is freed once its BatchNorm has read it (taken back if another reader comes), every
+point frees its value after its backward, and a chain z -> ReLU [-> max pooling, reshapes] -> rule layer in which
+each step alone reads the previous one is fused (:meth:`_Engine._settle_chains`): z is not kept at all. The
+engine's own operations inside the forward run under ``DisableTorchFunction``, unseen by the mode.
 """
 
 from __future__ import annotations
