@@ -46,6 +46,8 @@ MEMORY_VARIANTS = ("plain", "reldrop", "reldrop_fast", "reldrop_zennit", "publis
 # Issue #3, item 7 (float32; the RelDrop step with the fast engine over the plain step of the same run).
 GPU_STEP_RATIO_TARGETS = {"resnet50-224px-b64": 1.5, "resnet18-32px-b128": 1.25, "resnet18-32px-b512": 1.1}
 CPU_FLOOR_TARGET = 1.15  # step_reldrop <= step_plain + 1.15 x floor
+# Issue #9 item 6 (CPU, float32, every image and point row, the fast engine): step_reldrop <= step_plain + 1.0 x floor.
+FAST_ENGINE_FLOOR_TARGET = 1.0
 GPU_MASK_TARGET_MS = 1.0  # mask stage at batch 512, 32 px
 GPU_MASK_TARGET_CASE = "resnet18-32px-b512"
 GPU_MEMORY_TARGET = 1.1  # peak memory of a RelDrop step over a plain step
@@ -243,7 +245,8 @@ def memory_table(results: Sequence[CaseResult]) -> str:
 
 
 def target_checks(results: Sequence[CaseResult]) -> list[tuple[str, str, bool]]:
-    """Issue #3 item 7 targets that apply to ``results`` (float32 only): ``(target, measured, met)`` rows."""
+    """Issue #3 item 7 and issue #9 item 6 targets that apply to ``results`` (float32 only): ``(target, measured,
+    met)`` rows."""
     checks = []
     for result in results:
         on_gpu = result.device.startswith("cuda")
@@ -270,6 +273,10 @@ def target_checks(results: Sequence[CaseResult]) -> list[tuple[str, str, bool]]:
                 backend = result.attribution["reldrop"].split(", ", 1)[-1]
                 checks.append((f"{where} {result.description}: reldrop ({backend}) <= plain + {POINT_FLOOR_TARGET} x "
                                "floor", f"plain + {floors:.3f} x floor", floors <= POINT_FLOOR_TARGET))
+                if not on_gpu:
+                    checks.append((f"CPU {result.description}: reldrop ({backend}) <= plain + "
+                                   f"{FAST_ENGINE_FLOOR_TARGET} x floor (issue #9)", f"plain + {floors:.2f} x floor",
+                                   floors <= FAST_ENGINE_FLOOR_TARGET))
             continue
         if result.precision != "fp32" or "reldrop_fast" not in result.times_ms:
             continue
@@ -277,6 +284,8 @@ def target_checks(results: Sequence[CaseResult]) -> list[tuple[str, str, bool]]:
             floors = result.floors("reldrop_fast")
             checks.append((f"CPU {result.description}: reldrop_fast <= plain + {CPU_FLOOR_TARGET} x floor",
                            f"plain + {floors:.2f} x floor", floors <= CPU_FLOOR_TARGET))
+            checks.append((f"CPU {result.description}: reldrop_fast <= plain + {FAST_ENGINE_FLOOR_TARGET} x floor "
+                           "(issue #9)", f"plain + {floors:.2f} x floor", floors <= FAST_ENGINE_FLOOR_TARGET))
             continue
         limit = GPU_STEP_RATIO_TARGETS.get(result.case)
         if limit is not None:
