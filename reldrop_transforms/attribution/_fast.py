@@ -131,7 +131,7 @@ class _InputPoint(torch.autograd.Function):
     when ``link.fused``: the point that produced ``x``'s ReLU input multiplies instead)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, link: "_Link | None") -> Tensor:
+    def forward(ctx, x: Tensor, link: _Link | None) -> Tensor:
         ctx.save_for_backward(x)
         ctx.link = link
         return x.view_as(x)

@@ -265,8 +265,6 @@ class TestBatchNormPairing:
         BatchNorm's point instead of at the second conv's input (fewer passes, the same numbers; overlapping
         windows route several shares to one input). Only where each reads the previous one alone: a second reader
         of the ReLU output (after the conv) keeps the plain path. Both against stock zennit."""
-        import sys
-
         import reldrop_transforms.attribution._fast as fast
 
         class Chain(nn.Module):
