@@ -524,7 +524,7 @@ class Attributor:
     def _rule_types(self) -> RuleTypes:
         """The rule types, kept across calls (they cache each module class's rule); renewed when torch_geometric
         has been imported since."""
-        types = self._types
+        types = self.__dict__.get("_types")  # absent in the state of an Attributor pickled before it existed
         if types is None or not types.current():
             types = self._types = rule_types()
         return types

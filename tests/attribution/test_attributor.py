@@ -52,6 +52,21 @@ class TestAttributor:
         with pytest.raises(TypeError, match="model should be a torch.nn.Module, but got str"):
             attributor.model = "resnet"
 
+    def test_copies_attribute_and_rebuild_their_rule_cache(self):
+        """The per-class rule cache does not travel with copies, and a state saved before it existed still loads."""
+        model = bn_model()
+        x, targets = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
+        attributor = Attributor(model)
+        expected = attributor(x, targets)
+        assert attributor._types is not None
+        assert pickle.loads(pickle.dumps(attributor))._types is None
+        old = Attributor.__new__(Attributor)
+        state = attributor.__getstate__()
+        del state["_types"]  # as pickled by version 0.1
+        old.__setstate__(state)
+        old.model = model
+        assert torch.equal(old(x, targets), expected)
+
     def test_one_lock_per_model_shared_by_attributors(self):
         model, other = bn_model(), bn_model()
         assert model_lock(model) is model_lock(model)
