@@ -276,7 +276,7 @@ class _Forward(TorchFunctionMode):
     def __init__(self, engine: "_Engine") -> None:
         super().__init__()
         self.engine = engine
-        self.kinds: dict = {}  # operation -> _ADD | _IN_PLACE bits (for this pass only)
+        self.kinds: dict = {}  # operation -> _ADD | _IN_PLACE | _THROUGH bits (for this pass only)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kind = self.kinds.get(func)
@@ -324,14 +324,20 @@ class _Engine:
         self.points[id(result)] = point
         return result
 
+    def point_of(self, tensor: Tensor) -> _Point | None:
+        """The point whose result ``tensor`` is (``None`` for any other tensor, also one that took a freed result's
+        id)."""
+        point = self.points.get(id(tensor))
+        return point if point is not None and point.result() is tensor else None
+
     def count_uses(self, args) -> None:
         for arg in args:
             if isinstance(arg, Tensor):
-                point = self.points.get(id(arg))
-                if point is not None and point.result() is arg:
+                point = self.point_of(arg)
+                if point is not None:
                     point.uses += 1
-                    if point.z is None:  # a merged layer's output read again: the merge will be undone
-                        point.z = arg.detach()
+                    if point.z is None and point.kind in ("epsilon", "flat"):  # a merged layer's output read
+                        point.z = arg.detach()  # again: the merge will be undone
             elif isinstance(arg, (tuple, list)):
                 self.count_uses(arg)
 
@@ -374,8 +380,8 @@ class _Engine:
             x = args[0]
             self.count_uses(args[:1])  # the module reads its input (through the view made here)
             link = None
-            source = self.points.get(id(x))
-            if source is not None and source.kind in ("pass", "through") and source.result() is x:
+            source = self.point_of(x)
+            if source is not None and source.kind in ("pass", "through"):
                 link = _Link()
                 self.links.append((source, link))
             return (_InputPoint.apply(x, link), *args[1:])
@@ -413,8 +419,8 @@ class _Engine:
             point = _Point("pass", None, 0.0)
             result = _RulePoint.apply(out.detach(), args[0], None, point)
             if type(module) is nn.ReLU:  # a candidate chain z -> ReLU -> rule layer (see _settle_chains)
-                producer = self.points.get(id(args[0]))
-                if producer is not None and producer.kind == "epsilon" and producer.result() is args[0]:
+                producer = self.point_of(args[0])
+                if producer is not None and producer.kind == "epsilon":
                     self.relus[id(point)] = (producer, result)
                     self._register(point, result)  # its readers are counted
             return result
@@ -427,9 +433,8 @@ class _Engine:
         if not args or not isinstance(args[0], Tensor):
             return None
         inp = args[0]
-        producer = self.points.get(id(inp))
-        if producer is None or producer.result() is not inp or producer.kind not in ("epsilon", "flat") \
-                or not producer.active:
+        producer = self.point_of(inp)
+        if producer is None or producer.kind not in ("epsilon", "flat") or not producer.active:
             return self._pass(module, args, out)  # follows no linear layer: Pass, as in zennit's composite
         # Merge: the linear layer's rule moves to the BatchNorm's output (undone after the forward if anything
         # else reads the layer's output: merging the weights would change what that reader sees)
@@ -446,9 +451,8 @@ class _Engine:
 
     def through(self, source: Tensor, result: Tensor) -> None:
         """``result`` is a max pooling or reshape of ``source``: if ``source`` is on a chain from a ReLU, so is it."""
-        point = self.points.get(id(source))
-        if point is not None and point.kind in ("pass", "through") and point.result() is source \
-                and (point.kind == "through" or id(point) in self.relus):
+        point = self.point_of(source)
+        if point is not None and point.kind in ("pass", "through"):  # pass points are registered for chains only
             derived = _Point("through", None, 0.0)
             self.parents[id(derived)] = point
             self._register(derived, result)

@@ -238,13 +238,15 @@ class TestBatchNormPairing:
         model = warm_up_batchnorm(nn.Sequential(
             nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
             nn.Flatten(), nn.Linear(64, 5)), shape=(8, 3, 8, 8))
-        seen = []
+        seen, held = [], []
         grad = torch.autograd.grad
 
         def spy(*args, **kwargs):  # the engine's backward starts here
             engine = sys._getframe(1).f_locals["self"]
             seen.extend((point.active, point.z is None and point.fused is None, point.result() is None)
                         for pair in engine.merges if pair[0].module is model[3] for point in pair)
+            held.extend(point.kind for point in engine.points.values()
+                        if point.kind in ("pass", "through") and point.z is not None)
             return grad(*args, **kwargs)
 
         fast.torch.autograd.grad = spy
@@ -257,6 +259,7 @@ class TestBatchNormPairing:
         (conv_active, conv_free, conv_gone), (merged_active, merged_free, _) = seen
         assert (conv_active, conv_free, conv_gone) == (False, True, True)
         assert (merged_active, merged_free) == (True, False)
+        assert held == []  # Pass points (and those between a ReLU and a layer) keep no value
 
     @pytest.mark.parametrize("between", ["nothing", "max_pool", "overlapping_max_pool_flatten"])
     @pytest.mark.parametrize("second_reader", [False, True])
