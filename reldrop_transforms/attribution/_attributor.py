@@ -518,7 +518,7 @@ class Attributor:
                         inputs_only_carry_relevance(module, modules):
                     set_eval(module, modules)
                     rels = zennit_relevance(module, leaves, lambda: call(*leaves), grad_output_fn, self.composite,
-                                            self.epsilon)
+                                            self.epsilon, self._rule_types())
         return tuple(r.detach() for r in rels)
 
     def _rule_types(self) -> RuleTypes:

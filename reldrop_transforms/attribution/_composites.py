@@ -51,13 +51,12 @@ class _Probe(TorchFunctionMode):
         self._uses: dict[int, int] = {}
         self._handles = []
         self.problem: str | None = None
+        hooks = {"linear": self._linear, "norm": self._linear, "batchnorm": self._batchnorm,
+                 "activation": self._activation}
         for module in model.modules():
-            if isinstance(module, types.linear + types.norm):
-                self._handles.append(module.register_forward_hook(self._linear))
-            elif isinstance(module, types.batchnorm):
-                self._handles.append(module.register_forward_hook(self._batchnorm))
-            elif isinstance(module, types.activation):
-                self._handles.append(module.register_forward_hook(self._activation))
+            hook = hooks.get(types.kind(module))
+            if hook is not None:
+                self._handles.append(module.register_forward_hook(hook))
 
     def _activation(self, module, args, out) -> None:
         if self.problem is None and args and isinstance(args[0], Tensor) and (
@@ -75,7 +74,7 @@ class _Probe(TorchFunctionMode):
 
     def _linear(self, module, args, out) -> None:
         self.calls[module] = self.calls.get(module, 0) + 1
-        if isinstance(out, Tensor) and isinstance(module, self.types.linear):
+        if isinstance(out, Tensor) and self.types.kind(module) == "linear":
             self._produced[id(out)] = (module, out)
 
     def _batchnorm(self, module, args, out) -> None:
@@ -240,7 +239,7 @@ class _NormSums(TorchFunctionMode):
         self.depth = 0
         self.handles = []
         for module in model.modules():
-            if isinstance(module, types.linear + types.norm + types.activation + types.batchnorm):
+            if types.kind(module) is not None:  # any rule module
                 self.handles.append(module.register_forward_pre_hook(self._enter))
                 self.handles.append(module.register_forward_hook(self._leave))
 
@@ -279,12 +278,14 @@ def zennit_relevance(
     grad_output_fn: Callable[[Tensor], Tensor],
     composite,
     epsilon: float,
+    types: RuleTypes | None = None,
 ) -> tuple[Tensor, ...]:
     """Relevance of each of ``leaves`` computed by zennit (inside :func:`preserved_model_state`, in eval mode,
-    parameters not requiring gradients). Raises ``ValueError`` for a model zennit's hooks cannot explain."""
+    parameters not requiring gradients). Raises ``ValueError`` for a model zennit's hooks cannot explain.
+    ``types``: kept by the caller across calls (it caches each class's rule), or made here."""
     from zennit.core import Composite
 
-    types = rule_types()
+    types = rule_types() if types is None else types
     custom = isinstance(composite, Composite)
     canonizers = []
     if not custom:
