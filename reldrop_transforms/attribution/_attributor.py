@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -458,9 +459,7 @@ class Attributor:
                 valid.append(ok)
                 return weights
 
-            with torch.enable_grad(), preserved_model_state(module, keep_values=False), \
-                    inputs_only_carry_relevance(module):
-                module.eval()
+            with torch.enable_grad(), _attribution_state(module, tuple(module.modules()), keep_values=False):
                 rels = attribute(static[:count], grad_output_fn)
             status = torch.stack([valid[0], *(torch.isfinite(rel).all() for rel in rels)])
             return (*post(rels, *static[count + 1:]), status)
@@ -504,9 +503,7 @@ class Attributor:
             # Fresh leaves: never the caller's tensor objects, never their autograd graph (nor inference tensors).
             leaves = tuple((x.clone() if x.is_inference() else x.detach()).requires_grad_(True) for x in inputs)
             if use_fast:
-                with preserved_model_state(module, keep_values=False, modules=modules), \
-                        inputs_only_carry_relevance(module, modules):
-                    set_eval(module, modules)
+                with _attribution_state(module, modules, keep_values=False):
                     try:
                         rels = fast_relevance(module, leaves, lambda: call(*leaves), grad_output_fn, self.epsilon,
                                               self._rule_types(), modules)
@@ -514,9 +511,7 @@ class Attributor:
                         raise ValueError(f"this {type(module).__name__} cannot be explained with LRP: {error}.") \
                             from None
             else:
-                with preserved_model_state(module, keep_values=True, modules=modules), \
-                        inputs_only_carry_relevance(module, modules):
-                    set_eval(module, modules)
+                with _attribution_state(module, modules, keep_values=True):
                     rels = zennit_relevance(module, leaves, lambda: call(*leaves), grad_output_fn, self.composite,
                                             self.epsilon, self._rule_types())
         return tuple(r.detach() for r in rels)
@@ -528,6 +523,17 @@ class Attributor:
         if types is None or not types.current():
             types = self._types = rule_types()
         return types
+
+
+@contextlib.contextmanager
+def _attribution_state(module: nn.Module, modules: Sequence[nn.Module], *, keep_values: bool) -> Iterator[None]:
+    """Eval mode and parameters not requiring gradients for the block, everything put back after it
+    (:func:`preserved_model_state`; ``keep_values`` for backends that write into weights). ``modules``:
+    ``module.modules()``, walked once by the caller."""
+    with preserved_model_state(module, keep_values=keep_values, modules=modules), \
+            inputs_only_carry_relevance(module, modules):
+        set_eval(module, modules)
+        yield
 
 
 def _check_explainable(module: nn.Module, modules: Sequence[nn.Module] | None = None) -> None:

@@ -131,10 +131,9 @@ def inputs_only_carry_relevance(model: nn.Module, modules: Sequence[nn.Module] |
     """Parameters stop requiring gradients, so that ``requires_grad`` marks exactly what depends on the inputs
     (and autograd builds no weight-gradient graph). Restored on exit; run inside :func:`preserved_model_state`.
     ``modules``: ``model.modules()``, when the caller has them."""
-    if modules is None:
-        params = [p for p in model.parameters() if p.requires_grad]
-    else:  # a parameter shared by two modules may appear twice: harmless
-        params = [p for module in modules for p in module._parameters.values() if p is not None and p.requires_grad]
+    # a parameter shared by two modules may appear twice: harmless
+    params = [p for module in (model.modules() if modules is None else modules)
+              for p in module._parameters.values() if p is not None and p.requires_grad]
     try:
         for p in params:
             p.requires_grad_(False)
