@@ -209,6 +209,7 @@ class Attributor:
         self._graphs = GraphCache(max_graphs)
         self._said: set = set()
         self._types: RuleTypes | None = None
+        self._hints: dict = {}  # what the fast engine learnt of this model's forward (a speed hint, never a verdict)
 
     # -- the model -------------------------------------------------------------------------------------------
     @property
@@ -219,11 +220,13 @@ class Attributor:
     @model.setter
     def model(self, model: nn.Module) -> None:
         self._model = check_model(model)
+        self._hints = {}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_graphs"] = self._graphs.max_entries  # captured CUDA graphs do not travel
         state["_types"] = None  # a cache, rebuilt on use
+        state["_hints"] = {}
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -506,7 +509,7 @@ class Attributor:
                 with _attribution_state(module, modules, keep_values=False):
                     try:
                         rels = fast_relevance(module, leaves, lambda: call(*leaves), grad_output_fn, self.epsilon,
-                                              self._rule_types(), modules)
+                                              self._rule_types(), modules, self.__dict__.setdefault("_hints", {}))
                     except UnsupportedModel as error:
                         raise ValueError(f"this {type(module).__name__} cannot be explained with LRP: {error}.") \
                             from None

@@ -25,8 +25,12 @@ whose gradient is zero wherever it changes a value) makes the point keep a copy 
 Memory is time on a CPU (a fresh page costs more than a pass over it), so the pass holds no more than the gradient
 pass: a merged layer's output is freed once its BatchNorm has read it (taken back if another reader comes), every
 point frees its value after its backward, and a chain z -> ReLU [-> max pooling, reshapes] -> rule layer in which
-each step alone reads the previous one is fused (:meth:`_Engine._settle_chains`): z is not kept at all. The
-engine's own operations inside the forward run under ``DisableTorchFunction``, unseen by the mode.
+each step alone reads the previous one is fused (:meth:`_Engine._settle_chains`): z is not kept at all. An
+``nn.ReLU`` that alone reads a rule layer's output runs as the caller built it (in place where ``inplace=True``),
+and the layer divides by the ReLU output instead: the same relevance wherever every reader of the ReLU output hands
+it relevance proportional to it (checked after the forward; otherwise the pass is rerun without this, and a caller
+that keeps ``hints`` is not made to try again). The engine's own operations inside the forward run under
+``DisableTorchFunction``, unseen by the mode.
 """
 
 from __future__ import annotations
@@ -65,10 +69,16 @@ class UnsupportedModel(Exception):
     """The engine cannot apply the rules to this forward (the message says why)."""
 
 
+class _Misjudged(Exception):
+    """A ReLU output stood in for its layer's output where it may not (see :meth:`_Engine._verify`): run again
+    without that."""
+
+
 class _Point:
     """A division point: the tensor ``z`` whose stabilised values divide the relevance in the backward."""
 
-    __slots__ = ("kind", "module", "inp", "epsilon", "active", "z", "result", "uses", "scale", "fused")
+    __slots__ = ("kind", "module", "inp", "epsilon", "active", "z", "result", "uses", "scale", "fused", "good",
+                 "bad", "parents", "substitute", "shares")
 
     def __init__(self, kind: str, z: Tensor, epsilon: float, module: nn.Module | None = None,
                  inp: Tensor | None = None) -> None:
@@ -82,6 +92,12 @@ class _Point:
         self.uses = 0  # operations that read ``result`` (a BatchNorm merges only into a layer it alone reads)
         self.scale: Tensor | None = None  # a merged BatchNorm's eval-mode Jacobian (per channel)
         self.fused: Tensor | None = None  # the ReLU output x of a fused chain (see _Engine._settle_chains)
+        # ReLU outputs and what derives from them (kinds "pass", "through", "select"; see _Engine._relu_hook):
+        self.good = 0  # reads whose relevance is proportional to the value read (rule layer, Norm sum, selection)
+        self.bad = False  # a derived tensor has another reader
+        self.parents: tuple[_Point, ...] = ()  # a derived point's sources
+        self.substitute = False  # z is the ReLU output standing in for this layer's output (see _relu_hook)
+        self.shares: _Point | None = None  # the layer whose z lives in this ReLU output's storage (in place)
 
 
 class _RulePoint(torch.autograd.Function):
@@ -244,12 +260,26 @@ def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor) -> Tensor
     return spread
 
 
-_ADD, _IN_PLACE, _THROUGH = 1, 2, 4  # what an operation may be, by its name (see _Forward)
+_ADD, _IN_PLACE, _THROUGH, _SELECT, _NO_READ, _MUTATES, _EXTREMUM = 1, 2, 4, 8, 16, 32, 64  # by name: see _Forward
+_DERIVES = _THROUGH | _SELECT | _EXTREMUM
 # Operations y = f(x) whose backward B is linear with B(g * y) = B(g) * x: max pooling routes to where x equals its
-# output, reshapes permute. A fused chain (see _Engine._settle_chains) may run through them.
+# output, selections and reshapes move values. A fused chain (see _Engine._settle_chains) may run through them.
 _THROUGH_NAMES = frozenset({"max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
                             "adaptive_max_pool3d", "flatten", "view", "view_as", "reshape", "reshape_as", "squeeze",
-                            "unsqueeze", "permute", "transpose", "contiguous"})
+                            "unsqueeze", "permute", "transpose", "contiguous", "__getitem__", "index_select",
+                            "gather", "expand", "expand_as", "narrow", "select", "t", "movedim", "unflatten", "clone",
+                            "amax", "amin"})
+# Concatenations: each part of the output is one input moved (B(g * y) = B(g) * x part by part), not fusable.
+_SELECT_NAMES = frozenset({"cat", "concat", "concatenate", "stack"})
+# max/min over a dimension (values and indices), and scatter reductions by max/min: selections too, when they
+# have one relevance-carrying source (see _Engine.derive).
+_EXTREMUM_NAMES = frozenset({"max", "min", "scatter_reduce", "scatter_reduce_"})
+# Operations that read no values of their tensor arguments (shape, dtype and device only).
+_NO_READ_NAMES = frozenset({"new_zeros", "new_ones", "new_empty", "new_full", "zeros_like", "ones_like",
+                            "empty_like", "full_like", "rand_like", "randn_like", "randint_like", "size", "dim"})
+# Functional forms that clamp when called with inplace=True (the others, e.g. F.silu, change values in place).
+_CLAMP_FUNCTIONS = frozenset({"relu", "relu6", "hardtanh", "threshold"})
+_TRACKED = ("pass", "through", "select")  # ReLU outputs and what derives from them (see _Engine._relu_hook)
 
 
 def _in_place(name: str) -> bool:
@@ -262,8 +292,18 @@ def _in_place(name: str) -> bool:
 
 def _operation_kind(func) -> int:
     name = getattr(func, "__name__", "")
-    return (_ADD if name in ADD_NAMES else 0) | (_IN_PLACE if _in_place(name) else 0) \
-        | (_THROUGH if name in _THROUGH_NAMES else 0)
+    in_place = _in_place(name)
+    return (_ADD if name in ADD_NAMES else 0) | (_IN_PLACE if in_place else 0) \
+        | (_THROUGH if name in _THROUGH_NAMES else 0) | (_SELECT if name in _SELECT_NAMES else 0) \
+        | (_EXTREMUM if name in _EXTREMUM_NAMES else 0) | (_NO_READ if name in _NO_READ_NAMES else 0) \
+        | (_MUTATES if in_place or name in _CLAMPS else 0)
+
+
+def _carries(result) -> bool:
+    """Whether an operation's result carries relevance (a tensor requiring grad, or a tuple holding one)."""
+    if isinstance(result, Tensor):
+        return result.requires_grad
+    return any(isinstance(v, Tensor) and v.requires_grad for v in result)
 
 
 class _Forward(TorchFunctionMode):
@@ -282,6 +322,8 @@ class _Forward(TorchFunctionMode):
         kind = self.kinds.get(func)
         if kind is None:
             kind = self.kinds[func] = _operation_kind(func)
+        if kwargs and kwargs.get("inplace") is True:  # F.silu(x, inplace=True), F.relu(x, inplace=True), ...
+            kind |= _MUTATES | (0 if getattr(func, "__name__", "") in _CLAMP_FUNCTIONS else _IN_PLACE)
         engine = self.engine
         if kind:
             if kind & _ADD and not engine.depth:  # not inside a module that has a rule of its own
@@ -291,19 +333,28 @@ class _Forward(TorchFunctionMode):
                     return engine.norm_sum(*added)
             if kind & _IN_PLACE and args and isinstance(args[0], Tensor):
                 engine.keep_before_change(args[0])
+        # (a scatter's base, before the scatter: it has one source only where the base carries no relevance)
+        based = kind & _EXTREMUM and args and isinstance(args[0], Tensor) and args[0].requires_grad
         result = func(*args, **kwargs) if kwargs else func(*args)
         if engine.points and has_tensor(result):  # a reader (not a size or dtype query)
-            engine.count_uses(args)
-            if kind & _THROUGH and args and isinstance(result, Tensor):
-                engine.through(args[0], result)
+            if kind & _NO_READ or args and result is args[0] and not kind & _MUTATES:
+                return result  # reads no value, or returns its input itself (dropout in eval, contiguous, ...)
+            grad = _carries(result)
+            engine.count_uses(args, grad)
+            if kwargs:
+                engine.count_uses(tuple(kwargs.values()), grad)
+            if kind & _DERIVES and grad:
+                engine.derive(kind, args, kwargs, result, based)
         return result
 
 
 class _Engine:
     """One attribution pass over ``model``: hooks and points live only inside :meth:`run`."""
 
-    def __init__(self, model: nn.Module, epsilon: float, types: RuleTypes, modules: Sequence[nn.Module]) -> None:
+    def __init__(self, model: nn.Module, epsilon: float, types: RuleTypes, modules: Sequence[nn.Module],
+                 speculate: bool = False) -> None:
         self.model = model
+        self.speculate = speculate  # ReLUs after a rule layer may run in place (see _relu_hook)
         self.epsilon = epsilon
         self.types = types
         self.modules = modules
@@ -315,8 +366,10 @@ class _Engine:
         self.merges: list[tuple[_Point, _Point]] = []  # (linear point, BatchNorm point)
         # chains z -> ReLU [-> max pooling / reshapes] -> rule layer (see _settle_chains)
         self.relus: dict[int, tuple[_Point, Tensor]] = {}  # id(ReLU's pass point) -> (point at z, ReLU output)
-        self.parents: dict[int, _Point] = {}  # id(a "through" point) -> the point of its input
         self.links: list[tuple[_Point, _Link]] = []  # (point of a rule layer's input, that layer's input point)
+        self.derived: list[_Point] = []  # points of tensors derived from ReLU outputs, in the order made
+        self.speculative: list[_Point] = []  # ReLU points whose readers must all be proportional (see _verify)
+        self.in_place_relus: set[nn.Module] = set()  # nn.ReLU modules the caller built with inplace=True
 
     # -- points ------------------------------------------------------------------------------------------------
     def _register(self, point: _Point, result: Tensor) -> Tensor:
@@ -330,33 +383,50 @@ class _Engine:
         point = self.points.get(id(tensor))
         return point if point is not None and point.result() is tensor else None
 
-    def count_uses(self, args) -> None:
+    def count_uses(self, args, grad: bool = True) -> None:
+        """One more reader of every point among ``args``; a ReLU output (or what derives from it) is counted only
+        when the reader's result carries relevance (``grad``)."""
         for arg in args:
             if isinstance(arg, Tensor):
                 point = self.point_of(arg)
-                if point is not None:
-                    point.uses += 1
-                    if point.z is None and point.kind in ("epsilon", "flat"):  # a merged layer's output read
-                        point.z = arg.detach()  # again: the merge will be undone
+                if point is None:
+                    continue
+                if point.kind in _TRACKED:
+                    point.uses += grad
+                    continue
+                point.uses += 1
+                if point.z is None and point.kind in ("epsilon", "flat") or point.substitute:  # a merged layer's
+                    point.z = arg.detach()  # output read again (the merge will be undone), or a layer's output
+                    point.substitute = False  # read after its ReLU: its own values again
             elif isinstance(arg, (tuple, list)):
-                self.count_uses(arg)
+                self.count_uses(arg, grad)
 
     def keep_before_change(self, tensor: Tensor, copy: Tensor | None = None) -> None:
         """``tensor`` (or what it is a view of) is about to change in place: points reading it keep a copy (``copy``,
         a copy of ``tensor`` already made, where it is one of the same values)."""
         for candidate in (tensor, tensor._base):
             point = self.points.get(id(candidate)) if candidate is not None else None
-            if point is None or point.kind in ("flat", "pass"):
+            if point is not None and point.shares is not None:  # a ReLU output standing in for its layer's z
+                layer = point.shares  # (see _relu_hook): the layer keeps a copy of the ReLU's values
+                if layer.z is not None and layer.z.data_ptr() == candidate.data_ptr():
+                    layer.z = candidate.detach().clone()
                 continue
-            if point.z is None:  # a merged layer's output (see _batchnorm): kept, in case the merge is undone
-                if point.result() is candidate:
+            if point is None or point.kind in ("flat", "pass", "through", "select"):
+                continue
+            if point.z is None or point.substitute:  # a merged layer's output (see _batchnorm), or one whose ReLU
+                if point.result() is candidate:  # output stands in: kept, in case it is needed
                     point.z = candidate.detach().clone()
+                    point.substitute = False
             elif point.z.data_ptr() == candidate.data_ptr():
                 same = copy is not None and candidate is tensor and point.z.shape == copy.shape \
                     and point.z.stride() == tensor.stride()
                 point.z = copy if same else point.z.clone()
 
     def norm_sum(self, a: Tensor, b: Tensor, in_place: bool) -> Tensor:
+        for operand in (a, b):  # Norm hands each operand relevance proportional to it
+            source = self.point_of(operand)
+            if source is not None and source.kind in _TRACKED:
+                source.good += 1
         point = _Point("norm", a, NORM_STABILIZER)  # z: set by the sum point's forward
         if not in_place:
             return self._register(point, _SumPoint.apply(a, b, a, point))
@@ -364,6 +434,7 @@ class _Engine:
         result = _SumPoint.apply(a, b, a_value, point)
         self.keep_before_change(a, a_value)  # e.g. the BatchNorm point of `out` in `out += identity`
         a.copy_(result)  # autograd: a's new value comes from the sum point only
+        point.z = a.detach()  # the same values, in the caller's storage (the sum's own buffer is freed)
         return self._register(point, a)
 
     # -- hooks (the engine's own operations run unseen by _Forward: _plain) ------------------------------------
@@ -381,9 +452,11 @@ class _Engine:
             self.count_uses(args[:1])  # the module reads its input (through the view made here)
             link = None
             source = self.point_of(x)
-            if source is not None and source.kind in ("pass", "through"):
-                link = _Link()
-                self.links.append((source, link))
+            if source is not None and source.kind in _TRACKED:
+                source.good += 1  # the input point hands x relevance c * x
+                if source.kind != "select":
+                    link = _Link()
+                    self.links.append((source, link))
             return (_InputPoint.apply(x, link), *args[1:])
 
     def _rule_hook(self, module: nn.Module, args, out):
@@ -425,6 +498,65 @@ class _Engine:
                     self._register(point, result)  # its readers are counted
             return result
 
+    def _relu_pre_hook(self, module: nn.Module, args) -> None:
+        """Run a ReLU built with ``inplace=True`` in place, as the caller's model does, where nothing has read the
+        rule layer's output ``z`` it changes (its point then divides by the ReLU output: see :meth:`_relu_hook`)."""
+        if module in self.in_place_relus and args and isinstance(args[0], Tensor) and args[0].requires_grad:
+            producer = self.point_of(args[0])
+            if producer is not None and producer.kind in ("epsilon", "norm", "flat") and producer.active \
+                    and producer.uses == 0 and producer.z is not None and producer.z.data_ptr() == args[0].data_ptr():
+                module.inplace = True
+
+    def _relu_hook(self, module: nn.Module, args, out):
+        """A ``nn.ReLU`` right after a rule layer (or a merged BatchNorm, or a Norm sum), which alone read its output
+        ``z``: Pass, and the layer's point divides by the ReLU output ``x`` instead of ``z`` (``z`` is freed; run in
+        place, it is not even made). Where ``z > 0`` they are equal; where ``z <= 0``, ``x = 0``, and so is the
+        relevance that reaches ``x`` when every reader hands ``x`` relevance proportional to it (a rule layer's input
+        point, a Norm sum, selections and concatenations leading to those): :meth:`_verify` checks that after the
+        forward, and the pass is rerun without this where it does not hold. Run in place, the ReLU's own backward
+        (zero where ``x = 0``) stands for Pass under the same condition."""
+        in_place = bool(args) and out is args[0]
+        if in_place:
+            module.inplace = False  # (set by _relu_pre_hook for this call only)
+        if not args or not isinstance(args[0], Tensor):
+            return None
+        inp = args[0]
+        with _plain():
+            producer = self.point_of(inp) if inp.requires_grad else None
+            if producer is None or producer.kind not in ("epsilon", "norm", "flat") or not producer.active \
+                    or producer.uses != 1 or not isinstance(out, Tensor) or out.shape != inp.shape:
+                if in_place:  # (cannot happen: _relu_pre_hook checked, and nothing runs in between)
+                    raise UnsupportedModel(f"a {type(module).__name__} ran in place on a tensor read before")
+                return self._pass(module, args, out)
+            point = _Point("pass", None, 0.0)
+            point.shares = producer  # its z is x's storage from here on
+            if in_place:
+                result = out
+            else:
+                result = _RulePoint.apply(out.detach(), inp, None, point)
+                producer.z = out.detach()
+            producer.substitute = True
+            self.speculative.append(point)
+            if producer.kind == "epsilon":  # a candidate chain z -> ReLU -> rule layer (see _settle_chains)
+                self.relus[id(point)] = (producer, result)
+            self._register(point, result)
+            return None if in_place else result
+
+    def _verify(self, logits: Tensor) -> None:
+        """Raise :class:`_Misjudged` where a ReLU output that stands in for its layer's output (see
+        :meth:`_relu_hook`) has a reader that does not hand it relevance proportional to it (the model's output
+        itself gets the output relevance)."""
+        output = self.point_of(logits)
+        if output is not None and output.kind in _TRACKED:
+            output.bad = True
+        for point in reversed(self.derived):  # derived after their sources: a bad reader taints every source
+            if point.bad or point.uses != point.good:
+                for parent in point.parents:
+                    parent.bad = True
+        for point in self.speculative:
+            if point.bad or point.uses != point.good:
+                raise _Misjudged
+
     def _batchnorm_hook(self, module: nn.Module, args, out):
         self.depth -= 1
         return self._batchnorm(module, args, out)
@@ -449,12 +581,34 @@ class _Engine:
             self.merges.append((producer, point))
             return self._register(point, _RulePoint.apply(out.detach(), inp, producer.inp if flat else None, point))
 
-    def through(self, source: Tensor, result: Tensor) -> None:
-        """``result`` is a max pooling or reshape of ``source``: if ``source`` is on a chain from a ReLU, so is it."""
-        point = self.point_of(source)
-        if point is not None and point.kind in ("pass", "through"):  # pass points are registered for chains only
-            derived = _Point("through", None, 0.0)
-            self.parents[id(derived)] = point
+    def derive(self, kind: int, args: tuple, kwargs: dict | None, result, based: bool = False) -> None:
+        """``result`` moves values of ReLU outputs (or of what derives from them): a selection, reshape or max
+        pooling of one (``"through"``: a fused chain may run through it), or a concatenation (``"select"``). Its
+        readers are then followed as the ReLU output's own (see :meth:`_verify`). ``based``: the first argument
+        carried relevance before the operation (a scatter into it then has two sources)."""
+        sources, fusable = (), True
+        if kind & _THROUGH:
+            sources = args[:1]
+        elif kind & _SELECT:
+            sources, fusable = (args[0] if args else (kwargs or {}).get("tensors", ())), False
+        elif isinstance(result, Tensor) and len(args) >= 4:  # scatter_reduce(self, dim, index, src, reduce)
+            reduce = args[4] if len(args) > 4 else (kwargs or {}).get("reduce")
+            if reduce in ("amax", "amin") and not based:
+                sources = args[3:4]
+        elif isinstance(result, tuple) and len(result) == 2 and len(args) >= 2 and not isinstance(args[1], Tensor):
+            sources, result = args[:1], result[0]  # max/min over a dimension: the values
+        if not isinstance(result, Tensor):
+            return
+        parents = []
+        for source in sources:
+            point = self.point_of(source) if isinstance(source, Tensor) else None
+            if point is not None and point.kind in _TRACKED:
+                point.good += 1
+                parents.append(point)
+        if parents:
+            derived = _Point("through" if fusable and len(parents) == 1 and len(sources) == 1 else "select", None, 0.0)
+            derived.parents = tuple(parents)
+            self.derived.append(derived)
             self._register(derived, result)
 
     def _settle_chains(self) -> None:
@@ -470,7 +624,7 @@ class _Engine:
         for point, link in self.links:
             alone = point.uses == 1
             while alone and point.kind == "through":
-                point = self.parents[id(point)]
+                point = point.parents[0]
                 alone = point.uses == 1
             producer, relu_output = self.relus.get(id(point), (None, None)) if alone else (None, None)
             if producer is not None and producer.kind == "epsilon" and producer.active and producer.uses == 1 \
@@ -480,7 +634,6 @@ class _Engine:
                 producer.z = None
         self.links.clear()
         self.relus.clear()
-        self.parents.clear()
 
     def _settle_merges(self) -> None:
         for producer, point in self.merges:
@@ -502,7 +655,12 @@ class _Engine:
                     if getattr(module, "inplace", False):
                         module.inplace = False  # its input keeps its value and its autograd identity
                         in_place.append(module)
-                    if _builtin(module):
+                    if self.speculate and type(module) is nn.ReLU:
+                        if in_place and in_place[-1] is module:
+                            self.in_place_relus.add(module)
+                            handles.append(module.register_forward_pre_hook(self._relu_pre_hook))
+                        handles.append(module.register_forward_hook(self._relu_hook))
+                    elif _builtin(module):
                         handles.append(module.register_forward_hook(self._pass))
                     else:
                         handles.append(module.register_forward_pre_hook(self._enter))
@@ -518,6 +676,7 @@ class _Engine:
                     handles.append(module.register_forward_hook(self._rule_hook))
             with _Forward(self):
                 logits = call()
+            self._verify(logits)
             self._settle_merges()
             self._settle_chains()
             grad_output = grad_output_fn(logits)
@@ -543,14 +702,23 @@ def fast_relevance(
     epsilon: float,
     types: RuleTypes | None = None,
     modules: Sequence[nn.Module] | None = None,
+    hints: dict | None = None,
 ) -> tuple[Tensor, ...]:
     """Relevance of each of ``leaves`` (tensors requiring grad that ``call()`` feeds to the model).
 
     ``grad_output_fn(logits)`` gives the output relevance. The model must be in eval mode inside a
     :func:`preserved_model_state` block, with parameters not requiring gradients
     (:func:`._rules.inputs_only_carry_relevance`). ``types`` (e.g. kept by the caller across calls: it caches each
-    class's rule) and ``modules`` (``model.modules()``) are computed when not given.
+    class's rule) and ``modules`` (``model.modules()``) are computed when not given. ``hints``: a dict the caller
+    keeps for this model (what the engine learnt of its forward: whether its ReLU outputs may stand in for their
+    layers' outputs, see :meth:`_Engine._relu_hook`; a speed hint only, every pass is checked); ``None``: no ReLU
+    stands in (one forward whatever the model, e.g. for a CUDA graph capture).
     """
     types = rule_types() if types is None else types
     modules = tuple(model.modules()) if modules is None else modules
+    if hints is not None and hints.get("relu", True):
+        try:
+            return _Engine(model, epsilon, types, modules, speculate=True).run(leaves, call, grad_output_fn)
+        except _Misjudged:
+            hints["relu"] = False  # this model's forward says no: do not try it again on the next calls
     return _Engine(model, epsilon, types, modules).run(leaves, call, grad_output_fn)

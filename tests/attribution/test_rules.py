@@ -405,6 +405,125 @@ class TestModuleCalledTwice:
             relevance(model, torch.randn(2, 3, 8, 8, dtype=torch.float64), backend="zennit")
 
 
+class ReluReaders(nn.Module):
+    """conv -> BN -> ReLU blocks whose ReLU output ``reader`` reads; ``as_sum`` writes the residual adds as
+    ``zennit.layer.Sum`` modules (the twin for stock zennit). ``calls`` counts the forwards."""
+
+    PROPORTIONAL = ("conv", "residual", "residual_in_place", "selection")  # readers handing h relevance ~ h
+    OTHER = ("difference", "gate", "output")
+
+    def __init__(self, reader: str, inplace: bool = True, as_sum: bool = False):
+        super().__init__()
+        self.reader, self.as_sum, self.calls = reader, as_sum, []
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=inplace)  # called twice in the residual forms, as in torchvision's ResNet
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.head = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 5)
+        self.last = nn.ReLU(inplace=inplace) if reader == "output" else nn.Identity()
+        self.sum = Sum()
+
+    def forward(self, x):
+        self.calls.append(1)
+        h = self.relu(self.bn(self.conv(self.stem(x))))
+        if self.reader.startswith("residual"):  # as torchvision's BasicBlock
+            r = self.bn2(self.conv2(h))
+            if self.as_sum:
+                r = self.sum(torch.stack([r, h], dim=-1))
+            elif self.reader == "residual":
+                r = r + h
+            else:
+                r += h  # in place, into the merged BatchNorm's output
+            h = self.relu(r)
+        elif self.reader == "selection":
+            h = torch.cat([nn.functional.max_pool2d(h, 3, 1, 1)[:, :2], h[:, 2:]], 1)
+        elif self.reader == "difference":
+            h = h - h.mean((2, 3), keepdim=True)
+        elif self.reader == "gate":
+            h = h * torch.sigmoid(h.mean())
+        return self.last(self.fc(self.head(h).mean((2, 3))))
+
+
+class TestReluStandsIn:
+    """A ReLU right after a layer (or merged BatchNorm, or Norm sum) that it alone reads runs as the caller's model
+    runs it (in place where built so) and the layer divides by the ReLU output instead of keeping its own output:
+    the same relevance wherever every reader of the ReLU output hands it relevance proportional to it (zero where
+    the ReLU output is). Any other reader: the pass is rerun the plain way, and the Attributor does not try again
+    on that model. Both against stock zennit (on the Sum twin where adds are functional)."""
+
+    @staticmethod
+    def oracle(model, x, targets):
+        twin = ReluReaders(model.reader, inplace=False, as_sum=True).double()
+        twin.load_state_dict(model.state_dict())
+        return zennit_oracle(twin, x, targets, paper_composite(1e-3, [SequentialMergeBatchNorm()]))
+
+    @pytest.mark.parametrize("inplace", [True, False])
+    @pytest.mark.parametrize("reader", ReluReaders.PROPORTIONAL + ReluReaders.OTHER)
+    def test_matches_stock_zennit(self, reader, inplace):
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(ReluReaders(reader, inplace), shape=(8, 3, 8, 8)).double()
+        in_place = []
+        model.relu.register_forward_hook(lambda m, args, out: in_place.append(out is args[0]))
+        attributor = Attributor(model, backend="fast")
+        x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2])
+        oracle = self.oracle(model, x, targets)
+        for _ in range(2):
+            del model.calls[:], in_place[:]
+            assert rel_l2(attributor(x, targets), oracle) <= 1e-9
+            if reader in ReluReaders.PROPORTIONAL:  # one forward, the ReLUs as the caller built them
+                assert len(model.calls) == 1
+                assert in_place == [inplace] * (2 if reader.startswith("residual") else 1)
+        if reader in ReluReaders.OTHER:  # the second call knew: one forward, no ReLU in place
+            assert len(model.calls) == 1 and not any(in_place)
+        assert model.relu.inplace == inplace
+
+    def test_a_misjudged_forward_is_rerun_every_time_without_an_attributor(self):
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(ReluReaders("gate"), shape=(8, 3, 8, 8)).double()
+        x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2])
+        oracle = self.oracle(model, x, targets)
+        for _ in range(2):
+            assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
+
+    def test_a_forward_that_changes_is_followed(self):
+        """The hint is about speed only: a forward that starts or stops reading the ReLU output otherwise gets the
+        right relevance either way."""
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(ReluReaders("conv"), shape=(8, 3, 8, 8)).double()
+        attributor = Attributor(model, backend="fast")
+        x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2])
+        for reader in ("conv", "gate", "conv", "difference", "selection"):
+            model.reader = reader
+            assert rel_l2(attributor(x, targets), self.oracle(model, x, targets)) <= 1e-9, reader
+
+    def test_functional_in_place_activation_is_a_change(self):
+        """``F.silu(z, inplace=True)`` changes the layer output its Epsilon rule divides by: the engine keeps a copy
+        first (it did not: 0.77 off). ``F.relu(z, inplace=True)`` clamps (zero gradient where it changes z)."""
+
+        class Functional(nn.Module):
+            def __init__(self, inplace):
+                super().__init__()
+                self.inplace = inplace
+                self.a, self.b, self.c = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3)
+                self.fc = nn.Linear(4, 5)
+
+            def forward(self, x):
+                h = nn.functional.relu(self.b(self.a(x)), inplace=self.inplace)
+                h = nn.functional.silu(self.c(h), inplace=self.inplace)
+                return self.fc(h.mean((2, 3)))
+
+        torch.manual_seed(0)
+        model = Functional(True).double()
+        twin = Functional(False).double()
+        twin.load_state_dict(model.state_dict())
+        x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2])
+        oracle = zennit_oracle(twin, x, targets, paper_composite(1e-3, []))
+        assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
+
+
 class Residual(nn.Module):
     """Residual adds written three ways (``a + b``, ``a += b``, ``torch.add``) and a broadcast add; ``as_sum``
     writes each as a ``zennit.layer.Sum`` module over the stacked operands (the equivalent model for stock
