@@ -78,7 +78,7 @@ class _Point:
     """A division point: the tensor ``z`` whose stabilised values divide the relevance in the backward."""
 
     __slots__ = ("kind", "module", "inp", "epsilon", "active", "z", "result", "uses", "scale", "fused", "good",
-                 "bad", "parents", "substitute", "shares")
+                 "bad", "parents", "substitute", "shares", "in_place")
 
     def __init__(self, kind: str, z: Tensor, epsilon: float, module: nn.Module | None = None,
                  inp: Tensor | None = None) -> None:
@@ -97,7 +97,8 @@ class _Point:
         self.bad = False  # a derived tensor has another reader
         self.parents: tuple[_Point, ...] = ()  # a derived point's sources
         self.substitute = False  # z is the ReLU output standing in for this layer's output (see _relu_hook)
-        self.shares: _Point | None = None  # the layer whose z lives in this ReLU output's storage (in place)
+        self.shares: _Point | None = None  # the layer whose z lives in this ReLU output's storage
+        self.in_place = False  # the ReLU ran in place (its own backward, which saved its output, stands for Pass)
 
 
 class _RulePoint(torch.autograd.Function):
@@ -407,6 +408,8 @@ class _Engine:
         for candidate in (tensor, tensor._base):
             point = self.points.get(id(candidate)) if candidate is not None else None
             if point is not None and point.shares is not None:  # a ReLU output standing in for its layer's z
+                if point.in_place:  # the ReLU's own backward needs its output: run again without this
+                    raise _Misjudged
                 layer = point.shares  # (see _relu_hook): the layer keeps a copy of the ReLU's values
                 if layer.z is not None and layer.z.data_ptr() == candidate.data_ptr():
                     layer.z = candidate.detach().clone()
@@ -532,6 +535,7 @@ class _Engine:
             point.shares = producer  # its z is x's storage from here on
             if in_place:
                 result = out
+                point.in_place = True
             else:
                 result = _RulePoint.apply(out.detach(), inp, None, point)
                 producer.z = out.detach()
