@@ -261,7 +261,7 @@ def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor) -> Tensor
     return spread
 
 
-_ADD, _IN_PLACE, _THROUGH, _SELECT, _NO_READ, _MUTATES, _EXTREMUM = 1, 2, 4, 8, 16, 32, 64  # by name: see _Forward
+_ADD, _IN_PLACE, _THROUGH, _SELECT, _NO_READ, _MUTATES, _EXTREMUM, _RELU = 1, 2, 4, 8, 16, 32, 64, 128  # by name
 _DERIVES = _THROUGH | _SELECT | _EXTREMUM
 # Operations y = f(x) whose backward B is linear with B(g * y) = B(g) * x: max pooling routes to where x equals its
 # output, selections and reshapes move values. A fused chain (see _Engine._settle_chains) may run through them.
@@ -297,7 +297,7 @@ def _operation_kind(func) -> int:
     return (_ADD if name in ADD_NAMES else 0) | (_IN_PLACE if in_place else 0) \
         | (_THROUGH if name in _THROUGH_NAMES else 0) | (_SELECT if name in _SELECT_NAMES else 0) \
         | (_EXTREMUM if name in _EXTREMUM_NAMES else 0) | (_NO_READ if name in _NO_READ_NAMES else 0) \
-        | (_MUTATES if in_place or name in _CLAMPS else 0)
+        | (_MUTATES if in_place or name in _CLAMPS else 0) | (_RELU if name in ("relu", "relu_") else 0)
 
 
 def _carries(result) -> bool:
@@ -346,6 +346,8 @@ class _Forward(TorchFunctionMode):
                 engine.count_uses(tuple(kwargs.values()), grad)
             if kind & _DERIVES and grad:
                 engine.derive(kind, args, kwargs, result, based)
+            if kind & _RELU:
+                engine.relu_output = result  # (see _Engine._relu_hook)
         return result
 
 
@@ -371,6 +373,8 @@ class _Engine:
         self.derived: list[_Point] = []  # points of tensors derived from ReLU outputs, in the order made
         self.speculative: list[_Point] = []  # ReLU points whose readers must all be proportional (see _verify)
         self.in_place_relus: set[nn.Module] = set()  # nn.ReLU modules the caller built with inplace=True
+        self.in_place_now: nn.Module | None = None  # the ReLU that _relu_pre_hook set to run in place
+        self.relu_output: Tensor | None = None  # the last relu's result (a hook may replace a module's output)
 
     # -- points ------------------------------------------------------------------------------------------------
     def _register(self, point: _Point, result: Tensor) -> Tensor:
@@ -509,6 +513,7 @@ class _Engine:
             if producer is not None and producer.kind in ("epsilon", "norm", "flat") and producer.active \
                     and producer.uses == 0 and producer.z is not None and producer.z.data_ptr() == args[0].data_ptr():
                 module.inplace = True
+                self.in_place_now = module
 
     def _relu_hook(self, module: nn.Module, args, out):
         """A ``nn.ReLU`` right after a rule layer (or a merged BatchNorm, or a Norm sum), which alone read its output
@@ -518,18 +523,20 @@ class _Engine:
         point, a Norm sum, selections and concatenations leading to those): :meth:`_verify` checks that after the
         forward, and the pass is rerun without this where it does not hold. Run in place, the ReLU's own backward
         (zero where ``x = 0``) stands for Pass under the same condition."""
-        in_place = bool(args) and out is args[0]
+        in_place = self.in_place_now is module
         if in_place:
             module.inplace = False  # (set by _relu_pre_hook for this call only)
+            self.in_place_now = None
+        own, self.relu_output = self.relu_output, None
         if not args or not isinstance(args[0], Tensor):
             return None
         inp = args[0]
         with _plain():
             producer = self.point_of(inp) if inp.requires_grad else None
             if producer is None or producer.kind not in ("epsilon", "norm", "flat") or not producer.active \
-                    or producer.uses != 1 or not isinstance(out, Tensor) or out.shape != inp.shape:
-                if in_place:  # (cannot happen: _relu_pre_hook checked, and nothing runs in between)
-                    raise UnsupportedModel(f"a {type(module).__name__} ran in place on a tensor read before")
+                    or producer.uses != 1 or out is not own or in_place and out is not inp or out.shape != inp.shape:
+                if in_place:  # e.g. a forward hook of the caller's read or replaced the ReLU output
+                    raise _Misjudged
                 return self._pass(module, args, out)
             point = _Point("pass", None, 0.0)
             point.shares = producer  # its z is x's storage from here on

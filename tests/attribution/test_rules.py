@@ -490,6 +490,24 @@ class TestReluStandsIn:
             assert len(model.calls) == 1 and not any(in_place)
         assert model.relu.inplace == inplace
 
+    @pytest.mark.parametrize("inplace", [True, False])
+    def test_a_hook_that_reads_the_relu_output(self, inplace):
+        """A forward hook of the caller's that keeps the ReLU outputs (activation capture) reads the layer's output
+        when the ReLU ran in place: the pass is rerun the plain way, no error, the same relevance, and the hook sees
+        the ReLU output each time."""
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(ReluReaders("conv", inplace), shape=(8, 3, 8, 8)).double()
+        seen = []
+        model.relu.register_forward_hook(lambda m, args, out: seen.append(out.detach().clone()))
+        x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2])
+        oracle = self.oracle(model, x, targets)
+        attributor = Attributor(model, backend="fast")
+        for _ in range(2):
+            del seen[:]
+            assert rel_l2(attributor(x, targets), oracle) <= 1e-9
+            expected = torch.relu(model.bn.eval()(model.conv(model.stem(x)))).detach()
+            assert all(torch.equal(s, expected) for s in seen) and seen
+
     def test_a_misjudged_forward_is_rerun_every_time_without_an_attributor(self):
         torch.manual_seed(0)
         model = warm_up_batchnorm(ReluReaders("gate"), shape=(8, 3, 8, 8)).double()
