@@ -276,8 +276,8 @@ _SELECT_NAMES = frozenset({"cat", "concat", "concatenate", "stack"})
 # have one relevance-carrying source (see _Engine.derive).
 _EXTREMUM_NAMES = frozenset({"max", "min", "scatter_reduce", "scatter_reduce_"})
 # Operations that read no values of their tensor arguments (shape, dtype and device only).
-_NO_READ_NAMES = frozenset({"new_zeros", "new_ones", "new_empty", "new_full", "zeros_like", "ones_like",
-                            "empty_like", "full_like", "rand_like", "randn_like", "randint_like", "size", "dim"})
+_NO_READ_NAMES = frozenset({"new_zeros", "new_ones", "new_empty", "zeros_like", "ones_like", "empty_like",
+                            "rand_like", "randn_like", "size", "dim"})
 # Functional forms that clamp when called with inplace=True (the others, e.g. F.silu, change values in place).
 _CLAMP_FUNCTIONS = frozenset({"relu", "relu6", "hardtanh", "threshold"})
 _TRACKED = ("pass", "through", "select")  # ReLU outputs and what derives from them (see _Engine._relu_hook)
@@ -606,8 +606,8 @@ class _Engine:
             reduce = args[4] if len(args) > 4 else (kwargs or {}).get("reduce")
             if reduce in ("amax", "amin") and not based:
                 sources = args[3:4]
-        elif isinstance(result, tuple) and len(result) == 2 and len(args) >= 2 and not isinstance(args[1], Tensor):
-            sources, result = args[:1], result[0]  # max/min over a dimension: the values
+        elif isinstance(result, tuple) and len(result) == 2 and not (len(args) >= 2 and isinstance(args[1], Tensor)):
+            sources, result = args[:1], result[0]  # max/min over a dimension (x.max(1), x.max(dim=1)): the values
         if not isinstance(result, Tensor):
             return
         parents = []
