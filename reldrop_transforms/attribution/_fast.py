@@ -261,8 +261,8 @@ def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor) -> Tensor
     return spread
 
 
-_ADD, _IN_PLACE, _THROUGH, _SELECT, _NO_READ, _MUTATES, _EXTREMUM, _RELU = 1, 2, 4, 8, 16, 32, 64, 128  # by name
-_DERIVES = _THROUGH | _SELECT | _EXTREMUM
+_ADD, _IN_PLACE, _THROUGH, _SELECT, _NO_READ, _MUTATES, _EXTREMUM, _RELU, _SPLIT = 1, 2, 4, 8, 16, 32, 64, 128, 256
+_DERIVES = _THROUGH | _SELECT | _EXTREMUM | _SPLIT  # (the bits are by name: see _operation_kind)
 # Operations y = f(x) whose backward B is linear with B(g * y) = B(g) * x: max pooling routes to where x equals its
 # output, selections and reshapes move values. A fused chain (see _Engine._settle_chains) may run through them.
 _THROUGH_NAMES = frozenset({"max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
@@ -272,6 +272,8 @@ _THROUGH_NAMES = frozenset({"max_pool1d", "max_pool2d", "max_pool3d", "adaptive_
                             "amax", "amin"})
 # Concatenations: each part of the output is one input moved (B(g * y) = B(g) * x part by part), not fusable.
 _SELECT_NAMES = frozenset({"cat", "concat", "concatenate", "stack"})
+# Splits: each output is a part of the input (not fusable: the parts may go different ways).
+_SPLIT_NAMES = frozenset({"chunk", "split", "split_with_sizes", "tensor_split", "unbind", "hsplit", "vsplit"})
 # max/min over a dimension (values and indices), and scatter reductions by max/min: selections too, when they
 # have one relevance-carrying source (see _Engine.derive).
 _EXTREMUM_NAMES = frozenset({"max", "min", "scatter_reduce", "scatter_reduce_"})
@@ -297,7 +299,8 @@ def _operation_kind(func) -> int:
     return (_ADD if name in ADD_NAMES else 0) | (_IN_PLACE if in_place else 0) \
         | (_THROUGH if name in _THROUGH_NAMES else 0) | (_SELECT if name in _SELECT_NAMES else 0) \
         | (_EXTREMUM if name in _EXTREMUM_NAMES else 0) | (_NO_READ if name in _NO_READ_NAMES else 0) \
-        | (_MUTATES if in_place or name in _CLAMPS else 0) | (_RELU if name in ("relu", "relu_") else 0)
+        | (_MUTATES if in_place or name in _CLAMPS else 0) | (_RELU if name in ("relu", "relu_") else 0) \
+        | (_SPLIT if name in _SPLIT_NAMES else 0)
 
 
 def _carries(result) -> bool:
@@ -594,10 +597,22 @@ class _Engine:
 
     def derive(self, kind: int, args: tuple, kwargs: dict | None, result, based: bool = False) -> None:
         """``result`` moves values of ReLU outputs (or of what derives from them): a selection, reshape or max
-        pooling of one (``"through"``: a fused chain may run through it), or a concatenation (``"select"``). Its
+        pooling of one (``"through"``: a fused chain may run through it), or a concatenation or the parts of a split
+        (``"select"``). Its
         readers are then followed as the ReLU output's own (see :meth:`_verify`). ``based``: the first argument
         carried relevance before the operation (a scatter into it then has two sources)."""
         sources, fusable = (), True
+        if kind & _SPLIT and isinstance(result, (tuple, list)):
+            point = self.point_of(args[0]) if args and isinstance(args[0], Tensor) else None
+            if point is not None and point.kind in _TRACKED:
+                point.good += 1
+                for part in result:
+                    if isinstance(part, Tensor):
+                        derived = _Point("select", None, 0.0)
+                        derived.parents = (point,)
+                        self.derived.append(derived)
+                        self._register(derived, part)
+            return
         if kind & _THROUGH:
             sources = args[:1]
         elif kind & _SELECT:

@@ -409,7 +409,7 @@ class ReluReaders(nn.Module):
     """conv -> BN -> ReLU blocks whose ReLU output ``reader`` reads; ``as_sum`` writes the residual adds as
     ``zennit.layer.Sum`` modules (the twin for stock zennit). ``calls`` counts the forwards."""
 
-    PROPORTIONAL = ("conv", "residual", "residual_in_place", "selection", "max_values")  # hand h relevance ~ h
+    PROPORTIONAL = ("conv", "residual", "residual_in_place", "selection", "max_values", "split")  # relevance ~ h
     CHANGED = ("added_to",)  # h changed in place: with the ReLU in place, the pass is rerun the plain way
     OTHER = ("difference", "gate", "output")
 
@@ -451,6 +451,10 @@ class ReluReaders(nn.Module):
             h = torch.cat([nn.functional.max_pool2d(h, 3, 1, 1)[:, :2], h[:, 2:]], 1)
         elif self.reader == "max_values":  # as point models pool: x.max(dim=...)[0], torch.max(x, dim)
             h = torch.cat([h.max(dim=1, keepdim=True)[0], torch.max(h[:, 1:3], 1, keepdim=True).values, h[:, 2:]], 1)
+        elif self.reader == "split":  # as ShuffleNet's blocks
+            a, b = h.chunk(2, dim=1)
+            c, d = torch.split(h, [1, 3], dim=1)
+            h = torch.cat([a, b[:, :1], d[:, 2:]], 1)
         elif self.reader == "difference":
             h = h - h.mean((2, 3), keepdim=True)
         elif self.reader == "gate":
