@@ -453,7 +453,7 @@ class ReluReaders(nn.Module):
             h = torch.cat([h.max(dim=1, keepdim=True)[0], torch.max(h[:, 1:3], 1, keepdim=True).values, h[:, 2:]], 1)
         elif self.reader == "split":  # as ShuffleNet's blocks
             a, b = h.chunk(2, dim=1)
-            c, d = torch.split(h, [1, 3], dim=1)
+            _, d = torch.split(h, [1, 3], dim=1)  # (the first part unread)
             h = torch.cat([a, b[:, :1], d[:, 2:]], 1)
         elif self.reader == "difference":
             h = h - h.mean((2, 3), keepdim=True)
