@@ -403,7 +403,7 @@ class _Engine:
                     point.uses += grad
                     continue
                 point.uses += 1
-                if point.z is None and point.kind in ("epsilon", "flat") or point.substitute:  # a merged layer's
+                if (point.z is None and point.kind in ("epsilon", "flat")) or point.substitute:  # a merged layer's
                     point.z = arg.detach()  # output read again (the merge will be undone), or a layer's output
                     point.substitute = False  # read after its ReLU: its own values again
             elif isinstance(arg, (tuple, list)):
@@ -511,12 +511,18 @@ class _Engine:
     def _relu_pre_hook(self, module: nn.Module, args) -> None:
         """Run a ReLU built with ``inplace=True`` in place, as the caller's model does, where nothing has read the
         rule layer's output ``z`` it changes (its point then divides by the ReLU output: see :meth:`_relu_hook`)."""
-        if module in self.in_place_relus and args and isinstance(args[0], Tensor) and args[0].requires_grad:
-            producer = self.point_of(args[0])
-            if producer is not None and producer.kind in ("epsilon", "norm", "flat") and producer.active \
-                    and producer.uses == 0 and producer.z is not None and producer.z.data_ptr() == args[0].data_ptr():
+        if module in self.in_place_relus and args and isinstance(args[0], Tensor):
+            producer = self._relu_producer(args[0])
+            if producer is not None and producer.uses == 0 and producer.z is not None \
+                    and producer.z.data_ptr() == args[0].data_ptr():
                 module.inplace = True
                 self.in_place_now = module
+
+    def _relu_producer(self, tensor: Tensor) -> _Point | None:
+        """The active rule point (Epsilon, Norm, Flat) whose result ``tensor`` is, if any."""
+        producer = self.point_of(tensor) if tensor.requires_grad else None
+        return producer if producer is not None and producer.kind in ("epsilon", "norm", "flat") \
+            and producer.active else None
 
     def _relu_hook(self, module: nn.Module, args, out):
         """A ``nn.ReLU`` right after a rule layer (or a merged BatchNorm, or a Norm sum), which alone read its output
@@ -535,9 +541,9 @@ class _Engine:
             return None
         inp = args[0]
         with _plain():
-            producer = self.point_of(inp) if inp.requires_grad else None
-            if producer is None or producer.kind not in ("epsilon", "norm", "flat") or not producer.active \
-                    or producer.uses != 1 or out is not own or in_place and out is not inp or out.shape != inp.shape:
+            producer = self._relu_producer(inp)
+            if producer is None or producer.uses != 1 or out is not own or in_place and out is not inp \
+                    or out.shape != inp.shape:
                 if in_place:  # e.g. a forward hook of the caller's read or replaced the ReLU output
                     raise _Misjudged
                 return self._pass(module, args, out)
@@ -598,9 +604,8 @@ class _Engine:
     def derive(self, kind: int, args: tuple, kwargs: dict | None, result, based: bool = False) -> None:
         """``result`` moves values of ReLU outputs (or of what derives from them): a selection, reshape or max
         pooling of one (``"through"``: a fused chain may run through it), or a concatenation or the parts of a split
-        (``"select"``). Its
-        readers are then followed as the ReLU output's own (see :meth:`_verify`). ``based``: the first argument
-        carried relevance before the operation (a scatter into it then has two sources)."""
+        (``"select"``). Its readers are then followed as the ReLU output's own (see :meth:`_verify`). ``based``: the
+        first argument carried relevance before the operation (a scatter into it then has two sources)."""
         sources, fusable = (), True
         if kind & _SPLIT and isinstance(result, (tuple, list)):
             point = self.point_of(args[0]) if args and isinstance(args[0], Tensor) else None
@@ -608,10 +613,7 @@ class _Engine:
                 point.good += 1
                 for part in result:
                     if isinstance(part, Tensor):
-                        derived = _Point("select", None, 0.0)
-                        derived.parents = (point,)
-                        self.derived.append(derived)
-                        self._register(derived, part)
+                        self._derived("select", (point,), part)
             return
         if kind & _THROUGH:
             sources = args[:1]
@@ -632,10 +634,14 @@ class _Engine:
                 point.good += 1
                 parents.append(point)
         if parents:
-            derived = _Point("through" if fusable and len(parents) == 1 and len(sources) == 1 else "select", None, 0.0)
-            derived.parents = tuple(parents)
-            self.derived.append(derived)
-            self._register(derived, result)
+            self._derived("through" if fusable and len(parents) == 1 and len(sources) == 1 else "select",
+                          tuple(parents), result)
+
+    def _derived(self, kind: str, parents: tuple[_Point, ...], tensor: Tensor) -> None:
+        derived = _Point(kind, None, 0.0)
+        derived.parents = parents
+        self.derived.append(derived)
+        self._register(derived, tensor)
 
     def _settle_chains(self) -> None:
         """Fuse z -> ReLU [-> max pooling / reshapes] -> rule layer where each reads the previous one alone.
@@ -678,11 +684,12 @@ class _Engine:
                 if kind is None:
                     continue
                 if kind == "activation":
-                    if getattr(module, "inplace", False):
+                    built_in_place = getattr(module, "inplace", False)
+                    if built_in_place:
                         module.inplace = False  # its input keeps its value and its autograd identity
                         in_place.append(module)
                     if self.speculate and type(module) is nn.ReLU:
-                        if in_place and in_place[-1] is module:
+                        if built_in_place:
                             self.in_place_relus.add(module)
                             handles.append(module.register_forward_pre_hook(self._relu_pre_hook))
                         handles.append(module.register_forward_hook(self._relu_hook))
