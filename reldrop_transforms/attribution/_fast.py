@@ -282,6 +282,9 @@ _NO_READ_NAMES = frozenset({"new_zeros", "new_ones", "new_empty", "zeros_like", 
                             "rand_like", "randn_like", "size", "dim"})
 # Functional forms that clamp when called with inplace=True (the others, e.g. F.silu, change values in place).
 _CLAMP_FUNCTIONS = frozenset({"relu", "relu6", "hardtanh", "threshold"})
+# Under no_grad nothing carries relevance; only an operation that may change a value a point holds is looked at.
+_WATCHED_WITHOUT_GRAD = _IN_PLACE | _MUTATES | _RELU
+_grad_enabled = torch.is_grad_enabled
 _TRACKED = ("pass", "through", "select")  # ReLU outputs and what derives from them (see _Engine._relu_hook)
 
 
@@ -314,7 +317,7 @@ class _Forward(TorchFunctionMode):
     """Norm points at relevance-carrying sums, and copies of point values that an in-place operation would change.
 
     Every torch operation of the forward passes through here (the engine's own operations run under
-    ``DisableTorchFunction``, unseen): the common case, neither a sum nor in place, costs a dict lookup.
+    ``DisableTorchFunction``, unseen): the common case, neither a sum nor in place, costs a dict lookup (under no_grad, a dict lookup and a flag).
     """
 
     def __init__(self, engine: "_Engine") -> None:
@@ -328,6 +331,8 @@ class _Forward(TorchFunctionMode):
             kind = self.kinds[func] = _operation_kind(func)
         if kwargs and kwargs.get("inplace") is True:  # F.silu(x, inplace=True), F.relu(x, inplace=True), ...
             kind |= _MUTATES | (0 if getattr(func, "__name__", "") in _CLAMP_FUNCTIONS else _IN_PLACE)
+        if not (kind & _WATCHED_WITHOUT_GRAD or _grad_enabled()):  # (farthest-point sampling, neighbour searches)
+            return func(*args, **kwargs) if kwargs else func(*args)  # nothing computed here carries relevance
         engine = self.engine
         if kind:
             if kind & _ADD and not engine.depth:  # not inside a module that has a rule of its own

@@ -74,7 +74,41 @@ ACTIVATIONS = {
 }
 
 
+class NoGradSection(nn.Module):
+    """Work under ``torch.no_grad()`` between layers, as farthest-point sampling and neighbour searches do: indices
+    computed from a layer's output, and (``change``) an in-place change of a layer's output."""
+
+    def __init__(self, change: bool):
+        super().__init__()
+        self.change = change
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = self.bn1(self.conv1(x))
+        with torch.no_grad():
+            order = h.flatten(2).sum(1).argsort(-1, descending=True)[:, :16]  # reads h: no relevance goes that way
+            order = order.sort(-1).values
+        h = self.conv2(self.relu(h))
+        if self.change:
+            with torch.no_grad():
+                h.mul_(1.5).add_(0.25)  # the layer's own output changed: its rule still divides by what it computed
+        h = h.flatten(2).gather(2, order[:, None, :].expand(-1, h.shape[1], -1))
+        return self.fc(h.mean(2))
+
+
 class TestOperationsBetweenLayers:
+    @pytest.mark.parametrize("change", [False, True], ids=["indices", "in_place_change"])
+    def test_no_grad_section_matches_stock_zennit(self, change):
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(NoGradSection(change), shape=(8, 3, 8, 8)).double()
+        x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 4])
+        oracle = zennit_oracle(model, x, targets, paper_composite(1e-3, [SequentialMergeBatchNorm()]))
+        assert_matches(both(model, x, targets), oracle)
+
     @pytest.mark.parametrize("act", sorted(ACTIVATIONS))
     def test_gated_net_matches_stock_zennit(self, act):
         torch.manual_seed(0)
