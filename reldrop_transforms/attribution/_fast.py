@@ -317,7 +317,8 @@ class _Forward(TorchFunctionMode):
     """Norm points at relevance-carrying sums, and copies of point values that an in-place operation would change.
 
     Every torch operation of the forward passes through here (the engine's own operations run under
-    ``DisableTorchFunction``, unseen): the common case, neither a sum nor in place, costs a dict lookup (under no_grad, a dict lookup and a flag).
+    ``DisableTorchFunction``, unseen): the common case, neither a sum nor in place, costs a dict lookup (under
+    no_grad, a dict lookup and a flag).
     """
 
     def __init__(self, engine: "_Engine") -> None:
