@@ -30,7 +30,9 @@ each step alone reads the previous one is fused (:meth:`_Engine._settle_chains`)
 and the layer divides by the ReLU output instead: the same relevance wherever every reader of the ReLU output hands
 it relevance proportional to it (checked after the forward; otherwise the pass is rerun without this, and a caller
 that keeps ``hints`` is not made to try again). The engine's own operations inside the forward run under
-``DisableTorchFunction``, unseen by the mode.
+``DisableTorchFunction``, unseen by the mode. Any other activation built with ``inplace=True`` runs out of place
+(so that relevance can pass it); an input of one that the forward reads again after it gets the activation's output
+values at that read, as in the caller's forward (:meth:`_Engine.overwrite_later`).
 """
 
 from __future__ import annotations
@@ -332,9 +334,13 @@ class _Forward(TorchFunctionMode):
             kind = self.kinds[func] = _operation_kind(func)
         if kwargs and kwargs.get("inplace") is True:  # F.silu(x, inplace=True), F.relu(x, inplace=True), ...
             kind |= _MUTATES | (0 if getattr(func, "__name__", "") in _CLAMP_FUNCTIONS else _IN_PLACE)
+        engine = self.engine
+        if engine.overwritten:  # an in-place activation's input read after it (see _Engine.overwrite_later)
+            engine.materialize(args)
+            if kwargs:
+                engine.materialize(tuple(kwargs.values()))
         if not (kind & _WATCHED_WITHOUT_GRAD or _grad_enabled()):  # (farthest-point sampling, neighbour searches)
             return func(*args, **kwargs) if kwargs else func(*args)  # nothing computed here carries relevance
-        engine = self.engine
         if kind:
             if kind & _ADD and not engine.depth:  # not inside a module that has a rule of its own
                 added = relevance_add(func, args, kwargs)
@@ -384,6 +390,9 @@ class _Engine:
         self.in_place_relus: set[nn.Module] = set()  # nn.ReLU modules the caller built with inplace=True
         self.in_place_now: nn.Module | None = None  # the ReLU that _relu_pre_hook set to run in place
         self.relu_output: Tensor | None = None  # the last relu's result (a hook may replace a module's output)
+        self.built_in_place: set[nn.Module] = set()  # activation modules built with inplace=True, run out of place
+        # id(x) -> (x weakly, the output y of the in-place-built activation that read x; see overwrite_later)
+        self.overwritten: dict[int, tuple[weakref.ref, Tensor]] = {}
 
     # -- points ------------------------------------------------------------------------------------------------
     def _register(self, point: _Point, result: Tensor) -> Tensor:
@@ -438,6 +447,33 @@ class _Engine:
                     and point.z.stride() == tensor.stride()
                 point.z = copy if same else point.z.clone()
 
+    def overwrite_later(self, module: nn.Module, inp: Tensor, out: Tensor) -> None:
+        """``module``, built with ``inplace=True``, ran out of place (so that its input keeps its autograd identity:
+        see :meth:`run`) and returned ``out``: from here on ``inp`` reads as ``out``, as in the caller's own forward,
+        where the module overwrites it. Done at its first read only (:meth:`materialize`); nearly always there is
+        none."""
+        if module not in self.built_in_place or not isinstance(out, Tensor) or out is inp or out.shape != inp.shape:
+            return
+        overwritten = self.overwritten
+        for key, (ref, value) in list(overwritten.items()):
+            if value is inp:  # inp was an earlier in-place activation's output: that one's input reads as out too
+                overwritten[key] = (ref, out)
+        key = id(inp)
+        overwritten[key] = (weakref.ref(inp, lambda _, key=key: overwritten.pop(key, None)), out)
+
+    def materialize(self, args) -> None:
+        """Give every tensor among ``args`` that an in-place-built activation would have overwritten by now (see
+        :meth:`overwrite_later`) that activation's output values (points reading it keep a copy first)."""
+        for arg in args:
+            if isinstance(arg, Tensor):
+                entry = self.overwritten.pop(id(arg), None)
+                if entry is not None and entry[0]() is arg:
+                    with _plain(), torch.no_grad():
+                        self.keep_before_change(arg)
+                        arg.copy_(entry[1])
+            elif isinstance(arg, (tuple, list)):
+                self.materialize(arg)
+
     def norm_sum(self, a: Tensor, b: Tensor, in_place: bool) -> Tensor:
         for operand in (a, b):  # Norm hands each operand relevance proportional to it
             source = self.point_of(operand)
@@ -459,6 +495,8 @@ class _Engine:
 
     def _rule_pre_hook(self, module: nn.Module, args):
         self.depth += 1
+        if self.overwritten:  # (before the input point's view of it is made)
+            self.materialize(args)
         if module is self.first or not args or not isinstance(args[0], Tensor):
             return None
         with _plain():
@@ -502,11 +540,13 @@ class _Engine:
             return None
         with _plain():
             if not args[0].requires_grad:
+                self.overwrite_later(module, args[0], out)
                 return None
             if not isinstance(out, Tensor) or out.shape != args[0].shape:
                 raise UnsupportedModel(f"the Pass rule needs an elementwise {type(module).__name__}")
             point = _Point("pass", None, 0.0)
             result = _RulePoint.apply(out.detach(), args[0], None, point)
+            self.overwrite_later(module, args[0], result)
             if type(module) is nn.ReLU:  # a candidate chain z -> ReLU -> rule layer (see _settle_chains)
                 producer = self.point_of(args[0])
                 if producer is not None and producer.kind == "epsilon":
@@ -561,6 +601,7 @@ class _Engine:
             else:
                 result = _RulePoint.apply(out.detach(), inp, None, point)
                 producer.z = out.detach()
+                self.overwrite_later(module, inp, result)
             producer.substitute = True
             self.speculative.append(point)
             if producer.kind == "epsilon":  # a candidate chain z -> ReLU -> rule layer (see _settle_chains)
@@ -692,8 +733,9 @@ class _Engine:
                 if kind == "activation":
                     built_in_place = getattr(module, "inplace", False)
                     if built_in_place:
-                        module.inplace = False  # its input keeps its value and its autograd identity
-                        in_place.append(module)
+                        module.inplace = False  # its input keeps its value and its autograd identity (and reads
+                        in_place.append(module)  # as the output after it: see overwrite_later)
+                        self.built_in_place.add(module)
                     if self.speculate and type(module) is nn.ReLU:
                         if built_in_place:
                             self.in_place_relus.add(module)

@@ -18,6 +18,13 @@ The reference semantics (``composite="epsilon_flat"``) are zennit's, written out
   max pooling, concatenation, channel shuffles, activations zennit does not list such as ``Mish``) passes
   relevance on through its ordinary backward, as zennit does for operations it has no rule for.
 
+The forward explained is the one the caller's model computes. Where that differs from stock zennit, the library
+follows the model: BatchNorm pairing (above), a module called twice, and an activation built with
+``inplace=True`` whose input the forward reads again after it (the model reads the activation's output there,
+since the activation overwrote it; zennit runs every hooked module on a clone of its input, so there the input
+keeps its old values and the logits zennit explains are not the model's; ``backend="zennit"`` is stock zennit
+there).
+
 A tensor *carries relevance* when it depends on the attributed inputs: during attribution the model's parameters
 do not require gradients, so that is exactly ``requires_grad``. Rules apply only where a module's first input
 carries relevance (as zennit's hooks).

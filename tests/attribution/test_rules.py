@@ -631,6 +631,95 @@ class Residual(nn.Module):
         return self.fc(torch.relu(h).mean((2, 3)))
 
 
+class ReadsAfterInPlace(nn.Module):
+    """An activation built with ``inplace=True`` on a layer output ``z`` that the forward reads again after it: the
+    caller's model then reads ``act(z)`` there (the activation overwrote ``z``). ``explicit``: the twin that says so
+    (reads ``y``, out of place, adds as ``zennit.layer.Sum``), the same function. ``gated``: a gate reads ``y`` as
+    well (not proportional to it: no ReLU stands in for its layer)."""
+
+    def __init__(self, act: nn.Module, reader: str, gated: bool = False, explicit: bool = False):
+        super().__init__()
+        self.reader, self.gated, self.explicit = reader, gated, explicit
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.act = copy.deepcopy(act)
+        set_in_place(self.act, not explicit)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.conv3 = nn.Conv2d(4, 4, 1)
+        self.sum = Sum()
+        self.fc = nn.Linear(8 if reader == "conv" else 4, 5)
+
+    def forward(self, x):
+        z = self.bn1(self.conv1(torch.relu(self.stem(x))))
+        y = self.act(z)
+        w = torch.relu(self.conv2(y))
+        if self.gated:
+            w = w * torch.sigmoid(y.mean((2, 3), keepdim=True))
+        other = y if self.explicit else z
+        if self.reader == "conv":
+            h = torch.cat([w, self.conv3(other)], 1)
+        else:
+            h = self.sum(torch.stack([w, other], -1)) if self.explicit else w + other
+        return self.fc(h.mean((2, 3)))
+
+
+def set_in_place(act: nn.Module, in_place: bool) -> None:
+    for module in act.modules():
+        if hasattr(module, "inplace"):
+            module.inplace = in_place
+
+
+IN_PLACE_ACTIVATIONS = {
+    "relu": nn.ReLU(inplace=True), "relu6": nn.ReLU6(inplace=True), "silu": nn.SiLU(inplace=True),
+    # two in a row: z reads as the second one's output
+    "leaky_relu6": nn.Sequential(nn.LeakyReLU(0.1, inplace=True), nn.ReLU6(inplace=True)),
+}
+
+
+class TestInPlaceActivationOverwritesItsInput:
+    """The fast engine explains the forward the caller's model computes: a layer output read after an activation
+    built with ``inplace=True`` reads the activation's output (the engine runs such activations out of place, so
+    that relevance can pass them, and gives the input the output's values at its first later read). zennit runs
+    every hooked module on a clone of its input, so there the input keeps its values: zennit (and
+    ``backend="zennit"``) explain a function whose logits differ from the model's. Oracle: stock zennit on the
+    explicit twin, whose logits are the model's (checked)."""
+
+    @pytest.mark.parametrize("gated", [False, True], ids=["", "gated"])
+    @pytest.mark.parametrize("reader", ["sum", "conv"])
+    @pytest.mark.parametrize("act", sorted(IN_PLACE_ACTIVATIONS))
+    def test_fast_matches_zennit_on_the_explicit_twin(self, act, reader, gated):
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(ReadsAfterInPlace(IN_PLACE_ACTIVATIONS[act], reader, gated),
+                                  shape=(8, 3, 8, 8)).double().eval()
+        twin = copy.deepcopy(model)
+        twin.explicit = True
+        set_in_place(twin.act, False)
+        x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 4])
+        with torch.no_grad():
+            assert torch.equal(model(x), twin(x))  # the same function
+            changes = copy.deepcopy(model)
+            set_in_place(changes.act, False)
+            assert not torch.allclose(changes(x), model(x))  # (and one the in-place activation changes)
+        oracle = zennit_oracle(twin, x, targets, paper_composite(1e-3, [SequentialMergeBatchNorm()]))
+        attributor = Attributor(model, backend="fast")
+        for _ in range(2):  # the first call learns whether a ReLU may stand in for its layer, the second uses that
+            assert rel_l2(attributor(x, targets), oracle) <= 1e-9
+
+    def test_zennit_backend_explains_the_unchanged_input(self):
+        """The difference stated: ``backend="zennit"`` is stock zennit on the model itself."""
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(ReadsAfterInPlace(nn.ReLU6(inplace=True), "sum"), shape=(8, 3, 8, 8)).double()
+        twin = copy.deepcopy(model)
+        twin.explicit = True
+        set_in_place(twin.act, False)
+        x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 4])
+        composite = paper_composite(1e-3, [SequentialMergeBatchNorm()])
+        oracle = zennit_oracle(twin, x, targets, composite)
+        assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
+        assert rel_l2(relevance(model, x, targets, backend="zennit"), oracle) > 1e-2
+
+
 class TestResidualAdds:
     def test_norm_at_functional_adds_matches_sum_modules(self):
         torch.manual_seed(0)
