@@ -84,7 +84,7 @@ class _Point:
 
     def __init__(self, kind: str, z: Tensor, epsilon: float, module: nn.Module | None = None,
                  inp: Tensor | None = None) -> None:
-        self.kind = kind  # "epsilon" | "norm" | "flat"
+        self.kind = kind  # "epsilon" | "norm" | "flat" | "hooked" (see _rule_hook) | "pass" | "through" | "select"
         self.z = z  # detached; replaced by a copy before an in-place change (see _Forward); None while merged
         self.epsilon = epsilon
         self.module = module  # linear module (epsilon, flat)
@@ -107,7 +107,9 @@ class _RulePoint(torch.autograd.Function):
     """A rule at a module's output ``out``, applied in place (``mark_dirty``: in-place operations after it stay in
     place), by ``point.kind`` in the backward:
 
-    - ``"epsilon"``/``"norm"``: ``R -> R / stab(z)`` on to ``out``'s own graph (the module's ordinary backward);
+    - ``"epsilon"``/``"norm"``: ``R -> R / stab(z)`` on to ``out``'s own graph (the module's ordinary backward),
+      or, where a forward hook of the caller's changed the module's output, to the output ``inp`` the module itself
+      returned (as zennit: its rule treats the hooked output as the module's, and re-runs the module without it);
       unchanged once inactive (a following BatchNorm took the rule over); at a merged BatchNorm, times its
       per-channel eval-mode scale straight to its input ``inp`` (``out`` detached: the same derivative, without
       autograd's general BatchNorm backward);
@@ -118,6 +120,7 @@ class _RulePoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out: Tensor, inp: Tensor | None, flat_inp: Tensor | None, point: _Point) -> Tensor:
         ctx.point = point
+        ctx.routed = inp is not None  # the relevance goes to inp (out detached)
         ctx.set_materialize_grads(False)  # a branch cut off by Flat sends None: keep it None, compute nothing
         ctx.mark_dirty(out)
         return out
@@ -128,7 +131,7 @@ class _RulePoint(torch.autograd.Function):
         if grad is None:
             return None, None, None, None
         if not point.active:
-            return grad, None, None, None
+            return (None, grad, None, None) if ctx.routed else (grad, None, None, None)
         if point.kind == "pass":
             return None, grad, None, None
         if point.kind == "flat":
@@ -141,8 +144,8 @@ class _RulePoint(torch.autograd.Function):
             share = divide_by_stabilized(grad, point.z, point.epsilon)
         point.z = None  # each point runs once: its value is freed here, as autograd frees what it saved
         if point.scale is not None:  # merged BatchNorm: its backward in eval mode is this per-channel scale
-            return None, share.mul_(point.scale), None, None
-        return share, None, None, None
+            share.mul_(point.scale)
+        return (None, share, None, None) if ctx.routed else (share, None, None, None)
 
 
 class _InputPoint(torch.autograd.Function):
@@ -390,6 +393,7 @@ class _Engine:
         self.in_place_relus: set[nn.Module] = set()  # nn.ReLU modules the caller built with inplace=True
         self.in_place_now: nn.Module | None = None  # the ReLU that _relu_pre_hook set to run in place
         self.relu_output: Tensor | None = None  # the last relu's result (a hook may replace a module's output)
+        self.own_outputs: dict[nn.Module, Tensor] = {}  # a rule module's output before the caller's forward hooks
         self.built_in_place: set[nn.Module] = set()  # activation modules built with inplace=True, run out of place
         # id(x) -> (x weakly, the output y of the in-place-built activation that read x; see overwrite_later)
         self.overwritten: dict[int, tuple[weakref.ref, Tensor]] = {}
@@ -522,6 +526,7 @@ class _Engine:
                 return None
             if not isinstance(out, Tensor):
                 raise UnsupportedModel(f"a {type(module).__name__} returned a {type(out).__name__}, not a tensor")
+            own = self.own_outputs.pop(module, None) if self.own_outputs else None
             if self.types.kind(module) == "norm":
                 point = _Point("norm", out.detach(), NORM_STABILIZER)
             elif module is self.first:
@@ -529,7 +534,15 @@ class _Engine:
                 return self._register(point, _RulePoint.apply(out.detach(), None, args[0], point))
             else:
                 point = _Point("epsilon", out.detach(), self.epsilon, module)
+            if own is not None and own is not out and isinstance(own, Tensor) and own.requires_grad \
+                    and own.shape == out.shape:  # a forward hook of the caller's changed the output: no BatchNorm
+                point.kind, point.z = "hooked", own.detach()  # merges into it, no ReLU output stands in for it
+                return self._register(point, _RulePoint.apply(out.detach(), own, None, point))
             return self._register(point, _RulePoint.apply(out, None, None, point))
+
+    def _own_output(self, module: nn.Module, args, out) -> None:
+        """(Runs before the caller's forward hooks of a rule module, see :meth:`run`.)"""
+        self.own_outputs[module] = out
 
     def _pass_hook(self, module: nn.Module, args, out):
         self.depth -= 1
@@ -753,6 +766,8 @@ class _Engine:
                         handles.append(module.register_forward_pre_hook(self._enter))
                         handles.append(module.register_forward_hook(self._batchnorm_hook))
                 else:  # linear, norm
+                    if module._forward_hooks:  # the caller's: the rule divides by the module's own output
+                        handles.append(module.register_forward_hook(self._own_output, prepend=True))
                     handles.append(module.register_forward_pre_hook(self._rule_pre_hook))
                     handles.append(module.register_forward_hook(self._rule_hook))
             with _Forward(self):

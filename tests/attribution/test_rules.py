@@ -118,6 +118,17 @@ class TestOperationsBetweenLayers:
         oracle = zennit_oracle(model, x, targets, paper_composite(1e-3, [SequentialMergeBatchNorm()]))
         assert_matches(both(model, x, targets), oracle)
 
+    @pytest.mark.parametrize("layer", [0, 2, 6])
+    def test_forward_hook_changing_a_layer_output(self, layer):
+        """A caller's forward hook that changes a rule layer's output runs after the layer's rule, as zennit's rule
+        sees the layer's own output (it re-runs the layer in the backward): the change is an operation after it."""
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                              nn.Flatten(), nn.Linear(16, 5)).double().eval()
+        model[layer].register_forward_hook(lambda module, args, out: out * 1.5 + 0.1)
+        x, targets = torch.randn(3, 3, 7, 7, dtype=torch.float64), torch.tensor([0, 3, 4])
+        assert_matches(both(model, x, targets), zennit_oracle(model, x, targets, paper_composite(1e-3, [])))
+
     def test_mish_is_its_gradient_not_pass(self):
         """The regression itself: the Mish model differs from the same model with Mish under Pass."""
         torch.manual_seed(0)
