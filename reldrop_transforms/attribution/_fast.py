@@ -223,6 +223,12 @@ def divide_by_stabilized(grad: Tensor, z: Tensor, epsilon: float) -> Tensor:
     return torch.div(grad, denominator, out=denominator)
 
 
+def _plain_linear(module: nn.Module) -> bool:
+    """``nn.Linear`` or ``torch_geometric.nn.Linear`` itself (``F.linear`` with its own weight), not a subclass."""
+    cls = type(module)
+    return cls is nn.Linear or (cls.__name__ == "Linear" and cls.__module__.startswith("torch_geometric.nn."))
+
+
 def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor) -> Tensor:
     """Flat rule: spread ``rel`` uniformly over each output's receptive field (zennit's ``Flat``).
 
@@ -231,7 +237,8 @@ def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor) -> Tensor
     (one sample: they depend on the shape only), and the relevance summed over output channels is spread by that
     one-channel convolution's transpose. A linear layer's counts are its ``in_features``.
     """
-    if type(module) in _CONV and module.groups == 1 and not isinstance(module.padding, str) \
+    own_weight = "weight" in module._parameters  # (not computed: a parametrization, weight_norm's hook)
+    if type(module) in _CONV and own_weight and module.groups == 1 and not isinstance(module.padding, str) \
             and module.padding_mode == "zeros":
         ones = inp.new_ones((1, 1, *inp.shape[2:]))
         window = inp.new_ones((1, 1, *module.weight.shape[2:]))
@@ -247,14 +254,14 @@ def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor) -> Tensor
             spread = _CONV_INPUT_GRAD[type(module)]((inp.shape[0], 1, *inp.shape[2:]), window, share, module.stride,
                                                     module.padding, dilation)
         return spread.expand_as(inp)
-    weight = getattr(module, "weight", None)
-    if not isinstance(module, nn.modules.conv._ConvNd) and isinstance(weight, Tensor) and weight.ndim == 2:
+    weight = module._parameters.get("weight")
+    if _plain_linear(module) and isinstance(weight, Tensor) and weight.ndim == 2:
         # nn.Linear, torch_geometric.nn.Linear: every output sees every input
         counts = torch.full((), module.weight.shape[1], dtype=rel.dtype, device=rel.device)
         return (rel.sum(-1, keepdim=True) / stabilize(counts, NORM_STABILIZER)).expand_as(inp)
-    # anything else (grouped or transposed convolutions, string or circular padding): the module with all-one
-    # weights and no bias on an all-one input, differentiated, as zennit computes it (``forward`` itself, so
-    # that no hook runs)
+    # anything else (grouped or transposed convolutions, string or circular padding, a subclass with a forward of
+    # its own, a computed weight): the module with all-one parameters (its own, as zennit sets them) and no bias
+    # on an all-one input, differentiated, as zennit computes it (``forward`` itself, so that no hook runs)
     from torch.nn.utils.stateless import _reparametrize_module
 
     params = {name: (torch.zeros_like(p) if name == "bias" else torch.ones_like(p))

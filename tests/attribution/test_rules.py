@@ -100,7 +100,48 @@ class NoGradSection(nn.Module):
         return self.fc(h.mean(2))
 
 
+class MaskedLinear(nn.Linear):
+    """A first layer whose forward uses a masked weight: Flat spreads over what the forward connects."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.register_buffer("mask", (torch.rand_like(self.weight) > 0.5).to(self.weight.dtype))
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.weight * self.mask, self.bias)
+
+
+class Symmetric(nn.Module):
+    def forward(self, w):
+        return w.triu() + w.triu(1).transpose(0, 1)
+
+
+def first_layers():
+    """First layers whose weight is not simply their own ``weight`` Parameter (zennit's Flat sets the module's own
+    parameters to ones and runs its forward: a parametrized or old-style weight-normed weight keeps its values)."""
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(0)
+    parametrized = nn.Linear(6, 6)
+    parametrize.register_parametrization(parametrized, "weight", Symmetric())
+    with pytest.warns(FutureWarning):
+        weight_normed = nn.utils.weight_norm(nn.Conv2d(3, 6, 3))
+    return {"masked_linear": (MaskedLinear(6, 6), (6,)), "parametrized_linear": (parametrized, (6,)),
+            "old_weight_norm_conv": (weight_normed, (3, 6, 6))}
+
+
 class TestOperationsBetweenLayers:
+    @pytest.mark.parametrize("name", ["masked_linear", "parametrized_linear", "old_weight_norm_conv"])
+    def test_first_layer_with_a_weight_of_its_own(self, name):
+        first, shape = first_layers()[name]
+        head = [nn.ReLU(), nn.Linear(6, 5)] if len(shape) == 1 else \
+            [nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5)]
+        model = nn.Sequential(first, *head).double().eval()
+        x, targets = torch.randn(3, *shape, dtype=torch.float64), torch.tensor([0, 3, 4])
+        with torch.no_grad():
+            model(x)  # (the old weight_norm computes its weight in a pre-hook)
+        assert_matches(both(model, x, targets), zennit_oracle(model, x, targets, paper_composite(1e-3, [])))
+
     @pytest.mark.parametrize("change", [False, True], ids=["indices", "in_place_change"])
     def test_no_grad_section_matches_stock_zennit(self, change):
         torch.manual_seed(0)
