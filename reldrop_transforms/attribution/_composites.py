@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -106,6 +106,21 @@ def _probe(model: nn.Module, call: Callable[[], Tensor], types: RuleTypes) -> tu
         probe.close()
         probe._produced.clear()
         probe._candidates.clear()
+
+
+@contextlib.contextmanager
+def _registered(zennit_composite, model: nn.Module) -> Iterator[None]:
+    """``zennit_composite.context(model)``, with a failure of zennit's own registration (its canonizers: e.g. the
+    BatchNorm merge of a grouped transposed convolution) said as a ``ValueError`` (whatever it registered before
+    failing is undone by :func:`preserved_model_state`)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(zennit_composite.context(model))
+        except (AttributeError, RuntimeError, TypeError, IndexError) as error:
+            raise ValueError(f"backend='zennit' cannot apply its rules to this {type(model).__name__}: zennit failed "
+                             f"while registering them ({type(error).__name__}: {error}). Use backend='fast' (or "
+                             "'auto').") from error
+        yield
 
 
 def _merge_batchnorm(pairs: list[tuple[nn.Module, nn.Module]]):
@@ -298,17 +313,29 @@ def zennit_relevance(
                 f"{count} times in one forward, and zennit's rules keep one input per module. Use backend='fast' "
                 "(or 'auto'), which applies the rules to every call."
             )
+        names = {module: name for name, module in model.named_modules()}
+        for linear, batch_norm in pairs:
+            if batch_norm.weight is None or batch_norm.bias is None:
+                raise ValueError(
+                    f"backend='zennit' cannot merge {type(batch_norm).__name__} {names.get(batch_norm, '')!r} into "
+                    f"{type(linear).__name__} {names.get(linear, '')!r}: zennit's MergeBatchNorm needs its affine "
+                    "parameters, and it has none (affine=False). Use backend='fast' (or 'auto')."
+                )
         canonizers = [_merge_batchnorm(pairs)]
     zennit_composite = make_zennit_composite(composite, leaves[0], epsilon, canonizers, types)
     sums = None if custom else _NormSums(model, types)
     try:
-        with zennit_composite.context(model):
+        with _registered(zennit_composite, model):
             with sums if sums is not None else contextlib.nullcontext():
                 logits = call()
             grad_output = grad_output_fn(logits)
             if not logits.requires_grad:  # the output does not depend on the inputs
                 return tuple(torch.zeros_like(x) for x in leaves)
-            rels = torch.autograd.grad(logits, leaves, grad_output, allow_unused=True)
+            try:
+                rels = torch.autograd.grad(logits, leaves, grad_output, allow_unused=True)
+            except RuntimeError as error:  # (the forward ran: zennit's rules re-run modules in the backward)
+                raise ValueError(f"backend='zennit' failed to compute the relevance of this {type(model).__name__} "
+                                 f"({error}). Use backend='fast' (or 'auto').") from error
     finally:
         if sums is not None:
             sums.close()

@@ -80,7 +80,7 @@ class _Point:
     """A division point: the tensor ``z`` whose stabilised values divide the relevance in the backward."""
 
     __slots__ = ("kind", "module", "inp", "epsilon", "active", "z", "result", "uses", "scale", "fused", "good",
-                 "bad", "parents", "substitute", "shares", "in_place")
+                 "bad", "parents", "substitute", "shares", "in_place", "options")
 
     def __init__(self, kind: str, z: Tensor, epsilon: float, module: nn.Module | None = None,
                  inp: Tensor | None = None) -> None:
@@ -89,6 +89,7 @@ class _Point:
         self.epsilon = epsilon
         self.module = module  # linear module (epsilon, flat)
         self.inp = inp  # the Flat layer's input
+        self.options: dict = {}  # the Flat layer's keyword arguments (ConvTranspose's output_size)
         self.active = True  # False once a following BatchNorm took the rule over
         self.result: weakref.ref | None = None  # the tensor the point returned (weakly: see _Engine.points)
         self.uses = 0  # operations that read ``result`` (a BatchNorm merges only into a layer it alone reads)
@@ -135,7 +136,7 @@ class _RulePoint(torch.autograd.Function):
         if point.kind == "pass":
             return None, grad, None, None
         if point.kind == "flat":
-            return None, None, _flat_input_relevance(point.module, point.inp, grad), None
+            return None, None, _flat_input_relevance(point.module, point.inp, grad, point.options), None
         if point.fused is not None:  # z -> ReLU -> rule layer: grad is c, not c * x (see _Engine._settle_chains)
             x, point.fused = point.fused, None
             share = torch.add(x, point.epsilon)  # = stab(z) where z > 0 (x = z there); elsewhere c * x = 0
@@ -229,7 +230,7 @@ def _plain_linear(module: nn.Module) -> bool:
     return cls is nn.Linear or (cls.__name__ == "Linear" and cls.__module__.startswith("torch_geometric.nn."))
 
 
-def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor) -> Tensor:
+def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor, options: dict | None = None) -> Tensor:
     """Flat rule: spread ``rel`` uniformly over each output's receptive field (zennit's ``Flat``).
 
     With all-one weights every input channel receives the same spread, so (without groups) the work is done on
@@ -268,7 +269,7 @@ def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor) -> Tensor
               for name, p in module.named_parameters(recurse=False)}
     with torch.enable_grad(), _reparametrize_module(module, params):
         ones = torch.ones_like(inp).requires_grad_(True)
-        counts = module.forward(ones)
+        counts = module.forward(ones, **(options or {}))
         (spread,) = torch.autograd.grad(counts, ones, rel / stabilize(counts.detach(), NORM_STABILIZER))
     return spread
 
@@ -400,6 +401,7 @@ class _Engine:
         self.in_place_relus: set[nn.Module] = set()  # nn.ReLU modules the caller built with inplace=True
         self.in_place_now: nn.Module | None = None  # the ReLU that _relu_pre_hook set to run in place
         self.relu_output: Tensor | None = None  # the last relu's result (a hook may replace a module's output)
+        self.first_options: dict = {}  # the keyword arguments of the Flat layer's call being run
         self.own_outputs: dict[nn.Module, Tensor] = {}  # a rule module's output before the caller's forward hooks
         self.built_in_place: set[nn.Module] = set()  # activation modules built with inplace=True, run out of place
         # id(x) -> (x weakly, the output y of the in-place-built activation that read x; see overwrite_later)
@@ -538,6 +540,7 @@ class _Engine:
                 point = _Point("norm", out.detach(), NORM_STABILIZER)
             elif module is self.first:
                 point = _Point("flat", out.detach(), self.epsilon, module, args[0])
+                point.options, self.first_options = self.first_options, {}
                 return self._register(point, _RulePoint.apply(out.detach(), None, args[0], point))
             else:
                 point = _Point("epsilon", out.detach(), self.epsilon, module)
@@ -546,6 +549,10 @@ class _Engine:
                 point.kind, point.z = "hooked", own.detach()  # merges into it, no ReLU output stands in for it
                 return self._register(point, _RulePoint.apply(out.detach(), own, None, point))
             return self._register(point, _RulePoint.apply(out, None, None, point))
+
+    def _first_hook(self, module: nn.Module, args, kwargs, out):
+        self.first_options = kwargs  # (e.g. ConvTranspose's output_size: Flat re-runs the layer with them)
+        return self._rule_hook(module, args, out)
 
     def _own_output(self, module: nn.Module, args, out) -> None:
         """(Runs before the caller's forward hooks of a rule module, see :meth:`run`.)"""
@@ -663,6 +670,7 @@ class _Engine:
                 producer.z = None  # reader comes (count_uses, keep_before_change take it back then)
             flat = producer.kind == "flat"
             point = _Point(producer.kind, out.detach(), self.epsilon, producer.module, producer.inp)
+            point.options = producer.options
             if not flat:
                 point.scale = _batchnorm_scale(module, out)
             self.merges.append((producer, point))
@@ -776,7 +784,10 @@ class _Engine:
                     if module._forward_hooks:  # the caller's: the rule divides by the module's own output
                         handles.append(module.register_forward_hook(self._own_output, prepend=True))
                     handles.append(module.register_forward_pre_hook(self._rule_pre_hook))
-                    handles.append(module.register_forward_hook(self._rule_hook))
+                    if module is self.first:
+                        handles.append(module.register_forward_hook(self._first_hook, with_kwargs=True))
+                    else:
+                        handles.append(module.register_forward_hook(self._rule_hook))
             with _Forward(self):
                 logits = call()
             self._verify(logits)

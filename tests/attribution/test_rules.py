@@ -130,7 +130,35 @@ def first_layers():
             "old_weight_norm_conv": (weight_normed, (3, 6, 6))}
 
 
+class UpFirst(nn.Module):
+    """A transposed convolution first, called with ``output_size`` (``output_padding`` in the twin)."""
+
+    def __init__(self, twin: bool = False):
+        super().__init__()
+        self.twin = twin
+        self.up = nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1 if twin else 0)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        size = {} if self.twin else {"output_size": [2 * x.shape[2], 2 * x.shape[3]]}
+        return self.fc(torch.relu(self.up(x, **size)).mean((2, 3)))
+
+
 class TestOperationsBetweenLayers:
+    def test_first_layer_called_with_keywords(self):
+        """Flat re-runs the first layer with the keyword arguments of its call; stock zennit re-runs it without
+        them (and fails): compared against zennit on the twin that needs none."""
+        torch.manual_seed(0)
+        model = UpFirst().double().eval()
+        twin = UpFirst(twin=True).double().eval()
+        twin.load_state_dict(model.state_dict())
+        x, targets = torch.randn(3, 3, 5, 5, dtype=torch.float64), torch.tensor([0, 3, 4])
+        assert torch.equal(model(x), twin(x))
+        oracle = zennit_oracle(twin, x, targets, paper_composite(1e-3, []))
+        assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
+        with pytest.raises(ValueError, match="backend='zennit' failed to compute the relevance of this UpFirst"):
+            relevance(model, x, targets, backend="zennit")
+
     @pytest.mark.parametrize("name", ["masked_linear", "parametrized_linear", "old_weight_norm_conv"])
     def test_first_layer_with_a_weight_of_its_own(self, name):
         first, shape = first_layers()[name]
@@ -867,6 +895,46 @@ class TestNoRule:
         for backend in ("auto", "fast", "zennit"):
             with pytest.raises(ValueError, match=r"should return logits of shape \(B, K\)"):
                 relevance(Odd(), torch.randn(2, 4), backend=backend)
+
+
+class TestZennitCannotMerge:
+    """Where zennit's BatchNorm merging fails, ``backend="zennit"`` says so (it raised an AttributeError or a shape
+    error from inside zennit) and the fast engine computes the merged rules: compared against zennit on a twin
+    that zennit can merge."""
+
+    def test_batchnorm_without_affine_parameters(self):
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3),
+                                                nn.BatchNorm2d(4, affine=False), nn.ReLU(), nn.Flatten(),
+                                                nn.Linear(64, 5)), shape=(8, 3, 8, 8)).double().eval()
+        twin = copy.deepcopy(model)
+        twin[3] = nn.BatchNorm2d(4).double().eval()  # weight 1, bias 0: the same function
+        twin[3].load_state_dict(model[3].state_dict(), strict=False)
+        x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 4])
+        assert torch.equal(model(x), twin(x))
+        oracle = zennit_oracle(twin, x, targets, paper_composite(1e-3, [SequentialMergeBatchNorm()]))
+        assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
+        with pytest.raises(ValueError, match=r"cannot merge BatchNorm2d '3' into Conv2d '2'.*affine=False"):
+            relevance(model, x, targets, backend="zennit")
+
+    def test_grouped_transposed_convolution(self):
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.ConvTranspose2d(6, 6, 3, groups=2),
+                                                nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                                nn.Linear(6, 5)), shape=(8, 3, 8, 8)).double().eval()
+        twin = copy.deepcopy(model)  # the BatchNorm merged by hand into the layer (weight layout: in, out / groups)
+        bn, up = twin[3], twin[2]
+        scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+        with torch.no_grad():
+            up.weight.mul_(scale.view(2, 1, 3).expand(2, 3, 3).reshape(6, 3, 1, 1))  # input i: group i // 3
+            up.bias.copy_((up.bias - bn.running_mean) * scale + bn.bias)
+        twin[3] = nn.Identity()
+        x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 4])
+        torch.testing.assert_close(model(x), twin(x), rtol=1e-12, atol=1e-12)
+        oracle = zennit_oracle(twin, x, targets, paper_composite(1e-3, []))
+        assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
+        with pytest.raises(ValueError, match="backend='zennit' cannot apply its rules .* zennit failed while registe"):
+            relevance(model, x, targets, backend="zennit")
 
 
 class TestPyG:
