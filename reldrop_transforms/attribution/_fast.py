@@ -401,6 +401,8 @@ class _Engine:
         self.in_place_relus: set[nn.Module] = set()  # nn.ReLU modules the caller built with inplace=True
         self.in_place_now: nn.Module | None = None  # the ReLU that _relu_pre_hook set to run in place
         self.relu_output: Tensor | None = None  # the last relu's result (a hook may replace a module's output)
+        self.leaves: tuple[Tensor, ...] = ()  # the attributed inputs (see run)
+        self.protected: set[int] | None = None  # their and the parameters' storages (see materialize)
         self.first_options: dict = {}  # the keyword arguments of the Flat layer's call being run
         self.own_outputs: dict[nn.Module, Tensor] = {}  # a rule module's output before the caller's forward hooks
         self.built_in_place: set[nn.Module] = set()  # activation modules built with inplace=True, run out of place
@@ -476,12 +478,20 @@ class _Engine:
 
     def materialize(self, args) -> None:
         """Give every tensor among ``args`` that an in-place-built activation would have overwritten by now (see
-        :meth:`overwrite_later`) that activation's output values (points reading it keep a copy first)."""
+        :meth:`overwrite_later`) that activation's output values (points reading it keep a copy first). Never the
+        caller's: the attributed inputs (whose storage is the caller's tensors'), the parameters, or views of them
+        keep their values (attribution changes nothing of the caller's; a model changes those only in its own
+        forward)."""
         for arg in args:
             if isinstance(arg, Tensor):
                 entry = self.overwritten.pop(id(arg), None)
                 if entry is not None and entry[0]() is arg:
                     with _plain(), torch.no_grad():
+                        if self.protected is None:
+                            self.protected = {t.untyped_storage().data_ptr() for t in (*self.leaves,
+                                              *self.model.parameters())}
+                        if arg.untyped_storage().data_ptr() in self.protected:
+                            continue
                         self.keep_before_change(arg)
                         arg.copy_(entry[1])
             elif isinstance(arg, (tuple, list)):
@@ -752,6 +762,7 @@ class _Engine:
     def run(self, leaves: tuple[Tensor, ...], call: Callable[[], Tensor],
             grad_output_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, ...]:
         types = self.types
+        self.leaves = leaves
         handles, in_place = [], []
         try:
             for module in self.modules:

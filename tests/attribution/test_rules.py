@@ -786,6 +786,28 @@ class TestInPlaceActivationOverwritesItsInput:
         for _ in range(2):  # the first call learns whether a ReLU may stand in for its layer, the second uses that
             assert rel_l2(attributor(x, targets), oracle) <= 1e-9
 
+    def test_never_the_callers_input(self):
+        """An in-place-built activation on (a view of) the attributed input, read again after it: the caller's
+        tensor keeps its values (the model itself would overwrite it; attribution changes nothing of the caller's)."""
+
+        class OnInput(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.act = nn.LeakyReLU(0.1, inplace=True)
+                self.conv = nn.Conv2d(3, 4, 3)
+                self.fc = nn.Linear(7, 5)
+
+            def forward(self, x):
+                h = x.flatten(2).view_as(x)
+                y = self.act(h)
+                return self.fc(torch.cat([self.conv(y).mean((2, 3)), h.mean((2, 3))], 1))
+
+        model = OnInput().double().eval()
+        x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+        before = x.clone()
+        relevance(model, x, torch.tensor([0, 1]), backend="fast")
+        assert torch.equal(x, before)
+
     def test_zennit_backend_explains_the_unchanged_input(self):
         """The difference stated: ``backend="zennit"`` is stock zennit on the model itself."""
         torch.manual_seed(0)
