@@ -7,7 +7,6 @@ import copy
 import logging
 import threading
 import warnings
-import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
 
 import torch
@@ -25,19 +24,17 @@ __all__ = ["Attributor", "RelevanceBackendWarning", "model_lock", "check_not_in_
 
 _log = logging.getLogger("reldrop_transforms")
 
-# One lock per model object, shared by every Attributor of that model (weakly keyed: a freed model frees its
-# lock; no id() keys). Re-entrant, so that a forward_fn may itself attribute.
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
+# One lock for every attribution in the process: a pass changes flags of the modules and parameters it runs
+# through (eval mode, requires_grad, an activation's inplace), and two models may share submodules or parameters
+# (a backbone under two heads, tied weights), so passes take turns whatever model they attribute. Re-entrant, so
+# that a forward_fn may itself attribute.
+_LOCK = threading.RLock()
 
 
 def model_lock(model: nn.Module) -> threading.RLock:
-    """The lock that serialises every attribution of ``model`` (the unwrapped module)."""
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = _LOCKS[model] = threading.RLock()
-        return lock
+    """The lock that serialises attributions: of ``model`` (the unwrapped module), and of any other model, which may
+    share its submodules or parameters."""
+    return _LOCK
 
 
 class RelevanceBackendWarning(UserWarning):
@@ -151,9 +148,10 @@ class Attributor:
     ``torch.compile``), refuses to run in a DataLoader worker, puts the model in eval mode and attributes it, then
     restores it exactly: the same parameter objects with the same values, buffers bit for bit, ``.grad``,
     ``requires_grad``, every submodule's train/eval flag and no hooks left, also when the model raises.
-    Attributions of one model object never interleave: every ``Attributor`` of the same model shares one lock, so
-    several threads may attribute it at once (they take turns). The lock serialises attributions, not your
-    training step: never attribute while a training step of the same model runs in another thread.
+    Attributions never interleave: they share one lock (two models may share submodules or parameters, whose flags
+    a pass changes), so several threads may attribute at once (they take turns). The lock serialises
+    attributions, not your training step: never attribute while a training step of the same model runs in another
+    thread.
 
     Backends: ``"fast"`` computes the composite ``"epsilon_flat"`` exactly as zennit defines it (the rules are
     listed in :mod:`reldrop_transforms.attribution._rules`) in one eval forward and one backward, on any model

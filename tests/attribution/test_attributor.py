@@ -2,10 +2,12 @@
 
 import copy
 import pickle
+import sys
 import threading
 
 import pytest
 import torch
+from torch import nn
 
 import reldrop_transforms as rt
 from reldrop_transforms.attribution import Attributor, relevance
@@ -67,10 +69,42 @@ class TestAttributor:
         old.model = model
         assert torch.equal(old(x, targets), expected)
 
-    def test_one_lock_per_model_shared_by_attributors(self):
-        model, other = bn_model(), bn_model()
-        assert model_lock(model) is model_lock(model)
-        assert model_lock(model) is not model_lock(other)
+    def test_models_sharing_a_backbone_in_two_threads(self):
+        """Two models that share submodules take turns too (they had a lock each: wrong results, autograd errors
+        and parameters left with requires_grad=False)."""
+        torch.manual_seed(0)
+        backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(8, 8, 3, padding=1),
+                                 nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10))
+        heads = [nn.Sequential(backbone, nn.Linear(10, 5)).eval(), nn.Sequential(backbone, nn.Linear(10, 3)).eval()]
+        assert model_lock(heads[0]) is model_lock(heads[1])
+        batches = [torch.randn(4, 3, 16, 16) for _ in range(4)]
+        labels = torch.zeros(4, dtype=torch.long)
+        expected = [[relevance(head, x, labels) for x in batches] for head in heads]
+        problems = []
+
+        def attribute(head, wanted):
+            try:
+                for _ in range(5):
+                    for x, rel in zip(batches, wanted):
+                        if not torch.equal(relevance(head, x, labels), rel):
+                            problems.append("wrong result")
+            except Exception as error:  # noqa: BLE001 (reported below)
+                problems.append(repr(error))
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-5)
+        try:
+            threads = [threading.Thread(target=attribute, args=pair) for pair in zip(heads, expected)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            sys.setswitchinterval(interval)
+        assert problems == []
+        assert all(p.requires_grad for p in backbone.parameters())
+        assert all(not m.training for head in heads for m in head.modules())
+        assert all(m.inplace for m in backbone if isinstance(m, nn.ReLU))
 
     @pytest.mark.parametrize("bad, error, match", [
         (dict(composite=3), TypeError, "composite should be a name"),
