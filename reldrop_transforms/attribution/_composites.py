@@ -47,7 +47,7 @@ class _Probe(TorchFunctionMode):
         self.types = types
         self.calls: dict[nn.Module, int] = {}
         self._candidates: dict[nn.Module, tuple[nn.Module, Tensor]] = {}
-        self._produced: dict[int, tuple[nn.Module, Tensor]] = {}
+        self._produced: dict[int, tuple[nn.Module, Tensor, int]] = {}  # id(output) -> (layer, output, version)
         self._uses: dict[int, int] = {}
         self._handles = []
         self.problem: str | None = None
@@ -55,8 +55,8 @@ class _Probe(TorchFunctionMode):
                  "activation": self._activation}
         for module in model.modules():
             hook = hooks.get(types.kind(module))
-            if hook is not None:
-                self._handles.append(module.register_forward_hook(hook))
+            if hook is not None:  # a layer's own output: before any forward hook of the caller's may change it
+                self._handles.append(module.register_forward_hook(hook, prepend=hook == self._linear))
 
     def _activation(self, module, args, out) -> None:
         if self.problem is None and args and isinstance(args[0], Tensor) and (
@@ -75,11 +75,13 @@ class _Probe(TorchFunctionMode):
     def _linear(self, module, args, out) -> None:
         self.calls[module] = self.calls.get(module, 0) + 1
         if isinstance(out, Tensor) and self.types.kind(module) == "linear":
-            self._produced[id(out)] = (module, out)
+            self._produced[id(out)] = (module, out, out._version)
 
     def _batchnorm(self, module, args, out) -> None:
         source = self._produced.get(id(args[0])) if args else None
-        candidate = source if source is not None and source[1] is args[0] else (None, None)
+        # (not changed since: in place by a caller's hook, or by an in-place activation the BatchNorm follows)
+        candidate = source[:2] if source is not None and source[1] is args[0] and args[0]._version == source[2] \
+            else (None, None)
         if self._candidates.get(module, candidate)[0] is not candidate[0]:
             candidate = (None, None)  # called twice, after different layers
         self._candidates[module] = candidate

@@ -545,7 +545,9 @@ class _Engine:
                 return None
             if not isinstance(out, Tensor):
                 raise UnsupportedModel(f"a {type(module).__name__} returned a {type(out).__name__}, not a tensor")
-            own = self.own_outputs.pop(module, None) if self.own_outputs else None
+            own, version = self.own_outputs.pop(module, (None, None)) if self.own_outputs else (None, None)
+            if own is out and out._version != version and module is not self.first:  # a hook of the caller's
+                own = module.forward(*args)  # changed it in place: the module's own output again (rare)
             if self.types.kind(module) == "norm":
                 point = _Point("norm", out.detach(), NORM_STABILIZER)
             elif module is self.first:
@@ -566,7 +568,8 @@ class _Engine:
 
     def _own_output(self, module: nn.Module, args, out) -> None:
         """(Runs before the caller's forward hooks of a rule module, see :meth:`run`.)"""
-        self.own_outputs[module] = out
+        if isinstance(out, Tensor):
+            self.own_outputs[module] = (out, out._version)
 
     def _pass_hook(self, module: nn.Module, args, out):
         self.depth -= 1

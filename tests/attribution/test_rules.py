@@ -187,16 +187,41 @@ class TestOperationsBetweenLayers:
         oracle = zennit_oracle(model, x, targets, paper_composite(1e-3, [SequentialMergeBatchNorm()]))
         assert_matches(both(model, x, targets), oracle)
 
+    @pytest.mark.parametrize("in_place", [False, True], ids=["returned", "in_place"])
     @pytest.mark.parametrize("layer", [0, 2, 6])
-    def test_forward_hook_changing_a_layer_output(self, layer):
-        """A caller's forward hook that changes a rule layer's output runs after the layer's rule, as zennit's rule
-        sees the layer's own output (it re-runs the layer in the backward): the change is an operation after it."""
+    def test_forward_hook_changing_a_layer_output(self, layer, in_place):
+        """A caller's forward hook that changes a rule layer's output (returning a new one, or in place): as in
+        zennit, whose rule takes the hooked output as the layer's and divides by the layer's own output (it re-runs
+        the layer in the backward)."""
         torch.manual_seed(0)
         model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
                               nn.Flatten(), nn.Linear(16, 5)).double().eval()
-        model[layer].register_forward_hook(lambda module, args, out: out * 1.5 + 0.1)
+        if in_place:
+            model[layer].register_forward_hook(lambda module, args, out: (out.mul_(1.5).add_(0.1), None)[1])
+        else:
+            model[layer].register_forward_hook(lambda module, args, out: out * 1.5 + 0.1)
         x, targets = torch.randn(3, 3, 7, 7, dtype=torch.float64), torch.tensor([0, 3, 4])
         assert_matches(both(model, x, targets), zennit_oracle(model, x, targets, paper_composite(1e-3, [])))
+
+    @pytest.mark.parametrize("change", ["hook", "in_place_hook", "in_place_relu"])
+    def test_batchnorm_after_a_changed_layer_output_is_not_merged(self, change):
+        """A BatchNorm that reads a layer's output after a hook (or an in-place ReLU) changed it normalises that, not
+        the layer's output: Pass, as zennit's composite gives a BatchNorm it does not merge (merging it would change
+        the function)."""
+        torch.manual_seed(0)
+        relu = nn.ReLU(inplace=True) if change == "in_place_relu" else nn.Identity()
+        model = warm_up_batchnorm(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1),
+                                                relu, nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                                                nn.Flatten(), nn.Linear(24, 5)), shape=(8, 3, 8, 8)).double().eval()
+        if change == "hook":
+            model[2].register_forward_hook(lambda module, args, out: out * 2 + 0.1)
+        elif change == "in_place_hook":
+            model[2].register_forward_hook(lambda module, args, out: (out.mul_(2).add_(0.1), None)[1])
+        x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 4])
+        oracle_model = copy.deepcopy(model)
+        if change == "in_place_relu":
+            oracle_model[3] = nn.ReLU()  # (zennit's hooks run it on a clone anyway)
+        assert_matches(both(model, x, targets), zennit_oracle(oracle_model, x, targets, paper_composite(1e-3, [])))
 
     def test_mish_is_its_gradient_not_pass(self):
         """The regression itself: the Mish model differs from the same model with Mish under Pass."""
