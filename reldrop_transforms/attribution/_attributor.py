@@ -474,7 +474,7 @@ class Attributor:
         """The model's number of outputs, from a forward of one sample (eval mode, state preserved)."""
         with model_lock(module), torch.no_grad(), preserved_model_state(module, keep_values=False):
             module.eval()
-            logits = module(sample)
+            logits = module(sample.clone())  # (a forward may change its input in place)
         if not isinstance(logits, Tensor) or logits.ndim != 2:
             shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ValueError(f"the model should return logits of shape (B, K), but returned {shape}.")
@@ -501,8 +501,10 @@ class Attributor:
         with model_lock(module), torch.inference_mode(False), torch.enable_grad(), autocast:
             modules = tuple(module.modules())  # one walk of the tree for the checks, the guard and the engine
             _check_explainable(module, modules)
-            # Fresh leaves: never the caller's tensor objects, never their autograd graph (nor inference tensors).
-            leaves = tuple((x.clone() if x.is_inference() else x.detach()).requires_grad_(True) for x in inputs)
+            # Fresh leaves: never the caller's tensor objects, nor their storage (a forward may change its input in
+            # place: an in-place activation or clamp), nor their autograd graph (nor inference tensors).
+            leaves = tuple((x.clone() if x.is_inference() else x.detach().clone()).requires_grad_(True)
+                           for x in inputs)
             if use_fast:
                 with _attribution_state(module, modules, keep_values=False):
                     try:

@@ -30,9 +30,7 @@ each step alone reads the previous one is fused (:meth:`_Engine._settle_chains`)
 and the layer divides by the ReLU output instead: the same relevance wherever every reader of the ReLU output hands
 it relevance proportional to it (checked after the forward; otherwise the pass is rerun without this, and a caller
 that keeps ``hints`` is not made to try again). The engine's own operations inside the forward run under
-``DisableTorchFunction``, unseen by the mode. Any other activation built with ``inplace=True`` runs out of place
-(so that relevance can pass it); an input of one that the forward reads again after it gets the activation's output
-values at that read, as in the caller's forward (:meth:`_Engine.overwrite_later`).
+``DisableTorchFunction``, unseen by the mode.
 """
 
 from __future__ import annotations
@@ -80,7 +78,8 @@ class _Point:
     """A division point: the tensor ``z`` whose stabilised values divide the relevance in the backward."""
 
     __slots__ = ("kind", "module", "inp", "epsilon", "active", "z", "result", "uses", "scale", "fused", "good",
-                 "bad", "parents", "substitute", "shares", "in_place", "options")
+                 "bad", "parents", "substitute", "shares", "in_place", "options",
+                 "origin")
 
     def __init__(self, kind: str, z: Tensor, epsilon: float, module: nn.Module | None = None,
                  inp: Tensor | None = None) -> None:
@@ -90,6 +89,7 @@ class _Point:
         self.module = module  # linear module (epsilon, flat)
         self.inp = inp  # the Flat layer's input
         self.options: dict = {}  # the Flat layer's keyword arguments (ConvTranspose's output_size)
+        self.origin: nn.Module | None = None  # the module whose forward hook made the point (rule layer, BatchNorm)
         self.active = True  # False once a following BatchNorm took the rule over
         self.result: weakref.ref | None = None  # the tensor the point returned (weakly: see _Engine.points)
         self.uses = 0  # operations that read ``result`` (a BatchNorm merges only into a layer it alone reads)
@@ -345,13 +345,9 @@ class _Forward(TorchFunctionMode):
             kind = self.kinds[func] = _operation_kind(func)
         if kwargs and kwargs.get("inplace") is True:  # F.silu(x, inplace=True), F.relu(x, inplace=True), ...
             kind |= _MUTATES | (0 if getattr(func, "__name__", "") in _CLAMP_FUNCTIONS else _IN_PLACE)
-        engine = self.engine
-        if engine.overwritten:  # an in-place activation's input read after it (see _Engine.overwrite_later)
-            engine.materialize(args)
-            if kwargs:
-                engine.materialize(tuple(kwargs.values()))
         if not (kind & _WATCHED_WITHOUT_GRAD or _grad_enabled()):  # (farthest-point sampling, neighbour searches)
             return func(*args, **kwargs) if kwargs else func(*args)  # nothing computed here carries relevance
+        engine = self.engine
         if kind:
             if kind & _ADD and not engine.depth:  # not inside a module that has a rule of its own
                 added = relevance_add(func, args, kwargs)
@@ -398,16 +394,14 @@ class _Engine:
         self.links: list[tuple[_Point, _Link]] = []  # (point of a rule layer's input, that layer's input point)
         self.derived: list[_Point] = []  # points of tensors derived from ReLU outputs, in the order made
         self.speculative: list[_Point] = []  # ReLU points whose readers must all be proportional (see _verify)
-        self.in_place_relus: set[nn.Module] = set()  # nn.ReLU modules the caller built with inplace=True
+        # nn.ReLU modules built with inplace=True that follow another child of an nn.Sequential -> (that child, the
+        # Sequential), or None where a ReLU has several; and the Sequentials whose own forward is running
+        self.in_place_relus: dict[nn.Module, tuple[nn.Module, nn.Module] | None] = {}
+        self.sequentials_running: dict[nn.Module, int] = {}
         self.in_place_now: nn.Module | None = None  # the ReLU that _relu_pre_hook set to run in place
         self.relu_output: Tensor | None = None  # the last relu's result (a hook may replace a module's output)
-        self.leaves: tuple[Tensor, ...] = ()  # the attributed inputs (see run)
-        self.protected: set[int] | None = None  # their and the parameters' storages (see materialize)
         self.first_options: dict = {}  # the keyword arguments of the Flat layer's call being run
         self.own_outputs: dict[nn.Module, Tensor] = {}  # a rule module's output before the caller's forward hooks
-        self.built_in_place: set[nn.Module] = set()  # activation modules built with inplace=True, run out of place
-        # id(x) -> (x weakly, the output y of the in-place-built activation that read x; see overwrite_later)
-        self.overwritten: dict[int, tuple[weakref.ref, Tensor]] = {}
 
     # -- points ------------------------------------------------------------------------------------------------
     def _register(self, point: _Point, result: Tensor) -> Tensor:
@@ -462,41 +456,6 @@ class _Engine:
                     and point.z.stride() == tensor.stride()
                 point.z = copy if same else point.z.clone()
 
-    def overwrite_later(self, module: nn.Module, inp: Tensor, out: Tensor) -> None:
-        """``module``, built with ``inplace=True``, ran out of place (so that its input keeps its autograd identity:
-        see :meth:`run`) and returned ``out``: from here on ``inp`` reads as ``out``, as in the caller's own forward,
-        where the module overwrites it. Done at its first read only (:meth:`materialize`); nearly always there is
-        none."""
-        if module not in self.built_in_place or not isinstance(out, Tensor) or out is inp or out.shape != inp.shape:
-            return
-        overwritten = self.overwritten
-        for key, (ref, value) in list(overwritten.items()):
-            if value is inp:  # inp was an earlier in-place activation's output: that one's input reads as out too
-                overwritten[key] = (ref, out)
-        key = id(inp)
-        overwritten[key] = (weakref.ref(inp, lambda _, key=key: overwritten.pop(key, None)), out)
-
-    def materialize(self, args) -> None:
-        """Give every tensor among ``args`` that an in-place-built activation would have overwritten by now (see
-        :meth:`overwrite_later`) that activation's output values (points reading it keep a copy first). Never the
-        caller's: the attributed inputs (whose storage is the caller's tensors'), the parameters, or views of them
-        keep their values (attribution changes nothing of the caller's; a model changes those only in its own
-        forward)."""
-        for arg in args:
-            if isinstance(arg, Tensor):
-                entry = self.overwritten.pop(id(arg), None)
-                if entry is not None and entry[0]() is arg:
-                    with _plain(), torch.no_grad():
-                        if self.protected is None:
-                            self.protected = {t.untyped_storage().data_ptr() for t in (*self.leaves,
-                                              *self.model.parameters())}
-                        if arg.untyped_storage().data_ptr() in self.protected:
-                            continue
-                        self.keep_before_change(arg)
-                        arg.copy_(entry[1])
-            elif isinstance(arg, (tuple, list)):
-                self.materialize(arg)
-
     def norm_sum(self, a: Tensor, b: Tensor, in_place: bool) -> Tensor:
         for operand in (a, b):  # Norm hands each operand relevance proportional to it
             source = self.point_of(operand)
@@ -518,8 +477,6 @@ class _Engine:
 
     def _rule_pre_hook(self, module: nn.Module, args):
         self.depth += 1
-        if self.overwritten:  # (before the input point's view of it is made)
-            self.materialize(args)
         if module is self.first or not args or not isinstance(args[0], Tensor):
             return None
         with _plain():
@@ -550,12 +507,14 @@ class _Engine:
                 own = module.forward(*args)  # changed it in place: the module's own output again (rare)
             if self.types.kind(module) == "norm":
                 point = _Point("norm", out.detach(), NORM_STABILIZER)
+                point.origin = module
             elif module is self.first:
                 point = _Point("flat", out.detach(), self.epsilon, module, args[0])
                 point.options, self.first_options = self.first_options, {}
                 return self._register(point, _RulePoint.apply(out.detach(), None, args[0], point))
             else:
                 point = _Point("epsilon", out.detach(), self.epsilon, module)
+                point.origin = module
             if own is not None and own is not out and isinstance(own, Tensor) and own.requires_grad \
                     and own.shape == out.shape:  # a forward hook of the caller's changed the output: no BatchNorm
                 point.kind, point.z = "hooked", own.detach()  # merges into it, no ReLU output stands in for it
@@ -580,13 +539,11 @@ class _Engine:
             return None
         with _plain():
             if not args[0].requires_grad:
-                self.overwrite_later(module, args[0], out)
                 return None
             if not isinstance(out, Tensor) or out.shape != args[0].shape:
                 raise UnsupportedModel(f"the Pass rule needs an elementwise {type(module).__name__}")
             point = _Point("pass", None, 0.0)
             result = _RulePoint.apply(out.detach(), args[0], None, point)
-            self.overwrite_later(module, args[0], result)
             if type(module) is nn.ReLU:  # a candidate chain z -> ReLU -> rule layer (see _settle_chains)
                 producer = self.point_of(args[0])
                 if producer is not None and producer.kind == "epsilon":
@@ -595,11 +552,17 @@ class _Engine:
             return result
 
     def _relu_pre_hook(self, module: nn.Module, args) -> None:
-        """Run a ReLU built with ``inplace=True`` in place, as the caller's model does, where nothing has read the
-        rule layer's output ``z`` it changes (its point then divides by the ReLU output: see :meth:`_relu_hook`)."""
-        if module in self.in_place_relus and args and isinstance(args[0], Tensor):
+        """Run a ReLU built with ``inplace=True`` in place, as the caller's model does, where nothing can read the rule
+        layer's output ``z`` it changes, before or after (its point then divides by the ReLU output: see
+        :meth:`_relu_hook`): ``z`` is the output of the ReLU's preceding sibling in an ``nn.Sequential``, which
+        hands it on to the ReLU alone, and nothing has read it yet. Elsewhere a forward may read ``z`` again after
+        the ReLU, and zennit's rules (whose hooks run every module on a clone of its input) see ``z`` unchanged
+        there: the ReLU runs out of place, as every other activation built in place."""
+        if args and isinstance(args[0], Tensor):
             producer = self._relu_producer(args[0])
+            previous, parent = self.in_place_relus[module]
             if producer is not None and producer.uses == 0 and producer.z is not None \
+                    and producer.origin is previous and self.sequentials_running.get(parent) \
                     and producer.z.data_ptr() == args[0].data_ptr():
                 module.inplace = True
                 self.in_place_now = module
@@ -641,7 +604,6 @@ class _Engine:
             else:
                 result = _RulePoint.apply(out.detach(), inp, None, point)
                 producer.z = out.detach()
-                self.overwrite_later(module, inp, result)
             producer.substitute = True
             self.speculative.append(point)
             if producer.kind == "epsilon":  # a candidate chain z -> ReLU -> rule layer (see _settle_chains)
@@ -683,6 +645,7 @@ class _Engine:
                 producer.z = None  # reader comes (count_uses, keep_before_change take it back then)
             flat = producer.kind == "flat"
             point = _Point(producer.kind, out.detach(), self.epsilon, producer.module, producer.inp)
+            point.origin = module
             point.options = producer.options
             if not flat:
                 point.scale = _batchnorm_scale(module, out)
@@ -762,12 +725,38 @@ class _Engine:
                 point.kind = "pass"
 
     # -- one pass ----------------------------------------------------------------------------------------------
+    def _find_sequential_relus(self) -> list[nn.Module]:
+        """``in_place_relus``: each ``nn.ReLU(inplace=True)`` that follows another child of an ``nn.Sequential`` (its
+        forward: each child's output goes to the next one alone) -> (that child, the Sequential); ``None`` where it
+        has several. Returns those Sequentials (their forwards are followed: a caller may run the children itself).
+        """
+        relus = self.in_place_relus
+        parents = []
+        for parent in self.modules:
+            if type(parent).forward is nn.Sequential.forward:
+                children = tuple(parent._modules.values())
+                for previous, child in zip(children, children[1:]):
+                    if type(child) is nn.ReLU and child.inplace:
+                        place = (previous, parent)
+                        relus[child] = place if relus.get(child, place) == place else None
+                        if not parents or parents[-1] is not parent:
+                            parents.append(parent)
+        return parents
+
+    def _sequential_enters(self, module: nn.Module, args) -> None:
+        self.sequentials_running[module] = self.sequentials_running.get(module, 0) + 1
+
+    def _sequential_leaves(self, module: nn.Module, args, out) -> None:
+        self.sequentials_running[module] -= 1
+
     def run(self, leaves: tuple[Tensor, ...], call: Callable[[], Tensor],
             grad_output_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, ...]:
         types = self.types
-        self.leaves = leaves
         handles, in_place = [], []
         try:
+            for parent in self._find_sequential_relus() if self.speculate else ():
+                handles.append(parent.register_forward_pre_hook(self._sequential_enters))
+                handles.append(parent.register_forward_hook(self._sequential_leaves, always_call=True))
             for module in self.modules:
                 kind = types.kind(module)
                 if kind is None:
@@ -775,12 +764,10 @@ class _Engine:
                 if kind == "activation":
                     built_in_place = getattr(module, "inplace", False)
                     if built_in_place:
-                        module.inplace = False  # its input keeps its value and its autograd identity (and reads
-                        in_place.append(module)  # as the output after it: see overwrite_later)
-                        self.built_in_place.add(module)
+                        module.inplace = False  # its input keeps its value and its autograd identity (as
+                        in_place.append(module)  # in zennit, whose hooks run every module on a clone of its input)
                     if self.speculate and type(module) is nn.ReLU:
-                        if built_in_place:
-                            self.in_place_relus.add(module)
+                        if built_in_place and self.in_place_relus.get(module) is not None:
                             handles.append(module.register_forward_pre_hook(self._relu_pre_hook))
                         handles.append(module.register_forward_hook(self._relu_hook))
                     elif _builtin(module):

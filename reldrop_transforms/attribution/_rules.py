@@ -18,12 +18,11 @@ The reference semantics (``composite="epsilon_flat"``) are zennit's, written out
   max pooling, concatenation, channel shuffles, activations zennit does not list such as ``Mish``) passes
   relevance on through its ordinary backward, as zennit does for operations it has no rule for.
 
-The forward explained is the one the caller's model computes. Where that differs from stock zennit, the library
-follows the model: BatchNorm pairing (above), a module called twice, and an activation built with
-``inplace=True`` whose input the forward reads again after it (the model reads the activation's output there,
-since the activation overwrote it; zennit runs every hooked module on a clone of its input, so there the input
-keeps its old values and the logits zennit explains are not the model's; ``backend="zennit"`` is stock zennit
-there).
+Activations built with ``inplace=True`` never change their input during attribution, as in zennit (whose hooks
+run every module on a clone of its input): where a forward reads an activation's input again after the activation,
+it reads the old values there (the caller's own model reads the activation's output: the logits explained are then
+those of the model with the activation out of place, with both backends). Nor does attribution change the caller's
+batch: the attributed inputs are copies.
 
 A tensor *carries relevance* when it depends on the attributed inputs: during attribution the model's parameters
 do not require gradients, so that is exactly ``requires_grad``. Rules apply only where a module's first input

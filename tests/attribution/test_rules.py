@@ -546,15 +546,17 @@ class TestModuleCalledTwice:
 
 class ReluReaders(nn.Module):
     """conv -> BN -> ReLU blocks whose ReLU output ``reader`` reads; ``as_sum`` writes the residual adds as
-    ``zennit.layer.Sum`` modules (the twin for stock zennit). ``calls`` counts the forwards."""
+    ``zennit.layer.Sum`` modules (the twin for stock zennit). ``calls`` counts the forwards. ``sequential``: the
+    first block is an ``nn.Sequential`` (where a ReLU built in place runs in place: nothing else can read its
+    input)."""
 
     PROPORTIONAL = ("conv", "residual", "residual_in_place", "selection", "max_values", "split")  # relevance ~ h
     CHANGED = ("added_to",)  # h changed in place: with the ReLU in place, the pass is rerun the plain way
     OTHER = ("difference", "gate", "output")
 
-    def __init__(self, reader: str, inplace: bool = True, as_sum: bool = False):
+    def __init__(self, reader: str, inplace: bool = True, as_sum: bool = False, sequential: bool = False):
         super().__init__()
-        self.reader, self.as_sum, self.calls = reader, as_sum, []
+        self.reader, self.as_sum, self.sequential, self.calls = reader, as_sum, sequential, []
         self.stem = nn.Conv2d(3, 4, 3, padding=1)
         self.conv = nn.Conv2d(4, 4, 3, padding=1)
         self.bn = nn.BatchNorm2d(4)
@@ -566,11 +568,13 @@ class ReluReaders(nn.Module):
         self.last = nn.ReLU(inplace=inplace) if reader == "output" else nn.Identity()
         self.sum = Sum()
         self.side = nn.Conv2d(4, 4, 3, padding=1)  # (registered after no BatchNorm: zennit pairs by registration)
+        if sequential:
+            self.block = nn.Sequential(self.conv, self.bn, self.relu)
 
     def forward(self, x):
         self.calls.append(1)
         t = self.stem(x)
-        h = self.relu(self.bn(self.conv(t)))
+        h = self.block(t) if self.sequential else self.relu(self.bn(self.conv(t)))
         if self.reader == "added_to":
             r = self.side(t)
             if self.as_sum:
@@ -610,27 +614,30 @@ class TestReluStandsIn:
 
     @staticmethod
     def oracle(model, x, targets):
-        twin = ReluReaders(model.reader, inplace=False, as_sum=True).double()
+        twin = ReluReaders(model.reader, inplace=False, as_sum=True, sequential=model.sequential).double()
         twin.load_state_dict(model.state_dict())
         return zennit_oracle(twin, x, targets, paper_composite(1e-3, [SequentialMergeBatchNorm()]))
 
+    @pytest.mark.parametrize("sequential", [True, False], ids=["sequential", "custom"])
     @pytest.mark.parametrize("inplace", [True, False])
     @pytest.mark.parametrize("reader", ReluReaders.PROPORTIONAL + ReluReaders.CHANGED + ReluReaders.OTHER)
-    def test_matches_stock_zennit(self, reader, inplace):
+    def test_matches_stock_zennit(self, reader, inplace, sequential):
         torch.manual_seed(0)
-        model = warm_up_batchnorm(ReluReaders(reader, inplace), shape=(8, 3, 8, 8)).double()
+        model = warm_up_batchnorm(ReluReaders(reader, inplace, sequential=sequential), shape=(8, 3, 8, 8)).double()
         in_place = []
         model.relu.register_forward_hook(lambda m, args, out: in_place.append(out is args[0]))
         attributor = Attributor(model, backend="fast")
         x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2])
         oracle = self.oracle(model, x, targets)
+        runs_in_place = inplace and sequential  # (in a forward of its own a ReLU's input may be read again after it)
         for _ in range(2):
             del model.calls[:], in_place[:]
             assert rel_l2(attributor(x, targets), oracle) <= 1e-9
-            if reader in ReluReaders.PROPORTIONAL or reader in ReluReaders.CHANGED and not inplace:
-                assert len(model.calls) == 1  # one forward, the ReLUs as the caller built them
-                assert in_place == [inplace] * (2 if reader.startswith("residual") else 1)
-        if reader in ReluReaders.OTHER or reader in ReluReaders.CHANGED and inplace:
+            if reader in ReluReaders.PROPORTIONAL or reader in ReluReaders.CHANGED and not runs_in_place:
+                assert len(model.calls) == 1  # one forward
+                # in place only in the Sequential (the residual forms call the ReLU again outside it)
+                assert in_place == [runs_in_place] + [False] * reader.startswith("residual")
+        if reader in ReluReaders.OTHER or reader in ReluReaders.CHANGED and runs_in_place:
             # the second call knew: one forward, no ReLU in place
             assert len(model.calls) == 1 and not any(in_place)
         assert model.relu.inplace == inplace
@@ -641,7 +648,7 @@ class TestReluStandsIn:
         when the ReLU ran in place: the pass is rerun the plain way, no error, the same relevance, and the hook sees
         the ReLU output each time."""
         torch.manual_seed(0)
-        model = warm_up_batchnorm(ReluReaders("conv", inplace), shape=(8, 3, 8, 8)).double()
+        model = warm_up_batchnorm(ReluReaders("conv", inplace, sequential=True), shape=(8, 3, 8, 8)).double()
         seen = []
         model.relu.register_forward_hook(lambda m, args, out: seen.append(out.detach().clone()))
         x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2])
@@ -737,19 +744,18 @@ class Residual(nn.Module):
 
 
 class ReadsAfterInPlace(nn.Module):
-    """An activation built with ``inplace=True`` on a layer output ``z`` that the forward reads again after it: the
-    caller's model then reads ``act(z)`` there (the activation overwrote ``z``). ``explicit``: the twin that says so
-    (reads ``y``, out of place, adds as ``zennit.layer.Sum``), the same function. ``gated``: a gate reads ``y`` as
-    well (not proportional to it: no ReLU stands in for its layer)."""
+    """An activation built with ``inplace=True`` on a layer output ``z`` that the forward reads again after it (the
+    caller's model then reads ``act(z)`` there: the activation overwrote ``z``). ``as_sum``: the add as a
+    ``zennit.layer.Sum`` (the twin for stock zennit). ``gated``: a gate reads the activation output as well (not
+    proportional to it: no ReLU stands in for its layer)."""
 
-    def __init__(self, act: nn.Module, reader: str, gated: bool = False, explicit: bool = False):
+    def __init__(self, act: nn.Module, reader: str, gated: bool = False, as_sum: bool = False):
         super().__init__()
-        self.reader, self.gated, self.explicit = reader, gated, explicit
+        self.reader, self.gated, self.as_sum = reader, gated, as_sum
         self.stem = nn.Conv2d(3, 4, 3, padding=1)
         self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
         self.bn1 = nn.BatchNorm2d(4)
         self.act = copy.deepcopy(act)
-        set_in_place(self.act, not explicit)
         self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
         self.conv3 = nn.Conv2d(4, 4, 1)
         self.sum = Sum()
@@ -761,59 +767,112 @@ class ReadsAfterInPlace(nn.Module):
         w = torch.relu(self.conv2(y))
         if self.gated:
             w = w * torch.sigmoid(y.mean((2, 3), keepdim=True))
-        other = y if self.explicit else z
         if self.reader == "conv":
-            h = torch.cat([w, self.conv3(other)], 1)
+            h = torch.cat([w, self.conv3(z)], 1)
         else:
-            h = self.sum(torch.stack([w, other], -1)) if self.explicit else w + other
+            h = self.sum(torch.stack([w, z], -1)) if self.as_sum else w + z
         return self.fc(h.mean((2, 3)))
-
-
-def set_in_place(act: nn.Module, in_place: bool) -> None:
-    for module in act.modules():
-        if hasattr(module, "inplace"):
-            module.inplace = in_place
 
 
 IN_PLACE_ACTIVATIONS = {
     "relu": nn.ReLU(inplace=True), "relu6": nn.ReLU6(inplace=True), "silu": nn.SiLU(inplace=True),
-    # two in a row: z reads as the second one's output
-    "leaky_relu6": nn.Sequential(nn.LeakyReLU(0.1, inplace=True), nn.ReLU6(inplace=True)),
+    "leaky_relu6": nn.Sequential(nn.LeakyReLU(0.1, inplace=True), nn.ReLU6(inplace=True)),  # two in a row
 }
 
 
-class TestInPlaceActivationOverwritesItsInput:
-    """The fast engine explains the forward the caller's model computes: a layer output read after an activation
-    built with ``inplace=True`` reads the activation's output (the engine runs such activations out of place, so
-    that relevance can pass them, and gives the input the output's values at its first later read). zennit runs
-    every hooked module on a clone of its input, so there the input keeps its values: zennit (and
-    ``backend="zennit"``) explain a function whose logits differ from the model's. Oracle: stock zennit on the
-    explicit twin, whose logits are the model's (checked)."""
+class Skips(nn.Module):
+    """A forward that runs an ``nn.Sequential``'s children itself and keeps a layer output as a skip connection,
+    which the ReLU built in place after it then overwrites in the caller's model."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+                                      nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index == 1:
+                skip = x
+        return self.fc(torch.cat([x, skip], 1).mean((2, 3)))
+
+
+class TestInPlaceActivations:
+    """As in zennit, whose hooks run every module on a clone of its input, an activation built with ``inplace=True``
+    never changes its input during attribution: where a forward reads that input again after the activation, it
+    reads the old values (the caller's own model reads the activation's output there; zennit explains the forward
+    with the activation out of place, and so does the library, with both backends). The fast engine runs such
+    activations out of place; only an ``nn.ReLU`` whose input nothing else can read (it follows another child of
+    an ``nn.Sequential`` running its own forward) runs in place, as built."""
 
     @pytest.mark.parametrize("gated", [False, True], ids=["", "gated"])
     @pytest.mark.parametrize("reader", ["sum", "conv"])
     @pytest.mark.parametrize("act", sorted(IN_PLACE_ACTIVATIONS))
-    def test_fast_matches_zennit_on_the_explicit_twin(self, act, reader, gated):
+    def test_input_read_after_the_activation(self, act, reader, gated):
         torch.manual_seed(0)
         model = warm_up_batchnorm(ReadsAfterInPlace(IN_PLACE_ACTIVATIONS[act], reader, gated),
                                   shape=(8, 3, 8, 8)).double().eval()
         twin = copy.deepcopy(model)
-        twin.explicit = True
-        set_in_place(twin.act, False)
+        twin.as_sum = True
         x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 4])
-        with torch.no_grad():
-            assert torch.equal(model(x), twin(x))  # the same function
-            changes = copy.deepcopy(model)
-            set_in_place(changes.act, False)
-            assert not torch.allclose(changes(x), model(x))  # (and one the in-place activation changes)
         oracle = zennit_oracle(twin, x, targets, paper_composite(1e-3, [SequentialMergeBatchNorm()]))
         attributor = Attributor(model, backend="fast")
         for _ in range(2):  # the first call learns whether a ReLU may stand in for its layer, the second uses that
             assert rel_l2(attributor(x, targets), oracle) <= 1e-9
+        assert rel_l2(relevance(model, x, targets, backend="zennit"), oracle) <= 1e-9
+
+    def test_children_of_a_sequential_run_by_another_forward(self):
+        """The ReLU follows a sibling in an ``nn.Sequential``, but the Sequential's own forward does not run: the
+        forward keeps the layer output the ReLU would overwrite, so the ReLU runs out of place."""
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(Skips(), shape=(8, 3, 8, 8)).double().eval()
+        in_place = []
+        model.features[2].register_forward_hook(lambda m, args, out: in_place.append(out is args[0]))
+        x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 4])
+        oracle = zennit_oracle(model, x, targets, paper_composite(1e-3, [SequentialMergeBatchNorm()]))
+        attributor = Attributor(model, backend="fast")
+        del in_place[:]
+        for _ in range(2):
+            assert rel_l2(attributor(x, targets), oracle) <= 1e-9
+        assert not any(in_place) and in_place
+        with torch.no_grad():
+            model(x)
+        assert in_place[-1]  # (the model's own forward: in place)
+
+    def test_a_forward_that_changes_its_input_without_autograd(self):
+        """``with torch.no_grad(): x.clamp_(...)`` in the forward: the caller's batch keeps its values (the
+        attributed inputs are copies), and the relevance is the same as on a model that clamps out of place."""
+
+        class Clamps(nn.Module):
+            def __init__(self, in_place: bool):
+                super().__init__()
+                self.in_place = in_place
+                self.conv = nn.Conv2d(3, 4, 3)
+                self.fc = nn.Linear(4, 5)
+
+            def forward(self, x):
+                if self.in_place:
+                    with torch.no_grad():
+                        x.clamp_(-0.5, 0.5)
+                else:
+                    x = x + (x.clamp(-0.5, 0.5) - x).detach()
+                return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+        torch.manual_seed(0)
+        model = Clamps(in_place=True).double().eval()
+        twin = Clamps(in_place=False).double().eval()
+        twin.load_state_dict(model.state_dict())
+        x, targets = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1])
+        before = x.clone()
+        oracle = zennit_oracle(twin, x, targets, paper_composite(1e-3, []))
+        for backend in BACKENDS:
+            assert rel_l2(relevance(model, x, targets, backend=backend), oracle) <= 1e-9
+            assert torch.equal(x, before)
 
     def test_never_the_callers_input(self):
-        """An in-place-built activation on (a view of) the attributed input, read again after it: the caller's
-        tensor keeps its values (the model itself would overwrite it; attribution changes nothing of the caller's)."""
+        """An in-place-built activation on (a view of) the attributed input: the caller's tensor keeps its values
+        (the zennit backend's first, plain forward changed it), and both backends explain the forward as zennit."""
 
         class OnInput(nn.Module):
             def __init__(self):
@@ -827,24 +886,16 @@ class TestInPlaceActivationOverwritesItsInput:
                 y = self.act(h)
                 return self.fc(torch.cat([self.conv(y).mean((2, 3)), h.mean((2, 3))], 1))
 
-        model = OnInput().double().eval()
-        x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-        before = x.clone()
-        relevance(model, x, torch.tensor([0, 1]), backend="fast")
-        assert torch.equal(x, before)
-
-    def test_zennit_backend_explains_the_unchanged_input(self):
-        """The difference stated: ``backend="zennit"`` is stock zennit on the model itself."""
         torch.manual_seed(0)
-        model = warm_up_batchnorm(ReadsAfterInPlace(nn.ReLU6(inplace=True), "sum"), shape=(8, 3, 8, 8)).double()
+        model = OnInput().double().eval()
+        x, targets = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1])
+        before = x.clone()
         twin = copy.deepcopy(model)
-        twin.explicit = True
-        set_in_place(twin.act, False)
-        x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 4])
-        composite = paper_composite(1e-3, [SequentialMergeBatchNorm()])
-        oracle = zennit_oracle(twin, x, targets, composite)
-        assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
-        assert rel_l2(relevance(model, x, targets, backend="zennit"), oracle) > 1e-2
+        twin.act.inplace = False  # (the oracle's own plain forward would change x; zennit runs it on a clone)
+        oracle = zennit_oracle(twin, x, targets, paper_composite(1e-3, []))
+        for backend in BACKENDS:
+            assert rel_l2(relevance(model, x, targets, backend=backend), oracle) <= 1e-9
+            assert torch.equal(x, before)
 
 
 class TestResidualAdds:
