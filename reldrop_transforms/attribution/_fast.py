@@ -88,7 +88,7 @@ class _Point:
         self.epsilon = epsilon
         self.module = module  # linear module (epsilon, flat)
         self.inp = inp  # the Flat layer's input
-        self.options: dict = {}  # the Flat layer's keyword arguments (ConvTranspose's output_size)
+        self.options: tuple = ((), {})  # the Flat layer's other arguments (ConvTranspose's output_size)
         self.origin: nn.Module | None = None  # the module whose forward hook made the point (rule layer, BatchNorm)
         self.active = True  # False once a following BatchNorm took the rule over
         self.result: weakref.ref | None = None  # the tensor the point returned (weakly: see _Engine.points)
@@ -230,7 +230,7 @@ def _plain_linear(module: nn.Module) -> bool:
     return cls is nn.Linear or (cls.__name__ == "Linear" and cls.__module__.startswith("torch_geometric.nn."))
 
 
-def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor, options: dict | None = None) -> Tensor:
+def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor, options: tuple = ((), {})) -> Tensor:
     """Flat rule: spread ``rel`` uniformly over each output's receptive field (zennit's ``Flat``).
 
     With all-one weights every input channel receives the same spread, so (without groups) the work is done on
@@ -269,7 +269,7 @@ def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor, options: 
               for name, p in module.named_parameters(recurse=False)}
     with torch.enable_grad(), _reparametrize_module(module, params):
         ones = torch.ones_like(inp).requires_grad_(True)
-        counts = module.forward(ones, **(options or {}))
+        counts = module.forward(ones, *options[0], **options[1])
         (spread,) = torch.autograd.grad(counts, ones, rel / stabilize(counts.detach(), NORM_STABILIZER))
     return spread
 
@@ -400,7 +400,7 @@ class _Engine:
         self.sequentials_running: dict[nn.Module, int] = {}
         self.in_place_now: nn.Module | None = None  # the ReLU that _relu_pre_hook set to run in place
         self.relu_output: Tensor | None = None  # the last relu's result (a hook may replace a module's output)
-        self.first_options: dict = {}  # the keyword arguments of the Flat layer's call being run
+        self.first_options: tuple = ((), {})  # the other arguments of the Flat layer's call being run
         self.own_outputs: dict[nn.Module, Tensor] = {}  # a rule module's output before the caller's forward hooks
 
     # -- points ------------------------------------------------------------------------------------------------
@@ -510,7 +510,7 @@ class _Engine:
                 point.origin = module
             elif module is self.first:
                 point = _Point("flat", out.detach(), self.epsilon, module, args[0])
-                point.options, self.first_options = self.first_options, {}
+                point.options, self.first_options = self.first_options, ((), {})
                 return self._register(point, _RulePoint.apply(out.detach(), None, args[0], point))
             else:
                 point = _Point("epsilon", out.detach(), self.epsilon, module)
@@ -522,7 +522,7 @@ class _Engine:
             return self._register(point, _RulePoint.apply(out, None, None, point))
 
     def _first_hook(self, module: nn.Module, args, kwargs, out):
-        self.first_options = kwargs  # (e.g. ConvTranspose's output_size: Flat re-runs the layer with them)
+        self.first_options = (args[1:], kwargs)  # (ConvTranspose's output_size: Flat re-runs the layer with them)
         return self._rule_hook(module, args, out)
 
     def _own_output(self, module: nn.Module, args, out) -> None:

@@ -133,23 +133,28 @@ def first_layers():
 class UpFirst(nn.Module):
     """A transposed convolution first, called with ``output_size`` (``output_padding`` in the twin)."""
 
-    def __init__(self, twin: bool = False):
+    def __init__(self, twin: bool = False, positional: bool = False):
         super().__init__()
-        self.twin = twin
+        self.twin, self.positional = twin, positional
         self.up = nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1 if twin else 0)
         self.fc = nn.Linear(4, 5)
 
     def forward(self, x):
-        size = {} if self.twin else {"output_size": [2 * x.shape[2], 2 * x.shape[3]]}
-        return self.fc(torch.relu(self.up(x, **size)).mean((2, 3)))
+        size = [2 * x.shape[2], 2 * x.shape[3]]
+        if self.twin:
+            h = self.up(x)
+        else:
+            h = self.up(x, size) if self.positional else self.up(x, output_size=size)
+        return self.fc(torch.relu(h).mean((2, 3)))
 
 
 class TestOperationsBetweenLayers:
-    def test_first_layer_called_with_keywords(self):
-        """Flat re-runs the first layer with the keyword arguments of its call; stock zennit re-runs it without
+    @pytest.mark.parametrize("positional", [False, True], ids=["keyword", "positional"])
+    def test_first_layer_called_with_more_arguments(self, positional):
+        """Flat re-runs the first layer with the other arguments of its call; stock zennit re-runs it without
         them (and fails): compared against zennit on the twin that needs none."""
         torch.manual_seed(0)
-        model = UpFirst().double().eval()
+        model = UpFirst(positional=positional).double().eval()
         twin = UpFirst(twin=True).double().eval()
         twin.load_state_dict(model.state_dict())
         x, targets = torch.randn(3, 3, 5, 5, dtype=torch.float64), torch.tensor([0, 3, 4])
