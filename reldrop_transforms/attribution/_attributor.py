@@ -120,6 +120,25 @@ def output_relevance(logits: Tensor, targets: Tensor | None, batch_size: int, *,
     return targets.to(dtype=logits.dtype)
 
 
+def _non_finite_rows(tensor: Tensor) -> Tensor | None:
+    finite = torch.isfinite(tensor.reshape(tensor.shape[0], -1)).all(1)
+    return None if bool(finite.all()) else (~finite).nonzero().flatten()
+
+
+def check_finite_batch(inputs: Tensor, targets: Tensor | None, caller: str = "relevance") -> None:
+    """Raise a ValueError naming the samples whose inputs (or soft labels) are NaN or infinite (one
+    synchronisation)."""
+    for what, tensor in (("inputs", inputs), ("soft labels", targets)):
+        if tensor is None or not tensor.is_floating_point() or tensor.shape[0] == 0:
+            continue
+        bad = _non_finite_rows(tensor)
+        if bad is not None:
+            raise ValueError(
+                f"{caller}: the {what} should be finite, but are not (NaN or infinite values) for sample(s) "
+                f"{bad[:10].tolist()}{' ...' if bad.numel() > 10 else ''} of the batch."
+            )
+
+
 def check_finite(rel: Tensor, caller: str = "relevance", index: Tensor | None = None) -> None:
     """Raise a ValueError naming the samples whose relevance is NaN or infinite (one synchronisation).
 
@@ -276,6 +295,8 @@ class Attributor:
         """
         if not checked:
             targets = self.check_batch(inputs, targets, caller=caller)
+        if check_finite:  # the whole batch, whichever rows are attributed: the same error whatever the coins
+            check_finite_batch(inputs, targets, caller)
         module = unwrap_model(self.model)
         selected, selected_targets = inputs, targets
         if index is not None:

@@ -207,8 +207,12 @@ class TestRelevanceErrors:
         model = small_cnn()
         x = torch.randn(3, 3, 8, 8)
         x[1, 0, 2, 2] = float("nan")
-        with pytest.raises(ValueError, match=r"not finite .* sample\(s\) \[1\]"):
+        with pytest.raises(ValueError, match=r"the inputs should be finite, but are not .* sample\(s\) \[1\]"):
             relevance(model, x, torch.tensor([0, 1, 2]))
+        soft = torch.full((3, 5), 0.2)
+        soft[2, 1] = float("nan")
+        with pytest.raises(ValueError, match=r"the soft labels should be finite, but are not .* sample\(s\) \[2\]"):
+            relevance(model, x.nan_to_num(), soft)
 
     def test_not_a_module(self):
         with pytest.raises(TypeError, match="torch.nn.Module"):

@@ -332,8 +332,19 @@ class TestRelevanceDropout2d:
         images, labels = batch
         images = images.clone()
         images[2, 1, 4, 4] = float("nan")
-        with pytest.raises(ValueError, match=r"RelevanceDropout2d: the relevance is not finite .* sample\(s\) \[2\]"):
+        with pytest.raises(ValueError, match=r"RelevanceDropout2d: the inputs should be finite, but are not .* "
+                                             r"sample\(s\) \[2\]"):
             transform(model, device, p=1.0)(images, labels)
+
+    @pytest.mark.parametrize("p", [0.0, 0.3, 0.7, 1.0])
+    def test_non_finite_input_raises_whatever_the_coins(self, model, make_batch, device, p):
+        """Checked on the whole batch before any attribution (was: only when its sample's coin came up)."""
+        images, labels = make_batch(batch_size=8, device=device, seed=3)
+        images = images.clone()
+        images[5, 0, 0, 0] = float("nan")
+        for seed in range(6):
+            with pytest.raises(ValueError, match=r"the inputs should be finite, but are not .* sample\(s\) \[5\] "):
+                transform(model, device, p=p, seed=seed)(images, labels)
 
     def test_non_finite_relevance_names_batch_index_with_coins(self, model, make_batch, device):
         # With p < 1 only the selected samples are attributed; the error must still name the batch index.
@@ -344,7 +355,7 @@ class TestRelevanceDropout2d:
         bad = next(i for k, i in enumerate(selected) if i != k)  # its position among the selected differs
         images = images.clone()
         images[bad, 0, 0, 0] = float("inf")
-        with pytest.raises(ValueError, match=rf"not finite .* sample\(s\) \[{bad}\]"):
+        with pytest.raises(ValueError, match=rf"should be finite, but are not .* sample\(s\) \[{bad}\]"):
             transform(model, device, p=0.5, seed=seed)(images, labels)
 
     @pytest.mark.parametrize("bad_weight", [float("nan"), float("inf")])
