@@ -59,11 +59,14 @@ def check_inputs(model: nn.Module, inputs: Tensor, *, caller: str = "relevance")
         raise TypeError(f"{caller} expects the inputs as a torch.Tensor, but got {type(inputs).__name__}.")
     if not inputs.is_floating_point():
         raise TypeError(
-            f"{caller} expects floating-point inputs, but got dtype {inputs.dtype}. Convert images first, "
-            "e.g. with v2.ToDtype(torch.float32, scale=True)."
+            f"{caller} expects floating-point inputs, but got dtype {inputs.dtype}. Convert them first (images e.g. "
+            "with v2.ToDtype(torch.float32, scale=True), points with .float())."
         )
     if inputs.ndim < 1:
         raise ValueError(f"{caller} expects a batch of shape (B, *), but got a scalar.")
+    if inputs.ndim > 1 and 0 in inputs.shape[1:]:
+        raise ValueError(f"{caller} expects samples with at least one element each, but got a batch of shape "
+                         f"{tuple(inputs.shape)}.")
     device = model_device(model)
     if device is not None and inputs.device != device:
         raise ValueError(

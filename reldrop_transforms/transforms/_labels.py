@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from torch import Tensor
 
 
 def _labels_from_mapping(mapping: Mapping) -> Any:
@@ -26,10 +25,9 @@ def default_labels_getter(sample: Any) -> Any:
     """``(images, labels)`` -> labels; ``(images, {"labels": ...})`` or ``{"labels": ...}`` -> that entry."""
     if isinstance(sample, (tuple, list)) and len(sample) >= 2:
         second = sample[1]
-        if isinstance(second, Tensor):
-            return second
         if isinstance(second, Mapping):
             return _labels_from_mapping(second)
+        return second  # (a tensor; anything else is refused by the caller, saying what it got)
     if isinstance(sample, Mapping):
         return _labels_from_mapping(sample)
     raise ValueError(

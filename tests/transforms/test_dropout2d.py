@@ -12,7 +12,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 import reldrop_transforms
-from reldrop_transforms import RelevanceDropout2d
+from reldrop_transforms import RelevanceDropout2d, RelevanceErasing2d
 from reldrop_transforms.attribution import relevance
 from reldrop_transforms.functional import relevance_dropout_mask
 
@@ -367,6 +367,19 @@ class TestRelevanceDropout2d:
         model = model.to(device)
         with pytest.raises(ValueError, match=r"not finite .* sample\(s\) \[0, 1, 2, 3, 4, 5, 6, 7\]"):
             transform(model, device, p=1.0)(images, labels)
+
+    def test_labels_not_a_tensor(self, model, batch, device):
+        images, _ = batch
+        with pytest.raises(TypeError, match="the labels should be a torch.Tensor, but got list"):
+            transform(model, device, p=1.0)(images, [0] * images.shape[0])
+
+    @pytest.mark.parametrize("p", [0.0, 1.0])
+    def test_empty_images(self, model, device, p):
+        images = torch.rand(2, 3, 0, 8, device=device)
+        for cls in (RelevanceDropout2d, RelevanceErasing2d):
+            with pytest.raises(ValueError, match=rf"{cls.__name__} expects samples with at least one element each, "
+                                                 r"but got a batch of shape \(2, 3, 0, 8\)"):
+                cls(model, p=p)(images, torch.tensor([0, 1], device=device))
 
     def test_two_image_batches(self, model, batch, device):
         images, labels = batch

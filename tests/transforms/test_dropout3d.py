@@ -482,7 +482,7 @@ class TestRelevanceDropout3d:
     @pytest.mark.parametrize("dtype", [torch.int64, torch.uint8])
     def test_integer_points(self, dtype):
         points = torch.zeros(2, 10, 6, dtype=dtype)
-        with pytest.raises(TypeError, match="expects floating-point inputs"):
+        with pytest.raises(TypeError, match=r"expects floating-point inputs, but got dtype .* points with \.float\(\)"):
             RelevanceDropout3d(DensePointNet())(points, torch.zeros(2, dtype=torch.long))
 
     def test_integer_pos(self):
