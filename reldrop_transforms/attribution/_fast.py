@@ -78,8 +78,7 @@ class _Point:
     """A division point: the tensor ``z`` whose stabilised values divide the relevance in the backward."""
 
     __slots__ = ("kind", "module", "inp", "epsilon", "active", "z", "result", "uses", "scale", "fused", "good",
-                 "bad", "parents", "substitute", "shares", "in_place", "options",
-                 "origin")
+                 "bad", "parents", "substitute", "shares", "in_place", "options", "origin")
 
     def __init__(self, kind: str, z: Tensor, epsilon: float, module: nn.Module | None = None,
                  inp: Tensor | None = None) -> None:
@@ -401,7 +400,8 @@ class _Engine:
         self.in_place_now: nn.Module | None = None  # the ReLU that _relu_pre_hook set to run in place
         self.relu_output: Tensor | None = None  # the last relu's result (a hook may replace a module's output)
         self.first_options: tuple = ((), {})  # the other arguments of the Flat layer's call being run
-        self.own_outputs: dict[nn.Module, Tensor] = {}  # a rule module's output before the caller's forward hooks
+        # a rule module's output (and its version) before the caller's forward hooks ran (see _own_output)
+        self.own_outputs: dict[nn.Module, tuple[Tensor, int]] = {}
 
     # -- points ------------------------------------------------------------------------------------------------
     def _register(self, point: _Point, result: Tensor) -> Tensor:
