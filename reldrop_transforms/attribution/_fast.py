@@ -35,6 +35,7 @@ that keeps ``hints`` is not made to try again). The engine's own operations insi
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -735,7 +736,7 @@ class _Engine:
         for parent in self.modules:
             if type(parent).forward is nn.Sequential.forward:
                 children = tuple(parent._modules.values())
-                for previous, child in zip(children, children[1:]):
+                for previous, child in itertools.pairwise(children):
                     if type(child) is nn.ReLU and child.inplace:
                         place = (previous, parent)
                         relus[child] = place if relus.get(child, place) == place else None

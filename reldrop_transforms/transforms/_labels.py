@@ -6,7 +6,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 
-
 def _labels_from_mapping(mapping: Mapping) -> Any:
     keys = [key for key in mapping if isinstance(key, str)]
     for key in keys:

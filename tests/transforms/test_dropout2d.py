@@ -368,7 +368,7 @@ class TestRelevanceDropout2d:
         with pytest.raises(ValueError, match=r"not finite .* sample\(s\) \[0, 1, 2, 3, 4, 5, 6, 7\]"):
             transform(model, device, p=1.0)(images, labels)
 
-    def test_labels_not_a_tensor(self, model, batch, device):
+    def test_labels_given_as_a_list(self, model, batch, device):
         images, _ = batch
         with pytest.raises(TypeError, match="the labels should be a torch.Tensor, but got list"):
             transform(model, device, p=1.0)(images, [0] * images.shape[0])
