@@ -124,8 +124,13 @@ def output_relevance(logits: Tensor, targets: Tensor | None, batch_size: int, *,
 
 
 def _non_finite_rows(tensor: Tensor) -> Tensor | None:
+    """The rows (samples) of ``tensor`` holding a NaN or infinite value, or ``None`` (one synchronisation)."""
     finite = torch.isfinite(tensor.reshape(tensor.shape[0], -1)).all(1)
     return None if bool(finite.all()) else (~finite).nonzero().flatten()
+
+
+def _samples(rows: Tensor) -> str:
+    return f"{rows[:10].tolist()}{' ...' if rows.numel() > 10 else ''}"
 
 
 def check_finite_batch(inputs: Tensor, targets: Tensor | None, caller: str = "relevance") -> None:
@@ -138,7 +143,7 @@ def check_finite_batch(inputs: Tensor, targets: Tensor | None, caller: str = "re
         if bad is not None:
             raise ValueError(
                 f"{caller}: the {what} should be finite, but are not (NaN or infinite values) for sample(s) "
-                f"{bad[:10].tolist()}{' ...' if bad.numel() > 10 else ''} of the batch."
+                f"{_samples(bad)} of the batch."
             )
 
 
@@ -147,19 +152,16 @@ def check_finite(rel: Tensor, caller: str = "relevance", index: Tensor | None = 
 
     ``index`` maps the rows of ``rel`` to positions in the caller's batch (when only some samples were attributed).
     """
-    flat = rel.reshape(rel.shape[0], -1)
-    finite = torch.isfinite(flat)
-    if bool(finite.all()):
+    bad = _non_finite_rows(rel)
+    if bad is None:
         return
-    bad = (~finite).any(1).nonzero().flatten()
     if index is not None:
         bad = index[bad].unique()
-    n_nan = int(torch.isnan(flat).sum())
-    n_inf = int(torch.isinf(flat).sum())
+    n_nan = int(torch.isnan(rel).sum())
+    n_inf = int(torch.isinf(rel).sum())
     raise ValueError(
         f"{caller}: the relevance is not finite ({n_nan} NaN and {n_inf} infinite values) for sample(s) "
-        f"{bad[:10].tolist()}{' ...' if bad.numel() > 10 else ''} of the batch. Check the model's outputs for these "
-        "inputs, and use epsilon > 0."
+        f"{_samples(bad)} of the batch. Check the model's outputs for these inputs, and use epsilon > 0."
     )
 
 

@@ -25,12 +25,13 @@ whose gradient is zero wherever it changes a value) makes the point keep a copy 
 Memory is time on a CPU (a fresh page costs more than a pass over it), so the pass holds no more than the gradient
 pass: a merged layer's output is freed once its BatchNorm has read it (taken back if another reader comes), every
 point frees its value after its backward, and a chain z -> ReLU [-> max pooling, reshapes] -> rule layer in which
-each step alone reads the previous one is fused (:meth:`_Engine._settle_chains`): z is not kept at all. An
-``nn.ReLU`` that alone reads a rule layer's output runs as the caller built it (in place where ``inplace=True``),
-and the layer divides by the ReLU output instead: the same relevance wherever every reader of the ReLU output hands
-it relevance proportional to it (checked after the forward; otherwise the pass is rerun without this, and a caller
-that keeps ``hints`` is not made to try again). The engine's own operations inside the forward run under
-``DisableTorchFunction``, unseen by the mode.
+each step alone reads the previous one is fused (:meth:`_Engine._settle_chains`): z is not kept at all. The layer
+whose output an ``nn.ReLU`` alone reads divides by the ReLU output instead: the same relevance wherever every reader
+of the ReLU output hands it relevance proportional to it (checked after the forward; otherwise the pass is rerun
+without this, and a caller that keeps ``hints`` is not made to try again). Activations built with ``inplace=True``
+run out of place, as zennit runs them on a clone of their input; only such an ``nn.ReLU`` after another child of a
+running ``nn.Sequential``, whose input nothing else can read, runs in place (:meth:`_Engine._relu_pre_hook`). The
+engine's own operations inside the forward run under ``DisableTorchFunction``, unseen by the mode.
 """
 
 from __future__ import annotations
