@@ -330,6 +330,7 @@ class Bench:
             for backend in ("fast", "zennit")
         }
         self._mask_relevance: Tensor | None = None
+        self._masked: Tensor | None = None
 
     # -- precision --------------------------------------------------------------------------------------------
     def _autocast(self):
@@ -340,7 +341,8 @@ class Bench:
         """Precision in which each variant's attribution runs (``"-"`` for variants without one)."""
         attribution = "bf16 autocast" if self.autocast_dtype is not None else "fp32"
         return {
-            "plain": "-", "floor": attribution, "reldrop_fast": attribution, "reldrop_zennit": attribution,
+            "plain": "-", "floor": attribution, "floor_then_step": attribution, "reldrop_fast": attribution,
+            "reldrop_zennit": attribution,
             "published": attribution, "mask_vectorised": "-", "mask_loop": "-",
         }
 
@@ -384,6 +386,15 @@ class Bench:
         self.plain_step(masked, self.labels)
         return masked
 
+    def floor_then_step(self) -> Tensor:
+        """The floor, then the plain train step on the batch RelDrop masked once (fast engine, computed on first
+        use): the sequence a RelDrop step with an attribution of exactly one floor and a free mask would run; returns
+        the detached loss."""
+        if self._masked is None:
+            self._masked = self.masked_batch("fast")
+        self.floor()
+        return self.plain_step(self._masked, self.labels)
+
     def published_step(self) -> Tensor:
         """The published pixel variant (re-implemented), then the plain train step; returns the masked batch."""
         with self._autocast():
@@ -412,6 +423,7 @@ class Bench:
         return {
             "plain": self.plain_step,
             "floor": self.floor,
+            "floor_then_step": self.floor_then_step,
             "reldrop_fast": lambda: self.reldrop_step("fast"),
             "reldrop_zennit": lambda: self.reldrop_step("zennit"),
             "published": self.published_step,

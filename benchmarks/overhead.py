@@ -12,7 +12,11 @@ two mask-stage variants (the RelevanceErasing2d / 3d kernels against the publish
 and get their own table. The slow variants (zennit backend, the
 published baseline, the per-sample mask loop) get fewer repeats (``--slow-repeats``). The tables report medians,
 the ratio to the plain step of the same run and, for RelDrop steps, ``(step - plain) / floor``: the extra cost in
-units of one eval forward + input gradient. On CUDA, the peak memory of one call of each train-step variant
+units of one eval forward + input gradient, and ``(step - floor_then_step) / floor``: the RelDrop step against the
+floor followed by the plain step on a batch RelDrop masked once, run as one sequence (what an attribution of exactly
+one floor with a free mask stage would cost; a step timed right after an attribution is slower than one timed alone,
+by what the attribution did to the caches and the allocator, and this column does not count that against RelDrop;
+negative: faster than that). On CUDA, the peak memory of one call of each train-step variant
 (``torch.cuda.max_memory_allocated`` after a reset) is reported against the plain step's.
 """
 
@@ -181,8 +185,10 @@ def step_table(results: Sequence[CaseResult]) -> str:
     """Markdown table of the train-step variants: median, ratio to the plain step, extra cost in floors. The
     "attribution in" column of point cases also names the backend that ran."""
     masked = any("plain_masked" in result.times_ms for result in results)
+    sequence = any("floor_then_step" in result.times_ms for result in results)
     header = ["case", "precision", "variant", "attribution in", "median ms", "n", "x plain step",
-              "(step - plain) / floor"] + (["(step - plain on the masked batch) / floor"] if masked else [])
+              "(step - plain) / floor"] + (["(step - plain on the masked batch) / floor"] if masked else []) \
+        + (["(step - floor_then_step) / floor"] if sequence else [])
     lines = [_row(header), _row(["---"] * len(header))]
     for result in results:
         for name in (POINT_STEP_VARIANTS if result.kind == "points" else STEP_VARIANTS):
@@ -194,6 +200,9 @@ def step_table(results: Sequence[CaseResult]) -> str:
             if masked:
                 row.append(f"{result.floors(name, 'plain_masked'):.2f}"
                            if name in RELDROP_VARIANTS and "plain_masked" in result.times_ms else "-")
+            if sequence:
+                row.append(f"{result.floors(name, 'floor_then_step'):+.2f}"
+                           if name in RELDROP_VARIANTS and "floor_then_step" in result.times_ms else "-")
             lines.append(_row(row))
     return "\n".join(lines)
 

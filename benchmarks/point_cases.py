@@ -285,7 +285,8 @@ class PointBench:
         """Precision and engine of each variant's attribution (``"-"`` for variants without one): the ``reldrop``
         entry names the engine ``backend="auto"`` was seen to run (``"fast"``, or ``"zennit (auto fallback)"``)."""
         backend = "fast" if self.backend == "fast" else "zennit (auto fallback)"
-        return {"plain": "-", "plain_masked": "-", "floor": "fp32", "reldrop": f"fp32, {backend}",
+        return {"plain": "-", "plain_masked": "-", "floor": "fp32", "floor_then_step": "fp32",
+                "reldrop": f"fp32, {backend}",
                 "published": "fp32, zennit", "mask_vectorised": "-", "mask_loop": "-"}
 
     # -- the variants -----------------------------------------------------------------------------------------
@@ -335,6 +336,15 @@ class PointBench:
             self._masked = self.masked_batch()
         return self.plain_step(self._masked)
 
+    def floor_then_step(self) -> Tensor:
+        """The floor, then the plain step on the batch RelDrop masked once (as :meth:`plain_masked_step`): the
+        sequence a RelDrop step with an attribution of exactly one floor and a free mask stage would run; returns the
+        detached loss."""
+        if self._masked is None:
+            self._masked = self.masked_batch()
+        self.floor()
+        return self.plain_step(self._masked)
+
     def reldrop_step(self) -> Tensor | Batch:
         """RelDrop on the fixed batch, then the plain step on the masked batch; returns the masked batch."""
         masked = self.masked_batch()
@@ -374,6 +384,7 @@ class PointBench:
             "plain": self.plain_step,
             "plain_masked": self.plain_masked_step,
             "floor": self.floor,
+            "floor_then_step": self.floor_then_step,
             "reldrop": self.reldrop_step,
             "published": self.published_step,
             "mask_vectorised": self.mask_vectorised,
