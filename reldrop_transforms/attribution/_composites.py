@@ -23,7 +23,10 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ._rules import NORM_STABILIZER, RuleTypes, has_tensor, relevance_add, rule_types, stabilize
+from ._rules import (
+    NO_READ_NAMES, NORM_STABILIZER, RuleTypes, computed_weight, first_linear, has_tensor, relevance_add, rule_types,
+    stabilize,
+)
 
 __all__ = ["EPSILON_FLAT", "composite_names", "make_zennit_composite", "zennit_relevance"]
 
@@ -65,7 +68,10 @@ class _Probe(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
-        if has_tensor(result):
+        # a reader (not a size query, nor an operation that returns its input itself: dropout in eval mode; one that
+        # changed it in place is seen by the version check of _batchnorm)
+        if has_tensor(result) and getattr(func, "__name__", "") not in NO_READ_NAMES \
+                and not (args and result is args[0]):
             for arg in args:
                 for tensor in arg if isinstance(arg, (tuple, list)) else (arg,):
                     if isinstance(tensor, Tensor) and id(tensor) in self._produced:
@@ -320,7 +326,22 @@ def zennit_relevance(
                 "(or 'auto'), which applies the rules to every call."
             )
         names = {module: name for name, module in model.named_modules()}
+        first = first_linear(model, types) if composite == EPSILON_FLAT else None
+        if first is not None and computed_weight(first):
+            raise ValueError(
+                f"backend='zennit' cannot apply Flat to the first layer, {type(first).__name__} "
+                f"{names.get(first, '')!r}: its weight is computed (a parametrization, or a weight_norm / "
+                "spectral_norm hook), and zennit's Flat sets the layer's own weight Parameter to ones, which it does "
+                "not read. Use backend='fast' (or 'auto')."
+            )
         for linear, batch_norm in pairs:
+            if computed_weight(linear):
+                raise ValueError(
+                    f"backend='zennit' cannot merge {type(batch_norm).__name__} {names.get(batch_norm, '')!r} into "
+                    f"{type(linear).__name__} {names.get(linear, '')!r}: the layer's weight is computed (a "
+                    "parametrization, or a weight_norm / spectral_norm hook), and zennit's MergeBatchNorm writes "
+                    "into a weight Parameter. Use backend='fast' (or 'auto')."
+                )
             if batch_norm.weight is None or batch_norm.bias is None:
                 raise ValueError(
                     f"backend='zennit' cannot merge {type(batch_norm).__name__} {names.get(batch_norm, '')!r} into "
@@ -333,7 +354,18 @@ def zennit_relevance(
     try:
         with _registered(zennit_composite, model):
             with sums if sums is not None else contextlib.nullcontext():
-                logits = call()
+                try:
+                    logits = call()
+                except AttributeError as error:  # zennit's hooks: a rule module's output without a graph
+                    if "register_hook" not in str(error):
+                        raise
+                    raise ValueError(
+                        f"backend='zennit' cannot explain this {type(model).__name__}: a module with a rule ran "
+                        "with gradients disabled on an input that carries relevance (torch.no_grad inside the "
+                        "forward, or torch.utils.checkpoint with use_reentrant=True), which zennit's hooks cannot "
+                        f"follow ({error}). Use backend='fast' (or 'auto'), which follows no_grad sections (and "
+                        "checkpointing with use_reentrant=False)."
+                    ) from error
             grad_output = grad_output_fn(logits)
             if not logits.requires_grad:  # the output does not depend on the inputs
                 return tuple(torch.zeros_like(x) for x in leaves)

@@ -44,7 +44,10 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ._rules import ADD_NAMES, NORM_STABILIZER, RuleTypes, first_linear, has_tensor, relevance_add, rule_types, stabilize
+from ._rules import (
+    ADD_NAMES, NO_READ_NAMES, NORM_STABILIZER, RuleTypes, computed_weight, first_linear, has_tensor, relevance_add,
+    rule_types, stabilize,
+)
 
 __all__ = ["FAST_COMPOSITES", "UnsupportedModel", "fast_relevance"]
 
@@ -262,17 +265,45 @@ def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor, options: 
         counts = torch.full((), module.weight.shape[1], dtype=rel.dtype, device=rel.device)
         return (rel.sum(-1, keepdim=True) / stabilize(counts, NORM_STABILIZER)).expand_as(inp)
     # anything else (grouped or transposed convolutions, string or circular padding, a subclass with a forward of
-    # its own, a computed weight): the module with all-one parameters (its own, as zennit sets them) and no bias
-    # on an all-one input, differentiated, as zennit computes it (``forward`` itself, so that no hook runs)
+    # its own): the module with all-one parameters (its own, as zennit sets them) and no bias on an all-one input,
+    # differentiated, as zennit computes it (``forward`` itself, so that no hook runs); a layer whose weight is
+    # computed, through a stand-in with an all-one weight of its own (see _all_one_stand_in)
     from torch.nn.utils.stateless import _reparametrize_module
 
+    stand_in = _all_one_stand_in(module, inp) if computed_weight(module) else None
+    target = module if stand_in is None else stand_in
     params = {name: (torch.zeros_like(p) if name == "bias" else torch.ones_like(p))
-              for name, p in module.named_parameters(recurse=False)}
-    with torch.enable_grad(), _reparametrize_module(module, params):
+              for name, p in target.named_parameters(recurse=False)}
+    with torch.enable_grad(), _reparametrize_module(target, params):
         ones = torch.ones_like(inp).requires_grad_(True)
-        counts = module.forward(ones, *options[0], **options[1])
+        counts = target.forward(ones, *options[0], **options[1])
         (spread,) = torch.autograd.grad(counts, ones, rel / stabilize(counts.detach(), NORM_STABILIZER))
     return spread
+
+
+_LINEAR_BASES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                 nn.ConvTranspose3d)
+
+
+def _all_one_stand_in(module: nn.Module, inp: Tensor) -> nn.Module | None:
+    """For Flat on a ``Linear``/``Conv``/``ConvTranspose`` whose weight is computed (a parametrization such as
+    ``parametrizations.weight_norm``, or a ``weight_norm`` hook): the same layer (its class's own forward, strides,
+    padding, groups) with an all-one weight Parameter of the computed weight's shape and no bias, sharing nothing
+    that the layer's forward would change. ``None`` for a subclass with a forward of its own (as zennit then)."""
+    base = next((cls for cls in _LINEAR_BASES if isinstance(module, cls) and type(module).forward is cls.forward),
+                None)
+    if base is None:
+        return None
+    with torch.no_grad():
+        shape = module.weight.shape  # (a parametrization computes it: in eval mode, nothing is updated)
+    stand_in = base.__new__(base)
+    state = dict(module.__dict__)
+    state.pop("weight", None)  # (a weight_norm hook's plain attribute)
+    state["_parameters"] = {"weight": nn.Parameter(inp.new_ones(shape), requires_grad=False), "bias": None}
+    state["_buffers"] = {}
+    state["_modules"] = {}  # (the parametrizations)
+    stand_in.__dict__.update(state)
+    return stand_in
 
 
 _ADD, _IN_PLACE, _THROUGH, _SELECT, _NO_READ, _MUTATES, _EXTREMUM, _RELU, _SPLIT = 1, 2, 4, 8, 16, 32, 64, 128, 256
@@ -291,9 +322,6 @@ _SPLIT_NAMES = frozenset({"chunk", "split", "split_with_sizes", "tensor_split", 
 # max/min over a dimension (values and indices), and scatter reductions by max/min: selections too, when they
 # have one relevance-carrying source (see _Engine.derive).
 _EXTREMUM_NAMES = frozenset({"max", "min", "scatter_reduce", "scatter_reduce_"})
-# Operations that read no values of their tensor arguments (shape, dtype and device only).
-_NO_READ_NAMES = frozenset({"new_zeros", "new_ones", "new_empty", "zeros_like", "ones_like", "empty_like",
-                            "rand_like", "randn_like", "size", "dim"})
 # Functional forms that clamp when called with inplace=True (the others, e.g. F.silu, change values in place).
 _CLAMP_FUNCTIONS = frozenset({"relu", "relu6", "hardtanh", "threshold"})
 # Under no_grad nothing carries relevance; only an operation that may change a value a point holds is looked at.
@@ -315,9 +343,15 @@ def _operation_kind(func) -> int:
     in_place = _in_place(name)
     return (_ADD if name in ADD_NAMES else 0) | (_IN_PLACE if in_place else 0) \
         | (_THROUGH if name in _THROUGH_NAMES else 0) | (_SELECT if name in _SELECT_NAMES else 0) \
-        | (_EXTREMUM if name in _EXTREMUM_NAMES else 0) | (_NO_READ if name in _NO_READ_NAMES else 0) \
+        | (_EXTREMUM if name in _EXTREMUM_NAMES else 0) | (_NO_READ if name in NO_READ_NAMES else 0) \
         | (_MUTATES if in_place or name in _CLAMPS else 0) | (_RELU if name in ("relu", "relu_") else 0) \
         | (_SPLIT if name in _SPLIT_NAMES else 0)
+
+
+def _carries_relevance(tensor: Tensor) -> bool:
+    """Whether a module's input carries relevance into its output: it depends on the attributed inputs, and
+    gradients are enabled (a module run under ``no_grad`` inside the forward hands nothing on)."""
+    return tensor.requires_grad and _grad_enabled()
 
 
 def _carries(result) -> bool:
@@ -482,7 +516,7 @@ class _Engine:
         if module is self.first or not args or not isinstance(args[0], Tensor):
             return None
         with _plain():
-            if not args[0].requires_grad:
+            if not _carries_relevance(args[0]):
                 return None
             x = args[0]
             self.count_uses(args[:1])  # the module reads its input (through the view made here)
@@ -500,7 +534,7 @@ class _Engine:
         if not args or not isinstance(args[0], Tensor):
             return None
         with _plain():
-            if not args[0].requires_grad:
+            if not _carries_relevance(args[0]):
                 return None
             if not isinstance(out, Tensor):
                 raise UnsupportedModel(f"a {type(module).__name__} returned a {type(out).__name__}, not a tensor")
@@ -540,7 +574,7 @@ class _Engine:
         if not args or not isinstance(args[0], Tensor):
             return None
         with _plain():
-            if not args[0].requires_grad:
+            if not _carries_relevance(args[0]):
                 return None
             if not isinstance(out, Tensor) or out.shape != args[0].shape:
                 raise UnsupportedModel(f"the Pass rule needs an elementwise {type(module).__name__}")
@@ -571,7 +605,7 @@ class _Engine:
 
     def _relu_producer(self, tensor: Tensor) -> _Point | None:
         """The active rule point (Epsilon, Norm, Flat) whose result ``tensor`` is, if any."""
-        producer = self.point_of(tensor) if tensor.requires_grad else None
+        producer = self.point_of(tensor) if _carries_relevance(tensor) else None
         return producer if producer is not None and producer.kind in ("epsilon", "norm", "flat") \
             and producer.active else None
 
@@ -636,6 +670,8 @@ class _Engine:
         if not args or not isinstance(args[0], Tensor):
             return None
         inp = args[0]
+        if not _carries_relevance(inp):
+            return None
         producer = self.point_of(inp)
         if producer is None or producer.kind not in ("epsilon", "flat") or not producer.active:
             return self._pass(module, args, out)  # follows no linear layer: Pass, as in zennit's composite
@@ -799,7 +835,15 @@ class _Engine:
             grad_output = grad_output_fn(logits)
             if not logits.requires_grad:  # the output does not depend on the inputs
                 return tuple(torch.zeros_like(x) for x in leaves)
-            rels = torch.autograd.grad(logits, leaves, grad_output, allow_unused=True)
+            try:
+                rels = torch.autograd.grad(logits, leaves, grad_output, allow_unused=True)
+            except RuntimeError as error:
+                message = str(error)
+                if "heckpoint" in message and ".grad()" in message:  # (the wording varies across torch releases)
+                    raise UnsupportedModel("it uses torch.utils.checkpoint with use_reentrant=True, whose backward "
+                                           "re-runs the forward and cannot run inside torch.autograd.grad; "
+                                           "checkpoint with use_reentrant=False instead") from error
+                raise
         finally:  # everything this pass changed on the model is undone here
             for handle in handles:
                 handle.remove()

@@ -7,8 +7,8 @@ The reference semantics (``composite="epsilon_flat"``) are zennit's, written out
 - **Epsilon** (``epsilon``) on every other linear layer;
 - **BatchNorm merged** into the linear layer whose output it normalises, found in *execution* order (the
   BatchNorm's input is that layer's output, and nothing else reads that output: merging the weights would change
-  what another reader sees); an unmerged BatchNorm (one that follows no linear layer) gets **Pass**, as in zennit's
-  composite;
+  what another reader sees; an operation that returns its input itself, such as dropout in eval mode, reads
+  nothing); an unmerged BatchNorm (one that follows no linear layer) gets **Pass**, as in zennit's composite;
 - **Pass** on the activations of ``zennit.types.Activation`` (relevance handed on unchanged);
 - **Norm** (Epsilon with stabiliser 1e-6 and no parameters) on average pooling, on PyG ``MeanAggregation`` /
   ``SumAggregation``, on ``zennit.layer.Sum``, and on every sum of two tensors that both carry relevance
@@ -28,6 +28,13 @@ A tensor *carries relevance* when it depends on the attributed inputs: during at
 do not require gradients, so that is exactly ``requires_grad``. Rules apply only where a module's first input
 carries relevance (as zennit's hooks).
 
+Where the first layer's weight is computed (a ``torch.nn.utils.parametrize`` parametrization such as
+``parametrizations.weight_norm`` / ``spectral_norm``, or the older hook-based ``weight_norm`` / ``spectral_norm``),
+Flat spreads relevance as the same layer with all-one weights, as on a plain layer: zennit's Flat sets the layer's
+own ``weight`` Parameter to ones, which such a layer does not read (zennit then computes the layer's real weights'
+rule, not Flat), so the zennit backend refuses it, and so it does a BatchNorm merge into such a layer (zennit's
+merge writes into the computed weight, which the next forward recomputes).
+
 Without an LRP rule, and refused by both backends with the module named: ``nn.MultiheadAttention`` (three
 inputs and softmax attention; zennit's Pass hook cannot handle it), and BatchNorm without running statistics
 (in eval mode it normalises with the statistics of the batch, so relevance would leak between samples).
@@ -42,13 +49,27 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ADD_NAMES", "NORM_STABILIZER", "RuleTypes", "rule_types", "first_linear", "explanation_problem", "stabilize",
-           "inputs_only_carry_relevance", "relevance_add", "has_tensor"]
+__all__ = ["ADD_NAMES", "NO_READ_NAMES", "NORM_STABILIZER", "RuleTypes", "rule_types", "first_linear",
+           "explanation_problem", "stabilize", "inputs_only_carry_relevance", "relevance_add", "has_tensor",
+           "computed_weight"]
 
 NORM_STABILIZER = 1e-6  # zennit's stabiliser for Norm and Flat
 
 # the names of the operations that may be a sum of two tensors (relevance_add decides)
 ADD_NAMES = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__"})
+# Operations that read no values of their tensor arguments (shape, dtype and device only): not readers of a layer's
+# output (no more than an operation that returns its input itself, such as dropout in eval mode).
+NO_READ_NAMES = frozenset({"new_zeros", "new_ones", "new_empty", "zeros_like", "ones_like", "empty_like",
+                           "rand_like", "randn_like", "size", "dim"})
+
+
+def computed_weight(module: nn.Module) -> bool:
+    """Whether ``module.weight`` is computed rather than a Parameter of its own: a ``torch.nn.utils.parametrize``
+    parametrization, or the hook-based ``weight_norm`` / ``spectral_norm`` (which set a plain tensor attribute before
+    each forward). Nothing is computed to tell."""
+    from torch.nn.utils import parametrize
+
+    return parametrize.is_parametrized(module, "weight") or isinstance(module.__dict__.get("weight"), Tensor)
 
 
 class RuleTypes:
