@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -59,9 +60,17 @@ def check_bool(name: str, value: Any) -> bool:
 
 
 def check_positive_int(name: str, value: Any) -> int:
-    """An ``int`` >= 1 (``bool`` is not accepted)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """An integer >= 1 (``int``, or an integral scalar such as ``numpy.int64``; ``bool`` is not accepted), as an
+    ``int``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} should be an integer >= 1, but got {value!r} instead.")
+    return int(value)
+
+
+def check_finite_number(name: str, value: float) -> float:
+    """``value`` (already a real number) unless it is NaN or infinite."""
+    if not math.isfinite(value):
+        raise ValueError(f"{name} should be a finite number, but got {value!r} instead.")
     return value
 
 
@@ -71,6 +80,8 @@ def check_range(name: str, value: Sequence[float], low: float, high: float | Non
             or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)):
         raise TypeError(f"`{name}` should be a sequence (min, max), but got {value!r}.")
     a, b = float(value[0]), float(value[1])
+    if math.isinf(a) or math.isinf(b):  # (NaN fails the order below)
+        raise ValueError(f"`{name}` should be a pair of finite numbers, but got {tuple(value)} instead.")
     if not (low <= a <= b) or (high is not None and b > high):
         bound = f"[{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"`{name}` should be an increasing pair in {bound}, but got {tuple(value)} instead.")

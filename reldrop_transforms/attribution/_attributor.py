@@ -307,9 +307,10 @@ class Attributor:
         if index is not None:
             selected = inputs.index_select(0, index)
             selected_targets = None if targets is None else targets.index_select(0, index.to(targets.device))
-            if selected.shape[0] == 0:
-                if targets is not None:  # still validate every label against the model's outputs
-                    check_class_range(targets, self._num_outputs(module, inputs[:1]))
+            if selected.shape[0] == 0:  # still run the model on a sample, and validate every label against its
+                num_outputs = self._runs_on(module, inputs, caller)  # outputs: the same errors whatever the coins
+                if targets is not None:
+                    check_class_range(targets, num_outputs)
                 return selected.detach().clone()
         if selected.numel() == 0:
             return torch.zeros_like(selected)
@@ -318,7 +319,11 @@ class Attributor:
             return output_relevance(logits, selected_targets, selected.shape[0],
                                     all_targets=None if index is None else targets)
 
-        (rel,) = self._attribute(module, (selected,), lambda x: module(x), grad_output_fn)
+        try:
+            (rel,) = self._attribute(module, (selected,), lambda x: module(x), grad_output_fn)
+        except RuntimeError:  # (torch's error names the rows attributed: said for one sample, whatever the coins)
+            self._runs_on(module, inputs, caller)
+            raise
         if check_finite:
             check_finite_(rel, caller, index)
         return rel
@@ -496,6 +501,17 @@ class Attributor:
                                             (*tensors, static_targets, *post_inputs), body)
         return tuple(outputs) if bool(status.all()) else None
 
+    def _runs_on(self, module: nn.Module, inputs: Tensor, caller: str) -> int:
+        """The model's number of outputs from a forward of the batch's first sample (:meth:`_num_outputs`); a
+        ``ValueError`` where the model cannot run on it (wrong channels or size: torch's RuntimeError)."""
+        try:
+            return self._num_outputs(module, inputs[:1])
+        except RuntimeError as error:
+            raise ValueError(
+                f"{caller}: the model cannot run on inputs of shape {tuple(inputs.shape)}: check the number of "
+                f"channels, the size and the layout it expects ({type(error).__name__} on one sample: {error})"
+            ) from error
+
     def _num_outputs(self, module: nn.Module, sample: Tensor) -> int:
         """The model's number of outputs, from a forward of one sample (eval mode, state preserved)."""
         with model_lock(module), torch.no_grad(), preserved_model_state(module, keep_values=False):
@@ -556,12 +572,18 @@ class Attributor:
 
 @contextlib.contextmanager
 def _attribution_state(module: nn.Module, modules: Sequence[nn.Module], *, keep_values: bool) -> Iterator[None]:
-    """Eval mode and parameters not requiring gradients for the block, everything put back after it
+    """Eval mode, parameters not requiring gradients and no module backward hooks for the block (the caller's
+    ``register_full_backward_hook`` / ``register_full_backward_pre_hook``: the backward computes relevance, not
+    gradients), everything put back after it
     (:func:`preserved_model_state`; ``keep_values`` for backends that write into weights). ``modules``:
     ``module.modules()``, walked once by the caller."""
     with preserved_model_state(module, keep_values=keep_values, modules=modules), \
             inputs_only_carry_relevance(module, modules):
         set_eval(module, modules)
+        for each in modules:  # the caller's backward hooks: for its training's gradients, not relevance (put back by
+            if each._backward_hooks or each._backward_pre_hooks:  # preserved_model_state)
+                each._backward_hooks.clear()
+                each._backward_pre_hooks.clear()
         yield
 
 

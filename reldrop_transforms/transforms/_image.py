@@ -14,17 +14,18 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import Transform
 from torchvision.transforms.v2._utils import is_pure_tensor
 
+from .._checks import check_finite_number
 from ..functional import fill_dropped
 from ._common import RelevanceSettings
 
 
 def _check_value(value: Any) -> float | tuple[float, ...]:
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
+        return check_finite_number("value", float(value))  # (a NaN fill: the next batch would be refused as input)
     if isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0 and all(
         isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value
     ):
-        return tuple(float(v) for v in value)
+        return tuple(check_finite_number("value (each channel's)", float(v)) for v in value)
     raise TypeError(f"value should be a number or a sequence of numbers (one per channel), but got {value!r}.")
 
 

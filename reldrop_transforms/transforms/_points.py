@@ -13,6 +13,7 @@ from torch_geometric.data import Batch
 from torch_geometric.data.data import BaseData
 from torch_geometric.transforms import BaseTransform
 
+from .._checks import check_finite_number
 from ..functional import FILLS, fill_points, remove_points, sample_coins
 from ._common import RelevanceSettings
 
@@ -23,7 +24,7 @@ def _check_fill(fill: Any) -> str | float:
     if isinstance(fill, str) and fill in FILLS:
         return fill
     if isinstance(fill, numbers.Real) and not isinstance(fill, bool):
-        return float(fill)
+        return check_finite_number("fill", float(fill))
     raise ValueError(f"fill should be one of {FILLS} or a number, but got {fill!r} instead.")
 
 

@@ -236,3 +236,28 @@ def test_set_eval_sets_every_flag_and_respects_train_overrides():
     calls.clear()
     set_eval(custom, tuple(custom.modules()))
     assert calls == [False] and not any(m.training for m in custom.modules())
+
+
+@pytest.mark.parametrize("backend", ["fast", "zennit"])
+def test_backward_hooks_of_the_caller_do_not_run(backend):
+    """The caller's module backward hooks are for its training's gradients: attribution's backward computes
+    relevance, so they do not run there (was: a hook returning a new grad_input changed the relevance, and logging
+    hooks saw relevance as gradients); afterwards they are registered as before and run in a training backward.
+    Forward hooks do run: they are part of the model's function (as in zennit)."""
+    torch.manual_seed(0)
+    model = small_cnn().double().eval()
+    x, targets = torch.randn(3, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 1, 2])
+    expected = relevance(model, x, targets, backend=backend)
+    seen = []
+    handles = [model[3].register_full_backward_hook(lambda m, gi, go: seen.append("hook") or (gi[0] * 3,)),
+               model[3].register_full_backward_pre_hook(lambda m, go: seen.append("pre") or (go[0] * 2,)),
+               model[0].register_forward_hook(lambda m, a, o: seen.append("forward"))]
+    hooks = {name: list(getattr(model[3], name).items()) for name in ("_backward_hooks", "_backward_pre_hooks")}
+    torch.testing.assert_close(relevance(model, x, targets, backend=backend), expected, rtol=0, atol=0)
+    assert "hook" not in seen and "pre" not in seen and "forward" in seen
+    assert {name: list(getattr(model[3], name).items()) for name in hooks} == hooks
+    seen.clear()
+    model(x.clone().requires_grad_(True)).sum().backward()
+    assert seen == ["forward", "pre", "hook"]
+    for handle in handles:
+        handle.remove()

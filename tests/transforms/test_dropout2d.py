@@ -305,6 +305,27 @@ class TestRelevanceDropout2d:
         for value in ("0", [], [1.0, "a"], True, None):
             with pytest.raises(TypeError, match="value should be a number or a sequence of numbers"):
                 RelevanceDropout2d(nn.Linear(2, 2), value=value)
+        for value in (math.nan, -math.inf, (0.0, math.nan, 1.0)):  # (the next batch would be refused as input)
+            with pytest.raises(ValueError, match=r"value( \(each channel's\))? should be a finite number, but got"):
+                RelevanceDropout2d(nn.Linear(2, 2), value=value)
+
+    @pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+    @pytest.mark.parametrize("with_labels", [True, False])
+    def test_images_the_model_cannot_take_whatever_the_coins(self, model, make_batch, device, p, with_labels):
+        """One channel for a three-channel model: a ValueError naming the batch's shape, with torch's error for one
+        sample (was: torch's RuntimeError naming the rows the coins selected, or none at p = 0 without labels)."""
+        images, labels = make_batch(batch_size=8, device=device, seed=3)
+        images = images[:, :1].contiguous()
+        messages = set()
+        for seed in range(4):
+            with pytest.raises(ValueError, match=r"RelevanceDropout2d: the model cannot run on inputs of shape "
+                                                 r"\(8, 1, 12, 12\): check the number of channels") as caught:
+                if with_labels:
+                    transform(model, device, p=p, seed=seed)(images, labels)
+                else:  # the predicted class
+                    transform(model, device, p=p, seed=seed, labels_getter=None)(images)
+            messages.add(str(caught.value))
+        assert len(messages) == 1
 
     @pytest.mark.parametrize("head", ["conv_map", "unflatten", "vector"])
     def test_model_output_not_logits(self, device, batch, head):

@@ -531,6 +531,12 @@ class TestRelevanceDropout3d:
         with pytest.raises(ValueError, match="fill should be one of"):
             RelevanceDropout3d(GraphPointNet(), fill=fill)
 
+    @pytest.mark.parametrize("fill", [float("nan"), float("inf")])
+    def test_non_finite_fill(self, fill):
+        """(The filled batch would be refused as input by the next call.)"""
+        with pytest.raises(ValueError, match="fill should be a finite number, but got"):
+            RelevanceDropout3d(GraphPointNet(), fill=fill)
+
     @pytest.mark.parametrize("name", ["alpha", "beta", "p"])
     @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
     def test_probabilities_outside_unit_interval(self, name, bad):

@@ -203,6 +203,8 @@ class TestRelevanceErasing2d:
         ("ratio", (3.3, 0.3), ValueError, r"`ratio` should be an increasing pair in >= 1e-12, but got \(3.3, 0.3\)"),
         ("ratio", (0.0, 2.0), ValueError, r"`ratio` should be an increasing pair in >= 1e-12"),
         ("ratio", None, TypeError, r"`ratio` should be a sequence \(min, max\)"),
+        ("ratio", (1.0, float("inf")), ValueError, r"`ratio` should be a pair of finite numbers, but got \(1.0, inf\)"),
+        ("ratio", (0.5, float("nan")), ValueError, r"`ratio` should be an increasing pair in >= 1e-12"),
         ("top_k", 0, ValueError, r"top_k should be an integer >= 1, but got 0 instead"),
         ("top_k", -2, ValueError, r"top_k should be an integer >= 1, but got -2"),
         ("top_k", 1.0, ValueError, r"top_k should be an integer >= 1, but got 1.0"),
@@ -223,3 +225,11 @@ class TestRelevanceErasing2d:
     def test_model_not_a_module(self):
         with pytest.raises(TypeError, match="model should be a torch.nn.Module"):
             RelevanceErasing2d(lambda x: x)
+
+    def test_integral_scalars_for_counts(self):
+        """``numpy`` / ``torch`` integer scalars are integers (was: refused, 'should be an integer >= 1, but got
+        np.int64(2)')."""
+        import numpy as np
+
+        t = RelevanceErasing2d(nn.Linear(2, 2), top_k=np.int64(2), num_patches=np.int32(3))
+        assert (t.top_k, t.num_patches) == (2, 3) and type(t.top_k) is int and type(t.num_patches) is int
