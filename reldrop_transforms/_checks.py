@@ -59,6 +59,15 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
+def check_keys(keys: Any) -> tuple[str, ...]:
+    """A non-empty sequence of attribute names (a string alone is refused: ``keys="pos"`` would be its letters)."""
+    if isinstance(keys, str) or not isinstance(keys, Sequence) or not all(isinstance(k, str) for k in keys):
+        raise TypeError(f"keys should be a sequence of attribute names such as ('pos', 'x'), but got {keys!r}.")
+    if not keys:
+        raise ValueError("keys should name at least one attribute (e.g. ('pos', 'x')), but got none.")
+    return tuple(keys)
+
+
 def check_positive_int(name: str, value: Any) -> int:
     """An integer >= 1 (``int``, or an integral scalar such as ``numpy.int64``; ``bool`` is not accepted), as an
     ``int``."""

@@ -12,7 +12,7 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_backend, check_bool, check_dtype, check_epsilon, check_labels, check_model
+from .._checks import check_backend, check_bool, check_dtype, check_epsilon, check_keys, check_labels, check_model
 from ._composites import check_composite, zennit_relevance
 from ._fast import FAST_COMPOSITES, UnsupportedModel, fast_relevance
 from ._graphs import GraphCache
@@ -133,16 +133,20 @@ def _samples(rows: Tensor) -> str:
     return f"{rows[:10].tolist()}{' ...' if rows.numel() > 10 else ''}"
 
 
-def check_finite_batch(inputs: Tensor, targets: Tensor | None, caller: str = "relevance") -> None:
+def check_finite_batch(inputs: Tensor | None, targets: Tensor | None, caller: str = "relevance",
+                       index: Tensor | None = None, what: str = "inputs") -> None:
     """Raise a ValueError naming the samples whose inputs (or soft labels) are NaN or infinite (one
-    synchronisation)."""
-    for what, tensor in (("inputs", inputs), ("soft labels", targets)):
+    synchronisation). ``index`` maps the rows of ``inputs`` to samples (a PyG batch's ``batch`` vector: its nodes
+    to its clouds); ``what`` names the inputs."""
+    for name, tensor in ((what, inputs), ("soft labels", targets)):
         if tensor is None or not tensor.is_floating_point() or tensor.shape[0] == 0:
             continue
         bad = _non_finite_rows(tensor)
+        if bad is not None and index is not None and tensor is inputs:
+            bad = index[bad].unique()
         if bad is not None:
             raise ValueError(
-                f"{caller}: the {what} should be finite, but are not (NaN or infinite values) for sample(s) "
+                f"{caller}: the {name} should be finite, but are not (NaN or infinite values) for sample(s) "
                 f"{_samples(bad)} of the batch."
             )
 
@@ -308,8 +312,8 @@ class Attributor:
             selected = inputs.index_select(0, index)
             selected_targets = None if targets is None else targets.index_select(0, index.to(targets.device))
             if selected.shape[0] == 0:  # still run the model on a sample, and validate every label against its
-                num_outputs = self._runs_on(module, inputs, caller)  # outputs: the same errors whatever the coins
-                if targets is not None:
+                num_outputs = _num_outputs(self._forward_one(module, inputs))  # outputs: the same errors
+                if targets is not None:  # whatever the coins
                     check_class_range(targets, num_outputs)
                 return selected.detach().clone()
         if selected.numel() == 0:
@@ -321,8 +325,11 @@ class Attributor:
 
         try:
             (rel,) = self._attribute(module, (selected,), lambda x: module(x), grad_output_fn)
-        except RuntimeError:  # (torch's error names the rows attributed: said for one sample, whatever the coins)
-            self._runs_on(module, inputs, caller)
+        except (RuntimeError, ValueError) as error:  # an error of the model's own forward names the rows the coins
+            try:  # selected (torch's "expected input[3, 1, 8, 8] to have 3 channels"): the error of one sample
+                self._forward_one(module, inputs)  # instead, the same whatever the coins (and as with none)
+            except Exception as one:
+                raise one from error
             raise
         if check_finite:
             check_finite_(rel, caller, index)
@@ -367,6 +374,11 @@ class Attributor:
         def grad_output_fn(logits: Tensor) -> Tensor:
             return output_relevance(logits, targets, num_graphs)
 
+        if check_finite:  # the inputs first: their error says so (not that the relevance is not finite)
+            for key in present:
+                check_finite_batch(data[key], None, caller, index=getattr(data, "batch", None),
+                                   what=f"inputs (`{key}`)")
+            check_finite_batch(None, targets, caller)
         rels = self._attribute(module, tuple(data[key] for key in present), call, grad_output_fn)
         if check_finite:
             batch = getattr(data, "batch", None)
@@ -386,7 +398,12 @@ class Attributor:
             raise ValueError(
                 f"{caller} expects point clouds with node positions `pos`, but the {type(data).__name__} has none."
             )
+        keys = check_keys(keys)
         present = [key for key in keys if isinstance(getattr(data, key, None), Tensor)]
+        if not present:
+            names = data.keys()  # (iterating a Data gives its items)
+            raise ValueError(f"{caller}: none of the keys {keys} names a tensor of the {type(data).__name__}, which "
+                             f"has {sorted(k for k in names if isinstance(data[k], Tensor))}.")
         num_nodes = data.pos.shape[0]
         for key in present:
             check_inputs(module, data[key], caller=f"{caller} ({key})")
@@ -501,26 +518,11 @@ class Attributor:
                                             (*tensors, static_targets, *post_inputs), body)
         return tuple(outputs) if bool(status.all()) else None
 
-    def _runs_on(self, module: nn.Module, inputs: Tensor, caller: str) -> int:
-        """The model's number of outputs from a forward of the batch's first sample (:meth:`_num_outputs`); a
-        ``ValueError`` where the model cannot run on it (wrong channels or size: torch's RuntimeError)."""
-        try:
-            return self._num_outputs(module, inputs[:1])
-        except RuntimeError as error:
-            raise ValueError(
-                f"{caller}: the model cannot run on inputs of shape {tuple(inputs.shape)}: check the number of "
-                f"channels, the size and the layout it expects ({type(error).__name__} on one sample: {error})"
-            ) from error
-
-    def _num_outputs(self, module: nn.Module, sample: Tensor) -> int:
-        """The model's number of outputs, from a forward of one sample (eval mode, state preserved)."""
+    def _forward_one(self, module: nn.Module, inputs: Tensor) -> Tensor:
+        """The logits of a plain forward of the batch's first sample (eval mode, no gradients, state preserved)."""
         with model_lock(module), torch.no_grad(), preserved_model_state(module, keep_values=False):
             module.eval()
-            logits = module(sample.clone())  # (a forward may change its input in place)
-        if not isinstance(logits, Tensor) or logits.ndim != 2:
-            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(f"the model should return logits of shape (B, K), but returned {shape}.")
-        return logits.shape[1]
+            return module(inputs[:1].clone())  # (a forward may change its input in place)
 
     def _say_once(self, key: Hashable, message: str, *, warn: bool) -> None:
         if key in self._said:
@@ -585,6 +587,14 @@ def _attribution_state(module: nn.Module, modules: Sequence[nn.Module], *, keep_
                 each._backward_hooks.clear()
                 each._backward_pre_hooks.clear()
         yield
+
+
+def _num_outputs(logits) -> int:
+    """The number of outputs ``K`` of logits ``(B, K)``; a ``ValueError`` for anything else."""
+    if not isinstance(logits, Tensor) or logits.ndim != 2:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"the model should return logits of shape (B, K), but returned {shape}.")
+    return logits.shape[1]
 
 
 def _check_explainable(module: nn.Module, modules: Sequence[nn.Module] | None = None) -> None:

@@ -10,7 +10,7 @@ from ._erasing import (
     sample_erasing_sizes,
 )
 from ._mask import fill_dropped, normalize_relevance, relevance_dropout_mask, sample_coins, uniform_like
-from ._points import FILLS, fill_points, keep_least_relevant, remove_points
+from ._points import FILLS, fill_points, is_node_attribute, keep_least_relevant, remove_points
 
 __all__ = [
     "normalize_relevance",
@@ -21,6 +21,7 @@ __all__ = [
     "keep_least_relevant",
     "fill_points",
     "remove_points",
+    "is_node_attribute",
     "FILLS",
     "relevance_erasing_mask",
     "sample_erasing_sizes",

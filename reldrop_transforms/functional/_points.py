@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ._mask import fill_dropped
 
-__all__ = ["keep_least_relevant", "fill_points", "FILLS", "remove_points"]
+__all__ = ["keep_least_relevant", "fill_points", "FILLS", "remove_points", "is_node_attribute"]
 
 FILLS = ("zero", "first", "remove")
 
@@ -121,6 +121,33 @@ def _counts_nodes(batch, key: str, value: Tensor, inc) -> bool:
     return bool(num_nodes) and bool(torch.as_tensor(batch.__inc__(key, value)).eq(num_nodes).all())
 
 
+def followed_keys(batch) -> dict[str, str]:
+    """The ``<key>_batch`` / ``<key>_ptr`` attributes that ``follow_batch`` added to a PyG ``Batch`` -> their
+    ``key`` (they have no slices of their own: ``get_example`` does not know them)."""
+    slices = getattr(batch, "_slice_dict", None) or {}
+    followed = {}
+    names = batch.keys()  # (iterating a Batch gives its items)
+    for name in names:
+        for suffix in ("_batch", "_ptr"):
+            if name.endswith(suffix) and name not in slices and name[:-len(suffix)] in slices:
+                followed[name] = name[:-len(suffix)]
+    return followed
+
+
+def is_node_attribute(batch, key: str, value) -> bool:
+    """Whether ``value`` (``batch[key]``) holds one row per node of a PyG ``Batch``: PyG's own size rule
+    (``is_node_attr``), and, where the batch has them, per-cloud slices equal to those of ``pos`` (a graph-level
+    attribute whose rows happen to add up to the node count is not one). ``batch``, ``ptr`` and the
+    ``follow_batch`` attributes are bookkeeping, not node attributes."""
+    if key in ("batch", "ptr") or not isinstance(value, Tensor) or not batch.is_node_attr(key):
+        return False
+    slices = getattr(batch, "_slice_dict", None) or {}
+    if key not in slices:
+        return key not in followed_keys(batch)
+    reference = slices.get("pos")
+    return reference is None or torch.equal(slices[key], reference)
+
+
 def remove_points(batch, drop: Tensor):
     """A new PyG ``Batch`` without the dropped points; the input is not modified.
 
@@ -141,7 +168,9 @@ def remove_points(batch, drop: Tensor):
     slices = dict(batch._slice_dict)
     incs = dict(batch._inc_dict)
     edge_keeps: dict[int, tuple[Tensor, Tensor]] = {}
-    done = {"batch", "ptr"}
+    followed = followed_keys(batch)
+    done = {"batch", "ptr", *followed}
+    taken: dict[str, Tensor] = {}  # key -> the rows kept (along its concatenation dimension)
     for key in list(batch.keys()):
         value = batch[key]
         if key in done or not isinstance(value, Tensor):
@@ -162,10 +191,12 @@ def remove_points(batch, drop: Tensor):
             if key == "edge_index" or value.shape[dim] not in edge_keeps:  # edge attributes follow edge_index,
                 edge_keeps[value.shape[dim]] = (idx, slices[key])  # not a face tensor of the same length
             done.add(key)
-        elif batch.is_node_attr(key) and value.shape[dim] == keep.shape[0]:
+            taken[key] = idx
+        elif is_node_attribute(batch, key, value) and value.shape[dim] == keep.shape[0]:
             out[key] = value.index_select(dim, kept_nodes)
             slices[key] = ptr
             done.add(key)
+            taken[key] = kept_nodes
     for key in list(batch.keys()):  # edge-level companions (edge_attr, ...) follow their index
         value = batch[key]
         if key in done or not isinstance(value, Tensor):
@@ -176,6 +207,12 @@ def remove_points(batch, drop: Tensor):
                 idx, edge_slices = edge_keeps[value.shape[dim]]
                 out[key] = value.index_select(dim, idx)
                 slices[key] = edge_slices
+                taken[key] = idx
+    for name, key in followed.items():  # follow_batch's <key>_batch / <key>_ptr, for the rows of key kept
+        if key in taken:
+            value = batch[name]
+            out[name] = value.index_select(0, taken[key].to(value.device)) if name.endswith("_batch") else \
+                slices[key].to(device=value.device, dtype=value.dtype)
     out.batch = batch.batch[keep]
     out.ptr = ptr
     out._slice_dict = slices

@@ -13,8 +13,14 @@ from torch_geometric.data import Batch
 from torch_geometric.data.data import BaseData
 from torch_geometric.transforms import BaseTransform
 
-from .._checks import check_finite_number
-from ..functional import FILLS, fill_points, remove_points, sample_coins
+from .._checks import check_bool, check_finite_number, check_keys
+from ..functional import (
+    FILLS,
+    fill_points,
+    is_node_attribute,
+    remove_points,
+    sample_coins,
+)
 from ._common import RelevanceSettings
 
 __all__ = ["RelevancePointTransform"]
@@ -56,8 +62,8 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
             raise TypeError(f"forward_fn should be callable, but got {type(forward_fn).__name__}.")
         self.fill = _check_fill(fill)
         self.forward_fn = forward_fn
-        self.channels_first = bool(channels_first)
-        self.keys = tuple(keys)
+        self.channels_first = check_bool("channels_first", channels_first)
+        self.keys = check_keys(keys)
 
     def draw(self, num_clouds: int, pos: Tensor) -> tuple[Tensor, ...]:
         """The random tensors of the masks of ``num_clouds`` clouds: one row per cloud, or per point of ``pos``
@@ -182,7 +188,7 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         out = copy.copy(batch)
         for key in batch.keys():
             value = batch[key]
-            if key in ("batch", "ptr") or not isinstance(value, Tensor) or not batch.is_node_attr(key):
+            if not is_node_attribute(batch, key, value):
                 continue
             if value.shape[0] != mask.shape[0] or (self.fill != "first" and not value.is_floating_point()):
                 continue

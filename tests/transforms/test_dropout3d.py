@@ -531,6 +531,76 @@ class TestRelevanceDropout3d:
         with pytest.raises(ValueError, match="fill should be one of"):
             RelevanceDropout3d(GraphPointNet(), fill=fill)
 
+    @pytest.mark.parametrize("fill", ["remove", "zero"])
+    def test_follow_batch_bookkeeping(self, fill):
+        """A loader's ``follow_batch`` adds ``x_batch``/``x_ptr`` (and ``face_batch``/``face_ptr``): they follow the
+        points and faces kept, as a batch collated from the results would have them (was, with ``remove``:
+        ``get_example`` and ``to_data_list`` raised ``KeyError: 'x_batch'``, and the ``_ptr`` were stale)."""
+        datas = [make_cloud(n, seed=i) for i, n in enumerate(SIZES)]
+        for data in datas:
+            data.face = torch.randint(0, data.num_nodes, (3, 2 * data.num_nodes), generator=torch.Generator()
+                                      .manual_seed(data.num_nodes))
+        batch = Batch.from_data_list(datas, follow_batch=["x", "face"])
+        out = RelevanceDropout3d(GraphPointNet(), p=1.0, fill=fill, generator=seeded(0))(batch)
+        listed = out.to_data_list()
+        assert [out.get_example(i).num_nodes for i in range(3)] == [d.num_nodes for d in listed]
+        again = Batch.from_data_list(listed, follow_batch=["x", "face"])
+        for key in ("x_batch", "x_ptr", "face_batch", "face_ptr", "batch", "ptr"):
+            assert torch.equal(out[key], again[key]), key
+        if fill == "remove":
+            assert out.num_nodes < batch.num_nodes
+
+    @pytest.mark.parametrize("fill", ["remove", "zero"])
+    def test_graph_attribute_with_as_many_rows_as_nodes(self, fill):
+        """A per-cloud (2, 3) bounding box whose rows add up to the batch's node count is a graph attribute (its
+        slices are not those of ``pos``): left as it is (was: filtered or zeroed as if it had one row per node)."""
+        datas = [make_cloud(n, seed=i, features=0) for i, n in enumerate((1, 3, 2))]
+        for data in datas:
+            data.bbox = torch.stack([data.pos.min(0).values, data.pos.max(0).values])
+        batch = Batch.from_data_list(datas)
+        assert batch.bbox.shape[0] == batch.num_nodes
+        out = RelevanceDropout3d(GraphPointNet(in_channels=3), p=1.0, alpha=1.0, beta=0.9, fill=fill,
+                                 generator=seeded(0))(batch)
+        assert torch.equal(out.bbox, batch.bbox)
+        assert all(out.get_example(i).bbox.shape == (2, 3) for i in range(3))
+
+    def test_keys(self):
+        with pytest.raises(TypeError, match=r"keys should be a sequence of attribute names such as \('pos', 'x'\), "
+                                            r"but got 'pos'"):
+            RelevanceDropout3d(GraphPointNet(), keys="pos")
+        with pytest.raises(ValueError, match="keys should name at least one attribute"):
+            RelevanceDropout3d(GraphPointNet(), keys=())
+        batch = make_batch(features=0)
+        with pytest.raises(ValueError, match=r"none of the keys \('x',\) names a tensor of the DataBatch, which has "
+                                             r"\['batch', 'point_label', 'pos', 'ptr', 'y'\]"):
+            RelevanceDropout3d(GraphPointNet(in_channels=3), keys=("x",))(batch)
+        with pytest.raises(TypeError, match="keys should be a sequence"):
+            relevance_graph(GraphPointNet(in_channels=3), batch, keys="pos")
+
+    def test_channels_first_is_a_bool(self):
+        with pytest.raises(TypeError, match="channels_first should be a bool, but got str"):
+            RelevanceDropout3d(DensePointNet(), channels_first="False")
+
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+    def test_non_finite_pyg_inputs(self, bad):
+        """Said as inputs, naming the cloud (was: "the relevance is not finite ... use epsilon > 0")."""
+        batch = make_batch()
+        batch.pos = batch.pos.clone()
+        batch.pos[SIZES[0] + 2, 1] = bad
+        for p in (0.3, 1.0):
+            with pytest.raises(ValueError, match=r"RelevanceDropout3d: the inputs \(`pos`\) should be finite, but are "
+                                                 r"not .* sample\(s\) \[1\] of the batch"):
+                RelevanceDropout3d(GraphPointNet(), p=p, generator=seeded(0))(batch)
+
+    @pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+    def test_points_the_model_cannot_take_whatever_the_coins(self, p):
+        """Three channels for a six-channel model: the model's error for one cloud, the same for every draw (was:
+        naming the clouds the coins selected)."""
+        points, labels = make_points(channels=3)
+        for seed in range(4):
+            with pytest.raises(RuntimeError, match=r"expected input\[1, 3, 10\] to have 6 channels"):
+                RelevanceDropout3d(DensePointNet(), p=p, generator=seeded(seed))(points, labels)
+
     @pytest.mark.parametrize("fill", [float("nan"), float("inf")])
     def test_non_finite_fill(self, fill):
         """(The filled batch would be refused as input by the next call.)"""
