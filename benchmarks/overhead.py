@@ -13,7 +13,8 @@ and get their own table. The slow variants (zennit backend, the
 published baseline, the per-sample mask loop) get fewer repeats (``--slow-repeats``). The tables report medians,
 the ratio to the plain step of the same run and, for RelDrop steps, ``(step - plain) / floor``: the extra cost in
 units of one eval forward + input gradient, and ``(step - floor_then_step) / floor``: the RelDrop step against the
-floor followed by the plain step on a batch RelDrop masked once, run as one sequence (what an attribution of exactly
+floor followed by the plain step on a batch RelDrop masked (one of a pool of eight, in turn: a point model's step
+costs what the mask makes it), run as one sequence (what an attribution of exactly
 one floor with a free mask stage would cost; a step timed right after an attribution is slower than one timed alone,
 by what the attribution did to the caches and the allocator, and this column does not count that against RelDrop;
 negative: faster than that). On CUDA, the peak memory of one call of each train-step variant
