@@ -54,6 +54,7 @@ def sample_erasing_sizes(
     device = torch.device("cpu") if device is None else torch.device(device)
     if draws is None:
         draws = uniform_like(torch.empty(batch_size, num_patches, _TRIES, 2, device=device), generator)
+    _check_draws("size draws", draws, (batch_size, num_patches, _TRIES, 2))
     area = (low + (high - low) * draws[..., 0]) * (height * width / num_patches)
     log_ratio = math.log(r_low) + (math.log(r_high) - math.log(r_low)) * draws[..., 1]
     aspect = torch.exp(log_ratio)
@@ -69,7 +70,8 @@ def relevant_centres(
     relevance: Tensor, top_k: int = 1, num_patches: int = 1, *, generator: torch.Generator | None = None,
     draws: Tensor | None = None,
 ) -> Tensor:
-    """Centres drawn uniformly from each sample's ``top_k`` most relevant pixels (one per patch).
+    """Centres drawn uniformly from each sample's ``top_k`` most relevant pixels (one per patch); of equally
+    relevant pixels the first in row-major order ranks first (as :func:`relevance_ball_mask` ranks points).
 
     A sample whose relevance is flat (all equal, or all zero) has no ranking: its centres are uniformly random
     pixels. ``draws``: the uniform numbers ``(B, num_patches, 2)`` themselves (then ``generator`` is unused).
@@ -82,14 +84,38 @@ def relevant_centres(
     batch_size, height, width = relevance.shape
     flat = relevance.reshape(batch_size, height * width)  # not -1: an empty batch is allowed
     k = min(top_k, flat.shape[1])
-    best = flat.topk(k, dim=1).indices  # (B, k)
+    best = _top_indices(flat, k)  # (B, k)
     if draws is None:
         draws = uniform_like(torch.empty(batch_size, num_patches, 2, device=relevance.device), generator)
+    _check_draws("centre draws", draws, (batch_size, num_patches, 2))
     pick = best.gather(1, (draws[..., 0] * k).long().clamp_(max=k - 1))
     anywhere = (draws[..., 1] * flat.shape[1]).long().clamp_(max=flat.shape[1] - 1)
     is_flat = (normalize_relevance(flat).amax(1, keepdim=True) == 0)
     index = torch.where(is_flat, anywhere, pick)
     return torch.stack([index // width, index % width], -1)
+
+
+def _top_indices(flat: Tensor, k: int) -> Tensor:
+    """The indices of each row's ``k`` largest values, largest first, equal values by lowest index first (as
+    :func:`relevance_ball_mask` ranks points; ``topk`` leaves the order of ties unspecified, and it differs between
+    devices), without sorting the rows: the ``k``-th largest value, every index above it and the first indices
+    equal to it."""
+    if k == 1 or flat.shape[0] == 0:
+        return flat.argmax(1, keepdim=True) if flat.shape[1] else flat.new_zeros((flat.shape[0], k), dtype=torch.long)
+    kth = flat.topk(k, dim=1).values[:, -1:]
+    above = flat > kth
+    ties = flat == kth
+    chosen = above | (ties & (ties.cumsum(1) <= k - above.sum(1, keepdim=True)))  # exactly k per row
+    positions = torch.arange(flat.shape[1], device=flat.device).expand_as(flat)
+    index = torch.where(chosen, positions, flat.shape[1]).topk(k, dim=1, largest=False).values  # ascending
+    order = torch.sort(flat.gather(1, index), dim=1, descending=True, stable=True).indices
+    return index.gather(1, order)
+
+
+def _check_draws(name: str, draws: Tensor, shape: tuple[int, ...]) -> None:
+    if not isinstance(draws, Tensor) or tuple(draws.shape) != shape:
+        got = tuple(draws.shape) if isinstance(draws, Tensor) else type(draws).__name__
+        raise ValueError(f"{name} should have shape {shape}, but got {got} instead.")
 
 
 def box_mask(height: int, width: int, centres: Tensor, sizes: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -140,6 +166,9 @@ def relevance_erasing_mask(
     if relevance.ndim != 3:
         raise ValueError(f"relevance should have shape (B, H, W), but got {tuple(relevance.shape)} instead.")
     batch_size, height, width = relevance.shape
+    if draws is not None and not (isinstance(draws, (tuple, list)) and len(draws) == 2):
+        raise ValueError(f"draws should be the pair (size draws, centre draws) of erasing_draws, but got "
+                         f"{type(draws).__name__}.")
     size_draws, centre_draws = (None, None) if draws is None else draws
     sizes, valid = sample_erasing_sizes(batch_size, height, width, scale=scale, ratio=ratio,
                                         num_patches=num_patches, generator=generator, device=relevance.device,
@@ -202,6 +231,7 @@ def relevance_ball_mask(
         return torch.zeros(relevance.shape, dtype=torch.bool, device=relevance.device)
     if draws is None:
         draws = ball_draws(count, dtype=pos.dtype, generator=generator, device=relevance.device)
+    _check_draws("ball draws", draws, (count, 3))
     # rank points within their cloud by relevance (descending), without a loop over clouds
     by_relevance = torch.argsort(flat_rel, descending=True, stable=True)
     order = by_relevance[torch.argsort(segment[by_relevance], stable=True)]

@@ -152,6 +152,13 @@ def test_public_names():
 
 
 class TestSampleErasingSizes:
+    def test_draws_of_another_shape(self):
+        """(A tries dimension of 3 instead of 10 was accepted.)"""
+        with pytest.raises(ValueError, match=r"size draws should have shape \(2, 1, 10, 2\), but got \(2, 1, 3, 2\)"):
+            sample_erasing_sizes(2, 8, 8, draws=torch.rand(2, 1, 3, 2))
+        with pytest.raises(ValueError, match=r"draws should be the pair \(size draws, centre draws\)"):
+            relevance_erasing_mask(torch.rand(2, 8, 8), draws=torch.rand(2, 1, 10, 2))
+
     @pytest.mark.parametrize("height, width, scale, ratio, num_patches, seed", [
         (12, 12, (0.02, 0.4), (0.3, 3.3), 1, 0),
         (9, 17, (0.02, 0.4), (0.3, 3.3), 1, 1),
@@ -292,6 +299,25 @@ class TestRelevantCentres:
         draws = torch.rand(48, num_patches, 2, generator=seeded(seed + 100))  # the documented draws
         assert centres.shape == (48, num_patches, 2) and centres.dtype == torch.long
         assert torch.equal(centres, loop_centres(rel, top_k, draws))
+
+    @pytest.mark.parametrize("top_k", [1, 2, 5, 40, 63, 100])
+    def test_ties_rank_by_index(self, top_k):
+        """Of equally relevant pixels the first in raster order ranks first, as the loop's stable sort and the
+        point balls rank them (was: ``topk``'s order, unspecified and device-dependent: [1, 31, 21] for three
+        tied maxima)."""
+        rel = torch.randint(0, 3, (48, 7, 9), generator=seeded(9)).float()  # many ties at every rank
+        centres = relevant_centres(rel, top_k, 4, generator=seeded(10))
+        draws = torch.rand(48, 4, 2, generator=seeded(10))
+        assert torch.equal(centres, loop_centres(rel, top_k, draws))
+
+    @pytest.mark.parametrize("draws, match", [
+        (torch.rand(1, 1, 2), r"centre draws should have shape \(3, 1, 2\), but got \(1, 1, 2\)"),
+        (torch.rand(3, 2, 2), r"centre draws should have shape \(3, 1, 2\), but got \(3, 2, 2\)"),
+    ])
+    def test_draws_of_another_shape(self, draws, match):
+        """(Was accepted, broadcast: every sample got sample 0's centre.)"""
+        with pytest.raises(ValueError, match=match):
+            relevant_centres(torch.rand(3, 4, 4), 1, 1, draws=draws)
 
     def test_top1_is_the_argmax(self):
         rel = random_relevance(200, 11, 13, seed=5)
@@ -547,6 +573,12 @@ def make_clouds(sizes, *, seed=0, dtype=torch.float32, shuffle=False, flat_cloud
 
 
 class TestRelevanceBallMask:
+    @pytest.mark.parametrize("shape", [(1, 3), (3, 1), (3, 3, 1)])
+    def test_draws_of_another_shape(self, shape):
+        """(Draws for one cloud of three were broadcast; (3, 1) gave a bare IndexError.)"""
+        with pytest.raises(ValueError, match=r"ball draws should have shape \(3, 3\), but got"):
+            relevance_ball_mask(torch.rand(3, 5), torch.rand(3, 5, 3), draws=torch.rand(*shape))
+
     @pytest.mark.parametrize("dtype", DTYPES)
     @pytest.mark.parametrize("radius, top_k, seed", [((0.1, 0.3), 1, 0), ((0.2, 0.5), 3, 1), ((0.0, 1.0), 50, 2)])
     def test_dense_matches_loop(self, dtype, radius, top_k, seed):
