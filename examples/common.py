@@ -32,7 +32,7 @@ from reldrop_transforms.loaders import move_to_device
 
 __all__ = [
     "DownloadOnRequest",
-    "POINT_BACKENDS",
+    "POINT_MODELS",
     "add_common_arguments",
     "add_point_model_argument",
     "add_reldrop_arguments",
@@ -126,7 +126,7 @@ def add_reldrop_arguments(parser: argparse.ArgumentParser, *, alpha: float, beta
     group.add_argument("--p", type=float, default=p, help="probability that a sample is masked at all")
     group.add_argument("--epsilon", type=float, default=1e-3, help="stabiliser of the LRP Epsilon rule")
     group.add_argument("--backend", choices=("auto", "fast", "zennit"), default=None,
-                       help="attribution backend (None: the script's choice for the model)")
+                       help="attribution backend (default: auto, the fast LRP engine for the paper's composite)")
     if fill:
         group.add_argument("--fill", type=parse_fill, default="zero",
                            help="dropped points: zero (the paper), first (copy the cloud's first kept point), "
@@ -136,21 +136,23 @@ def add_reldrop_arguments(parser: argparse.ArgumentParser, *, alpha: float, beta
                             help="capture RelDrop's attribution in CUDA graphs (CUDA and the fast engine only)")
 
 
-POINT_BACKENDS = {"pointnet": "auto", "tiny": "auto", "pointnet2": "zennit", "dgcnn": "zennit"}
-"""The point-cloud models (``--model``) and the attribution backend each gets unless ``--backend`` is given."""
+POINT_MODELS = ("pointnet", "pointnet2", "dgcnn", "tiny")
+"""The point-cloud models (``--model``); the fast LRP engine attributes every one of them (``--backend auto``)."""
 
 
 def add_point_model_argument(parser: argparse.ArgumentParser) -> None:
-    """``--model`` of the point-cloud scripts (see :data:`POINT_BACKENDS`)."""
-    parser.add_argument("--model", choices=tuple(POINT_BACKENDS), default="pointnet",
-                        help="pointnet (fast LRP engine), pointnet2 or dgcnn (zennit backend), tiny (for tests)")
+    """``--model`` of the point-cloud scripts (see :data:`POINT_MODELS`)."""
+    parser.add_argument("--model", choices=POINT_MODELS, default="pointnet",
+                        help="pointnet, pointnet2, dgcnn (all attributed by the fast LRP engine), tiny (for tests)")
 
 
 def check_resume_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Argument combinations argparse cannot check by itself."""
     if args.resume and args.checkpoint is None:
         parser.error("--resume needs --checkpoint PATH (the file to continue from).")
-    for name in ("epochs", "batch_size", "num_workers"):
+    for name in ("epochs", "batch_size", "num_workers", "num_points"):
+        if not hasattr(args, name):
+            continue
         minimum = 0 if name == "num_workers" else 1
         if getattr(args, name) < minimum:
             parser.error(f"--{name.replace('_', '-')} should be >= {minimum}, but got {getattr(args, name)}.")
@@ -196,10 +198,11 @@ def missing_files_error(dataset: str, root: Path, missing: Sequence[str | os.Pat
     """A ``FileNotFoundError`` that names what is missing and the layout the script expects."""
     shown = [str(path) for path in missing[:5]]
     more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-    hint = " Pass --download to fetch it, or point --data-root at an existing copy." if download_hint else ""
+    hint = "Nothing is downloaded unless asked. Pass --download to fetch it, or point --data-root at an existing " \
+        "copy." if download_hint else "Point --data-root at it."
     return FileNotFoundError(
         f"{dataset} files were not found under {root}: missing {', '.join(shown)}{more}. "
-        f"Expected layout:\n{layout.rstrip()}\nNothing is downloaded unless asked.{hint}"
+        f"Expected layout:\n{layout.rstrip()}\n{hint}"
     )
 
 
@@ -266,12 +269,18 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scale
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scaler, device: torch.device) -> int:
-    """Restore a state written by :func:`save_checkpoint`; returns the number of finished epochs."""
+def load_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scaler, device: torch.device,
+                    args: argparse.Namespace | None = None) -> int:
+    """Restore a state written by :func:`save_checkpoint`; returns the number of finished epochs. With ``args``, a
+    checkpoint written for another ``--model`` is refused with a message that says so."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--resume was given, but the checkpoint {path} does not exist.")
     state = torch.load(path, map_location=device, weights_only=True)
+    saved = (state.get("args") or {}).get("model")
+    current = getattr(args, "model", None)
+    if saved is not None and current is not None and saved != current:
+        raise ValueError(f"--resume: the checkpoint {path} was written for --model {saved}, not --model {current}.")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -356,7 +365,7 @@ def fit(args: argparse.Namespace, *, model: nn.Module, train_loader: Iterable, t
     start = 0
     if args.resume:
         start = load_checkpoint(args.checkpoint, model=model, optimizer=optimizer, scheduler=scheduler,
-                                scaler=scaler, device=device)
+                                scaler=scaler, device=device, args=args)
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base_lr * cosine(start)  # the saved lr followed the saved run's length
         print(f"resumed from {args.checkpoint} after epoch {start}")
@@ -414,12 +423,11 @@ def image_reldrop(args: argparse.Namespace, model: nn.Module) -> RelevanceDropou
 
 
 def point_cloud_reldrop(args: argparse.Namespace, model: nn.Module):
-    """``RelevanceDropout3d`` from the point-cloud scripts' options (``--backend`` defaults to the model's entry
-    of :data:`POINT_BACKENDS`)."""
+    """``RelevanceDropout3d`` from the point-cloud scripts' options (``--backend`` defaults to ``auto``)."""
     from reldrop_transforms.transforms import RelevanceDropout3d
 
     return RelevanceDropout3d(model, alpha=args.alpha, beta=args.beta, p=args.p, fill=args.fill,
-                              epsilon=args.epsilon, backend=args.backend or POINT_BACKENDS[args.model])
+                              epsilon=args.epsilon, backend=args.backend or "auto")
 
 
 def build_point_model(name: str, in_channels: int, num_classes: int) -> nn.Module:

@@ -33,7 +33,7 @@ number in them is measured in the run that wrote them.
 
 Run it with ``make demo`` or::
 
-    .venv/bin/python examples/demo.py            # the default run (about 6 minutes on 2 lightly loaded CPU cores)
+    .venv/bin/python examples/demo.py            # the default run (5-7 minutes on 2 lightly loaded CPU cores)
     .venv/bin/python examples/demo.py --quick    # a smoke run (seconds)
     .venv/bin/python examples/demo.py --long     # more data, epochs and 5 seeds (estimated 40 minutes, not timed)
 """

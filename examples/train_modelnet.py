@@ -16,9 +16,8 @@ Each access samples ``--num-points`` points on the mesh faces (``SamplePoints``,
 workers. RelDrop runs on the collated ``Batch`` in the main process through ``RelevanceLoader``; ``--fill remove``
 really removes the dropped points (variable-size clouds), ``zero`` (the paper) and ``first`` keep ``N``.
 
-Models (``reldrop_transforms.models``, plain PyTorch, no pyg-lib/torch-cluster): ``pointnet`` (attributed by the
-fast exact LRP engine), ``pointnet2`` and ``dgcnn`` (their relative coordinates / edge features are computed outside
-modules, so they are attributed by the zennit backend), ``tiny`` (a small PointNet for tests).
+Models (``reldrop_transforms.models``, plain PyTorch, no pyg-lib/torch-cluster): ``pointnet``, ``pointnet2`` and
+``dgcnn``, all attributed by the fast exact LRP engine (``--backend auto``), and ``tiny`` (a small PointNet for tests).
 
 Example:
     python examples/train_modelnet.py --data-root ~/data/ModelNet40 --name 40 --model pointnet2 \\

@@ -89,7 +89,15 @@ class RelevanceCollate(_DeviceResolver):
         device: Where the batch goes before the transform; the transform's model's device by default.
 
     Example:
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from reldrop_transforms import RelevanceDropout2d
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        ...                             torch.nn.Flatten(), torch.nn.Linear(8, 10))
+        >>> dataset = TensorDataset(torch.randn(100, 3, 16, 16), torch.randint(0, 10, (100,)))
         >>> loader = DataLoader(dataset, batch_size=64, collate_fn=RelevanceCollate(RelevanceDropout2d(model)))
+        >>> images, labels = next(iter(loader))
+        >>> images.shape
+        torch.Size([64, 3, 16, 16])
     """
 
     def __init__(self, transform: Callable, collate_fn: Callable | None = None, device=None) -> None:
@@ -120,10 +128,15 @@ class RelevanceLoader(_DeviceResolver):
         device: Where batches go; the transform's model's device by default (looked up per batch).
 
     Example:
-        >>> train_loader = RelevanceLoader(DataLoader(train_set, batch_size=128, num_workers=4, pin_memory=True),
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from reldrop_transforms import RelevanceDropout2d
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        ...                             torch.nn.Flatten(), torch.nn.Linear(8, 10))
+        >>> train_set = TensorDataset(torch.randn(100, 3, 16, 16), torch.randint(0, 10, (100,)))
+        >>> train_loader = RelevanceLoader(DataLoader(train_set, batch_size=32, shuffle=True),  # workers allowed
         ...                                RelevanceDropout2d(model))
         >>> for images, labels in train_loader:
-        ...     loss = criterion(model(images), labels)
+        ...     loss = torch.nn.functional.cross_entropy(model(images), labels)
     """
 
     def __init__(self, loader, transform: Callable, device=None) -> None:

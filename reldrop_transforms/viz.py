@@ -8,9 +8,12 @@ Example:
     >>> from reldrop_transforms.attribution import relevance
     >>> from reldrop_transforms.functional import relevance_dropout_mask
     >>> from reldrop_transforms import viz
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+    ...                             torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    >>> images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     >>> rel = relevance(model, images, labels)
     >>> mask = relevance_dropout_mask(rel.sum(1), alpha=0.3, beta=0.5)
-    >>> viz.plot_image_relevance(images, rel, mask, mean=MEAN, std=STD, path="relevance.png")
+    >>> figure = viz.plot_image_relevance(images, rel, mask, path="relevance.png")  # doctest: +SKIP
 """
 
 from __future__ import annotations

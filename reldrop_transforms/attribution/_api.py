@@ -87,8 +87,15 @@ def relevance_graph(
         ``{key: relevance}`` with each relevance of the attribute's shape, for the keys present in ``data``.
 
     Example:
+        >>> from torch_geometric.data import Batch, Data
+        >>> from reldrop_transforms.models import PointNet
+        >>> model = PointNet(in_channels=5, num_classes=4)  # xyz and two features per point
+        >>> batch = Batch.from_data_list([Data(pos=torch.randn(n, 3), x=torch.randn(n, 2), y=torch.tensor([1]))
+        ...                               for n in (7, 9)])
         >>> rel = relevance_graph(model, batch, batch.y)
         >>> per_point = rel["pos"].sum(-1) + rel["x"].sum(-1)
+        >>> per_point.shape
+        torch.Size([16])
     """
     attributor = Attributor(model, composite=composite, epsilon=epsilon, backend=backend, dtype=dtype)
     return attributor.attribute_graph(data, targets, keys=keys, forward_fn=forward_fn,

@@ -62,9 +62,17 @@ class RelevanceDropout3d(RelevancePointTransform):
         - PyG: ``Batch`` with ``pos`` (N, 3), optional ``x`` (N, F), ``batch`` (N,); ``y`` (num_graphs,).
 
     Example:
+        >>> import torch_geometric
+        >>> from torch_geometric.data import Data
+        >>> from reldrop_transforms import RelevanceLoader
+        >>> from reldrop_transforms.models import PointNet
+        >>> model = PointNet(in_channels=3, num_classes=4)
+        >>> dataset = [Data(pos=torch.randn(20, 3), y=torch.tensor([i % 4])) for i in range(64)]
         >>> t = RelevanceDropout3d(model, fill="remove")
         >>> for batch in RelevanceLoader(torch_geometric.loader.DataLoader(dataset, batch_size=32), t):
-        ...     loss = criterion(model(batch), batch.y)
+        ...     loss = torch.nn.functional.cross_entropy(model(batch), batch.y)
+        >>> bool(batch.num_nodes < 32 * 20)  # the dropped points are gone
+        True
     """
 
     def __init__(

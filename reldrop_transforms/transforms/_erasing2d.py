@@ -40,6 +40,9 @@ class RelevanceErasing2d(RelevanceImageTransform):
         - images: (B, C, H, W), floating, on the model's device; output the same.
 
     Example:
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        ...                             torch.nn.Flatten(), torch.nn.Linear(8, 10))
+        >>> images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
         >>> t = RelevanceErasing2d(model, p=0.5, scale=(0.02, 0.4), top_k=1)
         >>> images, labels = t(images, labels)
     """

@@ -30,7 +30,14 @@ class RelevanceErasing3d(RelevancePointTransform):
         Other arguments: as :class:`RelevanceDropout3d`.
 
     Example:
+        >>> from torch_geometric.data import Batch, Data
+        >>> from reldrop_transforms.models import PointNet
+        >>> model = PointNet(in_channels=3, num_classes=4)
+        >>> batch = Batch.from_data_list([Data(pos=torch.randn(50, 3), y=torch.tensor([2])) for _ in range(4)])
         >>> t = RelevanceErasing3d(model, radius=(0.1, 0.3), top_k=1, fill="remove")
+        >>> out = t(batch)
+        >>> out.num_graphs, bool(out.num_nodes < batch.num_nodes)
+        (4, True)
     """
 
     def __init__(

@@ -314,10 +314,26 @@ class TestTrainModelNet:
         _check_history(history, [1])
 
     @pytest.mark.parametrize("model", ["pointnet2", "dgcnn"])
-    def test_zennit_models(self, modelnet_root, model):
+    def test_other_models(self, modelnet_root, model):
+        """(Attributed by the fast engine, as every point model: the default backend is auto.)"""
         history = train_modelnet.main(["--data-root", str(modelnet_root), *MODELNET_FAST, "--model", model,
                                        "--num-points", "32", "--limit-batches", "1"])
         _check_history(history, [1])
+
+    def test_num_points_checked(self, modelnet_root, capsys):
+        """(Was: a bare RuntimeError from PyG's SamplePoints, or a misleading 'smaller than one batch'.)"""
+        with pytest.raises(SystemExit):
+            train_modelnet.main(["--data-root", str(modelnet_root), *MODELNET_FAST, "--num-points", "0"])
+        assert "--num-points should be >= 1, but got 0" in capsys.readouterr().err
+
+    def test_resume_another_model(self, modelnet_root, tmp_path):
+        """(Was: torch's load_state_dict size mismatch.)"""
+        checkpoint = tmp_path / "tiny.pt"
+        train_modelnet.main(["--data-root", str(modelnet_root), *MODELNET_FAST, "--checkpoint", str(checkpoint)])
+        with pytest.raises(ValueError, match=r"checkpoint .*tiny.pt was written for --model tiny, not --model "
+                                             r"pointnet"):
+            train_modelnet.main(["--data-root", str(modelnet_root), *MODELNET_FAST, "--model", "pointnet",
+                                 "--checkpoint", str(checkpoint), "--resume", "--epochs", "2"])
 
     def test_missing_files_never_download(self, tmp_path, downloads):
         for _ in range(2):  # PyG leaves an empty raw/ behind: the second run says the same
