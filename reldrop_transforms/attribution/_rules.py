@@ -36,8 +36,10 @@ rule, not Flat), so the zennit backend refuses it, and so it does a BatchNorm me
 merge writes into the computed weight, which the next forward recomputes).
 
 Without an LRP rule, and refused by both backends with the module named: ``nn.MultiheadAttention`` (three
-inputs and softmax attention; zennit's Pass hook cannot handle it), and BatchNorm without running statistics
-(in eval mode it normalises with the statistics of the batch, so relevance would leak between samples).
+inputs and softmax attention; zennit's Pass hook cannot handle it), BatchNorm without running statistics
+(in eval mode it normalises with the statistics of the batch, so relevance would leak between samples), and
+TorchScript or ``torch.compile``'d submodules (their code runs without the Python hooks that apply the rules; a
+wholly compiled model is attributed through the eager module under it).
 """
 
 from __future__ import annotations
@@ -138,6 +140,13 @@ def explanation_problem(model: nn.Module, modules: Sequence[nn.Module] | None = 
 
 
 def _problem(module: nn.Module) -> str | None:
+    if isinstance(module, torch.jit.ScriptModule):
+        return ("is a TorchScript module (torch.jit.script / trace): Python hooks do not run inside it, so no LRP "
+                "rule can be applied to what it computes; attribute the eager module instead")
+    if type(module).__name__ == "OptimizedModule" and isinstance(module._modules.get("_orig_mod"), nn.Module):
+        return ("is a torch.compile'd submodule: its compiled code runs without the hooks that apply the rules; "
+                "compile the whole model instead (attribution runs on the eager module under it) or attribute the "
+                "eager submodule")
     if isinstance(module, nn.MultiheadAttention):
         return ("has no LRP rule (attention mixes three inputs through a softmax; zennit's Pass rule cannot be "
                 "applied to it)")
