@@ -411,6 +411,12 @@ class Attributor:
                 raise ValueError(f"{caller}: `{key}` has {data[key].shape[0]} rows but `pos` has {num_nodes} nodes.")
         return present, check_labels(targets, getattr(data, "num_graphs", 1), "clouds")
 
+    def drawing(self) -> threading.RLock:
+        """A lock for the caller's random draws of one batch (``with attributor.drawing(): ...``): the attribution
+        lock, so that two threads calling one transform with one generator draw each batch's numbers in one piece
+        (the outputs are those of the calls in some order, never a mix)."""
+        return model_lock(unwrap_model(self.model))
+
     def graphs_apply(self, inputs: Tensor) -> bool:
         """Whether :meth:`then` replays a captured CUDA graph for this batch (else it runs eagerly)."""
         return (self.cuda_graphs and inputs.is_cuda and self.dtype is None and self.backend in ("auto", "fast")

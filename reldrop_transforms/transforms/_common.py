@@ -86,8 +86,9 @@ class RelevanceSettings:
         name = type(self).__name__
         attributor = self._attributor
         batch_size = inputs.shape[0]
-        coins = sample_coins(batch_size, self.p, device=inputs.device, generator=self.generator)
-        draws = tuple(draw(batch_size))
+        with attributor.drawing():  # one batch's numbers in one piece, also when threads share the generator
+            coins = sample_coins(batch_size, self.p, device=inputs.device, generator=self.generator)
+            draws = tuple(draw(batch_size))
         if attributor.graphs_apply(inputs):
 
             def post(rel: Tensor, *tensors: Tensor) -> tuple[Tensor]:

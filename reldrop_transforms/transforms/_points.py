@@ -164,8 +164,9 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         labels = self._attributor.check_graph(batch, labels, keys=self.keys, forward_fn=self.forward_fn,
                                               caller=name)[1]
         # the rule for p: coins first, then the draws of the whole batch; every cloud is attributed
-        coins = sample_coins(num_graphs, self.p, device=batch.pos.device, generator=self.generator)
-        draws = self.draw(num_graphs, batch.pos)
+        with self._attributor.drawing():  # one batch's numbers in one piece, also when threads share the generator
+            coins = sample_coins(num_graphs, self.p, device=batch.pos.device, generator=self.generator)
+            draws = self.draw(num_graphs, batch.pos)
 
         def post(rels: dict[str, Tensor], pos: Tensor, batch_vector: Tensor, *tensors: Tensor) -> tuple[Tensor]:
             per_point = sum(r.reshape(r.shape[0], -1).sum(1) for r in rels.values())

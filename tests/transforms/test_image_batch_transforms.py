@@ -12,6 +12,7 @@ import copy
 import PIL.Image
 import pytest
 import torch
+from torch import nn
 from torchvision import tv_tensors
 
 from reldrop_transforms import RelevanceDropout2d, RelevanceErasing2d
@@ -170,3 +171,45 @@ class TestImageBatchTransforms:
                 transform(p=1.0)({"video": video, "labels": labels})
             else:
                 transform(p=1.0)(video, labels)
+
+
+@pytest.mark.parametrize("make", [
+    lambda model, g: RelevanceDropout2d(model, p=0.5, alpha=0.4, generator=g),
+    lambda model, g: RelevanceErasing2d(model, p=0.5, generator=g),
+], ids=["dropout", "erasing"])
+def test_two_threads_sharing_a_generator_draw_in_turn(make):
+    """Two threads calling one transform at once: each batch's coins and noise are drawn in one piece, so the two
+    outputs are those of the calls in one order or the other (was: 65 of 100 pairs matched neither, one call's
+    coins and the other's noise interleaving on the shared generator)."""
+    import sys
+    import threading
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                          nn.Linear(16, 5))
+    a = (torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))
+    b = (torch.randn(4, 3, 8, 8), torch.tensor([4, 3, 2, 1]))
+    t = make(model, torch.Generator().manual_seed(9))
+    a_first = (t(*a)[0], t(*b)[0])
+    t = make(model, torch.Generator().manual_seed(9))
+    later = t(*b)[0]
+    b_first = (t(*a)[0], later)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(30):
+            t = make(model, torch.Generator().manual_seed(9))
+            barrier, out = threading.Barrier(2), {}
+
+            def call(key, sample, t=t, barrier=barrier, out=out):
+                barrier.wait()
+                out[key] = t(*sample)[0]
+
+            threads = [threading.Thread(target=call, args=("a", a)), threading.Thread(target=call, args=("b", b))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            assert any(torch.equal(out["a"], x) and torch.equal(out["b"], y) for x, y in (a_first, b_first))
+    finally:
+        sys.setswitchinterval(interval)
