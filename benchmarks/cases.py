@@ -52,7 +52,7 @@ from reldrop_transforms.attribution import relevance
 from reldrop_transforms.functional import fill_dropped, relevance_dropout_mask
 
 from common import (
-    ALL_VARIANTS, ALPHA, BETA, EPSILON, LEARNING_RATE, MASK_VARIANTS, MASKED_POOL, POINT_STEP_VARIANTS,
+    ALL_VARIANTS, ALPHA, BETA, EPSILON, LEARNING_RATE, MASK_VARIANTS, MaskedPool, POINT_STEP_VARIANTS,
     POINT_VARIANTS, P, SLOW_VARIANTS, STEP_VARIANTS, VARIANTS, Case, ErasingCase, PointCase, published_composite,
     synchronize,
 )
@@ -331,8 +331,7 @@ class Bench:
             for backend in ("fast", "zennit")
         }
         self._mask_relevance: Tensor | None = None
-        self._masked: list[Tensor] | None = None
-        self._masked_turn = -1
+        self._masked = MaskedPool(lambda: self.masked_batch("fast"))
 
     # -- precision --------------------------------------------------------------------------------------------
     def _autocast(self):
@@ -392,11 +391,8 @@ class Bench:
         """The floor, then the plain train step on a batch RelDrop masked (fast engine; the next of
         :data:`common.MASKED_POOL` made on first use): the sequence a RelDrop step with an attribution of exactly one
         floor and a free mask would run; returns the detached loss."""
-        if self._masked is None:
-            self._masked = [self.masked_batch("fast") for _ in range(MASKED_POOL)]
-        self._masked_turn = (self._masked_turn + 1) % len(self._masked)
         self.floor()
-        return self.plain_step(self._masked[self._masked_turn], self.labels)
+        return self.plain_step(self._masked.next(), self.labels)
 
     def published_step(self) -> Tensor:
         """The published pixel variant (re-implemented), then the plain train step; returns the masked batch."""

@@ -49,7 +49,7 @@ from reldrop_transforms.functional import fill_points, keep_least_relevant, rele
 from reldrop_transforms.models import DGCNN, PointNet, PointNet2
 from reldrop_transforms.transforms import RelevanceDropout3d
 
-from common import EPSILON, LEARNING_RATE, MASKED_POOL, POINT_VARIANTS, PointCase, published_composite
+from common import EPSILON, LEARNING_RATE, POINT_VARIANTS, MaskedPool, PointCase, published_composite
 
 __all__ = [
     "POINT_ALPHA", "POINT_BETA", "POINT_P", "PointBench", "build_point_model", "make_clouds", "probe_engine",
@@ -261,8 +261,7 @@ class PointBench:
         self.backend = self._probe_backend()
         self.backend_warnings: list[str] = []
         self._mask_relevance: Tensor | dict[str, Tensor] | None = None
-        self._masked: list[Tensor | Batch] | None = None
-        self._masked_turn = -1
+        self._masked = MaskedPool(self.masked_batch)
 
     @property
     def is_pyg(self) -> bool:
@@ -330,23 +329,16 @@ class PointBench:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return out[0] if isinstance(out, (tuple, list)) else out
 
-    def next_masked(self) -> Tensor | Batch:
-        """The next of :data:`common.MASKED_POOL` batches RelDrop masked (made on first use), in turn."""
-        if self._masked is None:
-            self._masked = [self.masked_batch() for _ in range(MASKED_POOL)]
-        self._masked_turn = (self._masked_turn + 1) % len(self._masked)
-        return self._masked[self._masked_turn]
-
     def plain_masked_step(self) -> Tensor:
-        """The plain step on batches RelDrop masked (:meth:`next_masked`): what training on masked clouds costs
+        """The plain step on batches RelDrop masked (a :class:`common.MaskedPool`): what training on masked clouds costs
         without the attribution; returns the detached loss."""
-        return self.plain_step(self.next_masked())
+        return self.plain_step(self._masked.next())
 
     def floor_then_step(self) -> Tensor:
-        """The floor, then the plain step on a batch RelDrop masked (:meth:`next_masked`): the sequence a RelDrop
+        """The floor, then the plain step on a batch RelDrop masked (a :class:`common.MaskedPool`): the sequence a RelDrop
         step with an attribution of exactly one floor and a free mask stage would run; returns the detached loss."""
         self.floor()
-        return self.plain_step(self.next_masked())
+        return self.plain_step(self._masked.next())
 
     def reldrop_step(self) -> Tensor | Batch:
         """RelDrop on the fixed batch, then the plain step on the masked batch; returns the masked batch."""

@@ -125,7 +125,7 @@ def add_reldrop_arguments(parser: argparse.ArgumentParser, *, alpha: float, beta
     group.add_argument("--beta", type=float, default=beta, help="drop threshold offset")
     group.add_argument("--p", type=float, default=p, help="probability that a sample is masked at all")
     group.add_argument("--epsilon", type=float, default=1e-3, help="stabiliser of the LRP Epsilon rule")
-    group.add_argument("--backend", choices=("auto", "fast", "zennit"), default=None,
+    group.add_argument("--backend", choices=("auto", "fast", "zennit"), default="auto",
                        help="attribution backend (default: auto, the fast LRP engine for the paper's composite)")
     if fill:
         group.add_argument("--fill", type=parse_fill, default="zero",
@@ -417,17 +417,17 @@ def wrap_with_reldrop(args: argparse.Namespace, loader: Iterable, make_transform
 
 
 def image_reldrop(args: argparse.Namespace, model: nn.Module) -> RelevanceDropout2d:
-    """``RelevanceDropout2d`` from the image scripts' options (``--backend`` defaults to ``auto``)."""
+    """``RelevanceDropout2d`` from the image scripts' options."""
     return RelevanceDropout2d(model, alpha=args.alpha, beta=args.beta, p=args.p, epsilon=args.epsilon,
-                              backend=args.backend or "auto", cuda_graphs=args.cuda_graphs)
+                              backend=args.backend, cuda_graphs=args.cuda_graphs)
 
 
 def point_cloud_reldrop(args: argparse.Namespace, model: nn.Module):
-    """``RelevanceDropout3d`` from the point-cloud scripts' options (``--backend`` defaults to ``auto``)."""
+    """``RelevanceDropout3d`` from the point-cloud scripts' options."""
     from reldrop_transforms.transforms import RelevanceDropout3d
 
     return RelevanceDropout3d(model, alpha=args.alpha, beta=args.beta, p=args.p, fill=args.fill,
-                              epsilon=args.epsilon, backend=args.backend or "auto")
+                              epsilon=args.epsilon, backend=args.backend)
 
 
 def build_point_model(name: str, in_channels: int, num_classes: int) -> nn.Module:

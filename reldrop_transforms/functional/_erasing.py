@@ -100,8 +100,8 @@ def _top_indices(flat: Tensor, k: int) -> Tensor:
     :func:`relevance_ball_mask` ranks points; ``topk`` leaves the order of ties unspecified, and it differs between
     devices), without sorting the rows: the ``k``-th largest value, every index above it and the first indices
     equal to it."""
-    if k == 1 or flat.shape[0] == 0:
-        return flat.argmax(1, keepdim=True) if flat.shape[1] else flat.new_zeros((flat.shape[0], k), dtype=torch.long)
+    if k == 1:  # (argmax returns the first maximum)
+        return flat.argmax(1, keepdim=True)
     kth = flat.topk(k, dim=1).values[:, -1:]
     above = flat > kth
     ties = flat == kth

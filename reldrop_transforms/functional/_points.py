@@ -121,17 +121,23 @@ def _counts_nodes(batch, key: str, value: Tensor, inc) -> bool:
     return bool(num_nodes) and bool(torch.as_tensor(batch.__inc__(key, value)).eq(num_nodes).all())
 
 
+def _followed_key(name: str, slices: dict) -> str | None:
+    """The ``key`` whose ``follow_batch`` attribute ``name`` is (``<key>_batch`` / ``<key>_ptr``: they have no slices
+    of their own, ``get_example`` does not know them), or ``None``."""
+    if name in slices:
+        return None
+    for suffix in ("_batch", "_ptr"):
+        if name.endswith(suffix) and name[:-len(suffix)] in slices:
+            return name[:-len(suffix)]
+    return None
+
+
 def followed_keys(batch) -> dict[str, str]:
     """The ``<key>_batch`` / ``<key>_ptr`` attributes that ``follow_batch`` added to a PyG ``Batch`` -> their
-    ``key`` (they have no slices of their own: ``get_example`` does not know them)."""
+    ``key``."""
     slices = getattr(batch, "_slice_dict", None) or {}
-    followed = {}
     names = batch.keys()  # (iterating a Batch gives its items)
-    for name in names:
-        for suffix in ("_batch", "_ptr"):
-            if name.endswith(suffix) and name not in slices and name[:-len(suffix)] in slices:
-                followed[name] = name[:-len(suffix)]
-    return followed
+    return {name: key for name in names if (key := _followed_key(name, slices)) is not None}
 
 
 def is_node_attribute(batch, key: str, value) -> bool:
@@ -143,7 +149,7 @@ def is_node_attribute(batch, key: str, value) -> bool:
         return False
     slices = getattr(batch, "_slice_dict", None) or {}
     if key not in slices:
-        return key not in followed_keys(batch)
+        return _followed_key(key, slices) is None
     reference = slices.get("pos")
     return reference is None or torch.equal(slices[key], reference)
 
