@@ -567,7 +567,7 @@ class Attributor:
                 with _attribution_state(module, modules, keep_values=True):
                     rels = zennit_relevance(module, leaves, lambda: call(*leaves), grad_output_fn, self.composite,
                                             self.epsilon, self._rule_types())
-        return tuple(r.detach() for r in rels)
+        return tuple(_own_memory(r.detach(), leaf) for r, leaf in zip(rels, leaves))
 
     def _rule_types(self) -> RuleTypes:
         """The rule types, kept across calls (they cache each module class's rule); renewed when torch_geometric
@@ -593,6 +593,15 @@ def _attribution_state(module: nn.Module, modules: Sequence[nn.Module], *, keep_
                 each._backward_hooks.clear()
                 each._backward_pre_hooks.clear()
         yield
+
+
+def _own_memory(rel: Tensor, leaf: Tensor) -> Tensor:
+    """``rel`` in memory of its own, laid out as ``leaf`` (the input's copy): a backward may hand back a broadcast
+    view (Flat spreads one channel over every input channel), which in-place operations refuse, or a slice of a
+    larger tensor (the zennit backend's graph inputs), which ``view`` refuses."""
+    if rel.stride() == leaf.stride():
+        return rel
+    return torch.empty_like(leaf, dtype=rel.dtype).copy_(rel)
 
 
 def _num_outputs(logits) -> int:

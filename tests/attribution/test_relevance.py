@@ -141,6 +141,22 @@ class TestRelevance:
         assert x._version == version and torch.equal(x.detach(), copy)
         assert x.grad is None and not rel.requires_grad and rel.grad_fn is None
 
+    @pytest.mark.parametrize("backend", ["fast", "zennit"])
+    @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+    def test_relevance_has_memory_of_its_own(self, backend, layout):
+        # Flat spreads one channel over the input's channels: that broadcast view (stride 0) used to come back,
+        # and rel.view(B, -1) or rel.mul_(2) raised inside torch.
+        model = small_cnn()
+        x = torch.randn(2, 3, 16, 16)
+        if layout == "channels_last":
+            model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+        rel = relevance(model, x, torch.tensor([0, 1]), backend=backend)
+        assert rel.stride() == x.stride()
+        expected = rel.clone()
+        assert torch.equal(rel.view(2, -1) if layout == "contiguous" else rel.reshape(2, -1), expected.reshape(2, -1))
+        rel.mul_(2)
+        assert torch.equal(rel, 2 * expected)
+
     def test_dataparallel_wrapper_is_unwrapped(self):
         model = warm_up_batchnorm(small_cnn())
         x = torch.randn(2, 3, 16, 16)

@@ -130,6 +130,18 @@ class TestRelevanceGraph:
             assert ref[key].abs().sum() > 0
             assert rel_l2(fast[key], ref[key]) <= 1e-9, key
 
+    @pytest.mark.parametrize("backend", ["fast", "zennit"])
+    def test_relevance_has_memory_of_its_own(self, backend):
+        # Flat on a first Linear spreads one column over every input feature: a broadcast view used to come back
+        model = PointNetLike(in_channels=5).double()
+        batch = make_batch(features=2)
+        rels = relevance_graph(model, batch, batch.y, backend=backend)
+        for key, rel in rels.items():
+            assert rel.stride() == batch[key].stride(), key
+            expected = rel.clone()
+            rel.add_(1)
+            assert torch.equal(rel, expected + 1), key
+
     def test_auto_is_fast_and_predicted_class(self):
         model = PointNetLike(seed=3).double()
         batch = make_batch(seed=3)
