@@ -125,9 +125,8 @@ class _TensorRecord:
         tensor = self.tensor
         if tensor.data_ptr() != self.data_ptr or tensor.shape != self.data.shape:
             tensor.data = self.data
-        if self.values is not None and not torch.equal(tensor, self.values):
-            # In place on `.data`: the parameter's autograd version counter is not bumped.
-            tensor.data.copy_(self.values)
+        if self.values is not None:
+            self.restore_values(self.values)
         if tensor.requires_grad != self.requires_grad:
             tensor.requires_grad_(self.requires_grad)
         if tensor.grad is not self.grad:
@@ -139,6 +138,42 @@ class _TensorRecord:
         elif hooks is not None and dict(hooks) != self.hooks:
             hooks.clear()
             hooks.update(self.hooks)
+
+    def restore_values(self, values: torch.Tensor) -> None:
+        if not torch.equal(self.tensor, values):
+            # In place on `.data`: the parameter's autograd version counter is not bumped.
+            self.tensor.data.copy_(values)
+
+
+def _joined(tensors: list, ndim: int) -> torch.Tensor:
+    return torch.stack(tensors) if ndim == 0 else torch.cat(tensors)
+
+
+class _ValueSnapshot:
+    """The values of many small tensors (a model's buffers: BatchNorm statistics, counters) in one copy per kind
+    (device, dtype; 0-d or 1-d): one ``stack``/``cat`` to record them, one more and one ``equal`` to check them,
+    instead of a clone and an ``equal`` each. The records of changed tensors put their values back."""
+
+    __slots__ = ("groups",)
+
+    def __init__(self, records: Sequence[_TensorRecord]) -> None:
+        kinds: dict = {}
+        for record in records:
+            tensor = record.tensor
+            kinds.setdefault((tensor.device, tensor.dtype, tensor.ndim), []).append(record)
+        self.groups = [(group, ndim, _joined([record.data for record in group], ndim))
+                       for (_, _, ndim), group in kinds.items()]  # (records, ndim, their values in one tensor)
+
+    def restore(self) -> None:
+        """(After every record's storage and shape are back: see :func:`preserved_model_state`.)"""
+        for group, ndim, values in self.groups:
+            if torch.equal(_joined([record.tensor for record in group], ndim), values):
+                continue
+            offset = 0
+            for record in group:  # something changed (or a value is NaN, which never equals itself): one by one
+                size = record.data.numel()
+                record.restore_values(values[offset:offset + size].view_as(record.data))
+                offset += size
 
 
 @contextlib.contextmanager
@@ -158,14 +193,22 @@ def preserved_model_state(model: nn.Module, *, keep_values: bool = True,
         modules: ``model.modules()``, when the caller has them.
     """
     modules = [_ModuleRecord(module) for module in (model.modules() if modules is None else modules)]
+    # While a CUDA graph is being captured nothing runs (the graph's writes happen at each replay), and comparing
+    # values would synchronise, which a capture refuses: values are then neither recorded nor compared.
+    values_too = not (torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing())
     seen: set[int] = set()
-    tensors = []
+    tensors, batched = [], []
     for record in modules:
-        for container, keep in (("_parameters", keep_values), ("_buffers", True)):
+        for container, keep in (("_parameters", keep_values and values_too), ("_buffers", values_too)):
             for tensor in record.attributes.get(container, {}).values():
                 if tensor is not None and id(tensor) not in seen:
                     seen.add(id(tensor))
-                    tensors.append(_TensorRecord(tensor, keep))
+                    small = keep and tensor.ndim <= 1 and tensor.layout == torch.strided \
+                        and tensor.device.type != "meta" and not tensor.is_quantized
+                    tensors.append(_TensorRecord(tensor, keep and not small))
+                    if small:
+                        batched.append(tensors[-1])
+    values = _ValueSnapshot(batched)
     try:
         yield model
     finally:
@@ -174,3 +217,4 @@ def preserved_model_state(model: nn.Module, *, keep_values: bool = True,
                 record.restore()
             for tensor_record in tensors:
                 tensor_record.restore()
+            values.restore()

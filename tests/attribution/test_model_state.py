@@ -219,6 +219,47 @@ def test_buffers_written_by_the_forward_are_restored(backend):
     assert int(model.calls) == 1
 
 
+class _ManyBuffers(nn.Module):
+    """Buffers of every kind the state guard snapshots together (0-d and 1-d, float, long, bool, on one device) and
+    apart (2-d), written by the forward in place, through ``.data`` and not at all; one holds a NaN."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.register_buffer("scale", torch.tensor(2.0))
+        self.register_buffer("stat", torch.arange(5.0))
+        self.register_buffer("flags", torch.tensor([True, False, True]))
+        self.register_buffer("table", torch.ones(2, 3))
+        self.register_buffer("untouched", torch.tensor([1.0, float("nan"), 3.0]))
+        self.register_buffer("steps", torch.arange(4))
+        self.register_buffer("kept", torch.ones(3))  # next to stat, which changes
+
+    def forward(self, x):
+        self.calls += 1
+        self.stat.data.mul_(3)  # not seen by autograd's version counter
+        self.flags.logical_not_()
+        self.table[0, 1] = 7.0
+        self.scale.data.fill_(-1.0)
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("backend", ["fast", "zennit"])
+def test_buffers_of_every_kind_are_restored_and_unchanged_ones_not_rewritten(backend):
+    model = _ManyBuffers()
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    objects = dict(model.named_buffers())
+    versions = {name: buffer._version for name, buffer in model.named_buffers()}
+    relevance(model, torch.randn(2, 4), torch.tensor([0, 2]), backend=backend)
+    for name, buffer in model.named_buffers():
+        assert buffer is objects[name], name
+        assert torch.equal(buffer, before[name]) or name == "untouched", name
+    assert torch.equal(model.untouched.isnan(), before["untouched"].isnan())
+    assert torch.equal(model.untouched.nan_to_num(), before["untouched"].nan_to_num())
+    assert model.steps._version == versions["steps"] and model.kept._version == versions["kept"]  # equal values
+    # are left alone
+
+
 def test_set_eval_sets_every_flag_and_respects_train_overrides():
     from reldrop_transforms.attribution._state import set_eval
 
