@@ -47,9 +47,17 @@ def check_generator(generator: Any) -> torch.Generator | None:
     return generator
 
 
+AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
 def check_dtype(dtype: Any) -> torch.dtype | None:
+    """An autocast precision: ``torch.bfloat16``, ``torch.float16`` or ``None`` (autocast off). Others are refused:
+    autocast would warn and run in the model's own precision instead."""
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype should be a torch.dtype or None, but got {type(dtype).__name__}.")
+    if dtype is not None and dtype not in AUTOCAST_DTYPES:
+        raise ValueError(f"dtype should be one of autocast's precisions, torch.bfloat16 or torch.float16 (or None: "
+                         f"the model's own precision), but got {dtype}.")
     return dtype
 
 

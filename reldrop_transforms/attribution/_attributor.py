@@ -151,6 +151,27 @@ def check_finite_batch(inputs: Tensor | None, targets: Tensor | None, caller: st
             )
 
 
+def check_index(index, batch_size: int, device: torch.device, *, in_range: bool = True) -> Tensor:
+    """``index`` of :meth:`Attributor.__call__` as int64 row numbers on ``device``: a 1-d integer tensor (each in
+    ``[0, batch_size)``, checked with ``in_range``: one synchronisation) or a boolean mask ``(batch_size,)``."""
+    if not isinstance(index, Tensor):
+        raise TypeError(f"index should be a 1-d tensor of row numbers or a boolean mask, but got "
+                        f"{type(index).__name__}.")
+    if index.dtype == torch.bool:
+        if index.shape != (batch_size,):
+            raise ValueError(f"a boolean index should have the batch's shape ({batch_size},), but got "
+                             f"{tuple(index.shape)}.")
+        return index.to(device).nonzero().view(-1)
+    if index.dtype.is_floating_point or index.dtype.is_complex or index.ndim != 1:
+        raise ValueError(f"index should be a 1-d integer tensor of row numbers or a boolean mask, but got a "
+                         f"{index.ndim}-d {index.dtype} tensor.")
+    index = index.to(device=device, dtype=torch.long)
+    if in_range and index.numel() and not bool(((index >= 0) & (index < batch_size)).all()):
+        raise ValueError(f"index should hold row numbers in [0, {batch_size}) for a batch of {batch_size}, but got "
+                         f"{index.min().item()}..{index.max().item()}.")
+    return index
+
+
 def check_finite(rel: Tensor, caller: str = "relevance", index: Tensor | None = None) -> None:
     """Raise a ValueError naming the samples whose relevance is NaN or infinite (one synchronisation).
 
@@ -292,7 +313,8 @@ class Attributor:
             inputs: The batch ``(B, *)``, floating, on the model's device.
             targets: Class indices ``(B,)``, one-hot or soft labels ``(B, K)`` (the output relevance as given), or
                 ``None`` for the predicted class. All ``B`` are validated, also with ``index``.
-            index: Attribute only these rows (e.g. the samples whose coin came up); the result has one row each.
+            index: Attribute only these rows (e.g. the samples whose coin came up): a 1-d integer tensor of row
+                numbers in ``[0, B)``, or a boolean mask ``(B,)``; the result has one row each.
             check_finite: Raise a ``ValueError`` naming the samples whose relevance is NaN or infinite (one
                 host-device synchronisation).
             caller: The name used in error messages.
@@ -309,6 +331,7 @@ class Attributor:
         module = unwrap_model(self.model)
         selected, selected_targets = inputs, targets
         if index is not None:
+            index = check_index(index, inputs.shape[0], inputs.device, in_range=not checked)
             selected = inputs.index_select(0, index)
             selected_targets = None if targets is None else targets.index_select(0, index.to(targets.device))
             if selected.shape[0] == 0:  # still run the model on a sample, and validate every label against its
@@ -440,8 +463,8 @@ class Attributor:
         module = unwrap_model(self.model)
 
         def attribute(static: tuple[Tensor, ...], grad_output_fn: Callable) -> tuple[Tensor, ...]:
-            leaf = static[0].detach().requires_grad_(True)
-            return fast_relevance(module, (leaf,), lambda: module(leaf), grad_output_fn, self.epsilon,
+            leaves = fresh_leaves(static[:1])
+            return fast_relevance(module, leaves, lambda: module(*fed_copies(leaves)), grad_output_fn, self.epsilon,
                                   self._rule_types())
 
         outputs = self._replay(module, (inputs,), targets, inputs.shape[0], attribute,
@@ -473,11 +496,11 @@ class Attributor:
             view = copy.copy(data)
             for name, tensor in zip(names, static):
                 view[name] = tensor
-            leaves = tuple(view[k].detach().requires_grad_(True) for k in present)
-            for name, leaf in zip(present, leaves):
-                view[name] = leaf
+            leaves = fresh_leaves([view[k] for k in present])
 
             def call() -> Tensor:
+                for name, fed in zip(present, fed_copies(leaves)):
+                    view[name] = fed
                 return module(view) if forward_fn is None else forward_fn(module, view)
 
             return fast_relevance(module, leaves, call, grad_output_fn, self.epsilon, self._rule_types())
@@ -551,23 +574,21 @@ class Attributor:
         with model_lock(module), torch.inference_mode(False), torch.enable_grad(), autocast:
             modules = tuple(module.modules())  # one walk of the tree for the checks, the guard and the engine
             _check_explainable(module, modules)
-            # Fresh leaves: never the caller's tensor objects, nor their storage (a forward may change its input in
-            # place: an in-place activation or clamp), nor their autograd graph (nor inference tensors).
-            leaves = tuple((x.clone() if x.is_inference() else x.detach().clone()).requires_grad_(True)
-                           for x in inputs)
+            leaves = fresh_leaves(inputs)
             if use_fast:
                 with _attribution_state(module, modules, keep_values=False):
                     try:
-                        rels = fast_relevance(module, leaves, lambda: call(*leaves), grad_output_fn, self.epsilon,
-                                              self._rule_types(), modules, self.__dict__.setdefault("_hints", {}))
+                        rels = fast_relevance(module, leaves, lambda: call(*fed_copies(leaves)), grad_output_fn,
+                                              self.epsilon, self._rule_types(), modules,
+                                              self.__dict__.setdefault("_hints", {}))
                     except UnsupportedModel as error:
                         raise ValueError(f"this {type(module).__name__} cannot be explained with LRP: {error}.") \
                             from None
             else:
                 with _attribution_state(module, modules, keep_values=True):
-                    rels = zennit_relevance(module, leaves, lambda: call(*leaves), grad_output_fn, self.composite,
-                                            self.epsilon, self._rule_types())
-        return tuple(_own_memory(r.detach(), leaf) for r, leaf in zip(rels, leaves))
+                    rels = zennit_relevance(module, leaves, lambda: call(*fed_copies(leaves)), grad_output_fn,
+                                            self.composite, self.epsilon, self._rule_types())
+            return tuple(_own_memory(r.detach(), leaf) for r, leaf in zip(rels, leaves))
 
     def _rule_types(self) -> RuleTypes:
         """The rule types, kept across calls (they cache each module class's rule); renewed when torch_geometric
@@ -595,12 +616,26 @@ def _attribution_state(module: nn.Module, modules: Sequence[nn.Module], *, keep_
         yield
 
 
+def fresh_leaves(inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """The leaves relevance is computed for: never the caller's tensor objects, nor their autograd graph (nor
+    inference tensors). They share the caller's storage, which nothing writes: the model is fed
+    :func:`fed_copies` of them."""
+    return tuple((x.clone() if x.is_inference() else x.detach()).requires_grad_(True) for x in inputs)
+
+
+def fed_copies(leaves: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """What a forward of the model gets: fresh copies of the leaves (one each per forward), which it may change in
+    place (``x.sub_(mean)``, a pre-hook's ``clamp_``: autograd refuses that on a leaf or a view of one) without
+    touching the caller's tensors or another forward's input."""
+    return tuple(leaf.clone() for leaf in leaves)
+
+
 def _own_memory(rel: Tensor, leaf: Tensor) -> Tensor:
     """``rel`` in memory of its own, laid out as ``leaf`` (the input's copy): a backward may hand back a broadcast
     view (Flat spreads one channel over every input channel), which in-place operations refuse, or a slice of a
     larger tensor (the zennit backend's graph inputs), which ``view`` refuses."""
-    if rel.stride() == leaf.stride():
-        return rel
+    if rel.stride() == leaf.stride() and all(stride or size < 2 for stride, size in zip(rel.stride(), rel.shape)):
+        return rel  # (a broadcast input, e.g. expanded over its channels, gets dense relevance all the same)
     return torch.empty_like(leaf, dtype=rel.dtype).copy_(rel)
 
 

@@ -312,11 +312,7 @@ def zennit_relevance(
     custom = isinstance(composite, Composite)
     canonizers = []
     if not custom:
-        values = [leaf.detach().clone() for leaf in leaves]  # (a forward may change its input in place)
-        pairs, calls = _probe(model, call, types)
-        with torch.no_grad():
-            for leaf, value in zip(leaves, values):
-                leaf.copy_(value)
+        pairs, calls = _probe(model, call, types)  # (each call() feeds the model copies of the leaves of its own)
         shared = [(name, calls[m]) for name, m in model.named_modules() if calls.get(m, 0) > 1]
         if shared:
             name, count = shared[0]

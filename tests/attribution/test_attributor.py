@@ -42,6 +42,26 @@ class TestAttributor:
             with pytest.raises(ValueError, match=r"class indices in \[0, 4\].*\[99\]"):
                 Attributor(model)(x, torch.tensor([0, 1, 99]), index=index)
 
+    def test_index_as_a_boolean_mask_or_other_integers(self):
+        model = bn_model()
+        x, targets = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+        expected = Attributor(model)(x, targets, index=torch.tensor([1, 3]))
+        for index in (torch.tensor([False, True, False, True]), torch.tensor([1, 3], dtype=torch.int32)):
+            torch.testing.assert_close(Attributor(model)(x, targets, index=index), expected, rtol=0, atol=0)
+
+    @pytest.mark.parametrize("index, error, match", [
+        ([1, 3], TypeError, "index should be a 1-d tensor of row numbers or a boolean mask, but got list"),
+        (torch.tensor([1, 9]), ValueError, r"row numbers in \[0, 4\) for a batch of 4, but got 1..9"),
+        (torch.tensor([-1]), ValueError, r"row numbers in \[0, 4\)"),
+        (torch.tensor([[1, 3]]), ValueError, "1-d integer tensor .* but got a 2-d torch.int64"),
+        (torch.tensor([1.0]), ValueError, "1-d integer tensor .* but got a 1-d torch.float32"),
+        (torch.tensor([True, False]), ValueError, r"boolean index should have the batch's shape \(4,\), but got \(2,\)"),
+    ])
+    def test_bad_index(self, index, error, match):
+        # (were torch's own errors from index_select: "Expected dtype int32 or int64", "index out of range in self")
+        with pytest.raises(error, match=match):
+            Attributor(bn_model())(torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]), index=index)
+
     def test_rebinding_and_copies(self):
         model = bn_model()
         attributor = Attributor(model)
@@ -112,6 +132,9 @@ class TestAttributor:
         (dict(backend="gpu"), ValueError, "backend should be one of"),
         (dict(epsilon=-1), ValueError, "epsilon should be a number >= 0"),
         (dict(dtype="bf16"), TypeError, "dtype should be a torch.dtype"),
+        # autocast has no such precision: torch only warned and ran in the model's own (the setting did nothing)
+        (dict(dtype=torch.int32), ValueError, r"autocast's precisions.*but got torch.int32"),
+        (dict(dtype=torch.float64), ValueError, r"autocast's precisions.*but got torch.float64"),
         (dict(cuda_graphs=1), TypeError, "cuda_graphs should be a bool"),
         (dict(backend="fast", composite="epsilon_plus_flat"), ValueError, "backend='fast' computes the composites"),
     ])

@@ -157,6 +157,49 @@ class TestRelevance:
         rel.mul_(2)
         assert torch.equal(rel, 2 * expected)
 
+    @pytest.mark.parametrize("backend", ["fast", "zennit"])
+    def test_a_forward_may_change_its_input_in_place(self, backend):
+        # x.sub_(mean).div_(std) in forward, a pre-hook's clamp_: autograd refused that on the leaf ("a leaf
+        # Variable that requires grad is being used in an in-place operation"); the model now gets a copy
+        class InPlace(nn.Module):
+            def __init__(self, in_place):
+                super().__init__()
+                self.in_place = in_place
+                self.register_buffer("mean", torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1).double())
+                self.register_buffer("std", torch.tensor([0.2, 0.3, 0.25]).view(1, 3, 1, 1).double())
+                self.conv = nn.Conv2d(3, 4, 3)
+                self.fc = nn.Linear(4, 5)
+
+            def forward(self, x):
+                x = x.sub_(self.mean).div_(self.std) if self.in_place else (x - self.mean) / self.std
+                return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+        torch.manual_seed(0)
+        model = InPlace(True).double().eval()
+        twin = copy.deepcopy(model)
+        twin.in_place = False
+        x, targets = torch.rand(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1])
+        before = x.clone()
+        expected = zennit_oracle(twin, x, targets, paper_composite(1e-3, []))
+        torch.testing.assert_close(relevance(model, x, targets, backend=backend), expected, rtol=1e-9, atol=0)
+        model.in_place = False
+        handle = model.register_forward_pre_hook(lambda module, args: args[0].clamp_(0.25, 0.75))
+        clamped = relevance(twin, x.clamp(0.25, 0.75), targets, backend=backend)
+        clamped = torch.where((x > 0.25) & (x < 0.75), clamped, torch.zeros_like(clamped))  # clamp's gradient
+        torch.testing.assert_close(relevance(model, x, targets, backend=backend), clamped, rtol=1e-9, atol=1e-15)
+        handle.remove()
+        assert torch.equal(x, before)
+
+    @pytest.mark.parametrize("backend", ["fast", "zennit"])
+    def test_not_an_inference_tensor_under_inference_mode(self, backend):
+        # the fast engine's relevance was copied (see test_relevance_has_memory_of_its_own) after leaving the
+        # inference_mode(False) block: an inference tensor, which autograd later refused to save
+        model = small_cnn()
+        with torch.inference_mode():
+            rel = relevance(model, torch.randn(2, 3, 16, 16), torch.tensor([0, 1]), backend=backend)
+        assert not rel.is_inference()
+        (torch.ones(1, requires_grad=True) * rel.sum()).backward()
+
     def test_dataparallel_wrapper_is_unwrapped(self):
         model = warm_up_batchnorm(small_cnn())
         x = torch.randn(2, 3, 16, 16)
