@@ -81,16 +81,21 @@ def check_inputs(model: nn.Module, inputs: Tensor, *, caller: str = "relevance")
         )
 
 
+def _soft_label_shape(targets: Tensor, num_classes: int) -> str:
+    message = (f"soft labels should have shape (B, K) = ({targets.shape[0]}, {num_classes}) (the model has "
+               f"{num_classes} outputs), but got {tuple(targets.shape)}.")
+    if targets.shape[1] == 1:  # class indices in a column, as PyG's y = [[c]] collates
+        message += " Class indices should have shape (B,): labels.squeeze(1)."
+    return message
+
+
 def check_class_range(targets: Tensor | None, num_classes: int) -> None:
     """Class indices lie in [0, num_classes); soft labels have ``num_classes`` columns."""
     if targets is None:
         return
     if targets.ndim == 2:
         if targets.shape[1] != num_classes:
-            raise ValueError(
-                f"soft labels should have shape (B, K) = ({targets.shape[0]}, {num_classes}) (the model has "
-                f"{num_classes} outputs), but got {tuple(targets.shape)}."
-            )
+            raise ValueError(_soft_label_shape(targets, num_classes))
         return
     outside = (targets < 0) | (targets >= num_classes)
     if bool(outside.any()):
@@ -667,7 +672,7 @@ def _output_relevance_nosync(logits: Tensor, targets: Tensor | None) -> tuple[Te
         targets = logits.detach().argmax(1)
     if targets.ndim == 2:
         if targets.shape != logits.shape:
-            raise ValueError(f"soft labels should have shape {tuple(logits.shape)}, but got {tuple(targets.shape)}.")
+            raise ValueError(_soft_label_shape(targets, num_classes))
         return targets.to(logits.dtype), valid
     classes = torch.arange(num_classes, device=logits.device)
     valid = ((targets >= 0) & (targets < num_classes)).all()

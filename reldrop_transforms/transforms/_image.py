@@ -60,6 +60,8 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         return ", ".join(part for part in (super().extra_repr(), settings) if part)
 
     def forward(self, *inputs: Any) -> Any:
+        if not inputs:
+            raise TypeError(f"{type(self).__name__} expects a batch of images (and labels), but got no input.")
         sample = inputs if len(inputs) > 1 else inputs[0]
         flat_inputs, spec = tree_flatten(sample)
         name = type(self).__name__

@@ -140,9 +140,7 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
             return sample
         out = fill_points(channels_last, mask, self.fill)
         out = out.transpose(1, 2) if self.channels_first else out
-        if isinstance(sample, (tuple, list)):
-            return type(sample)([out, *sample[1:]])
-        return out
+        return _with_first(sample, out)
 
     # -- PyG -------------------------------------------------------------------------------------------------
     def _call_pyg(self, sample: Any, data: BaseData) -> Any:
@@ -179,9 +177,7 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
             mask = mask & coins[batch.batch]
         out = self._apply_pyg(batch, mask)
         out = _single_example(data, batch, out) if single else out
-        if isinstance(sample, (tuple, list)):
-            return type(sample)([out, *sample[1:]])
-        return out
+        return _with_first(sample, out)
 
     def _apply_pyg(self, batch: Batch, mask: Tensor) -> Batch:
         if self.fill == "remove":
@@ -195,6 +191,16 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
                 continue
             out[key] = fill_points(value, mask, self.fill, batch=batch.batch, num_segments=batch.num_graphs)
         return out
+
+
+def _with_first(sample: Any, out: Any) -> Any:
+    """``sample`` with its first entry replaced by ``out`` (a tuple, list or namedtuple of its own type), or ``out``
+    when the sample is the points themselves."""
+    if not isinstance(sample, (tuple, list)):
+        return out
+    if hasattr(type(sample), "_make"):  # a namedtuple: its fields are separate arguments of its constructor
+        return type(sample)._make([out, *sample[1:]])
+    return type(sample)([out, *sample[1:]])
 
 
 def _single_example(data: BaseData, batch: Batch, out: Batch) -> BaseData:

@@ -195,6 +195,8 @@ class TestValidationBeforeCoins:
         (torch.tensor([0.0, 1.0, 2.0, 3.0]), TypeError, "should be integer class indices"),
         (torch.tensor([0, 1, 2]), ValueError, r"labels of shape \(3,\) do not match a batch of 4"),
         (torch.zeros(4, 3), ValueError, r"soft labels should have shape \(B, K\) = \(4, 5\)"),
+        (torch.zeros(4, 1, dtype=torch.long), ValueError, r"but got \(4, 1\)\. Class indices should have shape "
+                                                          r"\(B,\): labels\.squeeze\(1\)"),
     ])
     def test_same_error_for_every_seed_and_p(self, name, labels, error, match):
         model = bn_model()

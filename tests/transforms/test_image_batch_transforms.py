@@ -156,6 +156,10 @@ class TestImageBatchTransforms:
         with pytest.raises(ValueError, match=match):
             transform(p=1.0, value=(1.0, 2.0))(images, labels)
 
+    def test_no_input(self, transform_cls, model):
+        with pytest.raises(TypeError, match=f"{transform_cls.__name__} expects a batch of images .* but got no input"):
+            transform_cls(model)()  # (was IndexError: tuple index out of range)
+
     def test_pil_image(self, transform_cls, model):
         with pytest.raises(TypeError, match="works on batched tensors, but got a PIL image"):
             transform_cls(model, p=1.0)(PIL.Image.new("RGB", (12, 12)), torch.tensor([0]))
