@@ -636,7 +636,7 @@ def fed_copies(leaves: Sequence[Tensor]) -> tuple[Tensor, ...]:
 
 
 def _own_memory(rel: Tensor, leaf: Tensor) -> Tensor:
-    """``rel`` in memory of its own, laid out as ``leaf`` (the input's copy): a backward may hand back a broadcast
+    """``rel`` in memory of its own, laid out as ``leaf`` (as the input): a backward may hand back a broadcast
     view (Flat spreads one channel over every input channel), which in-place operations refuse, or a slice of a
     larger tensor (the zennit backend's graph inputs), which ``view`` refuses."""
     if rel.stride() == leaf.stride() and all(stride or size < 2 for stride, size in zip(rel.stride(), rel.shape)):
