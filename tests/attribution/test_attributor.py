@@ -133,8 +133,8 @@ class TestAttributor:
         (dict(epsilon=-1), ValueError, "epsilon should be a number >= 0"),
         (dict(dtype="bf16"), TypeError, "dtype should be a torch.dtype"),
         # autocast has no such precision: torch only warned and ran in the model's own (the setting did nothing)
-        (dict(dtype=torch.int32), ValueError, r"autocast's precisions.*but got torch.int32"),
-        (dict(dtype=torch.float64), ValueError, r"autocast's precisions.*but got torch.float64"),
+        ({"dtype": torch.int32}, ValueError, r"autocast's precisions.*but got torch.int32"),
+        ({"dtype": torch.float64}, ValueError, r"autocast's precisions.*but got torch.float64"),
         (dict(cuda_graphs=1), TypeError, "cuda_graphs should be a bool"),
         (dict(backend="fast", composite="epsilon_plus_flat"), ValueError, "backend='fast' computes the composites"),
     ])
@@ -195,8 +195,8 @@ class TestValidationBeforeCoins:
         (torch.tensor([0.0, 1.0, 2.0, 3.0]), TypeError, "should be integer class indices"),
         (torch.tensor([0, 1, 2]), ValueError, r"labels of shape \(3,\) do not match a batch of 4"),
         (torch.zeros(4, 3), ValueError, r"soft labels should have shape \(B, K\) = \(4, 5\)"),
-        (torch.zeros(4, 1, dtype=torch.long), ValueError, r"but got \(4, 1\)\. Class indices should have shape "
-                                                          r"\(B,\): labels\.squeeze\(1\)"),
+        (torch.zeros(4, 1, dtype=torch.long), ValueError,
+         r"but got \(4, 1\)\. Class indices should have shape \(B,\): labels\.squeeze\(1\)"),
     ])
     def test_same_error_for_every_seed_and_p(self, name, labels, error, match):
         model = bn_model()
