@@ -36,8 +36,10 @@ def check_backend(backend: Any) -> str:
 
 
 def check_epsilon(epsilon: Any) -> float:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not epsilon >= 0:
-        raise ValueError(f"epsilon should be a number >= 0, but got {epsilon!r} instead.")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
+        raise TypeError(f"epsilon should be a number >= 0, but got {type(epsilon).__name__} {epsilon!r}.")
+    if not (epsilon >= 0 and math.isfinite(epsilon)):
+        raise ValueError(f"epsilon should be a number >= 0 (and finite), but got {epsilon!r} instead.")
     return float(epsilon)
 
 
@@ -79,7 +81,9 @@ def check_keys(keys: Any) -> tuple[str, ...]:
 def check_positive_int(name: str, value: Any) -> int:
     """An integer >= 1 (``int``, or an integral scalar such as ``numpy.int64``; ``bool`` is not accepted), as an
     ``int``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} should be an integer >= 1, but got {type(value).__name__} {value!r}.")
+    if value < 1:
         raise ValueError(f"{name} should be an integer >= 1, but got {value!r} instead.")
     return int(value)
 

@@ -16,7 +16,7 @@ from .._checks import check_backend, check_bool, check_dtype, check_epsilon, che
 from ._composites import check_composite, zennit_relevance
 from ._fast import FAST_COMPOSITES, UnsupportedModel, fast_relevance
 from ._graphs import GraphCache
-from ._rules import RuleTypes, explanation_problem, inputs_only_carry_relevance, rule_types
+from ._rules import ExplanationError, RuleTypes, explanation_problem, inputs_only_carry_relevance, rule_types
 from ._state import model_device, preserved_model_state, set_eval, unwrap_model
 
 __all__ = ["Attributor", "RelevanceBackendWarning", "model_lock", "check_not_in_worker", "check_inputs",
@@ -353,6 +353,8 @@ class Attributor:
 
         try:
             (rel,) = self._attribute(module, (selected,), lambda x: module(x), grad_output_fn)
+        except ExplanationError:  # the library's own: the same whatever the coins
+            raise
         except (RuntimeError, ValueError) as error:  # an error of the model's own forward names the rows the coins
             try:  # selected (torch's "expected input[3, 1, 8, 8] to have 3 channels"): the error of one sample
                 self._forward_one(module, inputs)  # instead, the same whatever the coins (and as with none)
@@ -553,7 +555,10 @@ class Attributor:
         return tuple(outputs) if bool(status.all()) else None
 
     def _forward_one(self, module: nn.Module, inputs: Tensor) -> Tensor:
-        """The logits of a plain forward of the batch's first sample (eval mode, no gradients, state preserved)."""
+        """The logits of a plain forward of the batch's first sample (eval mode, no gradients, state preserved);
+        first the refusal of a model LRP cannot explain (which may not run on one sample: BatchNorm without running
+        statistics), as an attribution gives it."""
+        _check_explainable(module)
         with model_lock(module), torch.no_grad(), preserved_model_state(module, keep_values=False):
             module.eval()
             return module(inputs[:1].clone())  # (a forward may change its input in place)
@@ -587,7 +592,7 @@ class Attributor:
                                               self.epsilon, self._rule_types(), modules,
                                               self.__dict__.setdefault("_hints", {}))
                     except UnsupportedModel as error:
-                        raise ValueError(f"this {type(module).__name__} cannot be explained with LRP: {error}.") \
+                        raise ExplanationError(f"this {type(module).__name__} cannot be explained with LRP: {error}.") \
                             from None
             else:
                 with _attribution_state(module, modules, keep_values=True):
@@ -655,7 +660,7 @@ def _num_outputs(logits) -> int:
 def _check_explainable(module: nn.Module, modules: Sequence[nn.Module] | None = None) -> None:
     problem = explanation_problem(module, modules)
     if problem is not None:
-        raise ValueError(f"this {type(module).__name__} cannot be explained with LRP: {problem}.")
+        raise ExplanationError(f"this {type(module).__name__} cannot be explained with LRP: {problem}.")
 
 
 check_finite_ = check_finite  # the name inside methods whose keyword argument shadows it

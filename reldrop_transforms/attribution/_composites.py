@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ._rules import (
-    NO_READ_NAMES, NORM_STABILIZER, RuleTypes, computed_weight, first_linear, has_tensor, relevance_add, rule_types,
-    stabilize,
+    NO_READ_NAMES, NORM_STABILIZER, ExplanationError, RuleTypes, computed_weight, first_linear, has_tensor, relevance_add,
+    rule_types, stabilize,
 )
 
 __all__ = ["EPSILON_FLAT", "composite_names", "make_zennit_composite", "zennit_relevance"]
@@ -108,7 +108,7 @@ def _probe(model: nn.Module, call: Callable[[], Tensor], types: RuleTypes) -> tu
         with torch.no_grad(), probe:
             call()
         if probe.problem is not None:
-            raise ValueError(f"this {type(model).__name__} cannot be explained with LRP: {probe.problem}.")
+            raise ExplanationError(f"this {type(model).__name__} cannot be explained with LRP: {probe.problem}.")
         return probe.pairs(), probe.calls
     finally:
         probe.close()
@@ -125,7 +125,7 @@ def _registered(zennit_composite, model: nn.Module) -> Iterator[None]:
         try:
             stack.enter_context(zennit_composite.context(model))
         except (AttributeError, RuntimeError, TypeError, IndexError) as error:
-            raise ValueError(f"backend='zennit' cannot apply its rules to this {type(model).__name__}: zennit failed "
+            raise ExplanationError(f"backend='zennit' cannot apply its rules to this {type(model).__name__}: zennit failed "
                              f"while registering them ({type(error).__name__}: {error}). Use backend='fast' (or "
                              "'auto').") from error
         yield
@@ -316,7 +316,7 @@ def zennit_relevance(
         shared = [(name, calls[m]) for name, m in model.named_modules() if calls.get(m, 0) > 1]
         if shared:
             name, count = shared[0]
-            raise ValueError(
+            raise ExplanationError(
                 f"backend='zennit' cannot explain this {type(model).__name__}: module {name or 'model'!r} runs "
                 f"{count} times in one forward, and zennit's rules keep one input per module. Use backend='fast' "
                 "(or 'auto'), which applies the rules to every call."
@@ -324,7 +324,7 @@ def zennit_relevance(
         names = {module: name for name, module in model.named_modules()}
         first = first_linear(model, types) if composite == EPSILON_FLAT else None
         if first is not None and computed_weight(first):
-            raise ValueError(
+            raise ExplanationError(
                 f"backend='zennit' cannot apply Flat to the first layer, {type(first).__name__} "
                 f"{names.get(first, '')!r}: its weight is computed (a parametrization, or a weight_norm / "
                 "spectral_norm hook), and zennit's Flat sets the layer's own weight Parameter to ones, which it does "
@@ -332,14 +332,14 @@ def zennit_relevance(
             )
         for linear, batch_norm in pairs:
             if computed_weight(linear):
-                raise ValueError(
+                raise ExplanationError(
                     f"backend='zennit' cannot merge {type(batch_norm).__name__} {names.get(batch_norm, '')!r} into "
                     f"{type(linear).__name__} {names.get(linear, '')!r}: the layer's weight is computed (a "
                     "parametrization, or a weight_norm / spectral_norm hook), and zennit's MergeBatchNorm writes "
                     "into a weight Parameter. Use backend='fast' (or 'auto')."
                 )
             if batch_norm.weight is None or batch_norm.bias is None:
-                raise ValueError(
+                raise ExplanationError(
                     f"backend='zennit' cannot merge {type(batch_norm).__name__} {names.get(batch_norm, '')!r} into "
                     f"{type(linear).__name__} {names.get(linear, '')!r}: zennit's MergeBatchNorm needs its affine "
                     "parameters, and it has none (affine=False). Use backend='fast' (or 'auto')."
@@ -355,7 +355,7 @@ def zennit_relevance(
                 except AttributeError as error:  # zennit's hooks: a rule module's output without a graph
                     if "register_hook" not in str(error):
                         raise
-                    raise ValueError(
+                    raise ExplanationError(
                         f"backend='zennit' cannot explain this {type(model).__name__}: a module with a rule ran "
                         "with gradients disabled on an input that carries relevance (torch.no_grad inside the "
                         "forward, or torch.utils.checkpoint with use_reentrant=True), which zennit's hooks cannot "
@@ -368,7 +368,7 @@ def zennit_relevance(
             try:
                 rels = torch.autograd.grad(logits, leaves, grad_output, allow_unused=True)
             except RuntimeError as error:  # (the forward ran: zennit's rules re-run modules in the backward)
-                raise ValueError(f"backend='zennit' failed to compute the relevance of this {type(model).__name__} "
+                raise ExplanationError(f"backend='zennit' failed to compute the relevance of this {type(model).__name__} "
                                  f"({error}). Use backend='fast' (or 'auto').") from error
     finally:
         if sums is not None:

@@ -53,9 +53,14 @@ from torch import Tensor, nn
 
 __all__ = ["ADD_NAMES", "NO_READ_NAMES", "NORM_STABILIZER", "RuleTypes", "rule_types", "first_linear",
            "explanation_problem", "stabilize", "inputs_only_carry_relevance", "relevance_add", "has_tensor",
-           "computed_weight"]
+           "computed_weight", "ExplanationError"]
 
 NORM_STABILIZER = 1e-6  # zennit's stabiliser for Norm and Flat
+
+
+class ExplanationError(ValueError):
+    """The library's own ``ValueError`` for a model (or a backend) that cannot explain it: what has no LRP rule, what
+    zennit's hooks cannot follow. Never the model's own error, which a caller may replace by a clearer one."""
 
 # the names of the operations that may be a sum of two tensors (relevance_add decides)
 ADD_NAMES = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__"})
@@ -140,6 +145,9 @@ def explanation_problem(model: nn.Module, modules: Sequence[nn.Module] | None = 
 
 
 def _problem(module: nn.Module) -> str | None:
+    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+        return ("has parameters that are not initialised yet (a lazy module): run one forward of the model on a "
+                "batch first, as before training")
     if isinstance(module, torch.jit.ScriptModule):
         return ("is a TorchScript module (torch.jit.script / trace): Python hooks do not run inside it, so no LRP "
                 "rule can be applied to what it computes; attribute the eager module instead")

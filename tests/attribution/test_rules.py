@@ -290,11 +290,11 @@ class TestOperationsBetweenLayers:
         model = copy.deepcopy(plain)
         model.reentrant = False
         assert_matches(both(model, x, targets), oracle)
-        model.reentrant = True  # (torch warns when the plain forward of one sample, for the error, runs without grad)
-        with pytest.warns(UserWarning, match="None of the inputs have requires_grad"), \
-                pytest.raises(ValueError, match=r"cannot be explained with LRP: it uses torch.utils.checkpoint with "
-                                                r"use_reentrant=True.*use_reentrant=False instead"):
+        model.reentrant = True
+        with pytest.raises(ValueError, match=r"cannot be explained with LRP: it uses torch.utils.checkpoint with "
+                                             r"use_reentrant=True.*use_reentrant=False instead"):
             relevance(model, x, targets, backend="fast")
+        # (the zennit backend's probe runs the forward without gradients, where torch warns)
         with pytest.warns(UserWarning, match="None of the inputs have requires_grad"), \
                 pytest.raises(ValueError, match=r"backend='zennit' cannot explain this Checkpointed"):
             relevance(model, x, targets, backend="zennit")
@@ -1115,6 +1115,32 @@ class TestNoRule:
         for backend in ("auto", "fast", "zennit"):
             with pytest.raises(ValueError, match=r"BatchNorm2d '1' has no running statistics"):
                 relevance(model, torch.randn(2, 3, 8, 8), backend=backend)
+
+    @pytest.mark.parametrize("p", [0.0, 1.0])
+    def test_batchnorm1d_without_running_statistics_whatever_the_coins(self, p):
+        """A model that cannot run on one sample: the one-sample forward that gives a model's own errors the same
+        whatever the coins replaced the refusal with torch's "Expected more than 1 value per channel when training"
+        (at p = 1 after the refusal, at p = 0 instead of it)."""
+        import reldrop_transforms as rt
+
+        model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.BatchNorm1d(4, track_running_stats=False),
+                              nn.ReLU(), nn.Linear(4, 3))
+        images, labels = torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])
+        for backend in ("fast", "zennit"):
+            with pytest.raises(ValueError, match=r"BatchNorm1d '2' has no running statistics"):
+                relevance(model, images, labels, backend=backend)
+            with pytest.raises(ValueError, match=r"BatchNorm1d '2' has no running statistics"):
+                rt.RelevanceDropout2d(model, p=p, backend=backend)(images, labels)
+
+    def test_lazy_module_not_initialised(self):
+        # was torch's "Attempted to use an uninitialized parameter in data_ptr"
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(5))
+        for backend in ("fast", "zennit"):
+            with pytest.raises(ValueError, match=r"LazyLinear '2' has parameters that are not initialised yet .* run "
+                                                 r"one forward"):
+                relevance(model, torch.randn(2, 3, 8, 8), backend=backend)
+        model(torch.randn(2, 3, 8, 8))
+        assert relevance(model, torch.randn(2, 3, 8, 8)).shape == (2, 3, 8, 8)
 
     def test_multihead_attention(self):
         from torchvision.models import VisionTransformer

@@ -280,7 +280,7 @@ class TestSampleErasingSizes:
         ({"ratio": (0.0, 1.0)}, ValueError, r"`ratio` should be an increasing pair in >= 1e-12"),
         ({"ratio": (-1.0, 1.0)}, ValueError, r"`ratio` should be an increasing pair"),
         ({"num_patches": 0}, ValueError, r"num_patches should be an integer >= 1, but got 0"),
-        ({"num_patches": 2.0}, ValueError, r"num_patches should be an integer >= 1, but got 2.0"),
+        ({"num_patches": 2.0}, TypeError, r"num_patches should be an integer >= 1, but got float 2.0"),
     ])
     def test_errors(self, kwargs, error, match):
         with pytest.raises(error, match=match):
@@ -364,9 +364,9 @@ class TestRelevantCentres:
     def test_empty_batch(self):
         assert relevant_centres(torch.zeros(0, 4, 5), 2, 3).shape == (0, 3, 2)
 
-    @pytest.mark.parametrize("top_k", [0, -1, 1.5, None])
-    def test_bad_top_k(self, top_k):
-        with pytest.raises(ValueError, match="top_k should be an integer >= 1, but got"):
+    @pytest.mark.parametrize("top_k, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError), (None, TypeError)])
+    def test_bad_top_k(self, top_k, error):
+        with pytest.raises(error, match="top_k should be an integer >= 1, but got"):
             relevant_centres(torch.rand(2, 4, 4), top_k)
 
 
@@ -708,7 +708,7 @@ class TestRelevanceBallMask:
         ({"radius": 0.2}, TypeError, r"`radius` should be a sequence \(min, max\)"),
         ({"radius": "12"}, TypeError, r"`radius` should be a sequence \(min, max\)"),
         ({"top_k": 0}, ValueError, r"top_k should be an integer >= 1, but got 0"),
-        ({"top_k": 2.0}, ValueError, r"top_k should be an integer >= 1, but got 2.0"),
+        ({"top_k": 2.0}, TypeError, r"top_k should be an integer >= 1, but got float 2.0"),
         ({"batch": torch.zeros(10, dtype=torch.long)}, ValueError, r"num_segments is required with batch"),
     ])
     def test_errors(self, kwargs, error, match):

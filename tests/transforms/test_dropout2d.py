@@ -300,6 +300,10 @@ class TestRelevanceDropout2d:
             RelevanceDropout2d(nn.Linear(2, 2), generator=0)
         with pytest.raises(ValueError, match="epsilon should be a number >= 0"):
             RelevanceDropout2d(nn.Linear(2, 2), epsilon=-1.0)
+        with pytest.raises(ValueError, match=r"epsilon should be a number >= 0 \(and finite\), but got inf"):
+            RelevanceDropout2d(nn.Linear(2, 2), epsilon=float("inf"))
+        with pytest.raises(TypeError, match="epsilon should be a number >= 0, but got str '0.1'"):
+            RelevanceDropout2d(nn.Linear(2, 2), epsilon="0.1")
         with pytest.raises(ValueError, match="labels_getter should be 'default', a callable or None"):
             RelevanceDropout2d(nn.Linear(2, 2), labels_getter="labels")
         for value in ("0", [], [1.0, "a"], True, None):
