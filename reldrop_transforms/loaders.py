@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -32,8 +33,14 @@ def move_to_device(batch: Any, device: torch.device | None) -> Any:
         return batch
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return type(batch)({key: move_to_device(value, device) for key, value in batch.items()})
+    if isinstance(batch, Mapping):  # a copy updated with the moved values, as default_collate builds mappings (a
+        moved = {key: move_to_device(value, device) for key, value in batch.items()}  # defaultdict's constructor
+        try:  # takes its default factory first)
+            clone = copy.copy(batch)
+            clone.update(moved)
+            return clone
+        except (AttributeError, TypeError):  # a mapping without update
+            return type(batch)(moved)
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
         return type(batch)(*(move_to_device(value, device) for value in batch))
     if isinstance(batch, (list, tuple)):

@@ -314,6 +314,20 @@ class TestMoveToDevice:
         # The original batch is untouched.
         assert x.device.type == "cpu" and batch["tuple"][0] is x
 
+    def test_defaultdict_and_read_only_mappings(self):
+        # type(batch)({...}) raised "first argument must be callable or None" for a defaultdict (default_collate's
+        # output for defaultdict samples), in RelevanceLoader and RelevanceCollate alike
+        import types
+        from collections import defaultdict
+
+        x = torch.ones(2)
+        batch = defaultdict(list, {"image": x})
+        out = move_to_device(batch, "meta")
+        assert type(out) is defaultdict and out.default_factory is list and out["image"].device.type == "meta"
+        assert out["missing"] == [] and "missing" not in batch and batch["image"] is x
+        proxy = move_to_device(types.MappingProxyType({"image": x}), "meta")
+        assert proxy["image"].device.type == "meta"
+
     def test_objects_with_to(self):
         class Graph:
             def __init__(self):
