@@ -88,6 +88,27 @@ def check_positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def check_tensor(name: str, value: Any, shape: str | None = None, ndim: int | tuple[int, ...] | None = None) -> Tensor:
+    """``value`` if it is a tensor (of ``ndim`` dimensions, one of them when a tuple); ``shape`` says the expected
+    shape in the messages, e.g. ``"(B, H, W)"``."""
+    expected = f" of shape {shape}" if shape else ""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} should be a torch.Tensor{expected}, but got {type(value).__name__}.")
+    if ndim is not None and value.ndim not in ((ndim,) if isinstance(ndim, int) else ndim):
+        raise ValueError(f"{name} should have shape {shape or f'of {ndim} dimensions'}, but got "
+                         f"{tuple(value.shape)} instead.")
+    return value
+
+
+def check_count(name: str, value: Any) -> int:
+    """An integer >= 0 (a batch size), as an ``int``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} should be an integer >= 0, but got {type(value).__name__} {value!r}.")
+    if value < 0:
+        raise ValueError(f"{name} should be an integer >= 0, but got {value!r} instead.")
+    return int(value)
+
+
 def check_finite_number(name: str, value: float) -> float:
     """``value`` (already a real number) unless it is NaN or infinite."""
     if not math.isfinite(value):

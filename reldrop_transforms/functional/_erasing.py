@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._checks import check_positive_int, check_range
+from .._checks import check_count, check_positive_int, check_range, check_tensor
 from ._mask import normalize_relevance, uniform_like
 
 __all__ = ["sample_erasing_sizes", "relevant_centres", "box_mask", "relevance_erasing_mask", "relevance_ball_mask",
@@ -80,7 +80,9 @@ def relevant_centres(
         - relevance: (B, H, W).
         - output: (B, num_patches, 2) integer ``(row, column)``.
     """
+    check_tensor("relevance", relevance, "(B, H, W)", ndim=3)
     check_positive_int("top_k", top_k)
+    check_positive_int("num_patches", num_patches)
     batch_size, height, width = relevance.shape
     flat = relevance.reshape(batch_size, height * width)  # not -1: an empty batch is allowed
     k = min(top_k, flat.shape[1])
@@ -127,6 +129,15 @@ def box_mask(height: int, width: int, centres: Tensor, sizes: Tensor, valid: Ten
         - centres, sizes: (B, P, 2) integer ``(row, column)`` and ``(h, w)``; valid: (B, P) bool.
         - output: (B, H, W) bool.
     """
+    check_count("height", height)
+    check_count("width", width)
+    check_tensor("centres", centres, "(B, P, 2)", ndim=3)
+    check_tensor("sizes", sizes, "(B, P, 2)", ndim=3)
+    if centres.shape != sizes.shape or centres.shape[-1] != 2:
+        raise ValueError(f"centres and sizes should both have shape (B, P, 2), but got {tuple(centres.shape)} and "
+                         f"{tuple(sizes.shape)}.")
+    if valid is not None and check_tensor("valid", valid, "(B, P)").shape != centres.shape[:2]:
+        raise ValueError(f"valid should have shape (B, P) = {tuple(centres.shape[:2])}, but got {tuple(valid.shape)}.")
     top = centres[..., 0] - sizes[..., 0] // 2
     left = centres[..., 1] - sizes[..., 1] // 2
     rows = torch.arange(height, device=centres.device)
@@ -163,8 +174,7 @@ def relevance_erasing_mask(
         >>> relevance_erasing_mask(torch.rand(4, 32, 32), scale=(0.1, 0.2)).shape
         torch.Size([4, 32, 32])
     """
-    if relevance.ndim != 3:
-        raise ValueError(f"relevance should have shape (B, H, W), but got {tuple(relevance.shape)} instead.")
+    check_tensor("relevance", relevance, "(B, H, W)", ndim=3)
     batch_size, height, width = relevance.shape
     if draws is not None and not (isinstance(draws, (tuple, list)) and len(draws) == 2):
         raise ValueError(f"draws should be the pair (size draws, centre draws) of erasing_draws, but got "
@@ -218,6 +228,11 @@ def relevance_ball_mask(
     low, high = check_range("radius", radius, 0.0)
     check_positive_int("top_k", top_k)
     if batch is None:
+        check_tensor("relevance", relevance, "(B, N) (or (N,) with batch)", ndim=2)
+        check_tensor("pos", pos, "(B, N, D)", ndim=3)
+        if pos.shape[:2] != relevance.shape:
+            raise ValueError(f"pos should have shape (B, N, D) with (B, N) = {tuple(relevance.shape)} (the relevance's "
+                             f"shape), but got {tuple(pos.shape)}.")
         num, size = relevance.shape
         flat_rel, flat_pos = relevance.reshape(-1), pos.reshape(num * size, pos.shape[-1])
         segment = torch.arange(num, device=relevance.device).repeat_interleave(size)
@@ -225,6 +240,12 @@ def relevance_ball_mask(
     else:
         if num_segments is None:
             raise ValueError("num_segments is required with batch (e.g. Batch.num_graphs).")
+        check_tensor("relevance", relevance, "(N,) with batch", ndim=1)
+        check_tensor("pos", pos, "(N, D) with batch", ndim=2)
+        check_tensor("batch", batch, "(N,)", ndim=1)
+        if not (batch.shape[0] == pos.shape[0] == relevance.shape[0]):
+            raise ValueError(f"relevance (N,), pos (N, D) and batch (N,) should have one row per point each, but got "
+                             f"{tuple(relevance.shape)}, {tuple(pos.shape)} and {tuple(batch.shape)}.")
         flat_rel, flat_pos, segment, count = relevance, pos, batch, num_segments
     n = flat_rel.shape[0]
     if n == 0:  # no points at all (a shape, not a synchronisation)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._checks import check_unit_interval
+from .._checks import check_count, check_tensor, check_unit_interval
 
 __all__ = ["normalize_relevance", "relevance_dropout_mask", "fill_dropped", "sample_coins", "uniform_like"]
 
@@ -56,6 +56,9 @@ def normalize_relevance(
         >>> normalize_relevance(torch.tensor([1.0, 3.0, 2.0]), batch=torch.tensor([0, 0, 1]), num_segments=2)
         tensor([0., 1., 0.])
     """
+    check_tensor("relevance", relevance, "(B, *)")
+    if batch is not None:
+        check_tensor("batch", batch, "(N,)")
     relevance = _as_float(relevance)
     if relevance.numel() == 0:
         return relevance.clone()
@@ -149,6 +152,7 @@ def sample_coins(batch_size: int, p: float, *, device: torch.device | str | None
     ``p = 1`` and ``p = 0`` draw nothing, so they leave the generator untouched.
     """
     p = check_unit_interval("p", p)
+    batch_size = check_count("batch_size", batch_size)
     device = torch.device("cpu") if device is None else torch.device(device)
     if p >= 1.0 or p <= 0.0:
         return torch.full((batch_size,), p >= 1.0, dtype=torch.bool, device=device)
@@ -177,8 +181,13 @@ def fill_dropped(inpt: Tensor, mask: Tensor, value: float | Sequence[float] | Te
         >>> fill_dropped(x, torch.tensor([[[True, False], [False, False]]]), (0.5, 0.0, -1.0))[0, :, 0, 0]
         tensor([ 0.5000,  0.0000, -1.0000])
     """
+    if check_tensor("inpt", inpt, "(B, C, *)").ndim == 0:
+        raise ValueError("inpt should have shape (B, C, *), but got a 0-d tensor.")
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         raise TypeError(f"mask should be a bool tensor, but got {getattr(mask, 'dtype', type(mask).__name__)}.")
+    if isinstance(channel_dim, bool) or not isinstance(channel_dim, int) or not -inpt.ndim <= channel_dim < inpt.ndim:
+        raise ValueError(f"channel_dim should be a dimension of inpt (in [{-inpt.ndim}, {inpt.ndim})), but got "
+                         f"{channel_dim!r}.")
     channel_dim = channel_dim % inpt.ndim
     expected = inpt.shape[:channel_dim] + inpt.shape[channel_dim + 1:]
     if mask.shape != expected:

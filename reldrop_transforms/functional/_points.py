@@ -8,6 +8,7 @@ import numbers
 import torch
 from torch import Tensor
 
+from .._checks import check_tensor
 from ._mask import fill_dropped
 
 __all__ = ["keep_least_relevant", "fill_points", "FILLS", "remove_points", "is_node_attribute"]
@@ -35,7 +36,16 @@ def keep_least_relevant(
         - mask, relevance: (B, N) dense, or (N,) with ``batch`` (N,) and ``num_segments`` clouds.
         - output: like ``mask``, bool.
     """
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"mask should be a bool tensor, but got {getattr(mask, 'dtype', type(mask).__name__)}.")
+    check_tensor("relevance", relevance, "like mask")
+    if relevance.shape != mask.shape:
+        raise ValueError(f"relevance should have the mask's shape {tuple(mask.shape)}, but got "
+                         f"{tuple(relevance.shape)}.")
     if batch is None:  # dense (B, N): row-wise
+        if mask.ndim != 2:
+            raise ValueError(f"without batch, mask should have shape (B, N) (dense clouds), but got "
+                             f"{tuple(mask.shape)}: give batch and num_segments for PyG-style (N,) clouds.")
         rescue = torch.zeros_like(mask).scatter_(1, relevance.argmin(1, keepdim=True), True)  # first minimum
         return mask & ~(rescue & mask.all(1, keepdim=True))
     flat_mask, segment, count = _segments(mask, batch)
