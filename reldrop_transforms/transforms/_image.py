@@ -15,6 +15,7 @@ from torchvision.transforms.v2 import Transform
 from torchvision.transforms.v2._utils import is_pure_tensor
 
 from .._checks import check_finite_number
+from ..attribution import check_not_in_worker
 from ..functional import fill_dropped
 from ._common import RelevanceSettings
 
@@ -60,6 +61,7 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         return ", ".join(part for part in (super().extra_repr(), settings) if part)
 
     def forward(self, *inputs: Any) -> Any:
+        check_not_in_worker(type(self).__name__)  # first: in a worker, a per-sample call is no batch either
         if not inputs:
             raise TypeError(f"{type(self).__name__} expects a batch of images (and labels), but got no input.")
         sample = inputs if len(inputs) > 1 else inputs[0]

@@ -14,6 +14,7 @@ from torch_geometric.data.data import BaseData
 from torch_geometric.transforms import BaseTransform
 
 from .._checks import check_bool, check_finite_number, check_keys
+from ..attribution import check_not_in_worker
 from ..functional import (
     FILLS,
     fill_points,
@@ -89,6 +90,7 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
 
     # -- dispatch --------------------------------------------------------------------------------------------
     def __call__(self, *inputs: Any) -> Any:
+        check_not_in_worker(type(self).__name__)  # first: in a worker, a per-sample call is no batch either
         if not inputs:
             raise TypeError(f"{type(self).__name__} expects points (and labels), but got no input.")
         sample = inputs if len(inputs) > 1 else inputs[0]

@@ -224,7 +224,7 @@ class TestValidationBeforeCoins:
                                        ("RelevanceDropout3d", False), ("RelevanceDropout3d", True),
                                        ("RelevanceErasing3d", False), ("RelevanceErasing3d", True)])
 def test_every_transform_refuses_a_dataloader_worker(monkeypatch, name, pyg):
-    """The worker check lives in the Attributor (once per call), for every transform and input kind."""
+    """The worker check runs first in every transform (and in the Attributor), for every input kind."""
     from reldrop_transforms.models import PointNet
 
     monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
@@ -239,3 +239,7 @@ def test_every_transform_refuses_a_dataloader_worker(monkeypatch, name, pyg):
                   else (torch.randn(2, 5, 3), torch.tensor([0, 1])))
     with pytest.raises(RuntimeError, match="DataLoader worker.*RelevanceLoader"):
         t(*inputs)
+    # a per-sample call in a dataset's __getitem__: the worker error, not the shape error (was "expects a batch of
+    # shape (B, C, H, W), but got (3, 16, 16)", whose advice, a collate function, fails in a worker too)
+    with pytest.raises(RuntimeError, match="DataLoader worker.*RelevanceLoader"):
+        t(inputs[0].get_example(0)) if pyg else t(inputs[0][0], inputs[1][0])
