@@ -222,8 +222,8 @@ class Attributor:
             or a zennit ``Composite``.
         epsilon: The Epsilon rule's stabiliser (the paper found 1e-3 best).
         backend: ``"auto"``, ``"fast"`` or ``"zennit"``.
-        dtype: Attribute under autocast in this dtype (e.g. ``torch.bfloat16``); ``None`` (default) disables
-            autocast, so attribution runs in the model's own precision.
+        dtype: Attribute under autocast in this dtype, ``torch.bfloat16`` or ``torch.float16``; ``None``
+            (default) disables autocast, so attribution runs in the model's own precision.
         cuda_graphs: Let :meth:`then` capture attribution and the caller's mask in one CUDA graph per input
             shape (CUDA, fast engine, ``dtype=None`` only; CPU stays eager). Keeps one graph's memory per shape.
         max_graphs: How many captured graphs are kept (least recently used evicted).

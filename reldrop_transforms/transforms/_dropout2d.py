@@ -44,8 +44,8 @@ class RelevanceDropout2d(RelevanceImageTransform):
             returning the labels, or ``None`` to attribute the predicted class. Labels may be class indices
             ``(B,)`` or soft labels ``(B, K)`` (e.g. after CutMix).
         generator: Source of the coins and the mask noise (on the model's device for speed).
-        dtype: Attribute under autocast in this dtype (e.g. ``torch.bfloat16``); ``None`` (default): the model's
-            own precision.
+        dtype: Attribute under autocast in this dtype, ``torch.bfloat16`` or ``torch.float16``; ``None``
+            (default): the model's own precision.
         cuda_graphs: On CUDA, with the fast engine, capture the whole attribution and mask in a CUDA graph per
             input shape and replay it (see :meth:`reldrop_transforms.attribution.Attributor.then`). Every sample is
             then attributed (fixed shapes), and one synchronisation per batch checks labels and finiteness. Keeps

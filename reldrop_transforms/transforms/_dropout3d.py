@@ -51,7 +51,8 @@ class RelevanceDropout3d(RelevancePointTransform):
         generator: Source of the coins and the mask noise.
         channels_first: Dense input is ``(B, C, N)`` instead of ``(B, N, C)``.
         keys: The PyG node attributes that are attributed (and whose relevance is summed per point).
-        dtype: Attribute under autocast in this dtype; ``None``: the model's own precision.
+        dtype: Attribute under autocast in this dtype, ``torch.bfloat16`` or ``torch.float16``; ``None``: the
+            model's own precision.
         cuda_graphs: Capture attribution and mask of CUDA batches in one CUDA graph per shape (see
             :class:`~reldrop_transforms.RelevanceDropout2d`): dense batches, and PyG batches keyed by the shapes of
             their tensors (up to 4 graphs; the model's forward must not synchronise with the host).
