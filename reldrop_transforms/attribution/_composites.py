@@ -96,6 +96,10 @@ class _Probe(TorchFunctionMode):
         return [(linear, bn) for bn, (linear, out) in self._candidates.items()
                 if linear is not None and self._uses.get(id(out), 0) == 1]
 
+    def feature_dims(self) -> dict[nn.Module, int]:
+        """The number of dimensions of each merge candidate's output (a Linear's features are its last one)."""
+        return {linear: out.ndim for linear, out in self._candidates.values() if linear is not None}
+
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
@@ -109,7 +113,7 @@ def _probe(model: nn.Module, call: Callable[[], Tensor], types: RuleTypes) -> tu
             call()
         if probe.problem is not None:
             raise ExplanationError(f"this {type(model).__name__} cannot be explained with LRP: {probe.problem}.")
-        return probe.pairs(), probe.calls
+        return probe.pairs(), probe.calls, probe.feature_dims()
     finally:
         probe.close()
         probe._produced.clear()
@@ -294,6 +298,26 @@ class _NormSums(TorchFunctionMode):
         self.handles.clear()
 
 
+def _merge_problem(linear: nn.Module, batch_norm: nn.Module, out_ndim: int | None) -> str | None:
+    """Why zennit's ``MergeBatchNorm``, which scales the layer's weight along its output features, cannot fold
+    ``batch_norm`` (which normalises dimension 1) into ``linear``; ``None`` when it can."""
+    weight = getattr(linear, "weight", None)
+    if not isinstance(weight, Tensor):
+        return None
+    transposed = isinstance(linear, nn.modules.conv._ConvTransposeNd)
+    if transposed and linear.groups > 1:
+        return f"zennit's merge does not handle a grouped transposed convolution (groups={linear.groups})"
+    is_conv = isinstance(linear, nn.modules.conv._ConvNd)
+    if not is_conv and out_ndim is not None and out_ndim != 2:
+        return (f"the layer maps the last dimension of a {out_ndim}-d tensor, while the BatchNorm normalises "
+                "dimension 1: zennit would scale the layer's outputs along the wrong axis")
+    features = weight.shape[1] * linear.groups if transposed else weight.shape[0]
+    if features != getattr(batch_norm, "num_features", features):
+        return (f"the layer has {features} output features and the BatchNorm {batch_norm.num_features} channels "
+                "(it normalises another axis)")
+    return None
+
+
 def zennit_relevance(
     model: nn.Module,
     leaves: tuple[Tensor, ...],
@@ -312,7 +336,8 @@ def zennit_relevance(
     custom = isinstance(composite, Composite)
     canonizers = []
     if not custom:
-        pairs, calls = _probe(model, call, types)  # (each call() feeds the model copies of the leaves of its own)
+        pairs, calls, dims = _probe(model, call, types)  # (each call() feeds the model copies of the leaves of
+        # its own)
         shared = [(name, calls[m]) for name, m in model.named_modules() if calls.get(m, 0) > 1]
         if shared:
             name, count = shared[0]
@@ -337,6 +362,13 @@ def zennit_relevance(
                     f"{type(linear).__name__} {names.get(linear, '')!r}: the layer's weight is computed (a "
                     "parametrization, or a weight_norm / spectral_norm hook), and zennit's MergeBatchNorm writes "
                     "into a weight Parameter. Use backend='fast' (or 'auto')."
+                )
+            problem = _merge_problem(linear, batch_norm, dims.get(linear))
+            if problem is not None:
+                raise ExplanationError(
+                    f"backend='zennit' cannot merge {type(batch_norm).__name__} {names.get(batch_norm, '')!r} into "
+                    f"{type(linear).__name__} {names.get(linear, '')!r}: {problem}. Use backend='fast' (or 'auto'), "
+                    "which merges any BatchNorm that alone reads a linear layer's output."
                 )
             if batch_norm.weight is None or batch_norm.bias is None:
                 raise ExplanationError(

@@ -144,7 +144,9 @@ class _RulePoint(torch.autograd.Function):
         if point.fused is not None:  # z -> ReLU -> rule layer: grad is c, not c * x (see _Engine._settle_chains)
             x, point.fused = point.fused, None
             share = torch.add(x, point.epsilon)  # = stab(z) where z > 0 (x = z there); elsewhere c * x = 0
-            torch.div(grad, share, out=share).mul_(x)  # one buffer: a fresh one costs more than a pass here
+            # c * (x / stab): c / stab first would be ~1/scale^2 of inputs scaled by `scale` (0 below the dtype's
+            # range: float32 inputs x 1e25 gave all-zero relevance); one buffer (a fresh one costs more than a pass)
+            torch.div(x, share, out=share).mul_(grad)
         else:
             share = divide_by_stabilized(grad, point.z, point.epsilon)
         point.z = None  # each point runs once: its value is freed here, as autograd frees what it saved
@@ -739,9 +741,14 @@ class _Engine:
         of what lies between). ``B(c * y) = B(c) * x`` for the ReLU output ``x`` (max pooling routes to where ``x``
         equals its output; reshapes permute), and ``x = relu(z)`` equals ``z`` wherever it is not zero (where it
         is, the relevance is zero): so the layer's input point passes ``c`` on and the point at z computes
-        ``B(c) / (x + eps) * x``, the same numbers up to rounding: three passes over the tensor fewer in the
-        backward, and z is freed before it. Run after :meth:`_settle_merges`.
+        ``B(c) * (x / (x + eps))``, the same numbers up to rounding: three passes over the tensor fewer in the
+        backward, and z is freed before it. Not with ``epsilon = 0``, where ``x / x`` is 0 / 0 at ``x = 0`` (zennit
+        divides by ``z < 0`` there). Run after :meth:`_settle_merges`.
         """
+        if self.epsilon == 0:
+            self.links.clear()
+            self.relus.clear()
+            return
         for point, link in self.links:
             alone = point.uses == 1
             while alone and point.kind == "through":
@@ -877,7 +884,8 @@ def fast_relevance(
     """
     types = rule_types() if types is None else types
     modules = tuple(model.modules()) if modules is None else modules
-    if hints is not None and hints.get("relu", True):
+    if hints is not None and hints.get("relu", True) and epsilon > 0:  # (with epsilon = 0 a ReLU output of 0
+        # cannot stand in for its layer's output: zennit divides by z < 0 there, the output gives 0 / 0)
         try:
             return _Engine(model, epsilon, types, modules, speculate=True).run(leaves, call, grad_output_fn)
         except _Misjudged:

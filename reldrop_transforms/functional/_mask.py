@@ -76,11 +76,15 @@ def normalize_relevance(
             )
         flat = relevance
         low, high = (t[batch] for t in _segment_extrema(relevance, batch, num_segments))
+    # Where max - min overflows the dtype (both ends near its range: float16 relevance of +-4e4), the row is
+    # halved first, which is exact (a power of two); elsewhere the factor is 1 and changes nothing.
+    half = torch.where(torch.isfinite(high - low), 1.0, 0.5).to(flat.dtype)
+    low, high = low * half, high * half
     span = high - low
     # A span at or below one ulp of the row's magnitude is rounding noise, not a ranking.
     negligible = torch.finfo(flat.dtype).eps * torch.maximum(high.abs(), low.abs())
     is_flat = span <= negligible
-    scaled = (flat - low) / torch.where(is_flat, torch.ones_like(span), span)
+    scaled = (flat * half - low) / torch.where(is_flat, torch.ones_like(span), span)
     out = torch.where(is_flat, torch.zeros_like(scaled), scaled).clamp_(0.0, 1.0)
     return out.reshape(relevance.shape)
 

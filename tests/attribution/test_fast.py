@@ -49,6 +49,32 @@ class TestFastAgainstZennit:
         assert rel_l2(fast, oracle) <= 1e-9
 
     @pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
+    def test_epsilon_zero(self, name):
+        """epsilon = 0 (accepted: epsilon >= 0): the ReLU shortcuts (a layer's point dividing by the ReLU output
+        x + eps, or a fused chain's x / (x + eps)) gave 0 / 0 = NaN wherever x = 0 (zennit divides by z < 0 there):
+        a ValueError naming every sample instead of zennit's finite relevance."""
+        make, shape, canonizer = ORACLE_MODELS[name]
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(make(), shape=shape).double()
+        x = torch.randn(shape, dtype=torch.float64)
+        targets = torch.arange(shape[0]) % 5
+        fast = relevance(model, x, targets, epsilon=0.0, backend="fast")
+        oracle = zennit_oracle(model, x, targets, paper_composite(0.0, [canonizer()]))
+        assert rel_l2(fast, oracle) <= 1e-9
+
+    @pytest.mark.parametrize("dtype, scale, tolerance", [(torch.float32, 1e25, 1e-5), (torch.float64, 1e200, 1e-9)])
+    def test_inputs_of_large_magnitude(self, dtype, scale, tolerance):
+        """A fused ReLU chain divided the backward's c (~1/scale) by x (~scale) before multiplying by x: ~1/scale^2,
+        below the dtype's range, so inputs x 1e25 (float32) or x 1e200 (float64) got all-zero relevance, silently."""
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 4)).to(dtype)
+        x, targets = torch.randn(3, 6, dtype=dtype) * scale, torch.tensor([0, 1, 2])
+        fast = relevance(model, x, targets, backend="fast")
+        oracle = zennit_oracle(model, x, targets, paper_composite(1e-3, []))
+        assert oracle.abs().sum() > 0
+        assert rel_l2(fast, oracle) <= tolerance
+
+    @pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
     def test_float32(self, name):
         make, shape, canonizer = ORACLE_MODELS[name]
         torch.manual_seed(0)
