@@ -104,6 +104,19 @@ class TestNormalizeRelevance:
         assert bool((out[:4] == 0).all())
         assert float(out[4].max()) == 1.0 and float(out[4].min()) == 0.0
 
+    @pytest.mark.parametrize("dtype, big", [(torch.float16, 4e4), (torch.float32, 3e38), (torch.bfloat16, 3e38)])
+    def test_range_beyond_the_dtype(self, device, dtype, big):
+        # max - min overflowed to inf: the row became [nan, 0, 0] (the docs promise [0, 1], never NaN), and with
+        # alpha = 0 the most relevant element was never dropped
+        rows = torch.tensor([[big, -big, 0.0], [1.0, 3.0, 2.0]], dtype=dtype, device=device)
+        expected = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]], dtype=dtype, device=device)
+        torch.testing.assert_close(normalize_relevance(rows), expected, rtol=0, atol=0)
+        assert relevance_dropout_mask(rows, alpha=0.0, beta=0.5).tolist() == [[True, False, True], [False, True, True]]
+        flat = torch.tensor([1.0, 3.0, 2.0, big, -big], dtype=dtype, device=device)
+        torch.testing.assert_close(normalize_relevance(flat, batch=torch.tensor([0, 0, 0, 1, 1], device=device),
+                                                       num_segments=2),
+                                   torch.tensor([0.0, 1.0, 0.5, 1.0, 0.0], dtype=dtype, device=device), rtol=0, atol=0)
+
     def test_rounding_noise_is_flat(self, device):
         # A span of one ulp on a large value is rounding noise: no ranking, all zero.
         row = torch.full((10,), 1e6, dtype=torch.float32, device=device)
