@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,14 +79,26 @@ def check_keys(keys: Any) -> tuple[str, ...]:
     return tuple(keys)
 
 
+def as_integer(value: Any) -> int | None:
+    """``value`` as an ``int`` if it is an integer (``int``, ``numpy.int64``, a 0-d integer tensor: anything with
+    ``__index__``; not ``bool``), else ``None``."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def check_positive_int(name: str, value: Any) -> int:
-    """An integer >= 1 (``int``, or an integral scalar such as ``numpy.int64``; ``bool`` is not accepted), as an
-    ``int``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    """An integer >= 1 (``int``, or an integral scalar such as ``numpy.int64`` or a 0-d integer tensor; ``bool`` is
+    not accepted), as an ``int``."""
+    number = as_integer(value)
+    if number is None:
         raise TypeError(f"{name} should be an integer >= 1, but got {type(value).__name__} {value!r}.")
-    if value < 1:
+    if number < 1:
         raise ValueError(f"{name} should be an integer >= 1, but got {value!r} instead.")
-    return int(value)
+    return number
 
 
 def check_tensor(name: str, value: Any, shape: str | None = None, ndim: int | tuple[int, ...] | None = None) -> Tensor:
@@ -101,12 +114,13 @@ def check_tensor(name: str, value: Any, shape: str | None = None, ndim: int | tu
 
 
 def check_count(name: str, value: Any) -> int:
-    """An integer >= 0 (a batch size), as an ``int``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    """An integer >= 0 (a batch size; as :func:`check_positive_int` takes integers), as an ``int``."""
+    number = as_integer(value)
+    if number is None:
         raise TypeError(f"{name} should be an integer >= 0, but got {type(value).__name__} {value!r}.")
-    if value < 0:
+    if number < 0:
         raise ValueError(f"{name} should be an integer >= 0, but got {value!r} instead.")
-    return int(value)
+    return number
 
 
 def check_finite_number(name: str, value: float) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -33,14 +34,16 @@ def move_to_device(batch: Any, device: torch.device | None) -> Any:
         return batch
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):  # a copy updated with the moved values, as default_collate builds mappings (a
-        moved = {key: move_to_device(value, device) for key, value in batch.items()}  # defaultdict's constructor
-        try:  # takes its default factory first)
+    if isinstance(batch, Mapping):
+        moved = {key: move_to_device(value, device) for key, value in batch.items()}
+        if isinstance(batch, defaultdict):  # (its constructor takes the default factory first)
+            return type(batch)(batch.default_factory, moved)
+        try:
+            return type(batch)(moved)
+        except TypeError:  # a constructor of its own: a copy updated with the moved values, as default_collate
             clone = copy.copy(batch)
             clone.update(moved)
             return clone
-        except (AttributeError, TypeError):  # a mapping without update
-            return type(batch)(moved)
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
         return type(batch)(*(move_to_device(value, device) for value in batch))
     if isinstance(batch, (list, tuple)):

@@ -125,7 +125,7 @@ def output_relevance(logits: Tensor, targets: Tensor | None, batch_size: int, *,
     targets = targets.to(logits.device)
     if targets.ndim == 1:
         return nn.functional.one_hot(targets.long(), num_classes).to(logits.dtype)
-    return targets.to(dtype=logits.dtype)
+    return targets.to(dtype=logits.dtype, copy=True)  # (a copy: a model without layers hands it back as relevance)
 
 
 def _non_finite_rows(tensor: Tensor) -> Tensor | None:
@@ -167,10 +167,10 @@ def check_index(index, batch_size: int, device: torch.device, *, in_range: bool 
             raise ValueError(f"a boolean index should have the batch's shape ({batch_size},), but got "
                              f"{tuple(index.shape)}.")
         return index.to(device).nonzero().view(-1)
-    if index.dtype.is_floating_point or index.dtype.is_complex or index.ndim != 1:
-        raise ValueError(f"index should be a 1-d integer tensor of row numbers or a boolean mask, but got a "
-                         f"{index.ndim}-d {index.dtype} tensor.")
-    index = index.to(device=device, dtype=torch.long)
+    if index.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8) or index.ndim > 1:
+        raise ValueError(f"index should be a 1-d tensor of row numbers (a signed integer dtype) or a boolean mask, "
+                         f"but got a {index.ndim}-d {index.dtype} tensor.")
+    index = index.to(device=device, dtype=torch.long).reshape(-1)  # (a 0-d index: one row)
     if in_range and index.numel() and not bool(((index >= 0) & (index < batch_size)).all()):
         raise ValueError(f"index should hold row numbers in [0, {batch_size}) for a batch of {batch_size}, but got "
                          f"{index.min().item()}..{index.max().item()}.")
@@ -678,7 +678,7 @@ def _output_relevance_nosync(logits: Tensor, targets: Tensor | None) -> tuple[Te
     if targets.ndim == 2:
         if targets.shape != logits.shape:
             raise ValueError(_soft_label_shape(targets, num_classes))
-        return targets.to(logits.dtype), valid
+        return targets.to(logits.dtype, copy=True), valid
     classes = torch.arange(num_classes, device=logits.device)
     valid = ((targets >= 0) & (targets < num_classes)).all()
     return (targets[:, None] == classes[None, :]).to(logits.dtype), valid

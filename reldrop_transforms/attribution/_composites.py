@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ._rules import (
-    NO_READ_NAMES, NORM_STABILIZER, ExplanationError, RuleTypes, computed_weight, first_linear, has_tensor, relevance_add,
-    rule_types, stabilize,
+    NO_READ_NAMES, NORM_STABILIZER, ExplanationError, RuleTypes, computed_weight, first_linear, has_tensor,
+    relevance_add, rule_types, stabilize,
 )
 
 __all__ = ["EPSILON_FLAT", "composite_names", "make_zennit_composite", "zennit_relevance"]
@@ -129,9 +129,9 @@ def _registered(zennit_composite, model: nn.Module) -> Iterator[None]:
         try:
             stack.enter_context(zennit_composite.context(model))
         except (AttributeError, RuntimeError, TypeError, IndexError) as error:
-            raise ExplanationError(f"backend='zennit' cannot apply its rules to this {type(model).__name__}: zennit failed "
-                             f"while registering them ({type(error).__name__}: {error}). Use backend='fast' (or "
-                             "'auto').") from error
+            raise ExplanationError(f"backend='zennit' cannot apply its rules to this {type(model).__name__}: zennit "
+                                   f"failed while registering them ({type(error).__name__}: {error}). Use "
+                                   "backend='fast' (or 'auto').") from error
         yield
 
 
@@ -400,8 +400,8 @@ def zennit_relevance(
             try:
                 rels = torch.autograd.grad(logits, leaves, grad_output, allow_unused=True)
             except RuntimeError as error:  # (the forward ran: zennit's rules re-run modules in the backward)
-                raise ExplanationError(f"backend='zennit' failed to compute the relevance of this {type(model).__name__} "
-                                 f"({error}). Use backend='fast' (or 'auto').") from error
+                raise ExplanationError(f"backend='zennit' failed to compute the relevance of this "
+                                       f"{type(model).__name__} ({error}). Use backend='fast' (or 'auto').") from error
     finally:
         if sums is not None:
             sums.close()

@@ -350,6 +350,12 @@ def _operation_kind(func) -> int:
         | (_SPLIT if name in _SPLIT_NAMES else 0)
 
 
+def _vanishes(epsilon: float, dtype: torch.dtype) -> bool:
+    """Whether the stabiliser ``epsilon`` is 0 in ``dtype`` (0 itself, or 1e-8 in float16): where a ReLU output is 0
+    it then cannot stand in for its layer's output (zennit divides by ``z < 0`` there; the output gives 0 / 0)."""
+    return epsilon == 0 or (dtype.is_floating_point and float(torch.tensor(epsilon, dtype=dtype)) == 0.0)
+
+
 def _carries_relevance(tensor: Tensor) -> bool:
     """Whether a module's input carries relevance into its output: it depends on the attributed inputs, and
     gradients are enabled (a module run under ``no_grad`` inside the forward hands nothing on)."""
@@ -600,8 +606,8 @@ class _Engine:
             producer = self._relu_producer(args[0])
             previous, parent = self.in_place_relus[module]
             if producer is not None and producer.uses == 0 and producer.z is not None \
-                    and producer.origin is previous and self.sequentials_running.get(parent) \
-                    and producer.z.data_ptr() == args[0].data_ptr():
+                    and not _vanishes(producer.epsilon, producer.z.dtype) and producer.origin is previous \
+                    and self.sequentials_running.get(parent) and producer.z.data_ptr() == args[0].data_ptr():
                 module.inplace = True
                 self.in_place_now = module
 
@@ -630,7 +636,7 @@ class _Engine:
         with _plain():
             producer = self._relu_producer(inp)
             if producer is None or producer.uses != 1 or out is not own or in_place and out is not inp \
-                    or out.shape != inp.shape:
+                    or out.shape != inp.shape or _vanishes(producer.epsilon, out.dtype):
                 if in_place:  # e.g. a forward hook of the caller's read or replaced the ReLU output
                     raise _Misjudged
                 return self._pass(module, args, out)
@@ -742,13 +748,9 @@ class _Engine:
         equals its output; reshapes permute), and ``x = relu(z)`` equals ``z`` wherever it is not zero (where it
         is, the relevance is zero): so the layer's input point passes ``c`` on and the point at z computes
         ``B(c) * (x / (x + eps))``, the same numbers up to rounding: three passes over the tensor fewer in the
-        backward, and z is freed before it. Not with ``epsilon = 0``, where ``x / x`` is 0 / 0 at ``x = 0`` (zennit
-        divides by ``z < 0`` there). Run after :meth:`_settle_merges`.
+        backward, and z is freed before it. Not where ``epsilon`` is 0 in the tensor's dtype (:func:`_vanishes`):
+        ``x / x`` is 0 / 0 at ``x = 0``, where zennit divides by ``z < 0``. Run after :meth:`_settle_merges`.
         """
-        if self.epsilon == 0:
-            self.links.clear()
-            self.relus.clear()
-            return
         for point, link in self.links:
             alone = point.uses == 1
             while alone and point.kind == "through":
@@ -756,7 +758,8 @@ class _Engine:
                 alone = point.uses == 1
             producer, relu_output = self.relus.get(id(point), (None, None)) if alone else (None, None)
             if producer is not None and producer.kind == "epsilon" and producer.active and producer.uses == 1 \
-                    and producer.z is not None and producer.fused is None:
+                    and producer.z is not None and producer.fused is None \
+                    and not _vanishes(producer.epsilon, relu_output.dtype):
                 link.fused = True
                 producer.fused = relu_output.detach()
                 producer.z = None
@@ -884,8 +887,8 @@ def fast_relevance(
     """
     types = rule_types() if types is None else types
     modules = tuple(model.modules()) if modules is None else modules
-    if hints is not None and hints.get("relu", True) and epsilon > 0:  # (with epsilon = 0 a ReLU output of 0
-        # cannot stand in for its layer's output: zennit divides by z < 0 there, the output gives 0 / 0)
+    if hints is not None and hints.get("relu", True) and epsilon > 0:  # (with epsilon = 0 no ReLU output stands in
+        # for its layer's output: see _vanishes)
         try:
             return _Engine(model, epsilon, types, modules, speculate=True).run(leaves, call, grad_output_fn)
         except _Misjudged:

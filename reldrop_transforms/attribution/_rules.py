@@ -145,7 +145,8 @@ def explanation_problem(model: nn.Module, modules: Sequence[nn.Module] | None = 
 
 
 def _problem(module: nn.Module) -> str | None:
-    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+    if any(isinstance(t, nn.parameter.UninitializedTensorMixin)
+           for t in (*module._parameters.values(), *module._buffers.values())):
         return ("has parameters that are not initialised yet (a lazy module): run one forward of the model on a "
                 "batch first, as before training")
     if isinstance(module, torch.jit.ScriptModule):

@@ -120,6 +120,13 @@ def _check_draws(name: str, draws: Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError(f"{name} should have shape {shape}, but got {got} instead.")
 
 
+def _broadcasts(shape: torch.Size, target: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
 def box_mask(height: int, width: int, centres: Tensor, sizes: Tensor, valid: Tensor | None = None) -> Tensor:
     """Union of the rectangles of ``sizes`` centred at ``centres``, clipped at the border.
 
@@ -129,15 +136,18 @@ def box_mask(height: int, width: int, centres: Tensor, sizes: Tensor, valid: Ten
         - centres, sizes: (B, P, 2) integer ``(row, column)`` and ``(h, w)``; valid: (B, P) bool.
         - output: (B, H, W) bool.
     """
-    check_count("height", height)
-    check_count("width", width)
+    height, width = check_count("height", height), check_count("width", width)
     check_tensor("centres", centres, "(B, P, 2)", ndim=3)
     check_tensor("sizes", sizes, "(B, P, 2)", ndim=3)
-    if centres.shape != sizes.shape or centres.shape[-1] != 2:
+    try:
+        broadcast = torch.broadcast_shapes(centres.shape, sizes.shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast is None or broadcast[-1] != 2 or centres.shape[-1] != 2 or sizes.shape[-1] != 2:
         raise ValueError(f"centres and sizes should both have shape (B, P, 2), but got {tuple(centres.shape)} and "
                          f"{tuple(sizes.shape)}.")
-    if valid is not None and check_tensor("valid", valid, "(B, P)").shape != centres.shape[:2]:
-        raise ValueError(f"valid should have shape (B, P) = {tuple(centres.shape[:2])}, but got {tuple(valid.shape)}.")
+    if valid is not None and not _broadcasts(check_tensor("valid", valid, "(B, P)").shape, broadcast[:2]):
+        raise ValueError(f"valid should have shape (B, P) = {tuple(broadcast[:2])}, but got {tuple(valid.shape)}.")
     top = centres[..., 0] - sizes[..., 0] // 2
     left = centres[..., 1] - sizes[..., 1] // 2
     rows = torch.arange(height, device=centres.device)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._checks import check_count, check_tensor, check_unit_interval
+from .._checks import as_integer, check_count, check_tensor, check_unit_interval
 
 __all__ = ["normalize_relevance", "relevance_dropout_mask", "fill_dropped", "sample_coins", "uniform_like"]
 
@@ -189,10 +189,11 @@ def fill_dropped(inpt: Tensor, mask: Tensor, value: float | Sequence[float] | Te
         raise ValueError("inpt should have shape (B, C, *), but got a 0-d tensor.")
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         raise TypeError(f"mask should be a bool tensor, but got {getattr(mask, 'dtype', type(mask).__name__)}.")
-    if isinstance(channel_dim, bool) or not isinstance(channel_dim, int) or not -inpt.ndim <= channel_dim < inpt.ndim:
+    dim = as_integer(channel_dim)
+    if dim is None or not -inpt.ndim <= dim < inpt.ndim:
         raise ValueError(f"channel_dim should be a dimension of inpt (in [{-inpt.ndim}, {inpt.ndim})), but got "
                          f"{channel_dim!r}.")
-    channel_dim = channel_dim % inpt.ndim
+    channel_dim = dim % inpt.ndim
     expected = inpt.shape[:channel_dim] + inpt.shape[channel_dim + 1:]
     if mask.shape != expected:
         raise ValueError(

@@ -48,14 +48,19 @@ class TestAttributor:
         expected = Attributor(model)(x, targets, index=torch.tensor([1, 3]))
         for index in (torch.tensor([False, True, False, True]), torch.tensor([1, 3], dtype=torch.int32)):
             torch.testing.assert_close(Attributor(model)(x, targets, index=index), expected, rtol=0, atol=0)
+        torch.testing.assert_close(Attributor(model)(x, targets, index=torch.tensor(3)),
+                                   Attributor(model)(x, targets, index=torch.tensor([3])), rtol=0, atol=0)
 
     @pytest.mark.parametrize("index, error, match", [
         ([1, 3], TypeError, "index should be a 1-d tensor of row numbers or a boolean mask, but got list"),
         (torch.tensor([1, 9]), ValueError, r"row numbers in \[0, 4\) for a batch of 4, but got 1..9"),
         (torch.tensor([-1]), ValueError, r"row numbers in \[0, 4\)"),
-        (torch.tensor([[1, 3]]), ValueError, "1-d integer tensor .* but got a 2-d torch.int64"),
-        (torch.tensor([1.0]), ValueError, "1-d integer tensor .* but got a 1-d torch.float32"),
-        (torch.tensor([True, False]), ValueError, r"boolean index should have the batch's shape \(4,\), but got \(2,\)"),
+        (torch.tensor([[1, 3]]), ValueError, r"row numbers \(a signed integer dtype\) .* but got a 2-d torch.int64"),
+        (torch.tensor([1.0]), ValueError, r"row numbers \(a signed integer dtype\) .* but got a 1-d torch.float32"),
+        (torch.tensor([True, False]), ValueError,
+         r"boolean index should have the batch's shape \(4,\), but got \(2,\)"),
+        (torch.tensor([1, 0, 1, 1], dtype=torch.uint8), ValueError,
+         r"row numbers \(a signed integer dtype\) or a boolean mask, but got a 1-d torch.uint8"),
     ])
     def test_bad_index(self, index, error, match):
         # (were torch's own errors from index_select: "Expected dtype int32 or int64", "index out of range in self")

@@ -62,6 +62,22 @@ class TestFastAgainstZennit:
         oracle = zennit_oracle(model, x, targets, paper_composite(0.0, [canonizer()]))
         assert rel_l2(fast, oracle) <= 1e-9
 
+    @pytest.mark.parametrize("half", ["model", "autocast"])
+    def test_epsilon_that_vanishes_in_float16(self, half):
+        """epsilon = 1e-8 is 0 in float16: the ReLU shortcuts gave 0 / 0 there as for epsilon = 0 (all NaN), for a
+        float16 model and under dtype=torch.float16 autocast alike. Compared against zennit on the same model."""
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(),
+                              nn.Linear(64, 5)).eval()
+        x, targets = torch.randn(3, 3, 8, 8), torch.tensor([0, 3, 4])
+        options = {"dtype": torch.float16} if half == "autocast" else {}
+        if half == "model":
+            model, x = model.half(), x.half()
+        fast = relevance(model, x, targets, epsilon=1e-8, backend="fast", **options)
+        reference = relevance(model, x, targets, epsilon=1e-8, backend="zennit", **options)
+        assert bool(torch.isfinite(fast).all()) and reference.abs().sum() > 0
+        assert rel_l2(fast.double(), reference.double()) <= 1e-2  # (float16 rounding)
+
     @pytest.mark.parametrize("dtype, scale, tolerance", [(torch.float32, 1e25, 1e-5), (torch.float64, 1e200, 1e-9)])
     def test_inputs_of_large_magnitude(self, dtype, scale, tolerance):
         """A fused ReLU chain divided the backward's c (~1/scale) by x (~scale) before multiplying by x: ~1/scale^2,

@@ -191,6 +191,15 @@ class TestRelevance:
         assert torch.equal(x, before)
 
     @pytest.mark.parametrize("backend", ["fast", "zennit"])
+    def test_never_the_callers_soft_labels(self, backend):
+        # a model without layers hands the output relevance back as the input's: it was the caller's labels tensor
+        soft = torch.rand(2, 12)
+        before = soft.clone()
+        rel = relevance(nn.Flatten(), torch.randn(2, 3, 2, 2), soft, backend=backend)
+        rel.mul_(2)
+        assert torch.equal(soft, before)
+
+    @pytest.mark.parametrize("backend", ["fast", "zennit"])
     def test_not_an_inference_tensor_under_inference_mode(self, backend):
         # the fast engine's relevance was copied (see test_relevance_has_memory_of_its_own) after leaving the
         # inference_mode(False) block: an inference tensor, which autograd later refused to save

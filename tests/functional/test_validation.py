@@ -53,8 +53,8 @@ CASES = {
                               r"batch_size should be an integer >= 0, but got -1"),
     "sample_coins float": (lambda: sample_coins(2.0, 0.5), TypeError,
                            r"batch_size should be an integer >= 0, but got float 2.0"),
-    "box_mask shapes": (lambda: box_mask(4, 4, torch.zeros(2, 1, 2).long(), torch.zeros(2, 3, 2).long()), ValueError,
-                        r"centres and sizes should both have shape \(B, P, 2\), but got \(2, 1, 2\) and \(2, 3, 2\)"),
+    "box_mask shapes": (lambda: box_mask(4, 4, torch.zeros(2, 2, 2).long(), torch.zeros(2, 3, 2).long()), ValueError,
+                        r"centres and sizes should both have shape \(B, P, 2\), but got \(2, 2, 2\) and \(2, 3, 2\)"),
     "box_mask height": (lambda: box_mask(-1, 4, torch.zeros(2, 1, 2).long(), torch.zeros(2, 1, 2).long()),
                         ValueError, r"height should be an integer >= 0, but got -1"),
 }
@@ -65,6 +65,21 @@ def test_clear_errors(name):
     call, error, match = CASES[name]
     with pytest.raises(error, match=match):
         call()
+
+
+def test_integer_like_sizes_and_dims():
+    import numpy as np
+
+    assert sample_coins(torch.tensor(4), 0.5).shape == (4,)
+    assert sample_coins(np.int64(3), 1.0).shape == (3,)
+    assert relevant_centres(torch.rand(2, 4, 4), torch.tensor(2), np.int32(3)).shape == (2, 3, 2)
+    sizes = torch.full((1, 1, 2), 2)  # (broadcast over the patches)
+    assert box_mask(torch.tensor(4), np.int64(4), torch.ones(1, 3, 2).long(), sizes).shape == (1, 4, 4)
+    x = torch.ones(2, 3, 4)
+    out = fill_dropped(x, torch.ones(2, 4, dtype=torch.bool), channel_dim=np.int64(1))
+    assert torch.equal(out, fill_dropped(x, torch.ones(2, 4, dtype=torch.bool), channel_dim=torch.tensor(1)))
+    with pytest.raises(ValueError, match="channel_dim should be a dimension"):
+        fill_dropped(x, torch.ones(2, 4, dtype=torch.bool), channel_dim=True)
 
 
 def test_valid_calls_still_work():

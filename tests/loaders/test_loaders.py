@@ -328,6 +328,38 @@ class TestMoveToDevice:
         proxy = move_to_device(types.MappingProxyType({"image": x}), "meta")
         assert proxy["image"].device.type == "meta"
 
+    def test_mapping_copies_never_touch_the_callers_batch(self):
+        # (a copy.copy + update of every mapping moved a wrapper's shared dict, and a Counter's update added)
+        from collections import Counter
+        from collections.abc import MutableMapping
+
+        class Wrapper(MutableMapping):
+            def __init__(self, data=None):
+                self._d = dict(data or {})
+
+            def __getitem__(self, key):
+                return self._d[key]
+
+            def __setitem__(self, key, value):
+                self._d[key] = value
+
+            def __delitem__(self, key):
+                del self._d[key]
+
+            def __iter__(self):
+                return iter(self._d)
+
+            def __len__(self):
+                return len(self._d)
+
+        x = torch.ones(2)
+        wrapped = Wrapper({"image": x})
+        out = move_to_device(wrapped, "meta")
+        assert type(out) is Wrapper and out["image"].device.type == "meta" and wrapped["image"] is x
+        counted = move_to_device(Counter({"a": torch.tensor(1.0)}), "meta")
+        assert type(counted) is Counter and counted["a"].device.type == "meta" and counted["a"].shape == ()
+        torch.testing.assert_close(move_to_device(Counter({"a": torch.tensor(1.0)}), "cpu")["a"], torch.tensor(1.0))
+
     def test_objects_with_to(self):
         class Graph:
             def __init__(self):
