@@ -140,9 +140,21 @@ class _TensorRecord:
             hooks.update(self.hooks)
 
     def restore_values(self, values: torch.Tensor) -> None:
-        if not torch.equal(self.tensor, values):
+        if not bitwise_equal(self.tensor, values):
             # In place on `.data`: the parameter's autograd version counter is not bumped.
             self.tensor.data.copy_(values)
+
+
+_SAME_SIZE_INTEGERS = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}
+
+
+def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``torch.equal`` on the bits of floating tensors: -0.0 differs from 0.0, and a NaN equals the same NaN."""
+    if a.dtype == b.dtype and a.dtype.is_floating_point and a.shape == b.shape:
+        integer = _SAME_SIZE_INTEGERS.get(a.element_size())
+        if integer is not None and a.is_contiguous() and b.is_contiguous():
+            return torch.equal(a.view(integer), b.view(integer))
+    return torch.equal(a, b)
 
 
 def _joined(tensors: list, ndim: int) -> torch.Tensor:
@@ -167,10 +179,10 @@ class _ValueSnapshot:
     def restore(self) -> None:
         """(After every record's storage and shape are back: see :func:`preserved_model_state`.)"""
         for group, ndim, values in self.groups:
-            if torch.equal(_joined([record.tensor for record in group], ndim), values):
+            if bitwise_equal(_joined([record.tensor for record in group], ndim), values):
                 continue
             offset = 0
-            for record in group:  # something changed (or a value is NaN, which never equals itself): one by one
+            for record in group:  # something changed: one by one
                 size = record.data.numel()
                 record.restore_values(values[offset:offset + size].view_as(record.data))
                 offset += size

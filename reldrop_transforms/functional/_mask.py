@@ -77,7 +77,7 @@ def normalize_relevance(
         flat = relevance
         low, high = (t[batch] for t in _segment_extrema(relevance, batch, num_segments))
     # Where max - min overflows the dtype (both ends near its range: float16 relevance of +-4e4), the row is
-    # halved first, which is exact (a power of two); elsewhere the factor is 1 and changes nothing.
+    # halved first (a power of two: exact but for subnormal values); elsewhere the factor is 1 and changes nothing.
     half = torch.where(torch.isfinite(high - low), 1.0, 0.5).to(flat.dtype)
     low, high = low * half, high * half
     span = high - low

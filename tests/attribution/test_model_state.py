@@ -234,6 +234,7 @@ class _ManyBuffers(nn.Module):
         self.register_buffer("untouched", torch.tensor([1.0, float("nan"), 3.0]))
         self.register_buffer("steps", torch.arange(4))
         self.register_buffer("kept", torch.ones(3))  # next to stat, which changes
+        self.register_buffer("signed", torch.zeros(2))
 
     def forward(self, x):
         self.calls += 1
@@ -241,6 +242,7 @@ class _ManyBuffers(nn.Module):
         self.flags.logical_not_()
         self.table[0, 1] = 7.0
         self.scale.data.fill_(-1.0)
+        self.signed.neg_()  # 0.0 -> -0.0: equal, not the same bits
         return self.fc(x)
 
 
@@ -256,6 +258,7 @@ def test_buffers_of_every_kind_are_restored_and_unchanged_ones_not_rewritten(bac
         assert torch.equal(buffer, before[name]) or name == "untouched", name
     assert torch.equal(model.untouched.isnan(), before["untouched"].isnan())
     assert torch.equal(model.untouched.nan_to_num(), before["untouched"].nan_to_num())
+    assert not bool(model.signed.signbit().any())  # bit for bit: -0.0 put back as 0.0
     assert model.steps._version == versions["steps"] and model.kept._version == versions["kept"]  # equal values
     # are left alone
 
