@@ -90,14 +90,14 @@ def as_integer(value: Any) -> int | None:
         return None
 
 
-def check_positive_int(name: str, value: Any) -> int:
-    """An integer >= 1 (``int``, or an integral scalar such as ``numpy.int64`` or a 0-d integer tensor; ``bool`` is
-    not accepted), as an ``int``."""
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """An integer >= ``minimum`` (``int``, or an integral scalar such as ``numpy.int64`` or a 0-d integer tensor;
+    ``bool`` is not accepted), as an ``int``."""
     number = as_integer(value)
     if number is None:
-        raise TypeError(f"{name} should be an integer >= 1, but got {type(value).__name__} {value!r}.")
-    if number < 1:
-        raise ValueError(f"{name} should be an integer >= 1, but got {value!r} instead.")
+        raise TypeError(f"{name} should be an integer >= {minimum}, but got {type(value).__name__} {value!r}.")
+    if number < minimum:
+        raise ValueError(f"{name} should be an integer >= {minimum}, but got {value!r} instead.")
     return number
 
 
@@ -114,13 +114,8 @@ def check_tensor(name: str, value: Any, shape: str | None = None, ndim: int | tu
 
 
 def check_count(name: str, value: Any) -> int:
-    """An integer >= 0 (a batch size; as :func:`check_positive_int` takes integers), as an ``int``."""
-    number = as_integer(value)
-    if number is None:
-        raise TypeError(f"{name} should be an integer >= 0, but got {type(value).__name__} {value!r}.")
-    if number < 0:
-        raise ValueError(f"{name} should be an integer >= 0, but got {value!r} instead.")
-    return number
+    """An integer >= 0 (a batch size, a height), as :func:`check_positive_int` takes integers."""
+    return check_positive_int(name, value, minimum=0)
 
 
 def check_finite_number(name: str, value: float) -> float:
