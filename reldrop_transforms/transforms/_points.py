@@ -185,6 +185,9 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         if self.fill == "remove":
             return remove_points(batch, mask)
         out = copy.copy(batch)
+        for name in ("_slice_dict", "_inc_dict"):  # bookkeeping of its own (a shallow copy shares these dicts: a
+            if isinstance(getattr(batch, name, None), dict):  # later transform editing them would edit the input's)
+                setattr(out, name, dict(getattr(batch, name)))
         for key in batch.keys():
             value = batch[key]
             if not is_node_attribute(batch, key, value):

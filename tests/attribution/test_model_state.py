@@ -305,3 +305,21 @@ def test_backward_hooks_of_the_caller_do_not_run(backend):
     assert seen == ["forward", "pre", "hook"]
     for handle in handles:
         handle.remove()
+
+
+@pytest.mark.parametrize("backend", ["fast", "zennit"])
+def test_what_a_forward_hook_changes_on_the_model(backend):
+    """As the README says: dicts and sets held in a module's attributes are put back with the rest of its state
+    (a counter in a dict), other objects a hook changes in place keep the change (features appended to a list)."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 5)).eval()
+    model.stats, model.seen, model.features = {"n": 0}, set(), []
+
+    def hook(module, args, out):
+        model.stats["n"] += 1
+        model.seen.add(len(model.seen))
+        model.features.append(out.detach())
+
+    model[0].register_forward_hook(hook)
+    relevance(model, torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), backend=backend)
+    assert model.stats == {"n": 0} and model.seen == set()
+    assert len(model.features) == (1 if backend == "fast" else 2)  # (the zennit backend runs the forward twice)

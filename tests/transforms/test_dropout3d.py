@@ -466,6 +466,19 @@ class TestRelevanceDropout3d:
         else:
             assert torch.equal(out.points, expected[0]) and not torch.equal(out.points, points)
 
+    @pytest.mark.parametrize("fill", ["zero", "first", "remove"])
+    def test_pyg_output_has_bookkeeping_of_its_own(self, fill):
+        # the output Batch shared the input's _slice_dict / _inc_dict objects (fill zero / first): a later transform
+        # editing them in place edited the input's
+        batch = make_batch(edges=True)
+        slices, incs = dict(batch._slice_dict), dict(batch._inc_dict)
+        out = RelevanceDropout3d(GraphPointNet(in_channels=5), p=1.0, fill=fill, generator=seeded(0))(batch)
+        assert out._slice_dict is not batch._slice_dict and out._inc_dict is not batch._inc_dict
+        out._slice_dict["pos"] = None
+        out._inc_dict.clear()
+        assert batch._slice_dict == slices and batch._inc_dict == incs
+        assert [d.num_nodes for d in batch.to_data_list()] == list(SIZES)
+
     def test_pickle_round_trip(self):
         t = RelevanceDropout3d(GraphPointNet(), fill="remove", generator=seeded(0))
         clone = pickle.loads(pickle.dumps(t))
