@@ -113,6 +113,13 @@ def check_tensor(name: str, value: Any, shape: str | None = None, ndim: int | tu
     return value
 
 
+def check_bool_mask(name: str, value: Any) -> Tensor:
+    """``value`` if it is a bool tensor (a mask: uint8 is refused, ``~`` is not ``not`` on it)."""
+    if not isinstance(value, Tensor) or value.dtype != torch.bool:
+        raise TypeError(f"{name} should be a bool tensor, but got {getattr(value, 'dtype', type(value).__name__)}.")
+    return value
+
+
 def check_count(name: str, value: Any) -> int:
     """An integer >= 0 (a batch size, a height), as :func:`check_positive_int` takes integers."""
     return check_positive_int(name, value, minimum=0)

@@ -299,22 +299,25 @@ class _NormSums(TorchFunctionMode):
 
 
 def _merge_problem(linear: nn.Module, batch_norm: nn.Module, out_ndim: int | None) -> str | None:
-    """Why zennit's ``MergeBatchNorm``, which scales the layer's weight along its output features, cannot fold
-    ``batch_norm`` (which normalises dimension 1) into ``linear``; ``None`` when it can."""
+    """Why zennit's ``MergeBatchNorm``, which writes the BatchNorm (normalising dimension 1) into the layer's weight
+    Parameter along its output features, cannot fold ``batch_norm`` into ``linear``; ``None`` when it can."""
+    if computed_weight(linear):
+        return ("the layer's weight is computed (a parametrization, or a weight_norm / spectral_norm hook), and "
+                "zennit's MergeBatchNorm writes into a weight Parameter")
     weight = getattr(linear, "weight", None)
-    if not isinstance(weight, Tensor):
-        return None
-    transposed = isinstance(linear, nn.modules.conv._ConvTransposeNd)
-    if transposed and linear.groups > 1:
-        return f"zennit's merge does not handle a grouped transposed convolution (groups={linear.groups})"
-    is_conv = isinstance(linear, nn.modules.conv._ConvNd)
-    if not is_conv and out_ndim is not None and out_ndim != 2:
-        return (f"the layer maps the last dimension of a {out_ndim}-d tensor, while the BatchNorm normalises "
-                "dimension 1: zennit would scale the layer's outputs along the wrong axis")
-    features = weight.shape[1] * linear.groups if transposed else weight.shape[0]
-    if features != getattr(batch_norm, "num_features", features):
-        return (f"the layer has {features} output features and the BatchNorm {batch_norm.num_features} channels "
-                "(it normalises another axis)")
+    if isinstance(weight, Tensor):
+        transposed = isinstance(linear, nn.modules.conv._ConvTransposeNd)
+        if transposed and linear.groups > 1:
+            return f"zennit's merge does not handle a grouped transposed convolution (groups={linear.groups})"
+        if not isinstance(linear, nn.modules.conv._ConvNd) and out_ndim is not None and out_ndim != 2:
+            return (f"the layer maps the last dimension of a {out_ndim}-d tensor, while the BatchNorm normalises "
+                    "dimension 1: zennit would scale the layer's outputs along the wrong axis")
+        features = weight.shape[1] * linear.groups if transposed else weight.shape[0]
+        if features != getattr(batch_norm, "num_features", features):
+            return (f"the layer has {features} output features and the BatchNorm {batch_norm.num_features} channels "
+                    "(it normalises another axis)")
+    if batch_norm.weight is None or batch_norm.bias is None:
+        return "zennit's MergeBatchNorm needs its affine parameters, and it has none (affine=False)"
     return None
 
 
@@ -336,8 +339,7 @@ def zennit_relevance(
     custom = isinstance(composite, Composite)
     canonizers = []
     if not custom:
-        pairs, calls, dims = _probe(model, call, types)  # (each call() feeds the model copies of the leaves of
-        # its own)
+        pairs, calls, dims = _probe(model, call, types)  # (each call() feeds the model its own copies of the leaves)
         shared = [(name, calls[m]) for name, m in model.named_modules() if calls.get(m, 0) > 1]
         if shared:
             name, count = shared[0]
@@ -356,25 +358,12 @@ def zennit_relevance(
                 "not read. Use backend='fast' (or 'auto')."
             )
         for linear, batch_norm in pairs:
-            if computed_weight(linear):
-                raise ExplanationError(
-                    f"backend='zennit' cannot merge {type(batch_norm).__name__} {names.get(batch_norm, '')!r} into "
-                    f"{type(linear).__name__} {names.get(linear, '')!r}: the layer's weight is computed (a "
-                    "parametrization, or a weight_norm / spectral_norm hook), and zennit's MergeBatchNorm writes "
-                    "into a weight Parameter. Use backend='fast' (or 'auto')."
-                )
             problem = _merge_problem(linear, batch_norm, dims.get(linear))
             if problem is not None:
                 raise ExplanationError(
                     f"backend='zennit' cannot merge {type(batch_norm).__name__} {names.get(batch_norm, '')!r} into "
                     f"{type(linear).__name__} {names.get(linear, '')!r}: {problem}. Use backend='fast' (or 'auto'), "
                     "which merges any BatchNorm that alone reads a linear layer's output."
-                )
-            if batch_norm.weight is None or batch_norm.bias is None:
-                raise ExplanationError(
-                    f"backend='zennit' cannot merge {type(batch_norm).__name__} {names.get(batch_norm, '')!r} into "
-                    f"{type(linear).__name__} {names.get(linear, '')!r}: zennit's MergeBatchNorm needs its affine "
-                    "parameters, and it has none (affine=False). Use backend='fast' (or 'auto')."
                 )
         canonizers = [_merge_batchnorm(pairs)]
     zennit_composite = make_zennit_composite(composite, leaves[0], epsilon, canonizers, types)

@@ -36,6 +36,7 @@ engine's own operations inside the forward run under ``DisableTorchFunction``, u
 
 from __future__ import annotations
 
+import functools
 import itertools
 import weakref
 from collections.abc import Callable, Sequence
@@ -350,6 +351,7 @@ def _operation_kind(func) -> int:
         | (_SPLIT if name in _SPLIT_NAMES else 0)
 
 
+@functools.lru_cache(maxsize=64)  # (on every ReLU of every pass: by value, a few (epsilon, dtype) pairs at most)
 def _vanishes(epsilon: float, dtype: torch.dtype) -> bool:
     """Whether the stabiliser ``epsilon`` is 0 in ``dtype`` (0 itself, or 1e-8 in float16): where a ReLU output is 0
     it then cannot stand in for its layer's output (zennit divides by ``z < 0`` there; the output gives 0 / 0)."""
@@ -887,8 +889,7 @@ def fast_relevance(
     """
     types = rule_types() if types is None else types
     modules = tuple(model.modules()) if modules is None else modules
-    if hints is not None and hints.get("relu", True) and epsilon > 0:  # (with epsilon = 0 no ReLU output stands in
-        # for its layer's output: see _vanishes)
+    if hints is not None and hints.get("relu", True):
         try:
             return _Engine(model, epsilon, types, modules, speculate=True).run(leaves, call, grad_output_fn)
         except _Misjudged:

@@ -120,11 +120,12 @@ def _check_draws(name: str, draws: Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError(f"{name} should have shape {shape}, but got {got} instead.")
 
 
-def _broadcasts(shape: torch.Size, target: torch.Size) -> bool:
+def _broadcast(*shapes: torch.Size) -> torch.Size | None:
+    """The shape ``shapes`` broadcast to, or ``None`` when they do not broadcast."""
     try:
-        return torch.broadcast_shapes(shape, target) == target
+        return torch.broadcast_shapes(*shapes)
     except RuntimeError:
-        return False
+        return None
 
 
 def box_mask(height: int, width: int, centres: Tensor, sizes: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -139,14 +140,11 @@ def box_mask(height: int, width: int, centres: Tensor, sizes: Tensor, valid: Ten
     height, width = check_count("height", height), check_count("width", width)
     check_tensor("centres", centres, "(B, P, 2)", ndim=3)
     check_tensor("sizes", sizes, "(B, P, 2)", ndim=3)
-    try:
-        broadcast = torch.broadcast_shapes(centres.shape, sizes.shape)
-    except RuntimeError:
-        broadcast = None
+    broadcast = _broadcast(centres.shape, sizes.shape)
     if broadcast is None or broadcast[-1] != 2 or centres.shape[-1] != 2 or sizes.shape[-1] != 2:
         raise ValueError(f"centres and sizes should both have shape (B, P, 2), but got {tuple(centres.shape)} and "
                          f"{tuple(sizes.shape)}.")
-    if valid is not None and not _broadcasts(check_tensor("valid", valid, "(B, P)").shape, broadcast[:2]):
+    if valid is not None and _broadcast(check_tensor("valid", valid, "(B, P)").shape, broadcast[:2]) != broadcast[:2]:
         raise ValueError(f"valid should have shape (B, P) = {tuple(broadcast[:2])}, but got {tuple(valid.shape)}.")
     top = centres[..., 0] - sizes[..., 0] // 2
     left = centres[..., 1] - sizes[..., 1] // 2

@@ -7,7 +7,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._checks import as_integer, check_count, check_tensor, check_unit_interval
+from .._checks import (
+    as_integer,
+    check_bool_mask,
+    check_count,
+    check_tensor,
+    check_unit_interval,
+)
 
 __all__ = ["normalize_relevance", "relevance_dropout_mask", "fill_dropped", "sample_coins", "uniform_like"]
 
@@ -187,8 +193,7 @@ def fill_dropped(inpt: Tensor, mask: Tensor, value: float | Sequence[float] | Te
     """
     if check_tensor("inpt", inpt, "(B, C, *)").ndim == 0:
         raise ValueError("inpt should have shape (B, C, *), but got a 0-d tensor.")
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        raise TypeError(f"mask should be a bool tensor, but got {getattr(mask, 'dtype', type(mask).__name__)}.")
+    check_bool_mask("mask", mask)
     dim = as_integer(channel_dim)
     if dim is None or not -inpt.ndim <= dim < inpt.ndim:
         raise ValueError(f"channel_dim should be a dimension of inpt (in [{-inpt.ndim}, {inpt.ndim})), but got "

@@ -8,7 +8,7 @@ import numbers
 import torch
 from torch import Tensor
 
-from .._checks import check_tensor
+from .._checks import check_bool_mask, check_tensor
 from ._mask import fill_dropped
 
 __all__ = ["keep_least_relevant", "fill_points", "FILLS", "remove_points", "is_node_attribute"]
@@ -36,8 +36,7 @@ def keep_least_relevant(
         - mask, relevance: (B, N) dense, or (N,) with ``batch`` (N,) and ``num_segments`` clouds.
         - output: like ``mask``, bool.
     """
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        raise TypeError(f"mask should be a bool tensor, but got {getattr(mask, 'dtype', type(mask).__name__)}.")
+    check_bool_mask("mask", mask)
     check_tensor("relevance", relevance, "like mask")
     if relevance.shape != mask.shape:
         raise ValueError(f"relevance should have the mask's shape {tuple(mask.shape)}, but got "
