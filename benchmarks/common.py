@@ -57,6 +57,8 @@ class MaskedPool:
             self.batches = [self.make() for _ in range(MASKED_POOL)]
         self.turn = (self.turn + 1) % len(self.batches)
         return self.batches[self.turn]
+
+
 STEP_VARIANTS = ("plain", "floor", "floor_then_step", "reldrop_fast", "reldrop_zennit", "published")
 MASK_VARIANTS = ("mask_vectorised", "mask_loop")
 VARIANTS = STEP_VARIANTS + MASK_VARIANTS
