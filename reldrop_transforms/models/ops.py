@@ -158,23 +158,25 @@ def farthest_point_sampling(
         dense = dense.detach()
         b, n_max = dense.shape[:2]
         s_max = int(samples.max()) if b else 0
-        index = torch.zeros(b, s_max, dtype=torch.long, device=pos.device)
         if s_max == 0:
+            index = torch.zeros(b, 0, dtype=torch.long, device=pos.device)
             return index if dense_input else index.view(-1)
         if random_start:
             draw = torch.rand(b, generator=generator, device=pos.device, dtype=torch.float64)
-            current = (draw * counts).long().clamp(max=n_max - 1)
+            current = (draw * counts).long().clamp(max=n_max - 1)[:, None]
         else:
-            current = torch.zeros(b, dtype=torch.long, device=pos.device)
+            current = torch.zeros(b, 1, dtype=torch.long, device=pos.device)
         distance = torch.full((b, n_max), math.inf, dtype=dense.dtype, device=pos.device)
         if mask is not None:
             distance[~mask] = -1.0  # padding is never farther than a real point
-        rows = torch.arange(b, device=pos.device)
-        for step in range(s_max):
-            index[:, step] = current
-            chosen = dense[rows, current].unsqueeze(1)
-            distance = torch.minimum(distance, (dense - chosen).square().sum(-1))
-            current = distance.argmax(-1)  # first maximum on ties
+        rows = torch.arange(b, device=pos.device)[:, None]
+        picks = [current]  # (b, 1) each: six tensor operations per step (the loop's cost is their dispatch)
+        for _ in range(s_max - 1):
+            chosen = dense[rows, current]  # (b, 1, D)
+            torch.minimum(distance, (dense - chosen).square().sum(-1), out=distance)
+            current = distance.argmax(-1, keepdim=True)  # first maximum on ties
+            picks.append(current)
+        index = torch.cat(picks, 1)
     if dense_input:
         return index
     keep = torch.arange(s_max, device=pos.device) < samples[:, None]
