@@ -84,7 +84,7 @@ class _Point:
     """A division point: the tensor ``z`` whose stabilised values divide the relevance in the backward."""
 
     __slots__ = ("kind", "module", "inp", "epsilon", "active", "z", "result", "uses", "scale", "fused", "good",
-                 "bad", "parents", "substitute", "shares", "in_place", "options", "origin")
+                 "bad", "parents", "substitute", "shares", "in_place", "options", "origin", "handle")
 
     def __init__(self, kind: str, z: Tensor, epsilon: float, module: nn.Module | None = None,
                  inp: Tensor | None = None) -> None:
@@ -107,6 +107,7 @@ class _Point:
         self.substitute = False  # z is the ReLU output standing in for this layer's output (see _relu_hook)
         self.shares: _Point | None = None  # the layer whose z lives in this ReLU output's storage
         self.in_place = False  # the ReLU ran in place (its own backward, which saved its output, stands for Pass)
+        self.handle = None  # the tensor hook at a rule layer's output (see _output_hook)
 
 
 class _RulePoint(torch.autograd.Function):
@@ -142,18 +143,34 @@ class _RulePoint(torch.autograd.Function):
             return None, grad, None, None
         if point.kind == "flat":
             return None, None, _flat_input_relevance(point.module, point.inp, grad, point.options), None
-        if point.fused is not None:  # z -> ReLU -> rule layer: grad is c, not c * x (see _Engine._settle_chains)
-            x, point.fused = point.fused, None
-            share = torch.add(x, point.epsilon)  # = stab(z) where z > 0 (x = z there); elsewhere c * x = 0
-            # c * (x / stab): c / stab first would be ~1/scale^2 of inputs scaled by `scale` (0 below the dtype's
-            # range: float32 inputs x 1e25 gave all-zero relevance); one buffer (a fresh one costs more than a pass)
-            torch.div(x, share, out=share).mul_(grad)
-        else:
-            share = divide_by_stabilized(grad, point.z, point.epsilon)
-        point.z = None  # each point runs once: its value is freed here, as autograd frees what it saved
-        if point.scale is not None:  # merged BatchNorm: its backward in eval mode is this per-channel scale
-            share.mul_(point.scale)
+        share = _divided(point, grad)
         return (None, share, None, None) if ctx.routed else (share, None, None, None)
+
+
+def _divided(point: _Point, grad: Tensor) -> Tensor:
+    """Epsilon / Norm at ``point``: ``grad / stab(z)`` (times a merged BatchNorm's scale); frees the point's values."""
+    if point.fused is not None:  # z -> ReLU -> rule layer: grad is c, not c * x (see _Engine._settle_chains)
+        x, point.fused = point.fused, None
+        if point.z is None:  # a ReLU: x = z wherever x != 0, so stab(z) = x + eps there (elsewhere c * x = 0)
+            share = torch.add(x, point.epsilon)
+        else:  # x = f(z) = 0 wherever z <= 0 (ReLU6, ...): stab(z) = relu(z) + eps wherever x != 0
+            share = torch.clamp_min(point.z, 0).add_(point.epsilon)
+        # c * (x / stab): c / stab first would be ~1/scale^2 of inputs scaled by `scale` (0 below the dtype's
+        # range: float32 inputs x 1e25 gave all-zero relevance); one buffer (a fresh one costs more than a pass)
+        torch.div(x, share, out=share).mul_(grad)
+    else:
+        share = divide_by_stabilized(grad, point.z, point.epsilon)
+    point.z = None  # each point runs once: its value is freed here, as autograd frees what it saved
+    if point.scale is not None:  # merged BatchNorm: its backward in eval mode is this per-channel scale
+        share.mul_(point.scale)
+    return share
+
+
+def _output_hook(point: _Point, grad: Tensor) -> Tensor | None:
+    """The point at a rule layer's own output, as a tensor hook (cheaper than a Function, and removed when a
+    BatchNorm takes the rule over): relevance at the output value the layer returned, also if it is changed in
+    place later (hooks see the gradient of the value they were registered on)."""
+    return _divided(point, grad) if point.active else None
 
 
 class _InputPoint(torch.autograd.Function):
@@ -358,6 +375,19 @@ def _vanishes(epsilon: float, dtype: torch.dtype) -> bool:
     return epsilon == 0 or (dtype.is_floating_point and float(torch.tensor(epsilon, dtype=dtype)) == 0.0)
 
 
+def _zero_below_zero(module: nn.Module) -> bool:
+    """An activation whose output is 0 wherever its input is <= 0 (``nn.ReLU``, ``nn.ReLU6``, ``nn.Hardtanh(0, t)``,
+    ``nn.Threshold(t >= 0, 0)``): a chain through it may be fused (see :meth:`_Engine._settle_chains`)."""
+    cls = type(module)
+    if cls is nn.ReLU:
+        return True
+    if cls in (nn.ReLU6, nn.Hardtanh):
+        return module.min_val == 0
+    if cls is nn.Threshold:
+        return module.threshold >= 0 and module.value == 0
+    return False
+
+
 def _carries_relevance(tensor: Tensor) -> bool:
     """Whether a module's input carries relevance into its output: it depends on the attributed inputs, and
     gradients are enabled (a module run under ``no_grad`` inside the forward hands nothing on)."""
@@ -435,7 +465,8 @@ class _Engine:
         self.depth = 0  # how many hooked modules' forwards are running
         self.merges: list[tuple[_Point, _Point]] = []  # (linear point, BatchNorm point)
         # chains z -> ReLU [-> max pooling / reshapes] -> rule layer (see _settle_chains)
-        self.relus: dict[int, tuple[_Point, Tensor]] = {}  # id(ReLU's pass point) -> (point at z, ReLU output)
+        # id(ReLU's pass point) -> (point at z, ReLU output, whether it is an nn.ReLU: x = z wherever x != 0)
+        self.relus: dict[int, tuple[_Point, Tensor, bool]] = {}
         self.links: list[tuple[_Point, _Link]] = []  # (point of a rule layer's input, that layer's input point)
         self.derived: list[_Point] = []  # points of tensors derived from ReLU outputs, in the order made
         self.speculative: list[_Point] = []  # ReLU points whose readers must all be proportional (see _verify)
@@ -565,7 +596,9 @@ class _Engine:
                     and own.shape == out.shape:  # a forward hook of the caller's changed the output: no BatchNorm
                 point.kind, point.z = "hooked", own.detach()  # merges into it, no ReLU output stands in for it
                 return self._register(point, _RulePoint.apply(out.detach(), own, None, point))
-            return self._register(point, _RulePoint.apply(out, None, None, point))
+            if out.requires_grad:
+                point.handle = out.register_hook(functools.partial(_output_hook, point))
+            return self._register(point, out)
 
     def _first_hook(self, module: nn.Module, args, kwargs, out):
         self.first_options = (args[1:], kwargs)  # (ConvTranspose's output_size: Flat re-runs the layer with them)
@@ -590,10 +623,10 @@ class _Engine:
                 raise UnsupportedModel(f"the Pass rule needs an elementwise {type(module).__name__}")
             point = _Point("pass", None, 0.0)
             result = _RulePoint.apply(out.detach(), args[0], None, point)
-            if type(module) is nn.ReLU:  # a candidate chain z -> ReLU -> rule layer (see _settle_chains)
+            if _zero_below_zero(module):  # a candidate chain z -> ReLU -> rule layer (see _settle_chains)
                 producer = self.point_of(args[0])
                 if producer is not None and producer.kind == "epsilon":
-                    self.relus[id(point)] = (producer, result)
+                    self.relus[id(point)] = (producer, result, type(module) is nn.ReLU)
                     self._register(point, result)  # its readers are counted
             return result
 
@@ -653,7 +686,7 @@ class _Engine:
             producer.substitute = True
             self.speculative.append(point)
             if producer.kind == "epsilon":  # a candidate chain z -> ReLU -> rule layer (see _settle_chains)
-                self.relus[id(point)] = (producer, result)
+                self.relus[id(point)] = (producer, result, True)
             self._register(point, result)
             return None if in_place else result
 
@@ -750,21 +783,25 @@ class _Engine:
         equals its output; reshapes permute), and ``x = relu(z)`` equals ``z`` wherever it is not zero (where it
         is, the relevance is zero): so the layer's input point passes ``c`` on and the point at z computes
         ``B(c) * (x / (x + eps))``, the same numbers up to rounding: three passes over the tensor fewer in the
-        backward, and z is freed before it. Not where ``epsilon`` is 0 in the tensor's dtype (:func:`_vanishes`):
-        ``x / x`` is 0 / 0 at ``x = 0``, where zennit divides by ``z < 0``. Run after :meth:`_settle_merges`.
+        backward, and z is freed before it. Other activations that are 0 wherever ``z <= 0`` (:func:`_zero_below_zero`:
+        ReLU6, ``Hardtanh(0, t)``, ``Threshold(t >= 0, 0)``) fuse as ``B(c) * (x / (relu(z) + eps))``: ``stab(z) =
+        z + eps`` wherever ``x != 0`` (two passes and a buffer fewer; z is kept). Not where ``epsilon`` is 0 in the
+        tensor's dtype (:func:`_vanishes`): ``x / x`` is 0 / 0 at ``x = 0``, where zennit divides by ``z < 0``. Run
+        after :meth:`_settle_merges`.
         """
         for point, link in self.links:
             alone = point.uses == 1
             while alone and point.kind == "through":
                 point = point.parents[0]
                 alone = point.uses == 1
-            producer, relu_output = self.relus.get(id(point), (None, None)) if alone else (None, None)
+            producer, relu_output, relu = self.relus.get(id(point), (None, None, True)) if alone else (None,) * 3
             if producer is not None and producer.kind == "epsilon" and producer.active and producer.uses == 1 \
                     and producer.z is not None and producer.fused is None \
                     and not _vanishes(producer.epsilon, relu_output.dtype):
                 link.fused = True
                 producer.fused = relu_output.detach()
-                producer.z = None
+                if relu:
+                    producer.z = None
         self.links.clear()
         self.relus.clear()
 
@@ -773,6 +810,9 @@ class _Engine:
             if producer.uses != 1:  # read by more than the BatchNorm: not merged, the BatchNorm gets Pass
                 producer.active = True
                 point.kind = "pass"
+            elif producer.handle is not None:  # merged: the layer's output point has nothing to do
+                producer.handle.remove()
+                producer.handle = None
 
     # -- one pass ----------------------------------------------------------------------------------------------
     def _find_sequential_relus(self) -> list[nn.Module]:
@@ -863,6 +903,8 @@ class _Engine:
                 module.inplace = True
             for point in self.points.values():  # point -> result -> its autograd node -> point: break the cycle
                 point.result = point.inp = point.z = point.fused = None
+                if point.handle is not None:
+                    point.handle.remove()
             self.points.clear()
         return tuple(torch.zeros_like(x) if r is None else r for x, r in zip(leaves, rels))
 

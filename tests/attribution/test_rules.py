@@ -548,12 +548,23 @@ class TestBatchNormPairing:
 
     @pytest.mark.parametrize("between", ["nothing", "max_pool", "overlapping_max_pool_flatten"])
     @pytest.mark.parametrize("second_reader", [False, True])
-    def test_relu_chain_fused_only_where_it_alone_reads(self, second_reader, between):
+    @pytest.mark.parametrize("activation", ["relu", "relu6", "hardtanh_0", "threshold", "hardtanh_neg",
+                                            "threshold_value"])
+    def test_relu_chain_fused_only_where_it_alone_reads(self, second_reader, between, activation):
         """conv -> BN -> ReLU [-> max pooling, reshapes] -> conv: the engine multiplies by the ReLU output at the
         BatchNorm's point instead of at the second conv's input (fewer passes, the same numbers; overlapping
         windows route several shares to one input). Only where each reads the previous one alone: a second reader
-        of the ReLU output (after the conv) keeps the plain path. Both against stock zennit."""
+        of the ReLU output (after the conv) keeps the plain path. Activations that are 0 wherever their input is
+        <= 0 fuse too (ReLU6, Hardtanh(0, t) and Threshold(t >= 0, 0), here clamping many outputs above: the
+        BatchNorm's output divides, not the activation's); Hardtanh(-0.5, 0.5) and Threshold(0.2, 0.1) are not
+        0 there and keep the plain path. Both against stock zennit."""
         import reldrop_transforms.attribution._fast as fast
+
+        make_activation = {"relu": lambda: nn.ReLU(inplace=True), "relu6": lambda: nn.ReLU6(inplace=True),
+                           "hardtanh_0": lambda: nn.Hardtanh(0.0, 0.5), "threshold": lambda: nn.Threshold(0.2, 0.0),
+                           "hardtanh_neg": lambda: nn.Hardtanh(-0.5, 0.5),
+                           "threshold_value": lambda: nn.Threshold(0.2, 0.1)}[activation]
+        fusable = activation not in ("hardtanh_neg", "threshold_value")
 
         class Chain(nn.Module):
             def __init__(self):
@@ -561,7 +572,7 @@ class TestBatchNormPairing:
                 self.stem = nn.Conv2d(3, 4, 3, padding=1)
                 self.conv = nn.Conv2d(4, 4, 3, padding=1)
                 self.bn = nn.BatchNorm2d(4)
-                self.relu = nn.ReLU(inplace=True)
+                self.relu = make_activation()
                 self.head = nn.Conv2d(4, 4, 3, padding=1)
                 self.fc = nn.Linear(4, 5)
 
@@ -595,7 +606,7 @@ class TestBatchNormPairing:
             fast._Engine._settle_chains = settle
         oracle = zennit_oracle(model, x, targets, paper_composite(1e-3, [SequentialMergeBatchNorm()]))
         assert_matches(ours, oracle)
-        assert fused == [0 if second_reader else 1]  # the fast backend's pass (the zennit one has no engine)
+        assert fused == [1 if fusable and not second_reader else 0]  # the fast backend's pass (zennit: no engine)
 
     def test_densenet_pairs_in_execution_order(self):
         """DenseNet registers norm1, relu1, conv1, norm2, ...: by module order stock zennit merges each layer's
