@@ -396,7 +396,11 @@ class Attributor:
             return {key: torch.zeros_like(data[key]) for key in present}
 
         def call(*leaves: Tensor) -> Tensor:
-            view = copy.copy(data)
+            view = copy.copy(data)  # (its own stores: the caller's keep their tensors)
+            for key in view.keys():  # every other tensor too, as a copy: a forward may change its input in place
+                value = view[key]  # (`data.normal.sub_(...)`, `data.batch += 0`) without touching the caller's
+                if isinstance(value, Tensor) and key not in present:
+                    view[key] = value.clone()
             for key, leaf in zip(present, leaves):
                 view[key] = leaf
             return module(view) if forward_fn is None else forward_fn(module, view)

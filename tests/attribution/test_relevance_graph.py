@@ -6,6 +6,8 @@ against the same computation rebuilt from torch.nn layers; MeanAggregation's Nor
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -141,6 +143,43 @@ class TestRelevanceGraph:
             expected = rel.clone()
             rel.add_(1)
             assert torch.equal(rel, expected + 1), key
+
+    @pytest.mark.parametrize("backend", ["fast", "zennit"])
+    @pytest.mark.parametrize("keys", [("pos", "x"), ("pos",)])
+    def test_a_forward_may_change_the_batch_in_place(self, backend, keys):
+        # only the attributed keys were copies: a forward centring another attribute (or x, when only pos is
+        # attributed) in place changed the caller's batch
+        class Centring(nn.Module):
+            def __init__(self, in_place):
+                super().__init__()
+                self.in_place = in_place
+                self.net = PointNetLike(in_channels=5).double()
+
+            def forward(self, data):
+                if self.in_place:
+                    data.normal.sub_(1.0)
+                    data.x.mul_(2.0)
+                    data.batch.add_(0)
+                    normal, x = data.normal, data.x
+                else:
+                    normal, x = data.normal - 1.0, data.x * 2.0
+                return self.net(Batch(pos=data.pos + normal, x=x, batch=data.batch, ptr=data.ptr))
+
+        torch.manual_seed(0)
+        model = Centring(True)
+        twin = copy.deepcopy(model)
+        twin.in_place = False
+        batch = make_batch(features=2)
+        batch.normal = torch.rand(batch.pos.shape, dtype=torch.float64) + 1.0
+        before = {key: batch[key].clone() for key in batch.keys() if isinstance(batch[key], torch.Tensor)}
+        rels = relevance_graph(model, batch, batch.y, keys=keys, backend=backend)
+        expected = relevance_graph(twin, batch, batch.y, keys=keys, backend=backend)
+        for key in before:
+            assert torch.equal(batch[key], before[key]), key
+        assert set(rels) == set(keys)
+        for key in keys:
+            assert rels[key].abs().sum() > 0
+            torch.testing.assert_close(rels[key], expected[key], rtol=1e-9, atol=1e-15)
 
     def test_auto_is_fast_and_predicted_class(self):
         model = PointNetLike(seed=3).double()
