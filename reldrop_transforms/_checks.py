@@ -132,6 +132,14 @@ def check_finite_number(name: str, value: float) -> float:
     return value
 
 
+def check_fits(name: str, value: float, dtype: torch.dtype) -> None:
+    """A finite fill ``value`` stays finite written into a floating tensor of ``dtype`` (1e5 is inf in float16,
+    and the next batch would then be refused as input)."""
+    if dtype.is_floating_point and not math.isfinite(float(torch.tensor(value, dtype=dtype))):
+        raise ValueError(f"{name} {value!r} is not finite in {dtype} (its largest finite value is "
+                         f"{torch.finfo(dtype).max:g}): use a smaller value or a wider dtype.")
+
+
 def check_range(name: str, value: Sequence[float], low: float, high: float | None = None) -> tuple[float, float]:
     """An increasing pair ``(min, max)`` with ``low <= min`` (and ``max <= high``)."""
     if (isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2

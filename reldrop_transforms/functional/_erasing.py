@@ -206,8 +206,11 @@ def erasing_draws(batch_size: int, num_patches: int = 1, *, generator: torch.Gen
 
 def ball_draws(num_clouds: int, *, dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None,
                device: torch.device | str | None = None) -> Tensor:
-    """The uniform numbers :func:`relevance_ball_mask` draws: ``(num_clouds, 3)`` (centre rank, radius, spare)."""
+    """The uniform numbers :func:`relevance_ball_mask` draws: ``(num_clouds, 3)`` (centre rank, radius, spare), in
+    ``dtype`` or float32, whichever is wider (bfloat16's 8 bits of mantissa left half of 1000 top-k ranks
+    unreachable)."""
     device = torch.device("cpu") if device is None else torch.device(device)
+    dtype = torch.promote_types(dtype, torch.float32)
     return uniform_like(torch.empty(num_clouds, 3, device=device, dtype=dtype), generator)
 
 

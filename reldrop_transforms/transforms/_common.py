@@ -32,8 +32,8 @@ class RelevanceSettings:
         self._attributor = Attributor(model, composite=composite, epsilon=epsilon, backend=backend, dtype=dtype,
                                       cuda_graphs=cuda_graphs)
         self.p = check_unit_interval("p", p)
+        parse_labels_getter(labels_getter)  # (checked here; read on every call, so that setting it later counts)
         self.labels_getter = labels_getter
-        self._labels_getter = parse_labels_getter(labels_getter)
         self.generator = check_generator(generator)
 
     @property
@@ -57,9 +57,10 @@ class RelevanceSettings:
     def _labels_from(self, sample: Any) -> Tensor | None:
         """The labels ``labels_getter`` finds in ``sample`` (``None`` without a getter); the attributor's
         ``check_batch``/``check_graph`` validates them for the batch."""
-        if self._labels_getter is None:
+        getter = parse_labels_getter(self.labels_getter)
+        if getter is None:
             return None
-        labels = self._labels_getter(sample)
+        labels = getter(sample)
         if not isinstance(labels, Tensor):
             raise TypeError(f"the labels should be a torch.Tensor, but got {type(labels).__name__}.")
         return labels

@@ -14,7 +14,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import Transform
 from torchvision.transforms.v2._utils import is_pure_tensor
 
-from .._checks import check_finite_number
+from .._checks import check_finite_number, check_fits
 from ..attribution import check_not_in_worker
 from ..functional import fill_dropped
 from ._common import RelevanceSettings
@@ -83,7 +83,7 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         if len(images) != 1:
             raise ValueError(f"{name} expects exactly one image batch per call, but found {len(images)}.")
         image = images[0]
-        self._check_image(image)
+        self._check_image(image, others=sum(isinstance(inpt, Tensor) for inpt in flat_inputs) > 1)
         labels = self._attributor.check_batch(image.as_subclass(Tensor), self._labels_from(sample), caller=name,
                                               what="images")
         if image.shape[0] == 0:
@@ -96,17 +96,22 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         ]
         return tree_unflatten(flat_outputs, spec)
 
-    def _check_image(self, image: Tensor) -> None:
+    def _check_image(self, image: Tensor, others: bool = False) -> None:
         name = type(self).__name__
         if image.ndim != 4:
+            hint = ("Use it after the DataLoader, in a collate function, or wrap the loader with RelevanceLoader.")
+            if others and not isinstance(image, tv_tensors.Image):  # e.g. {"index": ..., "image": ...}
+                hint = ("The images are the first plain tensor of the sample (torchvision's rule): put them first, "
+                        "or wrap them as tv_tensors.Image. " + hint)
             raise ValueError(
-                f"{name} expects a batch of shape (B, C, H, W), but got {tuple(image.shape)} instead. Use it after "
-                "the DataLoader, in a collate function, or wrap the loader with RelevanceLoader."
+                f"{name} expects a batch of shape (B, C, H, W), but got {tuple(image.shape)} instead. {hint}"
             )
         if isinstance(self.value, tuple) and len(self.value) not in (1, image.shape[1]):
             raise ValueError(
                 f"{name}: value has {len(self.value)} entries but the images have {image.shape[1]} channels."
             )
+        for value in self.value if isinstance(self.value, tuple) else (self.value,):
+            check_fits(f"{name}: value", value, image.dtype)
 
     def draw(self, batch_size: int, image: Tensor) -> tuple[Tensor, ...]:
         """The random tensors of the masks of the whole batch ``image`` (one row per sample), from ``generator``."""

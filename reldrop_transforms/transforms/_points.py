@@ -13,7 +13,7 @@ from torch_geometric.data import Batch
 from torch_geometric.data.data import BaseData
 from torch_geometric.transforms import BaseTransform
 
-from .._checks import check_bool, check_finite_number, check_keys
+from .._checks import check_bool, check_finite_number, check_fits, check_keys
 from ..attribution import check_not_in_worker
 from ..functional import (
     FILLS,
@@ -109,7 +109,7 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
 
     def _labels(self, sample: Any, default: Any = None) -> Tensor | None:
         """The labels: ``default`` (PyG ``data.y``) for the default getter on a lone Data/Batch, else the getter's."""
-        if self._labels_getter is not None and self.labels_getter == "default" \
+        if isinstance(self.labels_getter, str) and self.labels_getter == "default" \
                 and not isinstance(sample, (tuple, list)):
             if default is None:
                 raise ValueError(
@@ -131,6 +131,8 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
             raise ValueError(f"{name}: fill='remove' needs PyG batches; dense batches keep N points per cloud.")
         batch_size = points.shape[0]
         labels = self._attributor.check_batch(points, self._labels(sample), caller=name, what="clouds")
+        if not isinstance(self.fill, str):
+            check_fits(f"{name}: fill", self.fill, points.dtype)
         channels_last = points.transpose(1, 2) if self.channels_first else points
         if batch_size == 0 or channels_last.shape[1] == 0:
             return sample
@@ -194,6 +196,8 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
                 continue
             if value.shape[0] != mask.shape[0] or (self.fill != "first" and not value.is_floating_point()):
                 continue
+            if not isinstance(self.fill, str):  # (every batch gets here, whatever the coins)
+                check_fits(f"{type(self).__name__}: fill (of `{key}`)", self.fill, value.dtype)
             out[key] = fill_points(value, mask, self.fill, batch=batch.batch, num_segments=batch.num_graphs)
         return out
 

@@ -16,6 +16,7 @@ from torchvision.transforms import v2
 
 import reldrop_transforms.functional as F
 from reldrop_transforms.functional import (
+    ball_draws,
     box_mask,
     relevance_ball_mask,
     relevance_erasing_mask,
@@ -578,6 +579,15 @@ class TestRelevanceBallMask:
         """(Draws for one cloud of three were broadcast; (3, 1) gave a bare IndexError.)"""
         with pytest.raises(ValueError, match=r"ball draws should have shape \(3, 3\), but got"):
             relevance_ball_mask(torch.rand(3, 5), torch.rand(3, 5, 3), draws=torch.rand(*shape))
+
+    @pytest.mark.parametrize("dtype, drawn", [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+                                              (torch.float32, torch.float32), (torch.float64, torch.float64)])
+    def test_draws_at_least_float32(self, dtype, drawn):
+        """Drawn in bfloat16 for bfloat16 points, the centre rank among 1000 candidates reached 496 of them in 4000
+        draws (8 bits of mantissa); at least float32 now."""
+        draws = ball_draws(4000, dtype=dtype, generator=seeded(0))
+        assert draws.dtype == drawn
+        assert (draws[:, 0] * 1000).long().unique().numel() > 950
 
     @pytest.mark.parametrize("dtype", DTYPES)
     @pytest.mark.parametrize("radius, top_k, seed", [((0.1, 0.3), 1, 0), ((0.2, 0.5), 3, 1), ((0.0, 1.0), 50, 2)])

@@ -206,6 +206,24 @@ class TestRelevanceDropout2d:
         mask = reference_mask(model, images, labels, alpha=0.3, beta=0.5, p=1.0, seed=0)
         assert_filled(out_images, images, mask, 0.0)
 
+    def test_labels_getter_set_after_construction(self, model, batch, device):
+        # the getter was parsed once in __init__: setting it later was silently ignored (the default kept running)
+        images, labels = batch
+        other = (labels + 1) % 5
+        later = transform(model, device, p=1.0)
+        later.labels_getter = lambda sample: sample[1]["y"]
+        out_images, _ = later(images, {"y": other})
+        assert_filled(out_images, images, reference_mask(model, images, other, alpha=0.3, beta=0.5, p=1.0, seed=0),
+                      0.0)
+        later = transform(model, device, p=1.0)
+        later.labels_getter = None  # the predicted class
+        out_images = later(images)
+        assert_filled(out_images, images, reference_mask(model, images, None, alpha=0.3, beta=0.5, p=1.0, seed=0),
+                      0.0)
+        later.labels_getter = "labels"
+        with pytest.raises(ValueError, match="labels_getter should be 'default', a callable or None"):
+            later(images, labels)
+
     def test_dict_input(self, model, batch, device):
         images, labels = batch
         out = transform(model, device, p=1.0)({"image": images, "labels": labels, "name": "x"})

@@ -335,6 +335,35 @@ class TestRelevanceDropout3d:
         mask, _ = reference_graph_mask(model, batch_no_y, None, alpha=0.5, beta=0.5, seed=13)
         assert_examples(out, batch_no_y, mask, "remove")
 
+    def test_pyg_labels_getter_set_after_construction(self):
+        # setting labels_getter after construction was ignored (None still read data.y, a callable never ran)
+        model = GraphPointNet()
+        batch = make_batch(seed=3)
+        other = (batch.y + 1) % NUM_CLASSES
+        mask, _ = reference_graph_mask(model, batch, other, alpha=0.5, beta=0.5, seed=12)
+        later = RelevanceDropout3d(model, fill="remove", generator=seeded(12))
+        later.labels_getter = lambda b: other
+        assert_examples(later(batch), batch, mask, "remove")
+        later = RelevanceDropout3d(model, fill="remove", generator=seeded(13))
+        later.labels_getter = None
+        batch.y = torch.full_like(batch.y, 99)  # out of range: must not be read
+        mask, _ = reference_graph_mask(model, batch, None, alpha=0.5, beta=0.5, seed=13)
+        assert_examples(later(batch), batch, mask, "remove")
+
+    @pytest.mark.parametrize("layout", ["dense", "pyg"])
+    @pytest.mark.parametrize("p", [1.0, 0.0])
+    def test_fill_that_overflows_the_dtype(self, layout, p):
+        # fill=1e5 became inf in float16 points (the next call refused them as input); the same whatever the coins
+        model = GraphPointNet().half()
+        t = RelevanceDropout3d(model, p=p, fill=1e5, generator=seeded(0))
+        with pytest.raises(ValueError, match=r"fill.* 100000.0 is not finite in torch.float16"):
+            if layout == "dense":
+                t(*make_points(channels=5, dtype=torch.float16))
+            else:
+                batch = make_batch()
+                batch.pos, batch.x = batch.pos.half(), batch.x.half()
+                t(batch)
+
     def test_pyg_single_data_in_compose(self):
         model = GraphPointNet()
         data = make_cloud(11, seed=4, edges=True)

@@ -55,6 +55,27 @@ class TestImageBatchTransforms:
         assert torch.equal(images, images_before) and torch.equal(labels, labels_before)
         assert not torch.equal(out_images, images)
 
+    @pytest.mark.parametrize("p", [1.0, 0.0])
+    def test_value_that_overflows_the_dtype(self, transform_cls, model, p):
+        # checked in float64 only: value=1e5 became inf in a float16 batch (the next call refused it as input);
+        # the same error whatever the coins
+        images = torch.rand(2, 3, 8, 8).half()
+        t = transform_cls(copy.deepcopy(model).half(), p=p, value=1e5)
+        with pytest.raises(ValueError, match=r"value 100000.0 is not finite in torch.float16 .* 65504"):
+            t(images, torch.tensor([0, 1]))
+        t = transform_cls(copy.deepcopy(model).half(), p=p, value=(0.0, 1e5, 0.0))
+        with pytest.raises(ValueError, match="not finite in torch.float16"):
+            t(images, torch.tensor([0, 1]))
+
+    def test_images_not_first_in_a_dict_says_why(self, transform, batch):
+        # torchvision's rule takes the first plain tensor as the images: the error only said to use it after the
+        # DataLoader, which the caller had done
+        images, labels = batch
+        with pytest.raises(ValueError, match=r"but got \(4,\) instead\. The images are the first plain tensor"):
+            transform(p=1.0)({"index": torch.arange(4), "image": images, "labels": labels})
+        out = transform(p=1.0)({"index": torch.arange(4), "image": tv_tensors.Image(images), "labels": labels})
+        assert isinstance(out["image"], tv_tensors.Image)
+
     def test_model_state_untouched(self, transform, model, batch):
         images, labels = batch
         model.train()
