@@ -251,8 +251,9 @@ def offline_dataset(base: type, dataset: str, layout: str, module: str) -> type:
 
 # -- checkpoints -------------------------------------------------------------------------------------------------
 def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scaler, epoch: int,
-                    args: argparse.Namespace) -> None:
-    """Write the training state after ``epoch`` (1-based: the number of finished epochs), atomically."""
+                    args: argparse.Namespace, generator: torch.Generator | None = None) -> None:
+    """Write the training state after ``epoch`` (1-based: the number of finished epochs), atomically; with
+    ``generator`` (the loader's shuffling), its state too, so that a resumed run does not replay epoch 1's order."""
     state = {
         "epoch": epoch,
         "model": model.state_dict(),
@@ -260,6 +261,7 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scale
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
         "torch_rng": torch.get_rng_state(),
+        **({"loader_rng": generator.get_state()} if generator is not None else {}),
         "args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
     }
     path = Path(path)
@@ -270,7 +272,7 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scale
 
 
 def load_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scaler, device: torch.device,
-                    args: argparse.Namespace | None = None) -> int:
+                    args: argparse.Namespace | None = None, generator: torch.Generator | None = None) -> int:
     """Restore a state written by :func:`save_checkpoint`; returns the number of finished epochs. With ``args``, a
     checkpoint written for another ``--model`` is refused with a message that says so."""
     path = Path(path)
@@ -288,6 +290,8 @@ def load_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scale
         scaler.load_state_dict(state["scaler"])
     if "torch_rng" in state:
         torch.set_rng_state(state["torch_rng"].cpu())
+    if generator is not None and "loader_rng" in state:
+        generator.set_state(state["loader_rng"].cpu())
     return int(state["epoch"])
 
 
@@ -347,9 +351,11 @@ def evaluate(model: nn.Module, loader: Iterable, *, split: Split, device: torch.
 
 
 def fit(args: argparse.Namespace, *, model: nn.Module, train_loader: Iterable, test_loader: Iterable,
-        optimizer: torch.optim.Optimizer, split: Split, device: torch.device) -> list[dict[str, float]]:
+        optimizer: torch.optim.Optimizer, split: Split, device: torch.device,
+        generator: torch.Generator | None = None) -> list[dict[str, float]]:
     """Train for ``args.epochs`` epochs (resuming from ``args.checkpoint`` with ``args.resume``), evaluate and
     checkpoint after each; returns one ``{"epoch", "train_loss", "train_acc", "test_acc"}`` per epoch run.
+    ``generator``: the training loader's shuffling, checkpointed and restored with the rest.
 
     The learning rate follows a cosine schedule, ``lr * (1 + cos(pi * epoch / epochs)) / 2`` in epoch ``epoch``
     (0-based). It is computed in closed form from the current ``--epochs``, so a resumed run can be extended; the
@@ -365,7 +371,7 @@ def fit(args: argparse.Namespace, *, model: nn.Module, train_loader: Iterable, t
     start = 0
     if args.resume:
         start = load_checkpoint(args.checkpoint, model=model, optimizer=optimizer, scheduler=scheduler,
-                                scaler=scaler, device=device, args=args)
+                                scaler=scaler, device=device, args=args, generator=generator)
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base_lr * cosine(start)  # the saved lr followed the saved run's length
         print(f"resumed from {args.checkpoint} after epoch {start}")
@@ -387,7 +393,7 @@ def fit(args: argparse.Namespace, *, model: nn.Module, train_loader: Iterable, t
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "test_acc": test_acc})
         if args.checkpoint is not None:
             save_checkpoint(args.checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                            epoch=epoch + 1, args=args)
+                            epoch=epoch + 1, args=args, generator=generator)
     return history
 
 
@@ -467,7 +473,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, *,
     decay = weight_decay if args.weight_decay is None else args.weight_decay
     opt = optimizer(model.parameters(), lr=args.lr, weight_decay=decay)
     return fit(args, model=model, train_loader=train_loader, test_loader=test_loader, optimizer=opt, split=split,
-               device=device)
+               device=device, generator=generator)
 
 
 def run_point_cloud(parser: argparse.ArgumentParser, argv: Sequence[str] | None, *,
