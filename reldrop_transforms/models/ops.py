@@ -19,6 +19,7 @@ import math
 
 import torch
 from torch import Generator, Tensor
+from torch.overrides import handle_torch_function, has_torch_function_unary
 
 __all__ = ["farthest_point_sampling", "knn", "ball_query"]
 
@@ -170,17 +171,31 @@ def farthest_point_sampling(
         if mask is not None:
             distance[~mask] = -1.0  # padding is never farther than a real point
         rows = torch.arange(b, device=pos.device)[:, None]
-        picks = [current]  # (b, 1) each: six tensor operations per step (the loop's cost is their dispatch)
-        for _ in range(s_max - 1):
-            chosen = dense[rows, current]  # (b, 1, D)
-            torch.minimum(distance, (dense - chosen).square().sum(-1), out=distance)
-            current = distance.argmax(-1, keepdim=True)  # first maximum on ties
-            picks.append(current)
-        index = torch.cat(picks, 1)
+        index = _farthest_points(dense, current, distance, rows, s_max)
     if dense_input:
         return index
     keep = torch.arange(s_max, device=pos.device) < samples[:, None]
     return (index + offsets[:, None])[keep]
+
+
+def _farthest_points(dense: Tensor, current: Tensor, distance: Tensor, rows: Tensor, steps: int) -> Tensor:
+    """The sampling loop of :func:`farthest_point_sampling`: ``(b, steps)`` picks from the first ones ``current``
+    ``(b, 1)``, ``distance`` ``(b, n)`` updated in place.
+
+    Six tensor operations per step, whose dispatch is the loop's cost: a ``TorchFunctionMode`` watching the forward
+    (the fast LRP engine; a profiler) sees the loop as one operation (``handle_torch_function``, the protocol for
+    functions outside torch) instead of a thousand. No tensor is created inside (a mode such as ``torch.device``'s
+    would not see it).
+    """
+    if has_torch_function_unary(dense):
+        return handle_torch_function(_farthest_points, (dense,), dense, current, distance, rows, steps)
+    picks = [current]
+    for _ in range(steps - 1):
+        chosen = dense[rows, current]  # (b, 1, D)
+        torch.minimum(distance, (dense - chosen).square().sum(-1), out=distance)
+        current = distance.argmax(-1, keepdim=True)  # first maximum on ties
+        picks.append(current)
+    return torch.cat(picks, 1)
 
 
 # -- k nearest neighbours ----------------------------------------------------------------------------------------------

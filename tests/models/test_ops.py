@@ -66,6 +66,35 @@ class TestFarthestPointSampling:
         for b in range(3):
             assert index[b].tolist() == ref_fps(pos[b], 6)
 
+    def test_sampling_loop_is_one_operation_to_a_mode(self):
+        """Under a TorchFunctionMode (the fast LRP engine's, which watches every operation of a forward), the
+        sampling loop dispatches as one operation, not six per sampled point; the same indices, also under
+        ``torch.device``'s mode."""
+        from torch.overrides import TorchFunctionMode
+
+        class Count(TorchFunctionMode):
+            def __init__(self):
+                super().__init__()
+                self.names = []
+
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                self.names.append(getattr(func, "__name__", ""))
+                return func(*args, **(kwargs or {}))
+
+        gen = torch.Generator().manual_seed(0)
+        pos = torch.randn(sum(SIZES), 3, generator=gen, dtype=torch.float64)
+        batch = _batch_vector(SIZES)
+        expected = farthest_point_sampling(pos, batch, ratio=1.0)
+        with Count() as seen:
+            index = farthest_point_sampling(pos, batch, ratio=1.0)
+        assert torch.equal(index, expected)
+        assert seen.names.count("_farthest_points") == 1 and "argmax" not in seen.names
+        with Count() as fewer:
+            farthest_point_sampling(pos, batch, ratio=0.25)
+        assert len(fewer.names) == len(seen.names)  # whatever the number of steps (six operations each before)
+        with torch.device("cpu"):
+            assert torch.equal(farthest_point_sampling(pos, batch, ratio=1.0), expected)
+
     @pytest.mark.parametrize("seed", SEEDS)
     @pytest.mark.parametrize("ratio", [0.25, 0.5, 1.0])
     def test_batch_matches_reference(self, seed, ratio):
