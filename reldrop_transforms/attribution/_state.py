@@ -55,44 +55,41 @@ def set_eval(model: nn.Module, modules: Sequence[nn.Module]) -> None:
         model.eval()
 
 
-class _ModuleRecord:
-    """A shallow record of one module: its attribute dict and the contents of every dict/set held in it.
+class _TreeRecord:
+    """A shallow record of the module tree: each module's attribute dict, and the contents of every dict/set held in
+    one (parameters, buffers, submodules, every hook dict, ...), in flat lists (one pass each, no object per module).
 
     Most containers (the hook dicts) are empty and stay so: recorded without a copy. Restoring compares by identity
     with C-level loops first and touches only what changed.
     """
 
-    __slots__ = ("module", "attributes", "containers", "empty")
+    __slots__ = ("modules", "attributes", "full", "empty")
 
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-        self.attributes = attributes = module.__dict__.copy()
-        # _parameters, _buffers, _modules, every hook dict, _non_persistent_buffers_set, ...
-        self.containers: list = []  # (container, copy of its contents)
-        self.empty: list = []  # containers that were empty
-        for value in attributes.values():
-            if isinstance(value, (dict, set)):
-                if value:
-                    self.containers.append((value, value.copy()))
-                else:
-                    self.empty.append(value)
+    def __init__(self, modules: Sequence[nn.Module]) -> None:
+        self.modules = modules
+        self.attributes = attributes = [module.__dict__.copy() for module in modules]
+        boxes = [value for saved in attributes for value in saved.values() if isinstance(value, (dict, set))]
+        self.full = [(box, box.copy()) for box in boxes if box]  # (container, copy of its contents)
+        self.empty = [box for box in boxes if not box]  # containers that were empty
 
     def restore(self) -> None:
-        current = self.module.__dict__
-        attributes = self.attributes
-        if current.keys() != attributes.keys() or not all(map(operator.is_, current.values(), attributes.values())):
-            for key in [key for key in current if key not in attributes]:
-                del current[key]  # e.g. a weight that zennit 1.0.0 left in the instance dict
-            for key, value in attributes.items():
-                if current.get(key, _MISSING) is not value:
-                    current[key] = value
-        for value in self.empty:
-            if value:
-                value.clear()
-        for value, saved in self.containers:
-            if not _same_contents(value, saved):
-                value.clear()
-                value.update(saved)
+        for module, attributes in zip(self.modules, self.attributes):
+            current = module.__dict__
+            if current.keys() != attributes.keys() or not all(map(operator.is_, current.values(),
+                                                                   attributes.values())):
+                for key in [key for key in current if key not in attributes]:
+                    del current[key]  # e.g. a weight that zennit 1.0.0 left in the instance dict
+                for key, value in attributes.items():
+                    if current.get(key, _MISSING) is not value:
+                        current[key] = value
+        if any(self.empty):
+            for box in self.empty:
+                if box:
+                    box.clear()
+        for box, saved in self.full:
+            if not _same_contents(box, saved):
+                box.clear()
+                box.update(saved)
 
 
 _MISSING = object()
@@ -106,43 +103,60 @@ def _same_contents(current: dict | set, saved: dict | set) -> bool:
         and all(map(operator.is_, current.values(), saved.values()))
 
 
-class _TensorRecord:
-    """Identity, storage, autograd flags, ``.grad`` and (optionally) the values of a parameter or buffer."""
+class _TensorsRecord:
+    """Identity, storage, autograd flags, ``.grad``, hooks and (for ``cloned``) the values of parameters and
+    buffers, in flat lists (compared with C-level loops on restore; only what changed is touched)."""
 
-    __slots__ = ("tensor", "data", "data_ptr", "requires_grad", "grad", "hooks", "values")
+    __slots__ = ("tensors", "datas", "ptrs", "shapes", "flags", "grads", "hooks", "values")
 
-    def __init__(self, tensor: torch.Tensor, keep_values: bool) -> None:
-        self.tensor = tensor
-        self.data = tensor.data  # aliases the storage: lets us undo a `.data = ...` swap
-        self.data_ptr = tensor.data_ptr()
-        self.requires_grad = tensor.requires_grad
-        self.grad = tensor.grad
-        hooks = tensor._backward_hooks
-        self.hooks = None if hooks is None else dict(hooks)
-        self.values = tensor.detach().clone() if keep_values else None
+    def __init__(self, tensors: list[torch.Tensor], cloned: list[torch.Tensor]) -> None:
+        self.tensors = tensors
+        self.datas = [tensor.data for tensor in tensors]  # alias the storage: lets us undo a `.data = ...` swap
+        self.ptrs = [tensor.data_ptr() for tensor in tensors]
+        self.shapes = [tensor.shape for tensor in tensors]
+        self.flags = [tensor.requires_grad for tensor in tensors]
+        self.grads = [tensor.grad for tensor in tensors]
+        hooks = [tensor._backward_hooks for tensor in tensors]
+        self.hooks = [None if h is None else dict(h) for h in hooks] if any(h is not None for h in hooks) else None
+        self.values = [(tensor, tensor.detach().clone()) for tensor in cloned]
 
     def restore(self) -> None:
-        tensor = self.tensor
-        if tensor.data_ptr() != self.data_ptr or tensor.shape != self.data.shape:
-            tensor.data = self.data
-        if self.values is not None:
-            self.restore_values(self.values)
-        if tensor.requires_grad != self.requires_grad:
-            tensor.requires_grad_(self.requires_grad)
-        if tensor.grad is not self.grad:
-            tensor.grad = self.grad
-        hooks = tensor._backward_hooks
+        tensors = self.tensors
+        if [t.data_ptr() for t in tensors] != self.ptrs or [t.shape for t in tensors] != self.shapes:
+            for tensor, data, ptr in zip(tensors, self.datas, self.ptrs):
+                if tensor.data_ptr() != ptr or tensor.shape != data.shape:
+                    tensor.data = data
+        for tensor, values in self.values:
+            restore_values(tensor, values)
+        if [t.requires_grad for t in tensors] != self.flags:
+            for tensor, flag in zip(tensors, self.flags):
+                if tensor.requires_grad != flag:
+                    tensor.requires_grad_(flag)
+        grads = [t.grad for t in tensors]
+        if not all(map(operator.is_, grads, self.grads)):
+            for tensor, grad, saved in zip(tensors, grads, self.grads):
+                if grad is not saved:
+                    tensor.grad = saved
+        current = [t._backward_hooks for t in tensors]
         if self.hooks is None:
-            if hooks:
+            if any(current):
+                for hooks in current:
+                    if hooks:
+                        hooks.clear()
+            return
+        for hooks, saved in zip(current, self.hooks):
+            if saved is None:
+                if hooks:
+                    hooks.clear()
+            elif hooks is not None and dict(hooks) != saved:
                 hooks.clear()
-        elif hooks is not None and dict(hooks) != self.hooks:
-            hooks.clear()
-            hooks.update(self.hooks)
+                hooks.update(saved)
 
-    def restore_values(self, values: torch.Tensor) -> None:
-        if not bitwise_equal(self.tensor, values):
-            # In place on `.data`: the parameter's autograd version counter is not bumped.
-            self.tensor.data.copy_(values)
+
+def restore_values(tensor: torch.Tensor, values: torch.Tensor) -> None:
+    if not bitwise_equal(tensor, values):
+        # In place on `.data`: the parameter's autograd version counter is not bumped.
+        tensor.data.copy_(values)
 
 
 _SAME_SIZE_INTEGERS = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}
@@ -164,27 +178,27 @@ def _joined(tensors: list, ndim: int) -> torch.Tensor:
 class _ValueSnapshot:
     """The values of many small tensors (a model's buffers: BatchNorm statistics, counters) in one copy per kind
     (device, dtype; 0-d or 1-d): one ``stack``/``cat`` to record them, one more and one ``equal`` to check them,
-    instead of a clone and an ``equal`` each. The records of changed tensors put their values back."""
+    instead of a clone and an ``equal`` each. Changed tensors get their values back one by one."""
 
     __slots__ = ("groups",)
 
-    def __init__(self, records: Sequence[_TensorRecord]) -> None:
+    def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
         kinds: dict = {}
-        for record in records:
-            tensor = record.tensor
-            kinds.setdefault((tensor.device, tensor.dtype, tensor.ndim), []).append(record)
-        self.groups = [(group, ndim, _joined([record.data for record in group], ndim))
-                       for (_, _, ndim), group in kinds.items()]  # (records, ndim, their values in one tensor)
+        for tensor in tensors:
+            kinds.setdefault((tensor.device, tensor.dtype, tensor.ndim), []).append(tensor)
+        with torch.no_grad():
+            self.groups = [(group, ndim, _joined(group, ndim), [t.shape for t in group])
+                           for (_, _, ndim), group in kinds.items()]  # (tensors, ndim, their values in one, shapes)
 
     def restore(self) -> None:
-        """(After every record's storage and shape are back: see :func:`preserved_model_state`.)"""
-        for group, ndim, values in self.groups:
-            if bitwise_equal(_joined([record.tensor for record in group], ndim), values):
+        """(After every tensor's storage and shape are back: see :func:`preserved_model_state`.)"""
+        for group, ndim, values, shapes in self.groups:
+            if bitwise_equal(_joined(group, ndim), values):
                 continue
             offset = 0
-            for record in group:  # something changed: one by one
-                size = record.data.numel()
-                record.restore_values(values[offset:offset + size].view_as(record.data))
+            for tensor, shape in zip(group, shapes):  # something changed: one by one
+                size = shape.numel()
+                restore_values(tensor, values[offset:offset + size].view(shape))
                 offset += size
 
 
@@ -204,29 +218,25 @@ def preserved_model_state(model: nn.Module, *, keep_values: bool = True,
             (zennit's canonizers); costs one copy of the parameters.
         modules: ``model.modules()``, when the caller has them.
     """
-    modules = [_ModuleRecord(module) for module in (model.modules() if modules is None else modules)]
+    modules = tuple(model.modules()) if modules is None else modules
+    tree = _TreeRecord(modules)
     # While a CUDA graph is being captured nothing runs (the graph's writes happen at each replay), and comparing
     # values would synchronise, which a capture refuses: values are then neither recorded nor compared.
     values_too = not (torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing())
-    seen: set[int] = set()
-    tensors, batched = [], []
-    for record in modules:
-        for container, keep in (("_parameters", keep_values and values_too), ("_buffers", values_too)):
-            for tensor in record.attributes.get(container, {}).values():
-                if tensor is not None and id(tensor) not in seen:
-                    seen.add(id(tensor))
-                    small = keep and tensor.ndim <= 1 and tensor.layout == torch.strided \
-                        and tensor.device.type != "meta" and not tensor.is_quantized
-                    tensors.append(_TensorRecord(tensor, keep and not small))
-                    if small:
-                        batched.append(tensors[-1])
+    # each parameter and buffer once (a tensor shared by two modules too), in module order
+    params = [t for attributes in tree.attributes for t in attributes.get("_parameters", {}).values() if t is not None]
+    buffers = [t for attributes in tree.attributes for t in attributes.get("_buffers", {}).values() if t is not None]
+    tensors = list(dict.fromkeys(params + buffers))  # (tensors hash by identity)
+    kept = ((tensors if keep_values else list(dict.fromkeys(buffers))) if values_too else [])
+    batched = [t for t in kept if t.ndim <= 1 and t.layout == torch.strided and not t.is_meta and not t.is_quantized]
+    cloned = [t for t in kept if not (t.ndim <= 1 and t.layout == torch.strided and not t.is_meta
+                                      and not t.is_quantized)] if len(batched) < len(kept) else []
+    record = _TensorsRecord(tensors, cloned)
     values = _ValueSnapshot(batched)
     try:
         yield model
     finally:
         with torch.no_grad():
-            for record in modules:
-                record.restore()
-            for tensor_record in tensors:
-                tensor_record.restore()
+            tree.restore()
+            record.restore()
             values.restore()
