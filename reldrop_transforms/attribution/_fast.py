@@ -5,9 +5,9 @@ rule and lets every other operation pass relevance on by its ordinary backward; 
 forward in the backward. Here the backward of the forward that already ran does the same work, with tiny
 autograd points around each rule module instead of a re-run:
 
-- at a rule module's output ``z`` (Epsilon, Norm): ``R -> R / stab(z)``; the module's ordinary backward in
-  between (conv/linear transpose, average-pool transpose, aggregation scatter); at the module's input ``x``, on
-  that edge only: ``c -> c * x``;
+- at a rule module's output ``z`` (Epsilon, Norm): ``R -> R / stab(z)`` (a tensor hook on ``z``, removed where a
+  BatchNorm takes the rule over); the module's ordinary backward in between (conv/linear transpose, average-pool
+  transpose, aggregation scatter); at the module's input ``x``, on that edge only: ``c -> c * x``;
 - BatchNorm merged: the output point moves to the BatchNorm's output (the backward then runs through the
   BatchNorm's scale, which is what merging the weights means; no weight is modified);
 - Flat at the first linear layer: relevance spread uniformly over each output's receptive field, straight to
@@ -25,7 +25,8 @@ whose gradient is zero wherever it changes a value) makes the point keep a copy 
 Memory is time on a CPU (a fresh page costs more than a pass over it), so the pass holds no more than the gradient
 pass: a merged layer's output is freed once its BatchNorm has read it (taken back if another reader comes), every
 point frees its value after its backward, and a chain z -> ReLU [-> max pooling, reshapes] -> rule layer in which
-each step alone reads the previous one is fused (:meth:`_Engine._settle_chains`): z is not kept at all. The layer
+each step alone reads the previous one is fused (:meth:`_Engine._settle_chains`): z is not kept at all (through
+ReLU6 and the like, which are 0 wherever z <= 0, it is fused keeping z). The layer
 whose output an ``nn.ReLU`` alone reads divides by the ReLU output instead: the same relevance wherever every reader
 of the ReLU output hands it relevance proportional to it (checked after the forward; otherwise the pass is rerun
 without this, and a caller that keeps ``hints`` is not made to try again). Activations built with ``inplace=True``
