@@ -397,7 +397,8 @@ class Attributor:
 
         def call(*leaves: Tensor) -> Tensor:
             view = copy.copy(data)  # (its own stores: the caller's keep their tensors)
-            for key in view.keys():  # every other tensor too, as a copy: a forward may change its input in place
+            names = view.keys()  # (iterating a Data gives its items)
+            for key in names:  # every other tensor too, as a copy: a forward may change its input in place
                 value = view[key]  # (`data.normal.sub_(...)`, `data.batch += 0`) without touching the caller's
                 if isinstance(value, Tensor) and key not in present:
                     view[key] = value.clone()

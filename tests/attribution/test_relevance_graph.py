@@ -171,11 +171,12 @@ class TestRelevanceGraph:
         twin.in_place = False
         batch = make_batch(features=2)
         batch.normal = torch.rand(batch.pos.shape, dtype=torch.float64) + 1.0
-        before = {key: batch[key].clone() for key in batch.keys() if isinstance(batch[key], torch.Tensor)}
+        names = batch.keys()  # (iterating a Batch gives its items)
+        before = {key: batch[key].clone() for key in names if isinstance(batch[key], torch.Tensor)}
         rels = relevance_graph(model, batch, batch.y, keys=keys, backend=backend)
         expected = relevance_graph(twin, batch, batch.y, keys=keys, backend=backend)
-        for key in before:
-            assert torch.equal(batch[key], before[key]), key
+        for key, value in before.items():
+            assert torch.equal(batch[key], value), key
         assert set(rels) == set(keys)
         for key in keys:
             assert rels[key].abs().sum() > 0
