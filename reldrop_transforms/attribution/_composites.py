@@ -391,6 +391,15 @@ def zennit_relevance(
             except RuntimeError as error:  # (the forward ran: zennit's rules re-run modules in the backward)
                 raise ExplanationError(f"backend='zennit' failed to compute the relevance of this "
                                        f"{type(model).__name__} ({error}). Use backend='fast' (or 'auto').") from error
+            except KeyError as error:  # zennit's rule never received its output's gradient
+                if "grad_output" not in str(error):
+                    raise
+                raise ExplanationError(
+                    f"backend='zennit' cannot explain this {type(model).__name__}: the forward changes the output of "
+                    "a module with a rule in place where that output is a view (e.g. h.relu_() after an nn.Linear "
+                    "on (B, T, C) tokens), which hides its gradient from zennit's hooks. Use backend='fast' (or "
+                    "'auto'), or change it out of place."
+                ) from error
     finally:
         if sums is not None:
             sums.close()

@@ -5,8 +5,8 @@ rule and lets every other operation pass relevance on by its ordinary backward; 
 forward in the backward. Here the backward of the forward that already ran does the same work, with tiny
 autograd points around each rule module instead of a re-run:
 
-- at a rule module's output ``z`` (Epsilon, Norm): ``R -> R / stab(z)`` (a tensor hook on ``z``, removed where a
-  BatchNorm takes the rule over); the module's ordinary backward in between (conv/linear transpose, average-pool
+- at a rule module's output ``z`` (Epsilon, Norm): ``R -> R / stab(z)`` (a pre-hook on the node that made ``z``,
+  removed where a BatchNorm takes the rule over; an in-place Function where ``z`` is a view); the module's ordinary backward in between (conv/linear transpose, average-pool
   transpose, aggregation scatter); at the module's input ``x``, on that edge only: ``c -> c * x``;
 - BatchNorm merged: the output point moves to the BatchNorm's output (the backward then runs through the
   BatchNorm's scale, which is what merging the weights means; no weight is modified);
@@ -108,7 +108,7 @@ class _Point:
         self.substitute = False  # z is the ReLU output standing in for this layer's output (see _relu_hook)
         self.shares: _Point | None = None  # the layer whose z lives in this ReLU output's storage
         self.in_place = False  # the ReLU ran in place (its own backward, which saved its output, stands for Pass)
-        self.handle = None  # the tensor hook at a rule layer's output (see _output_hook)
+        self.handle = None  # the node pre-hook at a rule layer's output (see _output_prehook)
 
 
 class _RulePoint(torch.autograd.Function):
@@ -167,11 +167,16 @@ def _divided(point: _Point, grad: Tensor) -> Tensor:
     return share
 
 
-def _output_hook(point: _Point, grad: Tensor) -> Tensor | None:
-    """The point at a rule layer's own output, as a tensor hook (cheaper than a Function, and removed when a
-    BatchNorm takes the rule over): relevance at the output value the layer returned, also if it is changed in
-    place later (hooks see the gradient of the value they were registered on)."""
-    return _divided(point, grad) if point.active else None
+def _output_prehook(point: _Point, index: int, grad_outputs: tuple) -> tuple | None:
+    """The point at a rule layer's own output ``z``, as a pre-hook of the autograd node that made it (cheaper than a
+    Function, and removed when a BatchNorm takes the rule over): the relevance arriving at the value the layer
+    returned, also if it is changed in place later (the node stays in the graph behind the change), after the tensor
+    hooks a forward of the caller's put on ``z`` (those run first, as before zennit's rule). Not for a ``z`` that is a
+    view (an in-place change of a view bypasses its node: the in-place Function instead)."""
+    grad = grad_outputs[index]
+    if not point.active or grad is None:
+        return None
+    return (*grad_outputs[:index], _divided(point, grad), *grad_outputs[index + 1:])
 
 
 class _InputPoint(torch.autograd.Function):
@@ -597,8 +602,9 @@ class _Engine:
                     and own.shape == out.shape:  # a forward hook of the caller's changed the output: no BatchNorm
                 point.kind, point.z = "hooked", own.detach()  # merges into it, no ReLU output stands in for it
                 return self._register(point, _RulePoint.apply(out.detach(), own, None, point))
-            if out.requires_grad:
-                point.handle = out.register_hook(functools.partial(_output_hook, point))
+            if out.grad_fn is None or out._is_view():  # (a view: see _output_prehook)
+                return self._register(point, _RulePoint.apply(out, None, None, point))
+            point.handle = out.grad_fn.register_prehook(functools.partial(_output_prehook, point, out.output_nr))
             return self._register(point, out)
 
     def _first_hook(self, module: nn.Module, args, kwargs, out):
