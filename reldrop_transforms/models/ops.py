@@ -156,7 +156,7 @@ def farthest_point_sampling(
     samples = torch.minimum(samples, counts)
 
     with torch.no_grad():
-        dense = dense.detach()
+        dense = dense.detach().as_subclass(Tensor)  # (plain indices whatever the input's tensor subclass)
         b, n_max = dense.shape[:2]
         s_max = int(samples.max()) if b else 0
         if s_max == 0:

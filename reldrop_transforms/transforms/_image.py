@@ -106,12 +106,13 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
             raise ValueError(
                 f"{name} expects a batch of shape (B, C, H, W), but got {tuple(image.shape)} instead. {hint}"
             )
-        if isinstance(self.value, tuple) and len(self.value) not in (1, image.shape[1]):
+        value = _check_value(self.value)  # (as set: also a value set after construction)
+        if isinstance(value, tuple) and len(value) not in (1, image.shape[1]):
             raise ValueError(
-                f"{name}: value has {len(self.value)} entries but the images have {image.shape[1]} channels."
+                f"{name}: value has {len(value)} entries but the images have {image.shape[1]} channels."
             )
-        for value in self.value if isinstance(self.value, tuple) else (self.value,):
-            check_fits(f"{name}: value", value, image.dtype)
+        for each in value if isinstance(value, tuple) else (value,):
+            check_fits(f"{name}: value", each, image.dtype)
 
     def draw(self, batch_size: int, image: Tensor) -> tuple[Tensor, ...]:
         """The random tensors of the masks of the whole batch ``image`` (one row per sample), from ``generator``."""
@@ -134,5 +135,5 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         return {"mask": mask}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        out = fill_dropped(inpt.as_subclass(Tensor), params["mask"], self.value)
+        out = fill_dropped(inpt.as_subclass(Tensor), params["mask"], _check_value(self.value))
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out

@@ -95,6 +95,17 @@ class TestFarthestPointSampling:
         with torch.device("cpu"):
             assert torch.equal(farthest_point_sampling(pos, batch, ratio=1.0), expected)
 
+    def test_plain_indices_for_a_tensor_subclass(self):
+        # the loop's dispatch handed a subclass of pos its indices as that subclass
+        class Tagged(torch.Tensor):
+            pass
+
+        gen = torch.Generator().manual_seed(0)
+        pos = torch.randn(2, 9, 3, generator=gen, dtype=torch.float64)
+        index = farthest_point_sampling(pos.as_subclass(Tagged), num_samples=4)
+        assert type(index) is torch.Tensor
+        assert torch.equal(index, farthest_point_sampling(pos, num_samples=4))
+
     @pytest.mark.parametrize("seed", SEEDS)
     @pytest.mark.parametrize("ratio", [0.25, 0.5, 1.0])
     def test_batch_matches_reference(self, seed, ratio):

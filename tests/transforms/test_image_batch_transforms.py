@@ -67,6 +67,22 @@ class TestImageBatchTransforms:
         with pytest.raises(ValueError, match="not finite in torch.float16"):
             t(images, torch.tensor([0, 1]))
 
+    def test_value_set_after_construction(self, transform, batch):
+        # a list set later failed in the dtype check ("only one element tensors can be converted"); an invalid value
+        # set later got torch's error instead of the constructor's
+        images, labels = batch
+        expected, _ = transform(p=1.0, value=(0.1, 0.2, 0.3))(images, labels)
+        later = transform(p=1.0)
+        later.value = [0.1, 0.2, 0.3]
+        out, _ = later(images, labels)
+        assert torch.equal(out, expected)
+        later.value = "x"
+        with pytest.raises(TypeError, match="value should be a number or a sequence of numbers"):
+            later(images, labels)
+        later.value = (0.0, 1.0)
+        with pytest.raises(ValueError, match="value has 2 entries but the images have 3 channels"):
+            later(images, labels)
+
     def test_images_not_first_in_a_dict_says_why(self, transform, batch):
         # torchvision's rule takes the first plain tensor as the images: the error only said to use it after the
         # DataLoader, which the caller had done
