@@ -116,8 +116,7 @@ class _TensorsRecord:
         self.shapes = [tensor.shape for tensor in tensors]
         self.flags = [tensor.requires_grad for tensor in tensors]
         self.grads = [tensor.grad for tensor in tensors]
-        hooks = [tensor._backward_hooks for tensor in tensors]
-        self.hooks = [None if h is None else dict(h) for h in hooks] if any(h is not None for h in hooks) else None
+        self.hooks = [_hooks_record(tensors, name) for name in _TENSOR_HOOKS]
         self.values = [(tensor, tensor.detach().clone()) for tensor in cloned]
 
     def restore(self) -> None:
@@ -137,20 +136,31 @@ class _TensorsRecord:
             for tensor, grad, saved in zip(tensors, grads, self.grads):
                 if grad is not saved:
                     tensor.grad = saved
-        current = [t._backward_hooks for t in tensors]
-        if self.hooks is None:
-            if any(current):
-                for hooks in current:
+        for name, record in zip(_TENSOR_HOOKS, self.hooks):
+            current = [getattr(t, name, None) for t in tensors]
+            if record is None:  # none had hooks of this kind
+                if any(current):
+                    for hooks in current:
+                        if hooks:
+                            hooks.clear()
+                continue
+            for hooks, saved in zip(current, record):
+                if saved is None:
                     if hooks:
                         hooks.clear()
-            return
-        for hooks, saved in zip(current, self.hooks):
-            if saved is None:
-                if hooks:
+                elif hooks is not None and dict(hooks) != saved:
                     hooks.clear()
-            elif hooks is not None and dict(hooks) != saved:
-                hooks.clear()
-                hooks.update(saved)
+                    hooks.update(saved)
+
+
+# The hook dicts of a tensor (register_hook, register_post_accumulate_grad_hook)
+_TENSOR_HOOKS = ("_backward_hooks", "_post_accumulate_grad_hooks")
+
+
+def _hooks_record(tensors: list[torch.Tensor], name: str) -> list | None:
+    """Copies of each tensor's hook dict ``name`` (``None`` for a tensor without), or ``None`` when none has one."""
+    hooks = [getattr(tensor, name, None) for tensor in tensors]
+    return [None if h is None else dict(h) for h in hooks] if any(h is not None for h in hooks) else None
 
 
 def restore_values(tensor: torch.Tensor, values: torch.Tensor) -> None:

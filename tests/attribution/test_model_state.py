@@ -142,6 +142,18 @@ def test_guard_undoes_parameter_replacement_and_storage_swaps():
     assert_same_state(before, model)
 
 
+def test_guard_undoes_post_accumulate_grad_hooks():
+    # register_post_accumulate_grad_hook in a forward was left registered (the README: every tensor hook back)
+    model = small_cnn()
+    calls = []
+    model[4].weight.register_post_accumulate_grad_hook(lambda p: calls.append("kept"))
+    with preserved_model_state(model):
+        model[4].weight.register_post_accumulate_grad_hook(lambda p: calls.append("added"))
+        model[9].weight.register_post_accumulate_grad_hook(lambda p: calls.append("added"))
+    model(torch.randn(2, 3, 16, 16)).sum().backward()
+    assert calls == ["kept"]
+
+
 def test_guard_undoes_attribute_deletion_container_swaps_and_reordering():
     model = small_cnn()
     model[0].notes = {"seen": 0}  # a user dict attribute
