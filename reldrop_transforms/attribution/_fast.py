@@ -6,7 +6,7 @@ forward in the backward. Here the backward of the forward that already ran does 
 autograd points around each rule module instead of a re-run:
 
 - at a rule module's output ``z`` (Epsilon, Norm): ``R -> R / stab(z)`` (a pre-hook on the node that made ``z``,
-  removed where a BatchNorm takes the rule over; an in-place Function where ``z`` is a view); the module's ordinary backward in between (conv/linear transpose, average-pool
+  removed where a BatchNorm takes the rule over; an in-place Function where ``z`` is a view changed in place); the module's ordinary backward in between (conv/linear transpose, average-pool
   transpose, aggregation scatter); at the module's input ``x``, on that edge only: ``c -> c * x``;
 - BatchNorm merged: the output point moves to the BatchNorm's output (the backward then runs through the
   BatchNorm's scale, which is what merging the weights means; no weight is modified);
@@ -81,11 +81,21 @@ class _Misjudged(Exception):
     without that."""
 
 
+class _ViewsChanged(Exception):
+    """Rule layers whose output is a view, changed in place during the forward (see :func:`_output_prehook`): run
+    again with the in-place Function at these layers' outputs."""
+
+    def __init__(self, modules: frozenset) -> None:
+        super().__init__()
+        self.modules = modules
+
+
 class _Point:
     """A division point: the tensor ``z`` whose stabilised values divide the relevance in the backward."""
 
     __slots__ = ("kind", "module", "inp", "epsilon", "active", "z", "result", "uses", "scale", "fused", "good",
-                 "bad", "parents", "substitute", "shares", "in_place", "options", "origin", "handle")
+                 "bad", "parents", "substitute", "shares", "in_place", "options", "origin", "handle", "alias",
+                 "version")
 
     def __init__(self, kind: str, z: Tensor, epsilon: float, module: nn.Module | None = None,
                  inp: Tensor | None = None) -> None:
@@ -109,6 +119,8 @@ class _Point:
         self.shares: _Point | None = None  # the layer whose z lives in this ReLU output's storage
         self.in_place = False  # the ReLU ran in place (its own backward, which saved its output, stands for Pass)
         self.handle = None  # the node pre-hook at a rule layer's output (see _output_prehook)
+        self.alias: Tensor | None = None  # a rule layer's output that is a view (detached: its version counter)
+        self.version = 0  # ... and its version when the layer returned it
 
 
 class _RulePoint(torch.autograd.Function):
@@ -171,8 +183,9 @@ def _output_prehook(point: _Point, index: int, grad_outputs: tuple) -> tuple | N
     """The point at a rule layer's own output ``z``, as a pre-hook of the autograd node that made it (cheaper than a
     Function, and removed when a BatchNorm takes the rule over): the relevance arriving at the value the layer
     returned, also if it is changed in place later (the node stays in the graph behind the change), after the tensor
-    hooks a forward of the caller's put on ``z`` (those run first, as before zennit's rule). Not for a ``z`` that is a
-    view (an in-place change of a view bypasses its node: the in-place Function instead)."""
+    hooks a forward of the caller's put on ``z`` (those run first, as before zennit's rule). An in-place change of a
+    ``z`` that is a view bypasses the view's node: the engine checks such a ``z``'s version after the forward and runs
+    again with the in-place Function there (:class:`_ViewsChanged`)."""
     grad = grad_outputs[index]
     if not point.active or grad is None:
         return None
@@ -458,8 +471,11 @@ class _Engine:
     """One attribution pass over ``model``: hooks and points live only inside :meth:`run`."""
 
     def __init__(self, model: nn.Module, epsilon: float, types: RuleTypes, modules: Sequence[nn.Module],
-                 speculate: bool = False) -> None:
+                 speculate: bool = False, function_views: frozenset = frozenset()) -> None:
         self.model = model
+        self.function_views = function_views  # rule modules whose view outputs get the in-place Function
+        self.view_points: list[_Point] = []  # points at view outputs with a node pre-hook (see _output_prehook)
+        self.view_bases: dict[int, list[_Point]] = {}  # id(base) -> points whose result is a view of it
         self.speculate = speculate  # ReLUs after a rule layer may run in place (see _relu_hook)
         self.epsilon = epsilon
         self.types = types
@@ -519,6 +535,15 @@ class _Engine:
     def keep_before_change(self, tensor: Tensor, copy: Tensor | None = None) -> None:
         """``tensor`` (or what it is a view of) is about to change in place: points reading it keep a copy (``copy``,
         a copy of ``tensor`` already made, where it is one of the same values)."""
+        base = tensor._base
+        if base is not None and self.view_bases:  # a layer's output that is a view of the same base (h[:, 0] of
+            for point in self.view_bases.get(id(base), ()):  # h = linear(tokens)): its values may change too
+                result = point.result() if point.result is not None else None
+                if result is None or result._base is not base or point.kind not in ("epsilon", "norm", "hooked"):
+                    continue
+                if point.z is None or point.substitute or point.z.data_ptr() == result.data_ptr():
+                    point.z = result.detach().clone()
+                    point.substitute = False
         for candidate in (tensor, tensor._base):
             point = self.points.get(id(candidate)) if candidate is not None else None
             if point is not None and point.shares is not None:  # a ReLU output standing in for its layer's z
@@ -602,8 +627,14 @@ class _Engine:
                     and own.shape == out.shape:  # a forward hook of the caller's changed the output: no BatchNorm
                 point.kind, point.z = "hooked", own.detach()  # merges into it, no ReLU output stands in for it
                 return self._register(point, _RulePoint.apply(out.detach(), own, None, point))
-            if out.grad_fn is None or out._is_view():  # (a view: see _output_prehook)
+            if out.grad_fn is None:
                 return self._register(point, _RulePoint.apply(out, None, None, point))
+            if out._is_view():  # (see _output_prehook)
+                self.view_bases.setdefault(id(out._base), []).append(point)
+                if module in self.function_views:
+                    return self._register(point, _RulePoint.apply(out, None, None, point))
+                point.alias, point.version = out.detach(), out._version
+                self.view_points.append(point)
             point.handle = out.grad_fn.register_prehook(functools.partial(_output_prehook, point, out.output_nr))
             return self._register(point, out)
 
@@ -647,7 +678,7 @@ class _Engine:
         if args and isinstance(args[0], Tensor):
             producer = self._relu_producer(args[0])
             previous, parent = self.in_place_relus[module]
-            if producer is not None and producer.uses == 0 and producer.z is not None \
+            if producer is not None and producer.alias is None and producer.uses == 0 and producer.z is not None \
                     and not _vanishes(producer.epsilon, producer.z.dtype) and producer.origin is previous \
                     and self.sequentials_running.get(parent) and producer.z.data_ptr() == args[0].data_ptr():
                 module.inplace = True
@@ -888,6 +919,10 @@ class _Engine:
                         handles.append(module.register_forward_hook(self._rule_hook))
             with _Forward(self):
                 logits = call()
+            changed = frozenset(point.origin for point in self.view_points
+                                if point.alias._version != point.version)
+            if changed:
+                raise _ViewsChanged(changed)
             self._verify(logits)
             self._settle_merges()
             self._settle_chains()
@@ -909,10 +944,12 @@ class _Engine:
             for module in in_place:
                 module.inplace = True
             for point in self.points.values():  # point -> result -> its autograd node -> point: break the cycle
-                point.result = point.inp = point.z = point.fused = None
+                point.result = point.inp = point.z = point.fused = point.alias = None
                 if point.handle is not None:
                     point.handle.remove()
             self.points.clear()
+            self.view_points.clear()
+            self.view_bases.clear()
         return tuple(torch.zeros_like(x) if r is None else r for x, r in zip(leaves, rels))
 
 
@@ -938,9 +975,16 @@ def fast_relevance(
     """
     types = rule_types() if types is None else types
     modules = tuple(model.modules()) if modules is None else modules
-    if hints is not None and hints.get("relu", True):
+    speculate, views = hints is not None and hints.get("relu", True), frozenset()
+    while True:
         try:
-            return _Engine(model, epsilon, types, modules, speculate=True).run(leaves, call, grad_output_fn)
+            return _Engine(model, epsilon, types, modules, speculate=speculate, function_views=views).run(
+                leaves, call, grad_output_fn)
         except _Misjudged:
-            hints["relu"] = False  # this model's forward says no: do not try it again on the next calls
-    return _Engine(model, epsilon, types, modules).run(leaves, call, grad_output_fn)
+            if not speculate:  # (cannot happen: only a standing-in ReLU output raises it)
+                raise
+            hints["relu"] = speculate = False  # this model's forward says no: do not try it again on the next calls
+        except _ViewsChanged as error:
+            if error.modules <= views:  # (cannot happen: those get the Function)
+                raise
+            views = views | error.modules
