@@ -476,6 +476,8 @@ class _Engine:
         self.function_views = function_views  # rule modules whose view outputs get the in-place Function
         self.view_points: list[_Point] = []  # points at view outputs with a node pre-hook (see _output_prehook)
         self.view_bases: dict[int, list[_Point]] = {}  # id(base) -> points whose result is a view of it
+        # every node pre-hook made (removed after the pass, also where a point's entry in `points` was replaced)
+        self.output_hooks: list = []
         self.speculate = speculate  # ReLUs after a rule layer may run in place (see _relu_hook)
         self.epsilon = epsilon
         self.types = types
@@ -636,6 +638,7 @@ class _Engine:
                 point.alias, point.version = out.detach(), out._version
                 self.view_points.append(point)
             point.handle = out.grad_fn.register_prehook(functools.partial(_output_prehook, point, out.output_nr))
+            self.output_hooks.append(point.handle)
             return self._register(point, out)
 
     def _first_hook(self, module: nn.Module, args, kwargs, out):
@@ -945,8 +948,9 @@ class _Engine:
                 module.inplace = True
             for point in self.points.values():  # point -> result -> its autograd node -> point: break the cycle
                 point.result = point.inp = point.z = point.fused = point.alias = None
-                if point.handle is not None:
-                    point.handle.remove()
+            for handle in self.output_hooks:  # (a freed result's id may have been taken by a later point)
+                handle.remove()
+            self.output_hooks.clear()
             self.points.clear()
             self.view_points.clear()
             self.view_bases.clear()
