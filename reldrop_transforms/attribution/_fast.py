@@ -6,8 +6,9 @@ forward in the backward. Here the backward of the forward that already ran does 
 autograd points around each rule module instead of a re-run:
 
 - at a rule module's output ``z`` (Epsilon, Norm): ``R -> R / stab(z)`` (a pre-hook on the node that made ``z``,
-  removed where a BatchNorm takes the rule over; an in-place Function where ``z`` is a view changed in place); the module's ordinary backward in between (conv/linear transpose, average-pool
-  transpose, aggregation scatter); at the module's input ``x``, on that edge only: ``c -> c * x``;
+  removed where a BatchNorm takes the rule over; an in-place Function where ``z`` is a view changed in place); the
+  module's ordinary backward in between (conv/linear transpose, average-pool transpose, aggregation scatter); at the
+  module's input ``x``, on that edge only: ``c -> c * x``;
 - BatchNorm merged: the output point moves to the BatchNorm's output (the backward then runs through the
   BatchNorm's scale, which is what merging the weights means; no weight is modified);
 - Flat at the first linear layer: relevance spread uniformly over each output's receptive field, straight to
@@ -26,10 +27,10 @@ Memory is time on a CPU (a fresh page costs more than a pass over it), so the pa
 pass: a merged layer's output is freed once its BatchNorm has read it (taken back if another reader comes), every
 point frees its value after its backward, and a chain z -> ReLU [-> max pooling, reshapes] -> rule layer in which
 each step alone reads the previous one is fused (:meth:`_Engine._settle_chains`): z is not kept at all (through
-ReLU6 and the like, which are 0 wherever z <= 0, it is fused keeping z). The layer
-whose output an ``nn.ReLU`` alone reads divides by the ReLU output instead: the same relevance wherever every reader
-of the ReLU output hands it relevance proportional to it (checked after the forward; otherwise the pass is rerun
-without this, and a caller that keeps ``hints`` is not made to try again). Activations built with ``inplace=True``
+ReLU6 and the like, which are 0 wherever z <= 0, it is fused keeping z). The layer whose output an ``nn.ReLU`` alone
+reads divides by the ReLU output instead: the same relevance wherever every reader of the ReLU output hands it
+relevance proportional to it (checked after the forward; otherwise the pass is rerun without this, and a caller that
+keeps ``hints`` is not made to try again). Activations built with ``inplace=True``
 run out of place, as zennit runs them on a clone of their input; only such an ``nn.ReLU`` after another child of a
 running ``nn.Sequential``, whose input nothing else can read, runs in place (:meth:`_Engine._relu_pre_hook`). The
 engine's own operations inside the forward run under ``DisableTorchFunction``, unseen by the mode.

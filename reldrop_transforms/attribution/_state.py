@@ -238,9 +238,10 @@ def preserved_model_state(model: nn.Module, *, keep_values: bool = True,
     buffers = [t for attributes in tree.attributes for t in attributes.get("_buffers", {}).values() if t is not None]
     tensors = list(dict.fromkeys(params + buffers))  # (tensors hash by identity)
     kept = ((tensors if keep_values else list(dict.fromkeys(buffers))) if values_too else [])
-    batched = [t for t in kept if t.ndim <= 1 and t.layout == torch.strided and not t.is_meta and not t.is_quantized]
-    cloned = [t for t in kept if not (t.ndim <= 1 and t.layout == torch.strided and not t.is_meta
-                                      and not t.is_quantized)] if len(batched) < len(kept) else []
+    batched, cloned = [], []  # small values in one copy per kind (_ValueSnapshot), the others cloned each
+    for t in kept:
+        small = t.ndim <= 1 and t.layout == torch.strided and not t.is_meta and not t.is_quantized
+        (batched if small else cloned).append(t)
     record = _TensorsRecord(tensors, cloned)
     values = _ValueSnapshot(batched)
     try:

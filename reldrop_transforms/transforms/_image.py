@@ -83,7 +83,7 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         if len(images) != 1:
             raise ValueError(f"{name} expects exactly one image batch per call, but found {len(images)}.")
         image = images[0]
-        self._check_image(image, others=sum(isinstance(inpt, Tensor) for inpt in flat_inputs) > 1)
+        value = self._check_image(image, others=sum(isinstance(inpt, Tensor) for inpt in flat_inputs) > 1)
         labels = self._attributor.check_batch(image.as_subclass(Tensor), self._labels_from(sample), caller=name,
                                               what="images")
         if image.shape[0] == 0:
@@ -91,12 +91,14 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         params = self.make_params_for(image, labels)
         if params["mask"] is None:
             return sample
+        params["value"] = value
         flat_outputs = [
             self.transform(inpt, params) if needs else inpt for inpt, needs in zip(flat_inputs, needs_transform)
         ]
         return tree_unflatten(flat_outputs, spec)
 
-    def _check_image(self, image: Tensor, others: bool = False) -> None:
+    def _check_image(self, image: Tensor, others: bool = False) -> float | tuple[float, ...]:
+        """Check the batch and the fill value for it; returns the value (as set: also one set after construction)."""
         name = type(self).__name__
         if image.ndim != 4:
             hint = ("Use it after the DataLoader, in a collate function, or wrap the loader with RelevanceLoader.")
@@ -106,13 +108,14 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
             raise ValueError(
                 f"{name} expects a batch of shape (B, C, H, W), but got {tuple(image.shape)} instead. {hint}"
             )
-        value = _check_value(self.value)  # (as set: also a value set after construction)
+        value = _check_value(self.value)
         if isinstance(value, tuple) and len(value) not in (1, image.shape[1]):
             raise ValueError(
                 f"{name}: value has {len(value)} entries but the images have {image.shape[1]} channels."
             )
         for each in value if isinstance(value, tuple) else (value,):
             check_fits(f"{name}: value", each, image.dtype)
+        return value
 
     def draw(self, batch_size: int, image: Tensor) -> tuple[Tensor, ...]:
         """The random tensors of the masks of the whole batch ``image`` (one row per sample), from ``generator``."""
@@ -135,5 +138,5 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         return {"mask": mask}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        out = fill_dropped(inpt.as_subclass(Tensor), params["mask"], _check_value(self.value))
+        out = fill_dropped(inpt.as_subclass(Tensor), params["mask"], params["value"])
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
