@@ -95,10 +95,11 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
             raise TypeError(f"{type(self).__name__} expects points (and labels), but got no input.")
         sample = inputs if len(inputs) > 1 else inputs[0]
         first = inputs[0] if len(inputs) > 1 else (sample[0] if isinstance(sample, (tuple, list)) else sample)
+        fill = _check_fill(self.fill)  # (as set: also one set after construction; before any coin)
         if isinstance(first, BaseData):
-            return self._call_pyg(sample, first)
+            return self._call_pyg(sample, first, fill)
         if isinstance(first, Tensor):
-            return self._call_dense(sample, first)
+            return self._call_dense(sample, first, fill)
         raise TypeError(
             f"{type(self).__name__} expects a dense batch (B, N, C) or a torch_geometric Data/Batch, "
             f"but got {type(first).__name__}."
@@ -120,19 +121,19 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         return self._labels_from(sample)
 
     # -- dense -----------------------------------------------------------------------------------------------
-    def _call_dense(self, sample: Any, points: Tensor) -> Any:
+    def _call_dense(self, sample: Any, points: Tensor, fill: str | float) -> Any:
         name = type(self).__name__
         if points.ndim != 3:
             layout = "(B, C, N)" if self.channels_first else "(B, N, C)"
             raise ValueError(
                 f"{name} expects a batch of point clouds of shape {layout}, but got {tuple(points.shape)} instead."
             )
-        if self.fill == "remove":
+        if fill == "remove":
             raise ValueError(f"{name}: fill='remove' needs PyG batches; dense batches keep N points per cloud.")
         batch_size = points.shape[0]
         labels = self._attributor.check_batch(points, self._labels(sample), caller=name, what="clouds")
-        if not isinstance(self.fill, str):
-            check_fits(f"{name}: fill", self.fill, points.dtype)
+        if not isinstance(fill, str):
+            check_fits(f"{name}: fill", fill, points.dtype)
         channels_last = points.transpose(1, 2) if self.channels_first else points
         if batch_size == 0 or channels_last.shape[1] == 0:
             return sample
@@ -142,12 +143,12 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
                           lambda b: self.draw(b, positions), self.mask_rows, extra=(positions,), key=self.mask_key())
         if mask is None:
             return sample
-        out = fill_points(channels_last, mask, self.fill)
+        out = fill_points(channels_last, mask, fill)
         out = out.transpose(1, 2) if self.channels_first else out
         return _with_first(sample, out)
 
     # -- PyG -------------------------------------------------------------------------------------------------
-    def _call_pyg(self, sample: Any, data: BaseData) -> Any:
+    def _call_pyg(self, sample: Any, data: BaseData, fill: str | float) -> Any:
         name = type(self).__name__
         single = not isinstance(data, Batch)
         batch = Batch.from_data_list([data]) if single else data
@@ -179,12 +180,12 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
                                               forward_fn=self.forward_fn, caller=name, checked=True)
         if self.p < 1.0:
             mask = mask & coins[batch.batch]
-        out = self._apply_pyg(batch, mask)
+        out = self._apply_pyg(batch, mask, fill)
         out = _single_example(data, batch, out) if single else out
         return _with_first(sample, out)
 
-    def _apply_pyg(self, batch: Batch, mask: Tensor) -> Batch:
-        if self.fill == "remove":
+    def _apply_pyg(self, batch: Batch, mask: Tensor, fill: str | float) -> Batch:
+        if fill == "remove":
             return remove_points(batch, mask)
         out = copy.copy(batch)
         for name in ("_slice_dict", "_inc_dict"):  # bookkeeping of its own (a shallow copy shares these dicts: a
@@ -194,11 +195,11 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
             value = batch[key]
             if not is_node_attribute(batch, key, value):
                 continue
-            if value.shape[0] != mask.shape[0] or (self.fill != "first" and not value.is_floating_point()):
+            if value.shape[0] != mask.shape[0] or (fill != "first" and not value.is_floating_point()):
                 continue
-            if not isinstance(self.fill, str):  # (every batch gets here, whatever the coins)
-                check_fits(f"{type(self).__name__}: fill (of `{key}`)", self.fill, value.dtype)
-            out[key] = fill_points(value, mask, self.fill, batch=batch.batch, num_segments=batch.num_graphs)
+            if not isinstance(fill, str):  # (every batch gets here, whatever the coins)
+                check_fits(f"{type(self).__name__}: fill (of `{key}`)", fill, value.dtype)
+            out[key] = fill_points(value, mask, fill, batch=batch.batch, num_segments=batch.num_graphs)
         return out
 
 

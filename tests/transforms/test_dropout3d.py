@@ -364,6 +364,53 @@ class TestRelevanceDropout3d:
                 batch.pos, batch.x = batch.pos.half(), batch.x.half()
                 t(batch)
 
+    @pytest.mark.parametrize("layout", ["dense", "pyg"])
+    @pytest.mark.parametrize("p", [1.0, 0.0])
+    def test_fill_set_after_construction(self, layout, p):
+        # a fill set after construction was not checked at call time: "zeros" reached fill_points (its own message,
+        # only when a coin came up), 1e5 in float16 was not refused; now as at construction, whatever the coins
+        model = DensePointNet() if layout == "dense" else GraphPointNet()
+        t = RelevanceDropout3d(model, p=p, generator=seeded(0))
+
+        def call():
+            if layout == "dense":
+                return t(*make_points())
+            return t(make_batch())
+
+        t.fill = "zeros"
+        with pytest.raises(ValueError, match=r"fill should be one of .* or a number, but got 'zeros'"):
+            call()
+        t.fill = float("nan")
+        with pytest.raises(ValueError, match="fill"):
+            call()
+        model.half()
+        t.fill = 1e5
+        with pytest.raises(ValueError, match=r"fill.* 100000.0 is not finite in torch.float16"):
+            if layout == "dense":
+                t(*make_points(dtype=torch.float16))
+            else:
+                batch = make_batch()
+                batch.pos, batch.x = batch.pos.half(), batch.x.half()
+                t(batch)
+        model.float()
+        t.fill = 0.25  # a valid one set later is used
+        if layout == "dense":
+            points, labels = make_points()
+            out, _ = t(points, labels)
+            if p == 1.0:
+                dropped = (out != points).any(-1)
+                assert bool(dropped.any()) and torch.equal(out[dropped], torch.full_like(out[dropped], 0.25))
+            else:
+                assert torch.equal(out, points)
+        else:
+            batch = make_batch()
+            out = t(batch)
+            if p == 1.0:
+                dropped = (out.pos != batch.pos).any(-1)
+                assert bool(dropped.any()) and torch.equal(out.pos[dropped], torch.full_like(out.pos[dropped], 0.25))
+            else:
+                assert torch.equal(out.pos, batch.pos)
+
     def test_pyg_single_data_in_compose(self):
         model = GraphPointNet()
         data = make_cloud(11, seed=4, edges=True)
