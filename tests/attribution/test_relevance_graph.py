@@ -182,6 +182,40 @@ class TestRelevanceGraph:
             assert rels[key].abs().sum() > 0
             torch.testing.assert_close(rels[key], expected[key], rtol=1e-9, atol=1e-15)
 
+    @pytest.mark.parametrize("backend", ["fast", "zennit"])
+    def test_a_forward_may_change_tensors_held_in_lists_and_dicts_of_the_batch(self, backend):
+        # the copies for the forward were of tensor attributes only: a forward changing a tensor held in a list or
+        # dict attribute in place (here: shifts of its own) changed the caller's batch
+        class Shifting(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = PointNetLike(in_channels=5).double()
+
+            def forward(self, data):
+                shift = data.shifts[0].add_(1.0) + data.extra["scale"].mul_(2.0)
+                return self.net(Batch(pos=data.pos + shift, x=data.x, batch=data.batch, ptr=data.ptr))
+
+        torch.manual_seed(0)
+        model = Shifting()
+        batch = make_batch(features=2)
+        batch.shifts = [torch.full((3,), 0.5, dtype=torch.float64), "a label"]
+        batch.extra = {"scale": torch.full((3,), 0.25, dtype=torch.float64), "name": "cloud"}
+        kept = (batch.shifts, batch.shifts[0], batch.extra, batch.extra["scale"])
+        rels = relevance_graph(model, batch, batch.y, backend=backend)
+        assert all(now is then for now, then in zip((batch.shifts, batch.shifts[0], batch.extra, batch.extra["scale"]),
+                                                    kept))  # the caller's objects themselves, unchanged
+        assert torch.equal(batch.shifts[0], torch.full((3,), 0.5, dtype=torch.float64))
+        assert torch.equal(batch.extra["scale"], torch.full((3,), 0.25, dtype=torch.float64))
+        assert batch.shifts[1] == "a label" and batch.extra["name"] == "cloud"
+        # the forward saw the values it would see on a batch of its own
+        twin = copy.deepcopy(model)
+        own = copy.copy(batch)
+        own.shifts = [batch.shifts[0].clone(), "a label"]
+        own.extra = {"scale": batch.extra["scale"].clone(), "name": "cloud"}
+        expected = relevance_graph(twin, own, batch.y, backend=backend)
+        for key in rels:
+            torch.testing.assert_close(rels[key], expected[key], rtol=1e-9, atol=1e-15)
+
     def test_auto_is_fast_and_predicted_class(self):
         model = PointNetLike(seed=3).double()
         batch = make_batch(seed=3)
