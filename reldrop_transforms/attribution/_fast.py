@@ -284,7 +284,7 @@ def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor, options: 
     """
     own_weight = "weight" in module._parameters  # (not computed: a parametrization, weight_norm's hook)
     if type(module) in _CONV and own_weight and module.groups == 1 and not isinstance(module.padding, str) \
-            and module.padding_mode == "zeros":
+            and module.padding_mode == "zeros" and inp.ndim == module.weight.ndim:  # (batched: unbatched below)
         ones = inp.new_ones((1, 1, *inp.shape[2:]))
         window = inp.new_ones((1, 1, *module.weight.shape[2:]))
         counts = module._conv_forward(ones, window, None) * module.weight.shape[1]

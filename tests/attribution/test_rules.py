@@ -695,6 +695,35 @@ class TestModuleCalledTwice:
         assert relevance(model, x, targets) is not None  # auto: fast, no warning
         assert rel_l2(zennit_oracle(model, x, targets, paper_composite(1e-3, [])), oracle) > 1e-3
 
+    @pytest.mark.parametrize("options", [{}, {"stride": 2}, {"padding": 1}, {"dilation": 2}])
+    @pytest.mark.parametrize("conv", [nn.Conv1d, nn.Conv2d])
+    def test_first_conv_run_on_each_unbatched_sample(self, conv, options):
+        """A forward that runs the first convolution on each sample alone (``conv(x_i)`` on ``(C, H, W)``): Flat's
+        one-channel shortcut read the unbatched input's last dims as spatial (torch's kernel-size error). Equal to
+        stock zennit on the batched twin (the same function; zennit refuses the module run B times)."""
+
+        class PerSample(nn.Module):
+            def __init__(self, batched):
+                super().__init__()
+                self.batched = batched
+                self.conv = conv(3, 4, 3, **options)
+                self.fc = nn.Linear(4, 5)
+
+            def forward(self, x):
+                h = self.conv(x) if self.batched else torch.stack([self.conv(sample) for sample in x])
+                return self.fc(torch.relu(h).flatten(2).mean(2))
+
+        torch.manual_seed(0)
+        model = PerSample(batched=False).double()
+        twin = copy.deepcopy(model)
+        twin.batched = True
+        x = torch.randn(3, 3, *(9,) * (2 if conv is nn.Conv2d else 1), dtype=torch.float64)
+        targets = torch.tensor([0, 1, 2])
+        oracle = zennit_oracle(twin, x, targets, paper_composite(1e-3, []))
+        assert oracle.abs().sum() > 0
+        assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
+        assert rel_l2(relevance(model, x, targets), oracle) <= 1e-9  # auto
+
     def test_zennit_backend_refuses(self):
         model = Shared().double()
         with pytest.raises(ValueError, match="'conv2' runs 2 times in one forward.*backend='fast'"):
