@@ -107,7 +107,7 @@ class _TensorsRecord:
     """Identity, storage, autograd flags, ``.grad``, hooks and (for ``cloned``) the values of parameters and
     buffers, in flat lists (compared with C-level loops on restore; only what changed is touched)."""
 
-    __slots__ = ("tensors", "datas", "ptrs", "shapes", "flags", "grads", "hooks", "values")
+    __slots__ = ("tensors", "datas", "ptrs", "shapes", "flags", "grads", "hooks", "values", "leaves")
 
     def __init__(self, tensors: list[torch.Tensor], cloned: list[torch.Tensor]) -> None:
         self.tensors = tensors
@@ -115,7 +115,10 @@ class _TensorsRecord:
         self.ptrs = [tensor.data_ptr() for tensor in tensors]
         self.shapes = [tensor.shape for tensor in tensors]
         self.flags = [tensor.requires_grad for tensor in tensors]
-        self.grads = [tensor.grad for tensor in tensors]
+        # a buffer with an autograd history (PyG's InstanceNorm assigns its running statistics undetached) has no
+        # .grad, and reading it warns: such tensors are read through _grad
+        self.leaves = all(tensor.is_leaf for tensor in tensors)
+        self.grads = self._grads()
         self.hooks = [_hooks_record(tensors, name) for name in _TENSOR_HOOKS]
         self.values = [(tensor, tensor.detach().clone()) for tensor in cloned]
 
@@ -131,7 +134,7 @@ class _TensorsRecord:
             for tensor, flag in zip(tensors, self.flags):
                 if tensor.requires_grad != flag:
                     tensor.requires_grad_(flag)
-        grads = [t.grad for t in tensors]
+        grads = self._grads()
         if not all(map(operator.is_, grads, self.grads)):
             for tensor, grad, saved in zip(tensors, grads, self.grads):
                 if grad is not saved:
@@ -151,6 +154,16 @@ class _TensorsRecord:
                 elif hooks is not None and dict(hooks) != saved:
                     hooks.clear()
                     hooks.update(saved)
+
+    def _grads(self) -> list:
+        if self.leaves:
+            return [tensor.grad for tensor in self.tensors]
+        return [_grad(tensor) for tensor in self.tensors]
+
+
+def _grad(tensor: torch.Tensor) -> torch.Tensor | None:
+    """``tensor.grad``, without torch's warning for a tensor that is not a leaf (and has none)."""
+    return tensor.grad if tensor.is_leaf or tensor.retains_grad else None
 
 
 # The hook dicts of a tensor (register_hook, register_post_accumulate_grad_hook)

@@ -335,3 +335,37 @@ def test_what_a_forward_hook_changes_on_the_model(backend):
     relevance(model, torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), backend=backend)
     assert model.stats == {"n": 0} and model.seen == set()
     assert len(model.features) == (1 if backend == "fast" else 2)  # (the zennit backend runs the forward twice)
+
+
+class _HistoryBuffer(nn.Module):
+    """Running statistics assigned without ``detach`` in training (as PyG's ``InstanceNorm`` does): the buffer is not
+    a leaf (it has an autograd history) and has no ``.grad``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+        self.register_buffer("running_mean", torch.zeros(4))
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).mean((2, 3))
+        if self.training:
+            self.running_mean = 0.9 * self.running_mean + 0.1 * h.mean(0)
+        return self.fc(h - self.running_mean)
+
+
+@pytest.mark.parametrize("backend", ["fast", "zennit"])
+def test_buffer_with_an_autograd_history(backend, recwarn):
+    # reading .grad of every buffer gave torch's "The .grad attribute of a Tensor that is not a leaf Tensor is
+    # being accessed" warning four times per call (an error under -W error)
+    torch.manual_seed(0)
+    model = _HistoryBuffer()
+    model(torch.randn(4, 3, 8, 8)).sum().backward()
+    assert not model.running_mean.is_leaf
+    before = snapshot(model)
+    buffer = model.running_mean
+    rel = relevance(model, torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), backend=backend)
+    assert rel.abs().sum() > 0
+    assert not [w for w in recwarn if "not a leaf" in str(w.message)]
+    assert model.running_mean is buffer
+    assert_same_state(before, model)
