@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import copy
 import sys
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import default_collate, get_worker_info
 
+from ._containers import map_tensors
 from .attribution import model_device, unwrap_model
 
 __all__ = ["RelevanceCollate", "RelevanceLoader", "move_to_device", "collate"]
@@ -32,26 +31,14 @@ def move_to_device(batch: Any, device: torch.device | None) -> Any:
     """Move every tensor in a (nested) batch to ``device``; containers keep their type."""
     if device is None:
         return batch
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        moved = {key: move_to_device(value, device) for key, value in batch.items()}
-        if isinstance(batch, defaultdict):  # (its constructor takes the default factory first)
-            return type(batch)(batch.default_factory, moved)
-        try:
-            return type(batch)(moved)
-        except TypeError:  # a constructor of its own: a copy updated with the moved values, as default_collate
-            clone = copy.copy(batch)
-            clone.update(moved)
-            return clone
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(move_to_device(value, device) for value in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to_device(value, device) for value in batch)
-    to = getattr(batch, "to", None)
-    if callable(to) and not isinstance(batch, nn.Module):  # e.g. PyG Data/Batch
+    return map_tensors(batch, lambda tensor: tensor.to(device, non_blocking=True), lambda other: _moved(other, device))
+
+
+def _moved(obj: Any, device: torch.device) -> Any:
+    to = getattr(obj, "to", None)
+    if callable(to) and not isinstance(obj, nn.Module):  # e.g. PyG Data/Batch
         return to(device, non_blocking=True)
-    return batch
+    return obj
 
 
 def collate(samples: list) -> Any:

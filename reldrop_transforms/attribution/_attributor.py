@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_backend, check_bool, check_dtype, check_epsilon, check_keys, check_labels, check_model
+from .._containers import map_tensors
 from ._composites import check_composite, zennit_relevance
 from ._fast import FAST_COMPOSITES, UnsupportedModel, fast_relevance
 from ._graphs import GraphCache
@@ -400,10 +401,7 @@ class Attributor:
             names = view.keys()  # (iterating a Data gives its items)
             for key in names:  # every other tensor too, as a copy: a forward may change its input in place
                 if key not in present:  # (`data.normal.sub_(...)`, `data.batch += 0`) without touching the caller's
-                    value = view[key]
-                    copied = _tensors_copied(value)
-                    if copied is not value:
-                        view[key] = copied
+                    view[key] = map_tensors(view[key], Tensor.clone)  # (also those in its lists and dicts)
             for key, leaf in zip(present, leaves):
                 view[key] = leaf
             return module(view) if forward_fn is None else forward_fn(module, view)
@@ -645,29 +643,6 @@ def fed_copies(leaves: Sequence[Tensor]) -> tuple[Tensor, ...]:
     place (``x.sub_(mean)``, a pre-hook's ``clamp_``: autograd refuses that on a leaf or a view of one) without
     touching the caller's tensors or another forward's input."""
     return tuple(leaf.clone() for leaf in leaves)
-
-
-def _tensors_copied(value):
-    """``value`` with every tensor in it cloned: a tensor, or lists, tuples (namedtuples) and dicts holding tensors
-    (a PyG attribute such as a list of per-cloud tensors), rebuilt as their own type; ``value`` itself when it holds
-    no tensor."""
-    if isinstance(value, Tensor):
-        return value.clone()
-    if isinstance(value, (list, tuple)):
-        items = [_tensors_copied(item) for item in value]
-        if all(new is old for new, old in zip(items, value)):
-            return value
-        if isinstance(value, list):
-            return items
-        return type(value)._make(items) if hasattr(type(value), "_make") else type(value)(items)
-    if isinstance(value, dict):
-        items = {key: _tensors_copied(item) for key, item in value.items()}
-        if all(items[key] is item for key, item in value.items()):
-            return value
-        copied = copy.copy(value)  # (its own type: a defaultdict keeps its factory)
-        copied.update(items)
-        return copied
-    return value
 
 
 def _own_memory(rel: Tensor, leaf: Tensor) -> Tensor:

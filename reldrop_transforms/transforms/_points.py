@@ -14,6 +14,7 @@ from torch_geometric.data.data import BaseData
 from torch_geometric.transforms import BaseTransform
 
 from .._checks import check_bool, check_finite_number, check_fits, check_keys
+from .._containers import rebuilt
 from ..attribution import check_not_in_worker
 from ..functional import (
     FILLS,
@@ -208,9 +209,7 @@ def _with_first(sample: Any, out: Any) -> Any:
     when the sample is the points themselves."""
     if not isinstance(sample, (tuple, list)):
         return out
-    if hasattr(type(sample), "_make"):  # a namedtuple: its fields are separate arguments of its constructor
-        return type(sample)._make([out, *sample[1:]])
-    return type(sample)([out, *sample[1:]])
+    return rebuilt(sample, [out, *sample[1:]])
 
 
 def _single_example(data: BaseData, batch: Batch, out: Batch) -> BaseData:
