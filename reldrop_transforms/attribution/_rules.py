@@ -37,9 +37,11 @@ merge writes into the computed weight, which the next forward recomputes).
 
 Without an LRP rule, and refused by both backends with the module named: ``nn.MultiheadAttention`` (three
 inputs and softmax attention; zennit's Pass hook cannot handle it), BatchNorm without running statistics
-(in eval mode it normalises with the statistics of the batch, so relevance would leak between samples), and
+(in eval mode it normalises with the statistics of the batch, so relevance would leak between samples),
 TorchScript or ``torch.compile``'d submodules (their code runs without the Python hooks that apply the rules; a
-wholly compiled model is attributed through the eager module under it).
+wholly compiled model is attributed through the eager module under it), and the modules of a converted quantized
+model (``torch.ao.nn.quantized``, its dynamic and fused forms: their kernels have no autograd, so no relevance would
+reach the input; the float model prepared for quantization is explained as any other).
 """
 
 from __future__ import annotations
@@ -156,6 +158,10 @@ def _problem(module: nn.Module) -> str | None:
         return ("is a torch.compile'd submodule: its compiled code runs without the hooks that apply the rules; "
                 "compile the whole model instead (attribution runs on the eager module under it) or attribute the "
                 "eager submodule")
+    if _quantized(module):
+        return ("is a quantized module (torch.ao.quantization convert): quantized kernels have no autograd, so no "
+                "relevance reaches the input (it would be all zero); attribute the float model (before convert, or "
+                "a float copy with the same weights)")
     if isinstance(module, nn.MultiheadAttention):
         return ("has no LRP rule (attention mixes three inputs through a softmax; zennit's Pass rule cannot be "
                 "applied to it)")
@@ -164,6 +170,17 @@ def _problem(module: nn.Module) -> str | None:
         return ("has no running statistics (track_running_stats=False): in eval mode it normalises with the "
                 "statistics of the batch, so one sample's relevance would depend on the others")
     return None
+
+
+def _quantized(module: nn.Module) -> bool:
+    """A module of a converted quantized model (``torch.ao.nn.quantized``, its dynamic and fused intrinsic forms),
+    whose kernels have no autograd; not the float modules of a model prepared for quantization (``FloatFunctional``,
+    the reference modules, which compute in floating point)."""
+    path = type(module).__module__
+    if path.startswith("torch.ao.nn.intrinsic.quantized."):
+        return True
+    return path.startswith("torch.ao.nn.quantized.") and not path.startswith("torch.ao.nn.quantized.reference.") \
+        and type(module).__name__ != "FloatFunctional"
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:

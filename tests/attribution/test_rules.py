@@ -1356,6 +1356,33 @@ class TestNoRule:
                                                  r"on' has no LRP rule"):
                 relevance(model, torch.randn(2, 3, 16, 16), backend=backend)
 
+    @pytest.mark.filterwarnings("ignore::UserWarning")  # (torch.ao.quantization's own deprecation notes)
+    @pytest.mark.filterwarnings("ignore::DeprecationWarning")
+    def test_quantized_models(self):
+        """A converted int8 model (quantized kernels have no autograd): every backend returned all-zero relevance,
+        silently, although the logits depend on the input. Refused, naming the module; the float quantizable model
+        (QuantStub, FloatFunctional adds), also fused, is explained as before."""
+        import torchvision.models.quantization as quantization
+
+        torch.manual_seed(0)
+        x, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 3])
+        converted = quantization.resnet18(weights=None, quantize=True, num_classes=5).eval()
+        with torch.no_grad():
+            assert not torch.equal(converted(x), converted(x.flip(0)))  # the logits depend on the input
+        dynamic = torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.Flatten(), nn.Linear(3072, 5)), {nn.Linear})
+        for model, name in ((converted, "ConvReLU2d 'conv1'"), (dynamic, "Linear '1'")):
+            for backend in ("auto", "fast", "zennit"):
+                with pytest.raises(ValueError, match=rf"{name} is a quantized module .* no autograd"):
+                    relevance(model, x, labels, backend=backend)
+        float_model = warm_up_batchnorm(quantization.resnet18(weights=None, quantize=False, num_classes=5))
+        float_model.double().eval()
+        xd = x.double()
+        plain = relevance(float_model, xd, labels, backend="fast")
+        assert plain.abs().sum() > 0
+        float_model.eval().fuse_model()  # conv + bn (+ relu) folded: ConvReLU2d of torch.ao.nn.intrinsic (float)
+        fused = relevance(float_model, xd, labels, backend="fast")
+        assert rel_l2(fused, plain) <= 1e-9
+
     @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
     @pytest.mark.parametrize("how", ["script", "trace", "script_submodule", "compile_submodule"])
     def test_scripted_or_compiled_parts(self, how):
