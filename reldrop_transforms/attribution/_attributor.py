@@ -568,12 +568,13 @@ class Attributor:
             module.eval()
             return module(inputs[:1].clone())  # (a forward may change its input in place)
 
-    def _say_once(self, key: Hashable, message: str, *, warn: bool) -> None:
+    def _say_once(self, key: Hashable, message: str, *, warn: bool, category: type[Warning] = RelevanceBackendWarning,
+                  stacklevel: int = 4) -> None:
         if key in self._said:
             return
         self._said.add(key)
         if warn:
-            warnings.warn(message, RelevanceBackendWarning, stacklevel=4)
+            warnings.warn(message, category, stacklevel=stacklevel)
         else:
             _log.info(message)
 
@@ -586,6 +587,13 @@ class Attributor:
                            f"zennit backend (the fast engine computes {FAST_COMPOSITES}).", warn=False)
         device_type = inputs[0].device.type
         autocast = torch.autocast(device_type, dtype=self.dtype, enabled=self.dtype is not None)
+        connected = [True]  # whether the last forward's output depends on the leaves through autograd
+
+        def forward() -> Tensor:
+            logits = call(*fed_copies(leaves))
+            connected[0] = not isinstance(logits, Tensor) or logits.requires_grad
+            return logits
+
         with model_lock(module), torch.inference_mode(False), torch.enable_grad(), autocast:
             modules = tuple(module.modules())  # one walk of the tree for the checks, the guard and the engine
             _check_explainable(module, modules)
@@ -593,17 +601,22 @@ class Attributor:
             if use_fast:
                 with _attribution_state(module, modules, keep_values=False):
                     try:
-                        rels = fast_relevance(module, leaves, lambda: call(*fed_copies(leaves)), grad_output_fn,
-                                              self.epsilon, self._rule_types(), modules,
-                                              self.__dict__.setdefault("_hints", {}))
+                        rels = fast_relevance(module, leaves, forward, grad_output_fn, self.epsilon,
+                                              self._rule_types(), modules, self.__dict__.setdefault("_hints", {}))
                     except UnsupportedModel as error:
                         raise ExplanationError(f"this {type(module).__name__} cannot be explained with LRP: {error}.") \
                             from None
             else:
                 with _attribution_state(module, modules, keep_values=True):
-                    rels = zennit_relevance(module, leaves, lambda: call(*fed_copies(leaves)), grad_output_fn,
-                                            self.composite, self.epsilon, self._rule_types())
-            return tuple(_own_memory(r.detach(), leaf) for r, leaf in zip(rels, leaves))
+                    rels = zennit_relevance(module, leaves, forward, grad_output_fn, self.composite, self.epsilon,
+                                            self._rule_types())
+            if not connected[0]:
+                self._say_once("unconnected", f"relevance: the output of this {type(module).__name__} does not depend "
+                               "on its input through autograd (its forward detaches the input, runs under "
+                               "torch.no_grad() or uses operations without gradients), so the relevance is all zero "
+                               "and RelDrop leaves its batches unchanged.", warn=True, category=UserWarning,
+                               stacklevel=5)
+            return tuple(_own_memory(r.detach(), leaf) for r, leaf in zip(rels, leaves))  # (not inference tensors)
 
     def _rule_types(self) -> RuleTypes:
         """The rule types, kept across calls (they cache each module class's rule); renewed when torch_geometric

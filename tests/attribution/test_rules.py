@@ -7,7 +7,9 @@ the test says why and compares against stock zennit on an equivalent model (reor
 ``zennit.layer.Sum`` modules). All in float64, relative L2 <= 1e-9.
 """
 
+import contextlib
 import copy
+import warnings
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from torch import nn
 from zennit.canonizers import MergeBatchNorm, SequentialMergeBatchNorm
 from zennit.layer import Sum
 
+import reldrop_transforms as rt
 from reldrop_transforms.attribution import Attributor, relevance
 
 from _models import warm_up_batchnorm
@@ -298,6 +301,50 @@ class TestOperationsBetweenLayers:
         with pytest.warns(UserWarning, match="None of the inputs have requires_grad"), \
                 pytest.raises(ValueError, match=r"backend='zennit' cannot explain this Checkpointed"):
             relevance(model, x, targets, backend="zennit")
+
+    @pytest.mark.parametrize("how", ["detach", "no_grad", "numpy"])
+    def test_output_without_autograd_path_warns(self, how):
+        """A forward whose output does not depend on the input through autograd (it detaches the input, runs under
+        no_grad, goes through numpy): the relevance is zero, and RelDrop then changed nothing, silently. Now a
+        warning, once per Attributor, from both backends; a forward with a path gives none."""
+
+        class Cut(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 5)
+                self.cut = True
+
+            def forward(self, x):
+                if self.cut and how == "detach":
+                    x = x.detach()
+                elif self.cut and how == "numpy":
+                    x = torch.from_numpy(x.detach().numpy().copy())
+                with torch.no_grad() if self.cut and how == "no_grad" else contextlib.nullcontext():
+                    return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+        torch.manual_seed(0)
+        model = Cut()
+        x, targets = torch.randn(3, 3, 8, 8), torch.tensor([0, 3, 4])
+        for backend in ("fast", "zennit"):
+            attributor = Attributor(model, backend=backend)
+            if backend == "zennit" and how == "no_grad":  # (zennit's hooks cannot follow no_grad sections)
+                with pytest.raises(ValueError, match="ran with gradients disabled"):
+                    attributor(x, targets)
+                continue
+            with pytest.warns(UserWarning, match=r"output of this Cut does not depend on its input through autograd"):
+                rel = attributor(x, targets)
+            assert torch.equal(rel, torch.zeros_like(x))
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                attributor(x, targets)  # once per Attributor
+        t = rt.RelevanceDropout2d(model, p=1.0, generator=torch.Generator().manual_seed(0))
+        with pytest.warns(UserWarning, match="RelDrop leaves its batches unchanged"):
+            out, _ = t(x, targets)
+        assert torch.equal(out, x)
+        model.cut = False
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert Attributor(model)(x, targets).abs().sum() > 0
 
     @pytest.mark.parametrize("change", [False, True], ids=["indices", "in_place_change"])
     def test_no_grad_section_matches_stock_zennit(self, change):
@@ -1325,7 +1372,6 @@ class TestNoRule:
         """A model that cannot run on one sample: the one-sample forward that gives a model's own errors the same
         whatever the coins replaced the refusal with torch's "Expected more than 1 value per channel when training"
         (at p = 1 after the refusal, at p = 0 instead of it)."""
-        import reldrop_transforms as rt
 
         model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.BatchNorm1d(4, track_running_stats=False),
                               nn.ReLU(), nn.Linear(4, 3))
