@@ -1408,7 +1408,7 @@ class TestNoRule:
         """A converted int8 model (quantized kernels have no autograd): every backend returned all-zero relevance,
         silently, although the logits depend on the input. Refused, naming the module; the float quantizable model
         (QuantStub, FloatFunctional adds), also fused, is explained as before."""
-        import torchvision.models.quantization as quantization
+        from torchvision.models import quantization
 
         torch.manual_seed(0)
         x, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 3])
