@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import copy
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor
 
-__all__ = ["map_tensors", "rebuilt"]
+__all__ = ["copy_tensors", "map_tensors", "rebuilt"]
 
 
 def rebuilt(container: Any, items: list) -> Any:
-    """A list, tuple or namedtuple of ``container``'s own type holding ``items``."""
-    if hasattr(type(container), "_make"):  # a namedtuple: its fields are separate arguments of its constructor
-        return type(container)._make(items)
+    """A list, tuple or namedtuple of ``container``'s own type holding ``items`` (a namedtuple through its
+    constructor, one argument per field, so that a ``__new__`` of its own runs)."""
+    if hasattr(type(container), "_fields"):
+        return type(container)(*items)
     return type(container)(items)
 
 
@@ -37,3 +38,28 @@ def map_tensors(value: Any, fn: Callable[[Tensor], Any], other: Callable[[Any], 
     if isinstance(value, (list, tuple)):
         return rebuilt(value, [map_tensors(item, fn, other) for item in value])
     return value if other is None else other(value)
+
+
+_PLAIN = (list, tuple, dict, OrderedDict, defaultdict)
+
+
+def copy_tensors(value: Any) -> Any:
+    """``value`` with every tensor in it cloned, through plain lists, tuples, namedtuples and dicts (``dict``,
+    ``OrderedDict``, ``defaultdict``), rebuilt only where they hold a tensor; ``value`` itself otherwise (a container
+    of a class of its own is left as it is: its constructor may take anything)."""
+    if isinstance(value, Tensor):
+        return value.clone()
+    kind = type(value)
+    if kind not in _PLAIN and not (issubclass(kind, tuple) and kind.__bases__ == (tuple,) and hasattr(kind, "_fields")):
+        return value
+    if isinstance(value, dict):
+        items = {key: copy_tensors(item) for key, item in value.items()}
+        if all(items[key] is item for key, item in value.items()):
+            return value
+        if kind is defaultdict:
+            return defaultdict(value.default_factory, items)
+        return kind(items)
+    items = [copy_tensors(item) for item in value]
+    if all(new is old for new, old in zip(items, value)):
+        return value
+    return rebuilt(value, items)

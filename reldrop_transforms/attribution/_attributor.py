@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -13,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_backend, check_bool, check_dtype, check_epsilon, check_keys, check_labels, check_model
-from .._containers import map_tensors
+from .._containers import copy_tensors
 from ._composites import check_composite, zennit_relevance
 from ._fast import FAST_COMPOSITES, UnsupportedModel, fast_relevance
 from ._graphs import GraphCache
@@ -401,7 +403,7 @@ class Attributor:
             names = view.keys()  # (iterating a Data gives its items)
             for key in names:  # every other tensor too, as a copy: a forward may change its input in place
                 if key not in present:  # (`data.normal.sub_(...)`, `data.batch += 0`) without touching the caller's
-                    view[key] = map_tensors(view[key], Tensor.clone)  # (also those in its lists and dicts)
+                    view[key] = copy_tensors(view[key])  # (also those in its plain lists, tuples and dicts)
             for key, leaf in zip(present, leaves):
                 view[key] = leaf
             return module(view) if forward_fn is None else forward_fn(module, view)
@@ -587,12 +589,10 @@ class Attributor:
                            f"zennit backend (the fast engine computes {FAST_COMPOSITES}).", warn=False)
         device_type = inputs[0].device.type
         autocast = torch.autocast(device_type, dtype=self.dtype, enabled=self.dtype is not None)
-        connected = [True]  # whether the last forward's output depends on the leaves through autograd
+        status = {"connected": True}  # whether the backward reached any leaf (see fast_relevance)
 
         def forward() -> Tensor:
-            logits = call(*fed_copies(leaves))
-            connected[0] = not isinstance(logits, Tensor) or logits.requires_grad
-            return logits
+            return call(*fed_copies(leaves))
 
         with model_lock(module), torch.inference_mode(False), torch.enable_grad(), autocast:
             modules = tuple(module.modules())  # one walk of the tree for the checks, the guard and the engine
@@ -602,20 +602,21 @@ class Attributor:
                 with _attribution_state(module, modules, keep_values=False):
                     try:
                         rels = fast_relevance(module, leaves, forward, grad_output_fn, self.epsilon,
-                                              self._rule_types(), modules, self.__dict__.setdefault("_hints", {}))
+                                              self._rule_types(), modules, self.__dict__.setdefault("_hints", {}),
+                                              status)
                     except UnsupportedModel as error:
                         raise ExplanationError(f"this {type(module).__name__} cannot be explained with LRP: {error}.") \
                             from None
             else:
                 with _attribution_state(module, modules, keep_values=True):
                     rels = zennit_relevance(module, leaves, forward, grad_output_fn, self.composite, self.epsilon,
-                                            self._rule_types())
-            if not connected[0]:
+                                            self._rule_types(), status)
+            if not status["connected"]:
                 self._say_once("unconnected", f"relevance: the output of this {type(module).__name__} does not depend "
                                "on its input through autograd (its forward detaches the input, runs under "
                                "torch.no_grad() or uses operations without gradients), so the relevance is all zero "
                                "and RelDrop leaves its batches unchanged.", warn=True, category=UserWarning,
-                               stacklevel=5)
+                               stacklevel=_caller_stacklevel())
             return tuple(_own_memory(r.detach(), leaf) for r, leaf in zip(rels, leaves))  # (not inference tensors)
 
     def _rule_types(self) -> RuleTypes:
@@ -642,6 +643,21 @@ def _attribution_state(module: nn.Module, modules: Sequence[nn.Module], *, keep_
                 each._backward_hooks.clear()
                 each._backward_pre_hooks.clear()
         yield
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # reldrop_transforms/
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of a warning raised in :meth:`Attributor._say_once` that points at the caller's line: the
+    first frame outside this package and the libraries that call it (torch's module call, torchvision's and PyG's
+    ``Compose``), whichever public function or transform the caller used."""
+    skipped = [_PACKAGE + os.sep] + [os.path.dirname(os.path.abspath(sys.modules[name].__file__)) + os.sep
+                                    for name in ("torch", "torchvision", "torch_geometric") if name in sys.modules]
+    frame, level = sys._getframe(1), 2  # (the frame that calls _say_once is level 2 for warnings)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(tuple(skipped)):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def fresh_leaves(inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:

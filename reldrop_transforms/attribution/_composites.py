@@ -329,10 +329,12 @@ def zennit_relevance(
     composite,
     epsilon: float,
     types: RuleTypes | None = None,
+    status: dict | None = None,
 ) -> tuple[Tensor, ...]:
     """Relevance of each of ``leaves`` computed by zennit (inside :func:`preserved_model_state`, in eval mode,
     parameters not requiring gradients). Raises ``ValueError`` for a model zennit's hooks cannot explain.
-    ``types``: kept by the caller across calls (it caches each class's rule), or made here."""
+    ``types``: kept by the caller across calls (it caches each class's rule), or made here. ``status``: a dict that
+    gets ``"connected"``, whether the backward reached any leaf (as :func:`._fast.fast_relevance`)."""
     from zennit.core import Composite
 
     types = rule_types() if types is None else types
@@ -385,6 +387,8 @@ def zennit_relevance(
                     ) from error
             grad_output = grad_output_fn(logits)
             if not logits.requires_grad:  # the output does not depend on the inputs
+                if status is not None:
+                    status["connected"] = False
                 return tuple(torch.zeros_like(x) for x in leaves)
             try:
                 rels = torch.autograd.grad(logits, leaves, grad_output, allow_unused=True)
@@ -403,5 +407,7 @@ def zennit_relevance(
     finally:
         if sums is not None:
             sums.close()
+    if status is not None:
+        status["connected"] = any(r is not None for r in rels)
     # an input the output does not depend on has zero relevance
     return tuple(torch.zeros_like(x) if r is None else r for x, r in zip(leaves, rels))

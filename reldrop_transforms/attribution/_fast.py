@@ -882,7 +882,7 @@ class _Engine:
         self.sequentials_running[module] -= 1
 
     def run(self, leaves: tuple[Tensor, ...], call: Callable[[], Tensor],
-            grad_output_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, ...]:
+            grad_output_fn: Callable[[Tensor], Tensor], status: dict | None = None) -> tuple[Tensor, ...]:
         types = self.types
         handles, in_place = [], []
         try:
@@ -932,6 +932,8 @@ class _Engine:
             self._settle_chains()
             grad_output = grad_output_fn(logits)
             if not logits.requires_grad:  # the output does not depend on the inputs
+                if status is not None:
+                    status["connected"] = False
                 return tuple(torch.zeros_like(x) for x in leaves)
             try:
                 rels = torch.autograd.grad(logits, leaves, grad_output, allow_unused=True)
@@ -955,6 +957,8 @@ class _Engine:
             self.points.clear()
             self.view_points.clear()
             self.view_bases.clear()
+        if status is not None:
+            status["connected"] = any(r is not None for r in rels)
         return tuple(torch.zeros_like(x) if r is None else r for x, r in zip(leaves, rels))
 
 
@@ -967,6 +971,7 @@ def fast_relevance(
     types: RuleTypes | None = None,
     modules: Sequence[nn.Module] | None = None,
     hints: dict | None = None,
+    status: dict | None = None,
 ) -> tuple[Tensor, ...]:
     """Relevance of each of ``leaves`` (tensors requiring grad that ``call()`` feeds to the model).
 
@@ -976,7 +981,9 @@ def fast_relevance(
     class's rule) and ``modules`` (``model.modules()``) are computed when not given. ``hints``: a dict the caller
     keeps for this model (what the engine learnt of its forward: whether its ReLU outputs may stand in for their
     layers' outputs, see :meth:`_Engine._relu_hook`; a speed hint only, every pass is checked); ``None``: no ReLU
-    stands in (one forward whatever the model, e.g. for a CUDA graph capture).
+    stands in (one forward whatever the model, e.g. for a CUDA graph capture). ``status``: a dict that gets
+    ``"connected"``, whether the backward reached any leaf (``False``: the output has no autograd path to the inputs,
+    and the relevance is all zero).
     """
     types = rule_types() if types is None else types
     modules = tuple(model.modules()) if modules is None else modules
@@ -984,7 +991,7 @@ def fast_relevance(
     while True:
         try:
             return _Engine(model, epsilon, types, modules, speculate=speculate, function_views=views).run(
-                leaves, call, grad_output_fn)
+                leaves, call, grad_output_fn, status)
         except _Misjudged:
             if not speculate:  # (cannot happen: only a standing-in ReLU output raises it)
                 raise

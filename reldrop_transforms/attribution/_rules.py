@@ -172,15 +172,21 @@ def _problem(module: nn.Module) -> str | None:
     return None
 
 
+_QUANTIZED = ("torch.ao.nn.quantized.", "torch.ao.nn.intrinsic.quantized.", "torch.ao.nn.sparse.quantized.")
+_FLOAT_IN_QUANTIZED = frozenset({"FloatFunctional", "FXFloatFunctional"})  # float stand-ins kept by prepare
+
+
 def _quantized(module: nn.Module) -> bool:
-    """A module of a converted quantized model (``torch.ao.nn.quantized``, its dynamic and fused intrinsic forms),
-    whose kernels have no autograd; not the float modules of a model prepared for quantization (``FloatFunctional``,
-    the reference modules, which compute in floating point)."""
-    path = type(module).__module__
-    if path.startswith("torch.ao.nn.intrinsic.quantized."):
-        return True
-    return path.startswith("torch.ao.nn.quantized.") and not path.startswith("torch.ao.nn.quantized.reference.") \
-        and type(module).__name__ != "FloatFunctional"
+    """A module of a converted quantized model (``torch.ao.nn.quantized``, its dynamic, fused intrinsic and sparse
+    forms, or a subclass of one), whose kernels have no autograd; not the float modules of a model prepared for
+    quantization (``FloatFunctional``, ``FXFloatFunctional``, the reference modules, which compute in floating
+    point). Decided by the first torch class in the module's class hierarchy."""
+    for cls in type(module).__mro__:
+        path = cls.__module__
+        if path.startswith("torch."):
+            return path.startswith(_QUANTIZED) and not path.startswith("torch.ao.nn.quantized.reference.") \
+                and cls.__name__ not in _FLOAT_IN_QUANTIZED
+    return False
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:

@@ -133,7 +133,10 @@ class _TensorsRecord:
         if [t.requires_grad for t in tensors] != self.flags:
             for tensor, flag in zip(tensors, self.flags):
                 if tensor.requires_grad != flag:
-                    tensor.requires_grad_(flag)
+                    if not tensor.is_leaf:  # given an autograd history in place (`self.last.copy_(h.mean(0))`
+                        tensor.detach_()  # on a buffer): its values are back, its history goes
+                    if tensor.requires_grad != flag:
+                        tensor.requires_grad_(flag)
         grads = self._grads()
         if not all(map(operator.is_, grads, self.grads)):
             for tensor, grad, saved in zip(tensors, grads, self.grads):
@@ -156,7 +159,7 @@ class _TensorsRecord:
                     hooks.update(saved)
 
     def _grads(self) -> list:
-        if self.leaves:
+        if self.leaves and all(tensor.is_leaf for tensor in self.tensors):
             return [tensor.grad for tensor in self.tensors]
         return [_grad(tensor) for tensor in self.tensors]
 

@@ -369,3 +369,30 @@ def test_buffer_with_an_autograd_history(backend, recwarn):
     assert not [w for w in recwarn if "not a leaf" in str(w.message)]
     assert model.running_mean is buffer
     assert_same_state(before, model)
+
+
+class _CopiesIntoBuffer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+        self.register_buffer("last", torch.zeros(4))
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).mean((2, 3))
+        self.last.copy_(h.mean(0))  # keeps the last batch's mean features: in place, from a value that needs grad
+        return self.fc(h)
+
+
+@pytest.mark.parametrize("backend", ["fast", "zennit"])
+def test_forward_copying_a_value_that_needs_grad_into_a_buffer(backend, recwarn):
+    # the buffer came out of the pass with an autograd history, and the guard's requires_grad_(False) raised
+    # "you can only change requires_grad flags of leaf variables" (both backends); now its history goes with the value
+    torch.manual_seed(0)
+    model = _CopiesIntoBuffer()
+    before = snapshot(model)
+    buffer = model.last
+    rel = relevance(model, torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), backend=backend)
+    assert rel.abs().sum() > 0
+    assert model.last is buffer and model.last.is_leaf and not model.last.requires_grad
+    assert not [w for w in recwarn if "not a leaf" in str(w.message)]
+    assert_same_state(before, model)

@@ -216,6 +216,61 @@ class TestRelevanceGraph:
         for key in rels:
             torch.testing.assert_close(rels[key], expected[key], rtol=1e-9, atol=1e-15)
 
+    @pytest.mark.parametrize("backend", ["fast", "zennit"])
+    def test_containers_of_classes_of_their_own_are_left_as_they_are(self, backend):
+        # the copies for the forward rebuilt every container attribute: a tuple subclass with a __new__(cls, a, b), a
+        # read-only Mapping, a namedtuple subclass setting an attribute in __new__ and a dict subclass whose __init__
+        # takes a name first crashed (TypeError, AttributeError) or reached the forward emptied (KeyError)
+        import collections
+        from collections.abc import Mapping
+
+        class Pair(tuple):
+            def __new__(cls, a, b):
+                return super().__new__(cls, (a, b))
+
+        class Frozen(Mapping):
+            def __init__(self, **items):
+                self._items = items
+
+            def __getitem__(self, key):
+                return self._items[key]
+
+            def __iter__(self):
+                return iter(self._items)
+
+            def __len__(self):
+                return len(self._items)
+
+        class Tagged(collections.namedtuple("Base", "scale")):
+            def __new__(cls, scale):
+                self = super().__new__(cls, scale)
+                self.tag = "t"
+                return self
+
+        class Config(dict):
+            def __init__(self, name="config", **items):
+                super().__init__(**items)
+                self.name = name
+
+        class Reading(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = PointNetLike(in_channels=5).double()
+
+            def forward(self, data):
+                assert data.tagged.tag == "t" and data.config.name == "c"
+                scale = data.pair[0] * data.frozen["scale"] * data.tagged.scale * data.config["scale"]
+                return self.net(Batch(pos=data.pos * scale, x=data.x, batch=data.batch, ptr=data.ptr))
+
+        torch.manual_seed(0)
+        batch = make_batch(features=2)
+        batch.pair, batch.frozen = Pair(2.0, 3.0), Frozen(scale=1.5)
+        batch.tagged, batch.config = Tagged(0.5), Config("c", scale=2.0)
+        kept = (batch.pair, batch.frozen, batch.tagged, batch.config)
+        rels = relevance_graph(Reading(), batch, batch.y, backend=backend)
+        assert all(rel.abs().sum() > 0 for rel in rels.values())
+        assert all(now is then for now, then in zip((batch.pair, batch.frozen, batch.tagged, batch.config), kept))
+
     def test_auto_is_fast_and_predicted_class(self):
         model = PointNetLike(seed=3).double()
         batch = make_batch(seed=3)

@@ -346,6 +346,33 @@ class TestOperationsBetweenLayers:
             warnings.simplefilter("error")
             assert Attributor(model)(x, targets).abs().sum() > 0
 
+    def test_output_without_path_to_the_input_but_with_history_warns(self):
+        """The output requires grad through a buffer with an autograd history, not through the input: was no
+        warning (the check read the output's requires_grad); the warning points at the caller's line."""
+
+        class Cut(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 5)
+                self.register_buffer("shift", torch.zeros(4))
+
+            def forward(self, x):
+                h = torch.relu(self.conv(x.detach())).mean((2, 3))
+                if self.training:
+                    self.shift = 0.9 * self.shift + 0.1 * h.mean(0)  # (undetached, as PyG's InstanceNorm)
+                return self.fc(h - self.shift)
+
+        torch.manual_seed(0)
+        model = Cut()
+        x, targets = torch.randn(3, 3, 8, 8), torch.tensor([0, 3, 4])
+        model(x).sum().backward()
+        assert model.shift.requires_grad and not model.shift.is_leaf
+        for backend in ("fast", "zennit"):
+            with pytest.warns(UserWarning, match="does not depend on its input through autograd") as record:
+                rel = relevance(model, x, targets, backend=backend)
+            assert torch.equal(rel, torch.zeros_like(x))
+            assert {w.filename for w in record if "autograd" in str(w.message)} == {__file__}
+
     @pytest.mark.parametrize("change", [False, True], ids=["indices", "in_place_change"])
     def test_no_grad_section_matches_stock_zennit(self, change):
         torch.manual_seed(0)
@@ -1420,6 +1447,23 @@ class TestNoRule:
             for backend in ("auto", "fast", "zennit"):
                 with pytest.raises(ValueError, match=rf"{name} is a quantized module .* no autograd"):
                     relevance(model, x, labels, backend=backend)
+        class MyQuantizedLinear(torch.ao.nn.quantized.Linear):  # a subclass of a converted module, defined here
+            pass
+
+        with pytest.raises(ValueError, match=r"MyQuantizedLinear '1' is a quantized module"):
+            relevance(nn.Sequential(nn.Flatten(), MyQuantizedLinear(3072, 5)), x, labels)
+
+        class Skip(nn.Module):  # float stand-ins of prepared models: explained (FXFloatFunctional was refused)
+            def __init__(self, functional):
+                super().__init__()
+                self.conv, self.fc, self.skip = nn.Conv2d(3, 4, 3), nn.Linear(4, 5), functional
+
+            def forward(self, x):
+                h = torch.relu(self.conv(x))
+                return self.fc(self.skip.add(h, h).mean((2, 3)))
+
+        for functional in (torch.ao.nn.quantized.FloatFunctional(), torch.ao.nn.quantized.FXFloatFunctional()):
+            assert relevance(Skip(functional), x, labels).abs().sum() > 0
         float_model = warm_up_batchnorm(quantization.resnet18(weights=None, quantize=False, num_classes=5))
         float_model.double().eval()
         xd = x.double()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections import OrderedDict, namedtuple
 
 import pytest
@@ -359,6 +360,18 @@ class TestMoveToDevice:
         counted = move_to_device(Counter({"a": torch.tensor(1.0)}), "meta")
         assert type(counted) is Counter and counted["a"].device.type == "meta" and counted["a"].shape == ()
         torch.testing.assert_close(move_to_device(Counter({"a": torch.tensor(1.0)}), "cpu")["a"], torch.tensor(1.0))
+
+    def test_namedtuple_subclass_with_a_new_of_its_own(self):
+        # the shared container helper (84c39c2) rebuilt namedtuples with _make, which skips a __new__ of their own
+        # (a sample that computes an attribute there lost it); their constructor again, as before
+        class Sample(collections.namedtuple("Base", "image label")):
+            def __new__(cls, image, label):
+                self = super().__new__(cls, image, label)
+                self.size = tuple(image.shape)
+                return self
+
+        out = move_to_device(Sample(torch.ones(3, 4, 4), torch.tensor(1)), "meta")
+        assert type(out) is Sample and out.size == (3, 4, 4) and out.image.device.type == "meta"
 
     def test_objects_with_to(self):
         class Graph:
