@@ -652,8 +652,8 @@ def _caller_stacklevel() -> int:
     """The ``stacklevel`` of a warning raised in :meth:`Attributor._say_once` that points at the caller's line: the
     first frame outside this package and the libraries that call it (torch's module call, torchvision's and PyG's
     ``Compose``), whichever public function or transform the caller used."""
-    skipped = [_PACKAGE + os.sep] + [os.path.dirname(os.path.abspath(sys.modules[name].__file__)) + os.sep
-                                    for name in ("torch", "torchvision", "torch_geometric") if name in sys.modules]
+    files = (getattr(sys.modules.get(name), "__file__", None) for name in ("torch", "torchvision", "torch_geometric"))
+    skipped = [_PACKAGE + os.sep] + [os.path.dirname(os.path.abspath(file)) + os.sep for file in files if file]
     frame, level = sys._getframe(1), 2  # (the frame that calls _say_once is level 2 for warnings)
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(tuple(skipped)):
         frame, level = frame.f_back, level + 1
