@@ -107,7 +107,7 @@ class _TensorsRecord:
     """Identity, storage, autograd flags, ``.grad``, hooks and (for ``cloned``) the values of parameters and
     buffers, in flat lists (compared with C-level loops on restore; only what changed is touched)."""
 
-    __slots__ = ("tensors", "datas", "ptrs", "shapes", "flags", "grads", "hooks", "values", "leaves")
+    __slots__ = ("tensors", "datas", "ptrs", "shapes", "flags", "grads", "hooks", "values")
 
     def __init__(self, tensors: list[torch.Tensor], cloned: list[torch.Tensor]) -> None:
         self.tensors = tensors
@@ -115,9 +115,6 @@ class _TensorsRecord:
         self.ptrs = [tensor.data_ptr() for tensor in tensors]
         self.shapes = [tensor.shape for tensor in tensors]
         self.flags = [tensor.requires_grad for tensor in tensors]
-        # a buffer with an autograd history (PyG's InstanceNorm assigns its running statistics undetached) has no
-        # .grad, and reading it warns: such tensors are read through _grad
-        self.leaves = all(tensor.is_leaf for tensor in tensors)
         self.grads = self._grads()
         self.hooks = [_hooks_record(tensors, name) for name in _TENSOR_HOOKS]
         self.values = [(tensor, tensor.detach().clone()) for tensor in cloned]
@@ -159,7 +156,9 @@ class _TensorsRecord:
                     hooks.update(saved)
 
     def _grads(self) -> list:
-        if self.leaves and all(tensor.is_leaf for tensor in self.tensors):
+        # a buffer with an autograd history (PyG's InstanceNorm assigns its running statistics undetached) has no
+        # .grad, and reading it warns: such tensors are read through _grad
+        if all(tensor.is_leaf for tensor in self.tensors):
             return [tensor.grad for tensor in self.tensors]
         return [_grad(tensor) for tensor in self.tensors]
 
