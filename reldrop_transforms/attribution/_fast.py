@@ -26,8 +26,9 @@ whose gradient is zero wherever it changes a value) makes the point keep a copy 
 Memory is time on a CPU (a fresh page costs more than a pass over it), so the pass holds no more than the gradient
 pass: a merged layer's output is freed once its BatchNorm has read it (taken back if another reader comes), every
 point frees its value after its backward, and a chain z -> ReLU [-> max pooling, reshapes] -> rule layer in which
-each step alone reads the previous one is fused (:meth:`_Engine._settle_chains`): z is not kept at all (through
-ReLU6 and the like, which are 0 wherever z <= 0, it is fused keeping z). The layer whose output an ``nn.ReLU`` alone
+each step alone reads the previous one is fused (:meth:`_Engine._settle_chains`): z is not kept at all (after a max
+pooling, the rule is applied on the pooled values; through ReLU6 and the like, which are 0 wherever z <= 0, it is
+fused keeping z). The layer whose output an ``nn.ReLU`` alone
 reads divides by the ReLU output instead: the same relevance wherever every reader of the ReLU output hands it
 relevance proportional to it (checked after the forward; otherwise the pass is rerun without this, and a caller that
 keeps ``hints`` is not made to try again). Activations built with ``inplace=True``
@@ -96,7 +97,7 @@ class _Point:
 
     __slots__ = ("kind", "module", "inp", "epsilon", "active", "z", "result", "uses", "scale", "fused", "good",
                  "bad", "parents", "substitute", "shares", "in_place", "options", "origin", "handle", "alias",
-                 "version")
+                 "version", "topped")
 
     def __init__(self, kind: str, z: Tensor, epsilon: float, module: nn.Module | None = None,
                  inp: Tensor | None = None) -> None:
@@ -112,6 +113,7 @@ class _Point:
         self.uses = 0  # operations that read ``result`` (a BatchNorm merges only into a layer it alone reads)
         self.scale: Tensor | None = None  # a merged BatchNorm's eval-mode Jacobian (per channel)
         self.fused: Tensor | None = None  # the ReLU output x of a fused chain (see _Engine._settle_chains)
+        self.topped = False  # a fused chain through an nn.ReLU: its top multiplies (see _Engine._settle_chains)
         # ReLU outputs and what derives from them (kinds "pass", "through", "select"; see _Engine._relu_hook):
         self.good = 0  # reads whose relevance is proportional to the value read (rule layer, Norm sum, selection)
         self.bad = False  # a derived tensor has another reader
@@ -163,6 +165,9 @@ class _RulePoint(torch.autograd.Function):
 
 def _divided(point: _Point, grad: Tensor) -> Tensor:
     """Epsilon / Norm at ``point``: ``grad / stab(z)`` (times a merged BatchNorm's scale); frees the point's values."""
+    if point.topped:  # z -> nn.ReLU [-> ...] -> rule layer: that layer's input point divided (see _settle_chains)
+        point.z = None
+        return grad if point.scale is None else grad * point.scale
     if point.fused is not None:  # z -> ReLU -> rule layer: grad is c, not c * x (see _Engine._settle_chains)
         x, point.fused = point.fused, None
         if point.z is None:  # a ReLU: x = z wherever x != 0, so stab(z) = x + eps there (elsewhere c * x = 0)
@@ -194,8 +199,9 @@ def _output_prehook(point: _Point, index: int, grad_outputs: tuple) -> tuple | N
 
 
 class _InputPoint(torch.autograd.Function):
-    """Identity in the forward (a view); backward ``c -> c * x``: the reducer of Epsilon and Norm (``c`` unchanged
-    when ``link.fused``: the point that produced ``x``'s ReLU input multiplies instead)."""
+    """Identity in the forward (a view); backward ``c -> c * x``: the reducer of Epsilon and Norm. Where ``link.fused``
+    (see :meth:`_Engine._settle_chains`): ``c * (x / (x + link.epsilon))`` for a chain through an ``nn.ReLU``, the
+    whole rule of the layer below, or ``c`` unchanged where that layer's point multiplies instead."""
 
     @staticmethod
     def forward(ctx, x: Tensor, link: _Link | None) -> Tensor:
@@ -207,7 +213,11 @@ class _InputPoint(torch.autograd.Function):
     def backward(ctx, grad):
         link = ctx.link
         if link is not None and link.fused:
-            return grad, None
+            if link.epsilon is None:
+                return grad, None
+            (x,) = ctx.saved_tensors
+            share = torch.add(x, link.epsilon)  # (c * (x / stab): see _divided)
+            return torch.div(x, share, out=share).mul_(grad), None
         (x,) = ctx.saved_tensors
         return grad * x, None
 
@@ -215,10 +225,11 @@ class _InputPoint(torch.autograd.Function):
 class _Link:
     """A rule layer's input point whose input comes from a ReLU's output: the chain may be fused."""
 
-    __slots__ = ("fused",)
+    __slots__ = ("epsilon", "fused")
 
     def __init__(self) -> None:
         self.fused = False
+        self.epsilon: float | None = None  # the layer below's stabiliser, where this point applies its rule
 
 
 class _SumPoint(torch.autograd.Function):
@@ -243,14 +254,43 @@ class _SumPoint(torch.autograd.Function):
         return (share * a).sum_to_size(ctx.shapes[0]), (share * b).sum_to_size(ctx.shapes[1]), None, None
 
 
-def _batchnorm_scale(module: nn.Module, out: Tensor) -> Tensor:
-    """d out / d in of a BatchNorm in eval mode: ``weight / sqrt(running_var + eps)`` per channel (dim 1). (During
-    attribution nothing here requires grad: see :func:`fast_relevance`.)"""
-    var, weight = module.running_var, module.weight
-    scale = torch.rsqrt((var if var.dtype == out.dtype else var.to(out.dtype)) + module.eps)
-    if weight is not None:
-        scale.mul_(weight if weight.dtype == out.dtype else weight.to(out.dtype))
+def _batchnorm_scale(module: nn.Module, out: Tensor, scales: dict | None = None) -> Tensor:
+    """d out / d in of a BatchNorm in eval mode: ``weight / sqrt(running_var + eps)`` per channel (dim 1), from
+    ``scales`` (:func:`_batchnorm_scales`) where it holds the module's in ``out``'s dtype. (During attribution nothing
+    here requires grad: see :func:`fast_relevance`.)"""
+    scale = scales.get(module) if scales else None
+    if scale is None or scale.dtype != out.dtype or scale.device != out.device:
+        var, weight = module.running_var, module.weight
+        scale = torch.rsqrt((var if var.dtype == out.dtype else var.to(out.dtype)) + module.eps)
+        if weight is not None:
+            scale.mul_(weight if weight.dtype == out.dtype else weight.to(out.dtype))
     return scale.view((1, -1) + (1,) * (out.ndim - 2))
+
+
+def _batchnorm_scales(modules: Sequence[nn.Module]) -> dict[nn.Module, Tensor]:
+    """The scales of :func:`_batchnorm_scale` for every BatchNorm among ``modules`` whose running variance and weight
+    share a dtype and device, in three list operations before the forward (zennit, too, merges the parameters before
+    its forward), the same numbers: one list operation costs about what one tensor's does, and a small operation
+    inside the forward, between large kernels, several times more."""
+    modules = [m for m in modules if _scalable(m)]
+    if not modules:
+        return {}
+    with torch.no_grad():
+        scales = torch._foreach_add([m.running_var for m in modules], [float(m.eps) for m in modules])
+        torch._foreach_rsqrt_(scales)
+        weighted = [(scale, m.weight) for scale, m in zip(scales, modules) if m.weight is not None]
+        if weighted:
+            torch._foreach_mul_([scale for scale, _ in weighted], [weight for _, weight in weighted])
+    return dict(zip(modules, scales))
+
+
+def _scalable(module: nn.Module) -> bool:
+    """Whether :func:`_batchnorm_scales` takes ``module`` (a plain running variance, a number eps, a weight like it)."""
+    var, weight = getattr(module, "running_var", None), getattr(module, "weight", None)
+    eps = getattr(module, "eps", None)
+    return type(var) is Tensor and var.layout == torch.strided and isinstance(eps, (float, int)) and (
+        weight is None or isinstance(weight, Tensor) and weight.dtype == var.dtype and weight.device == var.device
+        and weight.shape == var.shape)
 
 
 def divide_by_stabilized(grad: Tensor, z: Tensor, epsilon: float) -> Tensor:
@@ -504,6 +544,7 @@ class _Engine:
         self.first_options: tuple = ((), {})  # the other arguments of the Flat layer's call being run
         # a rule module's output (and its version) before the caller's forward hooks ran (see _own_output)
         self.own_outputs: dict[nn.Module, tuple[Tensor, int]] = {}
+        self.scales: dict[nn.Module, Tensor] = {}  # each BatchNorm's scale (see _batchnorm_scales)
 
     # -- points ------------------------------------------------------------------------------------------------
     def _register(self, point: _Point, result: Tensor) -> Tensor:
@@ -771,7 +812,7 @@ class _Engine:
             point.origin = module
             point.options = producer.options
             if not flat:
-                point.scale = _batchnorm_scale(module, out)
+                point.scale = _batchnorm_scale(module, out, self.scales)
             self.merges.append((producer, point))
             return self._register(point, _RulePoint.apply(out.detach(), inp, producer.inp if flat else None, point))
 
@@ -825,25 +866,33 @@ class _Engine:
         equals its output; reshapes permute), and ``x = relu(z)`` equals ``z`` wherever it is not zero (where it
         is, the relevance is zero): so the layer's input point passes ``c`` on and the point at z computes
         ``B(c) * (x / (x + eps))``, the same numbers up to rounding: three passes over the tensor fewer in the
-        backward, and z is freed before it. Other activations that are 0 wherever ``z <= 0`` (:func:`_zero_below_zero`:
+        backward, and z is freed before it. Where the layer reads fewer values ``y`` than ``x`` (a max pooling
+        between), ``B(c * (y / (y + eps)))`` instead, as ``B(c * f(y)) = B(c) * f(x)`` for any elementwise ``f``
+        (each value of ``y`` is one of ``x``'s): the layer's input point applies the rule on ``y``, and the point at
+        z only multiplies by a merged BatchNorm's scale (three more passes over the pooling's input fewer). Other
+        activations that are 0 wherever ``z <= 0`` (:func:`_zero_below_zero`:
         ReLU6, ``Hardtanh(0, t)``, ``Threshold(t >= 0, 0)``) fuse as ``B(c) * (x / (relu(z) + eps))``: ``stab(z) =
         z + eps`` wherever ``x != 0`` (two passes and a buffer fewer; z is kept). Not where ``epsilon`` is 0 in the
         tensor's dtype (:func:`_vanishes`): ``x / x`` is 0 / 0 at ``x = 0``, where zennit divides by ``z < 0``. Run
         after :meth:`_settle_merges`.
         """
         for point, link in self.links:
+            top = point.result()  # what the layer reads (its input point keeps it)
             alone = point.uses == 1
             while alone and point.kind == "through":
                 point = point.parents[0]
                 alone = point.uses == 1
             producer, relu_output, relu = self.relus.get(id(point), (None, None, True)) if alone else (None,) * 3
             if producer is not None and producer.kind == "epsilon" and producer.active and producer.uses == 1 \
-                    and producer.z is not None and producer.fused is None \
+                    and producer.z is not None and producer.fused is None and not producer.topped \
                     and not _vanishes(producer.epsilon, relu_output.dtype):
                 link.fused = True
-                producer.fused = relu_output.detach()
-                if relu:
-                    producer.z = None
+                if relu and top is not None and top.numel() < relu_output.numel():  # (a pooling between)
+                    link.epsilon, producer.topped, producer.z = producer.epsilon, True, None
+                else:
+                    producer.fused = relu_output.detach()
+                    if relu:
+                        producer.z = None
         self.links.clear()
         self.relus.clear()
 
@@ -884,7 +933,7 @@ class _Engine:
     def run(self, leaves: tuple[Tensor, ...], call: Callable[[], Tensor],
             grad_output_fn: Callable[[Tensor], Tensor], status: dict | None = None) -> tuple[Tensor, ...]:
         types = self.types
-        handles, in_place = [], []
+        handles, in_place, norms = [], [], []
         try:
             for parent in self._find_sequential_relus() if self.speculate else ():
                 handles.append(parent.register_forward_pre_hook(self._sequential_enters))
@@ -908,6 +957,7 @@ class _Engine:
                         handles.append(module.register_forward_pre_hook(self._enter))
                         handles.append(module.register_forward_hook(self._pass_hook))
                 elif kind == "batchnorm":
+                    norms.append(module)
                     if _builtin(module):
                         handles.append(module.register_forward_hook(self._batchnorm))
                     else:
@@ -921,6 +971,7 @@ class _Engine:
                         handles.append(module.register_forward_hook(self._first_hook, with_kwargs=True))
                     else:
                         handles.append(module.register_forward_hook(self._rule_hook))
+            self.scales = _batchnorm_scales(norms)
             with _Forward(self):
                 logits = call()
             changed = frozenset(point.origin for point in self.view_points

@@ -359,3 +359,38 @@ def test_no_output_hook_left_on_nodes_the_caller_kept_after_an_error():
             (plain,) = torch.autograd.grad(torch.relu(free @ layer.weight.T + layer.bias).sum(), free)
             # the kept graph still holds the engine's input point (c -> c * h), but no division any more
             assert torch.allclose(grad, plain * h.detach()), (seed, i)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batchnorm_scales_computed_before_the_forward_are_the_same_numbers(dtype):
+    """The merged BatchNorms' scales ``weight / sqrt(running_var + eps)``, computed for all of them in three list
+    operations before the forward, equal bit for bit the scale computed for one module in its forward hook (with and
+    without affine weights, other eps, BatchNorm1d/2d/3d); a module whose weight and running variance differ in dtype,
+    and an output in another dtype (autocast), get the per-module computation in the output's dtype."""
+    from reldrop_transforms.attribution._fast import _batchnorm_scale, _batchnorm_scales
+
+    torch.manual_seed(0)
+    modules = [nn.BatchNorm2d(16), nn.BatchNorm2d(96, eps=1e-3), nn.BatchNorm1d(7, affine=False), nn.BatchNorm3d(5)]
+    modules = [module.to(dtype) for module in modules]
+    mixed = nn.BatchNorm2d(4)
+    mixed.weight.data = mixed.weight.data.double()  # (its running variance stays float32)
+    for module in modules + [mixed]:
+        module.running_var.uniform_(1e-3, 5.0)
+        if module.weight is not None:
+            module.weight.data.normal_()
+    scales = _batchnorm_scales(modules + [mixed])
+    assert set(scales) == set(modules)  # (the mixed one is left to its hook)
+
+    def bits(t):
+        return t.view({torch.float32: torch.int32, torch.float64: torch.int64}[t.dtype])
+
+    for module in modules + [mixed]:
+        for out_dtype in (dtype, torch.float16):
+            out = torch.zeros(2, module.num_features, 3, dtype=out_dtype)
+            expected = _batchnorm_scale(module, out)
+            got = _batchnorm_scale(module, out, scales)
+            assert got.dtype == out_dtype and got.shape == (1, module.num_features, 1)
+            if out_dtype == dtype and module is not mixed:
+                assert torch.equal(bits(got), bits(expected))
+            else:
+                assert torch.equal(got, expected)

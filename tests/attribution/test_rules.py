@@ -620,7 +620,8 @@ class TestBatchNormPairing:
         assert (merged_active, merged_free) == (True, False)
         assert held == []  # Pass points (and those between a ReLU and a layer) keep no value
 
-    @pytest.mark.parametrize("between", ["nothing", "max_pool", "overlapping_max_pool_flatten"])
+    @pytest.mark.parametrize("between", ["nothing", "max_pool", "overlapping_max_pool_flatten",
+                                         "overlapping_strided_max_pool", "amax"])
     @pytest.mark.parametrize("second_reader", [False, True])
     @pytest.mark.parametrize("activation", ["relu", "relu6", "hardtanh_0", "threshold", "hardtanh_neg",
                                             "threshold_value"])
@@ -631,7 +632,10 @@ class TestBatchNormPairing:
         of the ReLU output (after the conv) keeps the plain path. Activations that are 0 wherever their input is
         <= 0 fuse too (ReLU6, Hardtanh(0, t) and Threshold(t >= 0, 0), here clamping many outputs above: the
         BatchNorm's output divides, not the activation's); Hardtanh(-0.5, 0.5) and Threshold(0.2, 0.1) are not
-        0 there and keep the plain path. Both against stock zennit."""
+        0 there and keep the plain path. Where the second conv reads fewer values than the ReLU made (a max pooling,
+        overlapping or not; an amax over a dimension), a chain through an nn.ReLU applies the rule at the second
+        conv's input, on the pooled values, and the BatchNorm's point only multiplies by its scale. Both against
+        stock zennit."""
         import reldrop_transforms.attribution._fast as fast
 
         make_activation = {"relu": lambda: nn.ReLU(inplace=True), "relu6": lambda: nn.ReLU6(inplace=True),
@@ -657,6 +661,10 @@ class TestBatchNormPairing:
                     g = nn.functional.max_pool2d(h, 2)
                 elif between == "overlapping_max_pool_flatten":
                     g = nn.functional.max_pool2d(h, 3, stride=1, padding=1).flatten(2).view(h.shape)
+                elif between == "overlapping_strided_max_pool":  # (as ResNet's stem: windows overlap, 4x fewer)
+                    g = nn.functional.max_pool2d(h, 3, stride=2, padding=1)
+                elif between == "amax":
+                    g = h.amax(3, keepdim=True)
                 y = self.head(g)
                 if second_reader:
                     y = y * torch.sigmoid(h).mean()
@@ -665,13 +673,14 @@ class TestBatchNormPairing:
         torch.manual_seed(0)
         model = warm_up_batchnorm(Chain(), shape=(8, 3, 8, 8)).double()
         x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2])
-        fused = []
+        fused, topped = [], []
         settle = fast._Engine._settle_chains
 
         def spy(engine):
             links = [link for _, link in engine.links]
             settle(engine)
             fused.append(sum(link.fused for link in links))
+            topped.append(sum(link.epsilon is not None for link in links))
 
         fast._Engine._settle_chains = spy
         try:
@@ -681,6 +690,8 @@ class TestBatchNormPairing:
         oracle = zennit_oracle(model, x, targets, paper_composite(1e-3, [SequentialMergeBatchNorm()]))
         assert_matches(ours, oracle)
         assert fused == [1 if fusable and not second_reader else 0]  # the fast backend's pass (zennit: no engine)
+        reduced = between in ("max_pool", "overlapping_strided_max_pool", "amax")
+        assert topped == [1 if activation == "relu" and reduced and not second_reader else 0]
 
     def test_densenet_pairs_in_execution_order(self):
         """DenseNet registers norm1, relu1, conv1, norm2, ...: by module order stock zennit merges each layer's
