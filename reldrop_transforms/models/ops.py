@@ -15,16 +15,50 @@ features with them to keep the gradient.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Generator, Tensor
-from torch.overrides import handle_torch_function, has_torch_function_unary
+from torch.overrides import handle_torch_function, has_torch_function
 
 __all__ = ["farthest_point_sampling", "knn", "ball_query"]
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------------
+def _one_operation(function: Callable) -> Callable:
+    """``function`` (an index computation: nothing in it has a gradient) run under ``torch.no_grad()`` and dispatched
+    as one operation to a ``TorchFunctionMode`` (``handle_torch_function``, the protocol for functions outside
+    torch): a mode watching every operation of a forward (the fast LRP engine's; a profiler) sees one instead of the
+    hundreds inside (their dispatch to a mode in Python is the cost). Tensor subclasses among the arguments are taken
+    as plain tensors (the indices are plain). Every tensor made inside gets its device explicitly (a mode such as
+    ``torch.device``'s does not see them)."""
+
+    @functools.wraps(function)
+    def dispatched(*args, **kwargs):
+        tensors = tuple(arg for arg in (*args, *kwargs.values()) if isinstance(arg, Tensor))
+        if has_torch_function(tensors):
+            if any(type(tensor) is not Tensor for tensor in tensors):
+                args = tuple(_plain(arg) for arg in args)
+                kwargs = {key: _plain(arg) for key, arg in kwargs.items()}
+                tensors = tuple(arg for arg in (*args, *kwargs.values()) if isinstance(arg, Tensor))
+            if has_torch_function(tensors):  # a mode (no subclass is left)
+                return handle_torch_function(dispatched, tensors, *args, **kwargs)
+        return function(*args, **kwargs)
+
+    @functools.wraps(function)
+    def one_operation(*args, **kwargs):
+        with torch.no_grad():  # (first: a mode sees the operation without gradients, as everything inside)
+            return dispatched(*args, **kwargs)
+
+    return one_operation
+
+
+def _plain(value):
+    return value.as_subclass(Tensor) if isinstance(value, Tensor) and type(value) is not Tensor else value
+
+
 def _check_points(name: str, points: Tensor, caller: str, dims: int | None = None) -> None:
     if not isinstance(points, Tensor):
         raise TypeError(f"{caller} expects {name} as a torch.Tensor, but got {type(points).__name__}.")
@@ -87,6 +121,7 @@ def _squared_distances(a: Tensor, b: Tensor, exact: bool) -> Tensor:
 
 
 # -- farthest point sampling -------------------------------------------------------------------------------------------
+@_one_operation
 def farthest_point_sampling(
     pos: Tensor,
     batch: Tensor | None = None,
@@ -182,13 +217,9 @@ def _farthest_points(dense: Tensor, current: Tensor, distance: Tensor, rows: Ten
     """The sampling loop of :func:`farthest_point_sampling`: ``(b, steps)`` picks from the first ones ``current``
     ``(b, 1)``, ``distance`` ``(b, n)`` updated in place.
 
-    Six tensor operations per step, whose dispatch is the loop's cost: a ``TorchFunctionMode`` watching the forward
-    (the fast LRP engine; a profiler) sees the loop as one operation (``handle_torch_function``, the protocol for
-    functions outside torch) instead of a thousand. No tensor is created inside (a mode such as ``torch.device``'s
-    would not see it).
+    Six tensor operations per step, whose dispatch is the loop's cost (a ``TorchFunctionMode`` sees the whole of
+    :func:`farthest_point_sampling` as one operation: see :func:`_one_operation`).
     """
-    if has_torch_function_unary(dense):
-        return handle_torch_function(_farthest_points, (dense,), dense, current, distance, rows, steps)
     picks = [current]
     for _ in range(steps - 1):
         chosen = dense[rows, current]  # (b, 1, D)
@@ -199,6 +230,7 @@ def _farthest_points(dense: Tensor, current: Tensor, distance: Tensor, rows: Ten
 
 
 # -- k nearest neighbours ----------------------------------------------------------------------------------------------
+@_one_operation
 def knn(
     x: Tensor,
     y: Tensor,
@@ -272,6 +304,7 @@ def _smallest(distance: Tensor, k: int) -> Tensor:
 
 
 # -- ball query --------------------------------------------------------------------------------------------------------
+@_one_operation
 def ball_query(
     pos: Tensor,
     centers: Tensor,

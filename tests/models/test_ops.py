@@ -68,8 +68,8 @@ class TestFarthestPointSampling:
 
     def test_sampling_loop_is_one_operation_to_a_mode(self):
         """Under a TorchFunctionMode (the fast LRP engine's, which watches every operation of a forward), the
-        sampling loop dispatches as one operation, not six per sampled point; the same indices, also under
-        ``torch.device``'s mode."""
+        sampling dispatches as one operation, not six per sampled point (and a hundred around the loop); the same
+        indices, also under ``torch.device``'s mode."""
         from torch.overrides import TorchFunctionMode
 
         class Count(TorchFunctionMode):
@@ -88,7 +88,7 @@ class TestFarthestPointSampling:
         with Count() as seen:
             index = farthest_point_sampling(pos, batch, ratio=1.0)
         assert torch.equal(index, expected)
-        assert seen.names.count("_farthest_points") == 1 and "argmax" not in seen.names
+        assert seen.names.count("farthest_point_sampling") == 1 and "argmax" not in seen.names
         with Count() as fewer:
             farthest_point_sampling(pos, batch, ratio=0.25)
         assert len(fewer.names) == len(seen.names)  # whatever the number of steps (six operations each before)
@@ -317,3 +317,61 @@ class TestBallQuery:
             ball_query(torch.zeros(1, 0, 3), torch.zeros(1, 2, 3), 0.1, 4)
         with pytest.raises(ValueError, match="sorted in ascending order"):
             ball_query(pos, pos, 0.1, 4, torch.tensor([1, 0] * 5))
+
+
+# -- under a TorchFunctionMode -----------------------------------------------------------------------------------------
+class _Names(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", ""))
+        return func(*args, **(kwargs or {}))
+
+
+_QUERIES = {
+    "knn_dense": (knn, lambda p, b: (p[:40].view(5, 8, 3), p[:40].view(5, 8, 3)[:, :4], 3), {}),
+    "knn_pyg": (knn, lambda p, b: (p, p, 4, b, b), {}),
+    "ball_query_dense": (ball_query, lambda p, b: (p[:40].view(5, 8, 3), p[:40].view(5, 8, 3)[:, :5], 0.8,
+                                                   6), {"return_mask": True}),
+    "ball_query_pyg": (ball_query, lambda p, b: (p, p, 0.8, 6, b, b), {}),
+    "fps_pyg": (farthest_point_sampling, lambda p, b: (p, b), {"ratio": 0.5}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_QUERIES))
+def test_each_query_is_one_operation_to_a_mode(name):
+    """A TorchFunctionMode (the fast LRP engine's watches every operation of a forward) sees each neighbourhood
+    query as one operation (hundreds inside: knn 315 and ball_query 246 on a DGCNN / PointNet++ forward before), run
+    without gradients (as everything inside), with the same indices as without a mode, also under
+    ``torch.device``'s mode and for a tensor subclass (plain indices)."""
+
+    class Tagged(torch.Tensor):
+        pass
+
+    function, arguments, options = _QUERIES[name]
+    gen = torch.Generator().manual_seed(0)
+    pos = torch.randn(sum(SIZES), 3, generator=gen, dtype=torch.float64)
+    args = arguments(pos, _batch_vector(SIZES))
+    expected = function(*args, **options)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    grad_modes = []
+
+    class Names(_Names):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") == function.__name__:
+                grad_modes.append(torch.is_grad_enabled())
+            return super().__torch_function__(func, types, args, kwargs)
+
+    with Names() as seen:
+        got = function(*args, **options)
+    assert seen.names.count(function.__name__) == 1
+    assert set(seen.names) <= {function.__name__, "_set_grad_enabled"}  # (torch.no_grad around it)
+    assert grad_modes == [False]
+    tagged = tuple(arg.as_subclass(Tagged) if isinstance(arg, torch.Tensor) else arg for arg in args)
+    with torch.device("cpu"):
+        on_device = function(*args, **options)
+    for each in (got, function(*tagged, **options), on_device):
+        each = each if isinstance(each, tuple) else (each,)
+        assert all(type(t) is torch.Tensor and torch.equal(t, e) for t, e in zip(each, expected, strict=True))
