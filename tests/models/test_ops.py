@@ -55,6 +55,18 @@ def ref_ball(pos: torch.Tensor, centers: torch.Tensor, radius: float, max_neighb
     return out
 
 
+class _Names(torch.overrides.TorchFunctionMode):
+    """A mode that records the name of every operation it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", ""))
+        return func(*args, **(kwargs or {}))
+
+
 # -- farthest point sampling -------------------------------------------------------------------------------------------
 class TestFarthestPointSampling:
     @pytest.mark.parametrize("seed", SEEDS)
@@ -70,26 +82,15 @@ class TestFarthestPointSampling:
         """Under a TorchFunctionMode (the fast LRP engine's, which watches every operation of a forward), the
         sampling dispatches as one operation, not six per sampled point (and a hundred around the loop); the same
         indices, also under ``torch.device``'s mode."""
-        from torch.overrides import TorchFunctionMode
-
-        class Count(TorchFunctionMode):
-            def __init__(self):
-                super().__init__()
-                self.names = []
-
-            def __torch_function__(self, func, types, args=(), kwargs=None):
-                self.names.append(getattr(func, "__name__", ""))
-                return func(*args, **(kwargs or {}))
-
         gen = torch.Generator().manual_seed(0)
         pos = torch.randn(sum(SIZES), 3, generator=gen, dtype=torch.float64)
         batch = _batch_vector(SIZES)
         expected = farthest_point_sampling(pos, batch, ratio=1.0)
-        with Count() as seen:
+        with _Names() as seen:
             index = farthest_point_sampling(pos, batch, ratio=1.0)
         assert torch.equal(index, expected)
         assert seen.names.count("farthest_point_sampling") == 1 and "argmax" not in seen.names
-        with Count() as fewer:
+        with _Names() as fewer:
             farthest_point_sampling(pos, batch, ratio=0.25)
         assert len(fewer.names) == len(seen.names)  # whatever the number of steps (six operations each before)
         with torch.device("cpu"):
@@ -320,16 +321,6 @@ class TestBallQuery:
 
 
 # -- under a TorchFunctionMode -----------------------------------------------------------------------------------------
-class _Names(torch.overrides.TorchFunctionMode):
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.names.append(getattr(func, "__name__", ""))
-        return func(*args, **(kwargs or {}))
-
-
 _QUERIES = {
     "knn_dense": (knn, lambda p, b: (p[:40].view(5, 8, 3), p[:40].view(5, 8, 3)[:, :4], 3), {}),
     "knn_pyg": (knn, lambda p, b: (p, p, 4, b, b), {}),
