@@ -28,12 +28,12 @@ __all__ = ["farthest_point_sampling", "knn", "ball_query"]
 
 # -- helpers -----------------------------------------------------------------------------------------------------------
 def _one_operation(function: Callable) -> Callable:
-    """``function`` (an index computation: nothing in it has a gradient) run under ``torch.no_grad()`` and dispatched
-    as one operation to a ``TorchFunctionMode`` (``handle_torch_function``, the protocol for functions outside
-    torch): a mode watching every operation of a forward (the fast LRP engine's; a profiler) sees one instead of the
-    hundreds inside (their dispatch to a mode in Python is the cost). Tensor subclasses among the arguments are taken
-    as plain tensors (the indices are plain). Every tensor made inside gets its device explicitly (a mode such as
-    ``torch.device``'s does not see them)."""
+    """``function`` (an index computation: nothing in it has a gradient) run under ``torch.no_grad()`` (its body
+    needs none of its own) and dispatched as one operation to a ``TorchFunctionMode`` (``handle_torch_function``,
+    the protocol for functions outside torch): a mode watching every operation of a forward (the fast LRP engine's;
+    a profiler) sees one instead of the hundreds inside (their dispatch to a mode in Python is the cost). Tensor
+    subclasses among the arguments are taken as plain tensors (the indices are plain). Every tensor made inside gets
+    its device explicitly (a mode such as ``torch.device``'s does not see them)."""
 
     @functools.wraps(function)
     def dispatched(*args, **kwargs):
@@ -190,23 +190,22 @@ def farthest_point_sampling(
         samples = counts.clamp(max=num_samples)
     samples = torch.minimum(samples, counts)
 
-    with torch.no_grad():
-        dense = dense.detach().as_subclass(Tensor)  # (plain indices whatever the input's tensor subclass)
-        b, n_max = dense.shape[:2]
-        s_max = int(samples.max()) if b else 0
-        if s_max == 0:
-            index = torch.zeros(b, 0, dtype=torch.long, device=pos.device)
-            return index if dense_input else index.view(-1)
-        if random_start:
-            draw = torch.rand(b, generator=generator, device=pos.device, dtype=torch.float64)
-            current = (draw * counts).long().clamp(max=n_max - 1)[:, None]
-        else:
-            current = torch.zeros(b, 1, dtype=torch.long, device=pos.device)
-        distance = torch.full((b, n_max), math.inf, dtype=dense.dtype, device=pos.device)
-        if mask is not None:
-            distance[~mask] = -1.0  # padding is never farther than a real point
-        rows = torch.arange(b, device=pos.device)[:, None]
-        index = _farthest_points(dense, current, distance, rows, s_max)
+    dense = dense.detach()
+    b, n_max = dense.shape[:2]
+    s_max = int(samples.max()) if b else 0
+    if s_max == 0:
+        index = torch.zeros(b, 0, dtype=torch.long, device=pos.device)
+        return index if dense_input else index.view(-1)
+    if random_start:
+        draw = torch.rand(b, generator=generator, device=pos.device, dtype=torch.float64)
+        current = (draw * counts).long().clamp(max=n_max - 1)[:, None]
+    else:
+        current = torch.zeros(b, 1, dtype=torch.long, device=pos.device)
+    distance = torch.full((b, n_max), math.inf, dtype=dense.dtype, device=pos.device)
+    if mask is not None:
+        distance[~mask] = -1.0  # padding is never farther than a real point
+    rows = torch.arange(b, device=pos.device)[:, None]
+    index = _farthest_points(dense, current, distance, rows, s_max)
     if dense_input:
         return index
     keep = torch.arange(s_max, device=pos.device) < samples[:, None]
@@ -270,27 +269,26 @@ def knn(
     if x.ndim != y.ndim or x.shape[-1] != y.shape[-1] or (x.ndim == 3 and x.shape[0] != y.shape[0]):
         raise ValueError(f"{caller} expects x and y of shapes (N, D), (M, D) or (B, N, D), (B, M, D), "
                          f"but got {tuple(x.shape)} and {tuple(y.shape)} instead.")
-    with torch.no_grad():
-        if x.ndim == 3:
-            if batch_x is not None or batch_y is not None:
-                raise ValueError(f"{caller}: batch vectors are only for (N, D) input, but got x {tuple(x.shape)}.")
-            if k > x.shape[1]:
-                raise ValueError(f"{caller}: k={k} is more than the {x.shape[1]} points of each cloud.")
-            distance = _squared_distances(y.detach(), x.detach(), exact=x.shape[-1] <= 3)
-            return _smallest(distance, k)
-        _check_batch("batch_x", batch_x, x.shape[0], caller)
-        _check_batch("batch_y", batch_y, y.shape[0], caller)
-        num_clouds = _num_clouds(batch_x, batch_y)
-        x_dense, x_mask, x_offsets = _pad(x.detach(), _counts(batch_x, x.shape[0], num_clouds, x.device))
-        y_dense, y_mask, y_offsets = _pad(y.detach(), _counts(batch_y, y.shape[0], num_clouds, y.device))
-        distance = _squared_distances(y_dense, x_dense, exact=x.shape[-1] <= 3)
-        distance.masked_fill_(~x_mask[:, None, :], math.inf)
-        k_eff = min(k, x_dense.shape[1])
-        nearest = _smallest(distance, k_eff)  # (B, M_max, k_eff)
-        valid = y_mask[:, :, None] & (distance.gather(2, nearest) < math.inf)
-        row = (torch.arange(y_dense.shape[1], device=y.device) + y_offsets[:, None])[:, :, None].expand_as(nearest)
-        col = nearest + x_offsets[:, None, None]
-        return row[valid], col[valid]
+    if x.ndim == 3:
+        if batch_x is not None or batch_y is not None:
+            raise ValueError(f"{caller}: batch vectors are only for (N, D) input, but got x {tuple(x.shape)}.")
+        if k > x.shape[1]:
+            raise ValueError(f"{caller}: k={k} is more than the {x.shape[1]} points of each cloud.")
+        distance = _squared_distances(y.detach(), x.detach(), exact=x.shape[-1] <= 3)
+        return _smallest(distance, k)
+    _check_batch("batch_x", batch_x, x.shape[0], caller)
+    _check_batch("batch_y", batch_y, y.shape[0], caller)
+    num_clouds = _num_clouds(batch_x, batch_y)
+    x_dense, x_mask, x_offsets = _pad(x.detach(), _counts(batch_x, x.shape[0], num_clouds, x.device))
+    y_dense, y_mask, y_offsets = _pad(y.detach(), _counts(batch_y, y.shape[0], num_clouds, y.device))
+    distance = _squared_distances(y_dense, x_dense, exact=x.shape[-1] <= 3)
+    distance.masked_fill_(~x_mask[:, None, :], math.inf)
+    k_eff = min(k, x_dense.shape[1])
+    nearest = _smallest(distance, k_eff)  # (B, M_max, k_eff)
+    valid = y_mask[:, :, None] & (distance.gather(2, nearest) < math.inf)
+    row = (torch.arange(y_dense.shape[1], device=y.device) + y_offsets[:, None])[:, :, None].expand_as(nearest)
+    col = nearest + x_offsets[:, None, None]
+    return row[valid], col[valid]
 
 
 def _smallest(distance: Tensor, k: int) -> Tensor:
@@ -365,46 +363,45 @@ def ball_query(
         raise ValueError(f"{caller}: return_mask is only for dense (B, N, D) input.")
     if dense_input and pos.shape[1] == 0:
         raise ValueError(f"{caller}: dense clouds of 0 points have no neighbours to index.")
-    with torch.no_grad():
-        if dense_input:
-            p_dense, c_dense = pos.detach(), centers.detach()
-            p_mask = c_mask = None
-        else:
-            _check_batch("batch", batch, pos.shape[0], caller)
-            _check_batch("batch_centers", batch_centers, centers.shape[0], caller)
-            num_clouds = _num_clouds(batch, batch_centers)
-            p_dense, p_mask, p_offsets = _pad(pos.detach(), _counts(batch, pos.shape[0], num_clouds, pos.device))
-            c_dense, c_mask, c_offsets = _pad(
-                centers.detach(), _counts(batch_centers, centers.shape[0], num_clouds, centers.device)
-            )
-        n_max = p_dense.shape[1]
-        if n_max == 0:  # no cloud has points (PyG-style input): no pairs
-            empty = torch.zeros(0, dtype=torch.long, device=pos.device)
-            return empty, empty.clone()
-        distance = _squared_distances(c_dense, p_dense, exact=True)  # (B, M, N)
-        if p_mask is not None:
-            distance.masked_fill_(~p_mask[:, None, :], math.inf)
-        inside = distance <= radius * radius
-        slot = torch.arange(n_max, device=pos.device)
-        # Inside points first in index order, then the rest: the first max_neighbors keys are the group.
-        key = torch.where(inside, slot, slot + n_max)
-        k_eff = min(max_neighbors, n_max)
-        group = torch.topk(key, k_eff, dim=-1, largest=False, sorted=True).indices  # (B, M, k_eff)
-        count = inside.sum(-1, keepdim=True).clamp(max=k_eff)
-        nearest = distance.argmin(-1, keepdim=True)  # empty neighbourhoods: the nearest point
-        first = torch.where(count > 0, group[..., :1], nearest)
-        in_ball = torch.arange(k_eff, device=pos.device) < count
-        group = torch.where(in_ball, group, first)
-        if dense_input:
-            if k_eff < max_neighbors:  # fewer points than max_neighbors: pad with the first neighbour
-                group = torch.cat([group, first.expand(*group.shape[:2], max_neighbors - k_eff)], -1)
-                in_ball = torch.cat([in_ball, in_ball.new_zeros(*in_ball.shape[:2], max_neighbors - k_eff)], -1)
-            return (group, in_ball) if return_mask else group
-        # Flat pairs: the in-ball slots, or the first slot of an empty neighbourhood (if its cloud has points).
-        has_points = torch.isfinite(distance.gather(2, nearest))
-        keep = in_ball.clone()
-        keep[..., 0] |= (count[..., 0] == 0) & has_points[..., 0]
-        keep &= c_mask[:, :, None]
-        row = (torch.arange(c_dense.shape[1], device=pos.device) + c_offsets[:, None])[:, :, None].expand_as(group)
-        col = group + p_offsets[:, None, None]
-        return row[keep], col[keep]
+    if dense_input:
+        p_dense, c_dense = pos.detach(), centers.detach()
+        p_mask = c_mask = None
+    else:
+        _check_batch("batch", batch, pos.shape[0], caller)
+        _check_batch("batch_centers", batch_centers, centers.shape[0], caller)
+        num_clouds = _num_clouds(batch, batch_centers)
+        p_dense, p_mask, p_offsets = _pad(pos.detach(), _counts(batch, pos.shape[0], num_clouds, pos.device))
+        c_dense, c_mask, c_offsets = _pad(
+            centers.detach(), _counts(batch_centers, centers.shape[0], num_clouds, centers.device)
+        )
+    n_max = p_dense.shape[1]
+    if n_max == 0:  # no cloud has points (PyG-style input): no pairs
+        empty = torch.zeros(0, dtype=torch.long, device=pos.device)
+        return empty, empty.clone()
+    distance = _squared_distances(c_dense, p_dense, exact=True)  # (B, M, N)
+    if p_mask is not None:
+        distance.masked_fill_(~p_mask[:, None, :], math.inf)
+    inside = distance <= radius * radius
+    slot = torch.arange(n_max, device=pos.device)
+    # Inside points first in index order, then the rest: the first max_neighbors keys are the group.
+    key = torch.where(inside, slot, slot + n_max)
+    k_eff = min(max_neighbors, n_max)
+    group = torch.topk(key, k_eff, dim=-1, largest=False, sorted=True).indices  # (B, M, k_eff)
+    count = inside.sum(-1, keepdim=True).clamp(max=k_eff)
+    nearest = distance.argmin(-1, keepdim=True)  # empty neighbourhoods: the nearest point
+    first = torch.where(count > 0, group[..., :1], nearest)
+    in_ball = torch.arange(k_eff, device=pos.device) < count
+    group = torch.where(in_ball, group, first)
+    if dense_input:
+        if k_eff < max_neighbors:  # fewer points than max_neighbors: pad with the first neighbour
+            group = torch.cat([group, first.expand(*group.shape[:2], max_neighbors - k_eff)], -1)
+            in_ball = torch.cat([in_ball, in_ball.new_zeros(*in_ball.shape[:2], max_neighbors - k_eff)], -1)
+        return (group, in_ball) if return_mask else group
+    # Flat pairs: the in-ball slots, or the first slot of an empty neighbourhood (if its cloud has points).
+    has_points = torch.isfinite(distance.gather(2, nearest))
+    keep = in_ball.clone()
+    keep[..., 0] |= (count[..., 0] == 0) & has_points[..., 0]
+    keep &= c_mask[:, :, None]
+    row = (torch.arange(c_dense.shape[1], device=pos.device) + c_offsets[:, None])[:, :, None].expand_as(group)
+    col = group + p_offsets[:, None, None]
+    return row[keep], col[keep]
