@@ -336,8 +336,9 @@ def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor, options: 
             # "full" padding, which CPU backends run far faster than a one-channel transposed convolution
             spread = _CONV_FORWARD[type(module)](share, window, None, 1, tuple(full), dilation)
         else:
-            spread = _CONV_INPUT_GRAD[type(module)]((inp.shape[0], 1, *inp.shape[2:]), window, share, module.stride,
-                                                    module.padding, dilation)
+            # (not an autocast operation: the window in the relevance's dtype, float16 under autocast)
+            spread = _CONV_INPUT_GRAD[type(module)]((inp.shape[0], 1, *inp.shape[2:]), window.to(share.dtype), share,
+                                                    module.stride, module.padding, dilation)
         return spread.expand_as(inp)
     weight = module._parameters.get("weight")
     if _plain_linear(module) and isinstance(weight, Tensor) and weight.ndim == 2:

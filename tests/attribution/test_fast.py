@@ -285,6 +285,24 @@ class TestAuto:
         assert low.dtype == torch.float32  # relevance comes back in the input's dtype
         assert 0 < rel_l2(low, full) < 0.2  # really ran in bfloat16, and still close
 
+    @pytest.mark.parametrize("stride, padding", [(2, 1), (1, 3)])
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_half_autocast_with_a_transposed_flat_spread(self, dtype, stride, padding):
+        """Flat at a first convolution whose spread needs the transposed one-channel convolution (stride > 1, or
+        padding beyond ``dilation * (k - 1)``): that call is not an autocast operation, and its float32 window
+        against float16 relevance raised "expected scalar type Half but found Float" (ResNet's, MobileNet's and
+        EfficientNet's stems under ``dtype=torch.float16``). Compared against zennit under the same autocast."""
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=stride, padding=padding), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)).eval()
+        x, targets = torch.rand(2, 3, 16, 16), torch.tensor([1, 3])
+        fast = relevance(model, x, targets, dtype=dtype, backend="fast")
+        reference = relevance(model, x, targets, dtype=dtype, backend="zennit")
+        exact = relevance(model, x, targets, backend="fast")
+        assert fast.dtype == torch.float32
+        assert rel_l2(fast, reference) <= 2e-2  # (half-precision rounding, two orders of summation)
+        assert 0 < rel_l2(fast, exact) < 5e-2  # really ran in the half dtype
+
 
 def test_no_memory_kept_between_calls():
     """Each call's rule points and activations are freed (a unit -> output -> autograd node -> unit reference
