@@ -36,6 +36,12 @@ class RelevanceSettings:
         self.labels_getter = labels_getter
         self.generator = check_generator(generator)
 
+    def check_settings(self) -> None:
+        """Validate the settings as they are now (also those set after construction, ``t.alpha = 0.2``), raising as
+        the constructor would. Every call runs this before any coin is drawn, so that a bad setting raises whatever
+        the coins and ``p``; subclasses add their own settings."""
+        self.p = check_unit_interval("p", self.p)
+
     @property
     def model(self) -> nn.Module:
         """The model whose relevance drives the mask (held by reference, not registered as a submodule).

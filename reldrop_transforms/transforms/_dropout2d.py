@@ -86,6 +86,11 @@ class RelevanceDropout2d(RelevanceImageTransform):
         self.alpha = check_unit_interval("alpha", alpha)
         self.beta = check_unit_interval("beta", beta)
 
+    def check_settings(self) -> None:
+        super().check_settings()
+        self.alpha = check_unit_interval("alpha", self.alpha)
+        self.beta = check_unit_interval("beta", self.beta)
+
     def draw(self, batch_size: int, image: Tensor) -> tuple[Tensor, ...]:
         if self.alpha == 0.0:  # a deterministic threshold: no noise
             return ()

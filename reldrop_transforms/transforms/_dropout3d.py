@@ -101,6 +101,11 @@ class RelevanceDropout3d(RelevancePointTransform):
         self.alpha = check_unit_interval("alpha", alpha)
         self.beta = check_unit_interval("beta", beta)
 
+    def check_settings(self) -> None:
+        super().check_settings()
+        self.alpha = check_unit_interval("alpha", self.alpha)
+        self.beta = check_unit_interval("beta", self.beta)
+
     def draw(self, num_clouds: int, pos: Tensor) -> tuple[Tensor, ...]:
         if self.alpha == 0.0:  # a deterministic threshold: no noise
             return ()

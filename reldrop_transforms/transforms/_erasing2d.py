@@ -72,6 +72,13 @@ class RelevanceErasing2d(RelevanceImageTransform):
         self.top_k = check_positive_int("top_k", top_k)
         self.num_patches = check_positive_int("num_patches", num_patches)
 
+    def check_settings(self) -> None:
+        super().check_settings()
+        self.scale = check_range("scale", self.scale, 0.0, 1.0)
+        self.ratio = check_range("ratio", self.ratio, 1e-12)
+        self.top_k = check_positive_int("top_k", self.top_k)
+        self.num_patches = check_positive_int("num_patches", self.num_patches)
+
     def draw(self, batch_size: int, image: Tensor) -> tuple[Tensor, ...]:
         return erasing_draws(batch_size, self.num_patches, generator=self.generator, device=image.device)
 

@@ -65,6 +65,11 @@ class RelevanceErasing3d(RelevancePointTransform):
         self.radius = check_range("radius", radius, 0.0)
         self.top_k = check_positive_int("top_k", top_k)
 
+    def check_settings(self) -> None:
+        super().check_settings()
+        self.radius = check_range("radius", self.radius, 0.0)
+        self.top_k = check_positive_int("top_k", self.top_k)
+
     def draw(self, num_clouds: int, pos: Tensor) -> tuple[Tensor, ...]:
         return (ball_draws(num_clouds, dtype=pos.dtype, generator=self.generator, device=pos.device),)
 

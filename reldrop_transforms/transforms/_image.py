@@ -64,6 +64,7 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         check_not_in_worker(type(self).__name__)  # first: in a worker, a per-sample call is no batch either
         if not inputs:
             raise TypeError(f"{type(self).__name__} expects a batch of images (and labels), but got no input.")
+        self.check_settings()  # (as set now: before any coin)
         sample = inputs if len(inputs) > 1 else inputs[0]
         flat_inputs, spec = tree_flatten(sample)
         name = type(self).__name__

@@ -96,7 +96,8 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
             raise TypeError(f"{type(self).__name__} expects points (and labels), but got no input.")
         sample = inputs if len(inputs) > 1 else inputs[0]
         first = inputs[0] if len(inputs) > 1 else (sample[0] if isinstance(sample, (tuple, list)) else sample)
-        fill = _check_fill(self.fill)  # (as set: also one set after construction; before any coin)
+        self.check_settings()  # (as set now, also after construction: before any coin)
+        fill = _check_fill(self.fill)
         if isinstance(first, BaseData):
             return self._call_pyg(sample, first, fill)
         if isinstance(first, Tensor):

@@ -364,6 +364,39 @@ class TestRelevanceDropout3d:
                 batch.pos, batch.x = batch.pos.half(), batch.x.half()
                 t(batch)
 
+    @pytest.mark.parametrize("cls", [RelevanceDropout3d, RelevanceErasing3d], ids=lambda cls: cls.__name__)
+    @pytest.mark.parametrize("layout", ["dense", "pyg"])
+    @pytest.mark.parametrize("p", [1.0, 0.5, 0.0])
+    def test_settings_set_after_construction(self, cls, layout, p):
+        # alpha, beta (dropout), radius, top_k (erasing) set later were checked only inside the mask kernel:
+        # accepted at p = 0 or when no coin came up, raised after a whole attribution otherwise. Now as at
+        # construction, before any coin (the generator does not move), whatever p and the coins
+        model = DensePointNet() if layout == "dense" else GraphPointNet()
+
+        def call(t):
+            return t(*make_points()) if layout == "dense" else t(make_batch())
+
+        bad = ({"alpha": (-0.1, ValueError), "beta": (2.0, ValueError), "p": (1.5, ValueError)}
+               if cls is RelevanceDropout3d else
+               {"radius": ((0.3, 0.1), ValueError), "top_k": (0, ValueError), "p": (-1.0, ValueError)})
+        for name, (value, error) in bad.items():
+            t = cls(model, p=p, generator=seeded(0))
+            setattr(t, name, value)
+            state = t.generator.get_state()
+            with pytest.raises(error, match=f"`?{name}`? should"):
+                call(t)
+            assert torch.equal(t.generator.get_state(), state)
+        good = {"alpha": 0.7, "beta": 0.2} if cls is RelevanceDropout3d else {"radius": [0.2, 0.4], "top_k": 2}
+        expected = call(cls(model, p=p, generator=seeded(0), **good))
+        later = cls(model, p=p, generator=seeded(0))
+        for name, value in good.items():
+            setattr(later, name, value)
+        out = call(later)
+        if layout == "dense":
+            assert torch.equal(out[0], expected[0])
+        else:
+            assert torch.equal(out.pos, expected.pos) and torch.equal(out.x, expected.x)
+
     @pytest.mark.parametrize("layout", ["dense", "pyg"])
     @pytest.mark.parametrize("p", [1.0, 0.0])
     def test_fill_set_after_construction(self, layout, p):

@@ -83,6 +83,32 @@ class TestImageBatchTransforms:
         with pytest.raises(ValueError, match="value has 2 entries but the images have 3 channels"):
             later(images, labels)
 
+    @pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+    def test_settings_set_after_construction(self, transform_cls, transform, batch, p):
+        # alpha, beta (dropout), scale, ratio, top_k, num_patches (erasing) set later were checked only inside the
+        # mask kernel: accepted at p = 0 or when no coin came up, raised after a whole attribution otherwise. Now
+        # as at construction, before any coin (the generator does not move), whatever p and the coins
+        images, labels = batch
+        bad = ({"alpha": (1.5, ValueError), "beta": (-1.0, ValueError), "p": (2.0, ValueError)}
+               if transform_cls is RelevanceDropout2d else
+               {"scale": ((0.5, 0.1), ValueError), "ratio": ("x", TypeError), "top_k": (0, ValueError),
+                "num_patches": (1.5, TypeError), "p": (-0.5, ValueError)})
+        for name, (value, error) in bad.items():
+            t = transform(p=p)
+            setattr(t, name, value)
+            state = t.generator.get_state()
+            with pytest.raises(error, match=f"`?{name}`? should"):
+                t(images, labels)
+            assert torch.equal(t.generator.get_state(), state)
+        good = {"alpha": 0.7, "beta": 0.2} if transform_cls is RelevanceDropout2d else \
+            {"scale": [0.1, 0.2], "ratio": [0.5, 2.0], "top_k": 2, "num_patches": 2}
+        expected, _ = transform(p=p, **good)(images, labels)
+        later = transform(p=p)
+        for name, value in good.items():
+            setattr(later, name, value)
+        out, _ = later(images, labels)
+        assert torch.equal(out, expected)
+
     def test_images_not_first_in_a_dict_says_why(self, transform, batch):
         # torchvision's rule takes the first plain tensor as the images: the error only said to use it after the
         # DataLoader, which the caller had done
