@@ -192,19 +192,27 @@ def remove_points(batch, drop: Tensor):
             continue
         dim = batch.__cat_dim__(key, value)
         inc = incs.get(key)
-        # index attributes first: PyG's is_node_attr guesses from the size, and a (3, F) face with F == N fits
-        if inc is not None and not value.is_floating_point() and _counts_nodes(batch, key, value, inc):
-            survive = keep[value].all(dim=0 if dim != 0 else -1) if value.numel() else torch.ones(
+        # index attributes first: PyG's is_node_attr guesses from the size, and a (3, F) face with F == N fits.
+        # A key set on the batch after collation (batch.edge_index = knn_graph(batch.pos, k, batch.batch)) has no
+        # increments: PyG's convention (its __inc__: the node count for "index" keys and face) decides
+        if not value.is_floating_point() and (inc is not None or key not in slices) \
+                and _counts_nodes(batch, key, value, inc):
+            # one entry per index along the concatenation dimension (an edge's two nodes, a face's three, one
+            # node of a 1-D index such as a keypoint list): it survives when all its nodes do
+            entries = value.movedim(dim, 0).reshape(value.shape[dim], -1)
+            survive = keep[entries].all(1) if entries.numel() else torch.ones(
                 value.shape[dim], dtype=torch.bool, device=value.device)
-            owner = batch.batch[value.select(0 if dim != 0 else -1, 0)] if value.numel() else value.new_zeros(0)
+            owner = batch.batch[entries[:, 0]] if entries.numel() else value.new_zeros(0)
             idx = survive.nonzero().flatten()
             out[key] = new_index[value].index_select(dim, idx)
             per_graph = torch.zeros(num_graphs, dtype=torch.long, device=value.device).scatter_add_(
                 0, owner, survive.long())
-            slices[key] = torch.cat([per_graph.new_zeros(1), per_graph.cumsum(0)])
-            incs[key] = ptr[:-1].clone()
+            kept_slices = torch.cat([per_graph.new_zeros(1), per_graph.cumsum(0)])
+            if inc is not None:  # (a key set after collation stays without them, as PyG's separate skips it)
+                slices[key] = kept_slices
+                incs[key] = ptr[:-1].clone()
             if key == "edge_index" or value.shape[dim] not in edge_keeps:  # edge attributes follow edge_index,
-                edge_keeps[value.shape[dim]] = (idx, slices[key])  # not a face tensor of the same length
+                edge_keeps[value.shape[dim]] = (idx, kept_slices)  # not a face tensor of the same length
             done.add(key)
             taken[key] = idx
         elif is_node_attribute(batch, key, value) and value.shape[dim] == keep.shape[0]:
@@ -221,7 +229,8 @@ def remove_points(batch, drop: Tensor):
             if value.shape[dim] in edge_keeps:
                 idx, edge_slices = edge_keeps[value.shape[dim]]
                 out[key] = value.index_select(dim, idx)
-                slices[key] = edge_slices
+                if key in slices:
+                    slices[key] = edge_slices
                 taken[key] = idx
     for name, key in followed.items():  # follow_batch's <key>_batch / <key>_ptr, for the rows of key kept
         if key in taken:

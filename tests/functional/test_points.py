@@ -407,6 +407,61 @@ class TestRemovePoints:
             assert_same_data(out.get_example(i), expected)
             assert_same_data(examples[i], expected)
 
+    def test_one_dimensional_and_row_wise_index_attributes(self):
+        # a 1-D index (a per-cloud keypoint list; PyG increments every key holding "index" by the node count) lost
+        # all its entries as soon as any point was dropped (its survival was reduced to one bool), and to_data_list
+        # then raised; a row-wise (E, 2) pair list (concatenated along dim 0, a Data subclass's __cat_dim__) keeps
+        # the pairs whose nodes both survive. Compared with filtering each cloud by hand
+        class Pairs(Data):
+            def __cat_dim__(self, key, value, *args, **kwargs):
+                return 0 if key == "pair_index" else super().__cat_dim__(key, value, *args, **kwargs)
+
+        g = torch.Generator().manual_seed(7)
+        datas = []
+        for n in (6, 5, 8):
+            data = Pairs(pos=torch.randn(n, 3, generator=g), keypoint_index=torch.randperm(n, generator=g)[:3],
+                         pair_index=torch.randint(0, n, (4, 2), generator=g))
+            datas.append(data)
+        batch = Batch.from_data_list(datas)
+        drop = torch.zeros(batch.num_nodes, dtype=torch.bool)
+        drop[[int(datas[0].keypoint_index[0]), 6 + int(datas[1].pair_index[0, 1]), 12, 13]] = True
+        out = remove_points(batch, drop)
+        examples = out.to_data_list()
+        for i, data in enumerate(datas):
+            keep = ~drop[batch.ptr[i]:batch.ptr[i + 1]]
+            new_index = keep.long().cumsum(0) - 1
+            keypoints = data.keypoint_index[keep[data.keypoint_index]]
+            pairs = data.pair_index[keep[data.pair_index].all(1)]
+            for example in (examples[i], out.get_example(i)):
+                assert torch.equal(example.pos, data.pos[keep])
+                assert torch.equal(example.keypoint_index, new_index[keypoints])
+                assert torch.equal(example.pair_index, new_index[pairs])
+        assert 0 < out.keypoint_index.numel() < batch.keypoint_index.numel()  # some, not all, entries dropped
+
+    def test_index_set_on_the_batch_after_collation(self):
+        # an edge_index built on the collated batch (batch.edge_index = knn_graph(batch.pos, k, batch.batch), PyG's
+        # KNNGraph applied to the Batch) has no increments of its own: it was left as it was, pointing past the
+        # remaining nodes and at shifted ones, and its edge_attr unfiltered. Now filtered and renumbered by PyG's
+        # convention for "index" keys; compared with filtering the batch as one graph by hand
+        g = torch.Generator().manual_seed(3)
+        batch = Batch.from_data_list([Data(pos=torch.randn(n, 3, generator=g), y=torch.tensor([0])) for n in (7, 9)])
+        within = batch.batch[:, None] == batch.batch[None]
+        edge_index = within.nonzero().t()[:, ::3].contiguous()  # pairs inside each cloud
+        batch.edge_index = edge_index
+        batch.edge_attr = torch.randn(edge_index.shape[1], 2, generator=g)
+        drop = torch.zeros(batch.num_nodes, dtype=torch.bool)
+        drop[[1, 4, 8, 12]] = True
+        out = remove_points(batch, drop)
+        keep = ~drop
+        new_index = keep.long().cumsum(0) - 1
+        alive = keep[edge_index].all(0)
+        assert 0 < int(alive.sum()) < alive.numel()
+        assert torch.equal(out.edge_index, new_index[edge_index[:, alive]])
+        assert torch.equal(out.edge_attr, batch.edge_attr[alive])
+        out.validate()
+        assert torch.equal(batch.edge_index, edge_index)  # the input is unchanged
+        assert [d.pos.shape[0] for d in out.to_data_list()] == [5, 7]  # (the key has no slices, as in the input)
+
     def test_integer_node_attribute_with_increments_is_filtered(self):
         # a per-node integer attribute that PyG increments by something other than the node count (here its
         # max + 1, as for keys containing "batch") is a node attribute, not an index
