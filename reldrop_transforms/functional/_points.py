@@ -180,8 +180,8 @@ def remove_points(batch, drop: Tensor):
     new_index = keep.long().cumsum(0) - 1  # old node -> new node (valid where kept)
     kept_nodes = keep.nonzero().flatten()
     out = copy.copy(batch)
-    slices = dict(batch._slice_dict)
-    incs = dict(batch._inc_dict)
+    slices = dict(getattr(batch, "_slice_dict", None) or {})  # (a Batch built by hand with `ptr` has none)
+    incs = dict(getattr(batch, "_inc_dict", None) or {})
     edge_keeps: dict[int, tuple[Tensor, Tensor]] = {}
     followed = followed_keys(batch)
     done = {"batch", "ptr", *followed}

@@ -153,7 +153,11 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
     def _call_pyg(self, sample: Any, data: BaseData, fill: str | float) -> Any:
         name = type(self).__name__
         single = not isinstance(data, Batch)
-        batch = Batch.from_data_list([data]) if single else data
+        _check_collated(name, data, single)
+        if single and "batch" in data:  # (all zeros, see _check_collated): batching makes its own
+            data_alone = copy.copy(data)
+            del data_alone.batch
+        batch = Batch.from_data_list([data_alone if single and "batch" in data else data]) if single else data
         if getattr(batch, "pos", None) is None:
             raise ValueError(f"{name} expects point clouds with positions `pos`, but the {type(data).__name__} has none.")
         if batch.pos.ndim != 2:
@@ -205,6 +209,22 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         return out
 
 
+def _check_collated(name: str, data: BaseData, single: bool) -> None:
+    """A ``Batch`` must come from collation (``ptr`` and the bookkeeping behind ``to_data_list``), and a single
+    ``Data`` must hold one cloud: a ``batch`` vector naming several would be overwritten by batching it as one."""
+    batch_vector = getattr(data, "batch", None)
+    if single:
+        if isinstance(batch_vector, Tensor) and batch_vector.numel() and bool((batch_vector != 0).any()):
+            count = int(batch_vector.max()) + 1
+            raise ValueError(f"{name} takes a Data as one cloud, but this {type(data).__name__} has a `batch` vector "
+                             f"naming {count} clouds. Pass them as a Batch: Batch.from_data_list(clouds), or the "
+                             "batches of a torch_geometric DataLoader.")
+    elif not isinstance(getattr(data, "ptr", None), Tensor):
+        raise ValueError(f"{name} expects a collated Batch (Batch.from_data_list(clouds), or the batches of a "
+                         "torch_geometric DataLoader), but this Batch has no `ptr`: it was built by hand. Collate "
+                         "the clouds with Batch.from_data_list instead.")
+
+
 def _with_first(sample: Any, out: Any) -> Any:
     """``sample`` with its first entry replaced by ``out`` (a tuple, list or namedtuple of its own type), or ``out``
     when the sample is the points themselves."""
@@ -220,8 +240,10 @@ def _single_example(data: BaseData, batch: Batch, out: Batch) -> BaseData:
     example = out.get_example(0)
     result = copy.copy(data)
     for key, value in data.items():
-        if isinstance(value, Tensor) and out[key] is not batch[key]:
+        if isinstance(value, Tensor) and key != "batch" and out[key] is not batch[key]:
             result[key] = example[key]
     if "num_nodes" in data:  # given explicitly: the survivors
         result.num_nodes = example.num_nodes
+    if isinstance(data.get("batch"), Tensor):  # a one-cloud batch vector of its own: for the survivors
+        result.batch = out.batch.to(data.batch.dtype)
     return result

@@ -364,6 +364,32 @@ class TestRelevanceDropout3d:
                 batch.pos, batch.x = batch.pos.half(), batch.x.half()
                 t(batch)
 
+    @pytest.mark.parametrize("fill", ["zero", "remove"])
+    @pytest.mark.parametrize("p", [1.0, 0.0])
+    def test_batches_built_by_hand(self, fill, p):
+        # a Batch built by hand without ptr failed with an AttributeError from inside; a Data whose batch vector names
+        # several clouds ran as one cloud (batching it overwrote the vector: one logit row, one normalisation for
+        # all) with fill="zero", and raised from inside PyG with fill="remove". Now a ValueError saying what to pass,
+        # whatever the coins; a hand-built Batch with ptr (no collation bookkeeping) works as the collated one
+        model = GraphPointNet()
+        collated = make_batch()
+        pos, x, vector = collated.pos, collated.x, collated.batch
+        t = RelevanceDropout3d(model, p=p, fill=fill, labels_getter=None, generator=seeded(0))
+        with pytest.raises(ValueError, match=r"expects a collated Batch .* has no `ptr`"):
+            t(Batch(pos=pos, x=x, batch=vector))
+        with pytest.raises(ValueError, match=r"takes a Data as one cloud, but this Data has a `batch` vector naming 3"):
+            t(Data(pos=pos, x=x, batch=vector))
+        alone = Data(pos=pos[:5], x=x[:5])
+        one = t(Data(pos=pos[:5], x=x[:5], batch=torch.zeros(5, dtype=torch.int32)))  # one cloud: as without it
+        expected = RelevanceDropout3d(model, p=p, fill=fill, labels_getter=None, generator=seeded(0))(alone)
+        assert torch.equal(one.pos, expected.pos) and torch.equal(one.x, expected.x)
+        assert one.batch.dtype == torch.int32 and torch.equal(one.batch, torch.zeros(one.pos.shape[0], dtype=torch.int32))
+        by_hand = Batch(pos=pos, x=x, batch=vector, ptr=collated.ptr)
+        out = RelevanceDropout3d(model, p=p, fill=fill, labels_getter=None, generator=seeded(0))(by_hand)
+        expected = RelevanceDropout3d(model, p=p, fill=fill, labels_getter=None, generator=seeded(0))(collated)
+        for key in ("pos", "x", "batch", "ptr"):
+            assert torch.equal(out[key], expected[key]), key
+
     @pytest.mark.parametrize("cls", [RelevanceDropout3d, RelevanceErasing3d], ids=lambda cls: cls.__name__)
     @pytest.mark.parametrize("layout", ["dense", "pyg"])
     @pytest.mark.parametrize("p", [1.0, 0.5, 0.0])
