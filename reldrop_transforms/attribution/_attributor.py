@@ -322,7 +322,9 @@ class Attributor:
             targets: Class indices ``(B,)``, one-hot or soft labels ``(B, K)`` (the output relevance as given), or
                 ``None`` for the predicted class. All ``B`` are validated, also with ``index``.
             index: Attribute only these rows (e.g. the samples whose coin came up): a 1-d integer tensor of row
-                numbers in ``[0, B)``, or a boolean mask ``(B,)``; the result has one row each.
+                numbers in ``[0, B)``, or a boolean mask ``(B,)``; the result has one row each. A single row is
+                attributed along with another one (a model may not take a batch of one: ``.squeeze()`` before its
+                head), whose relevance is dropped.
             check_finite: Raise a ``ValueError`` naming the samples whose relevance is NaN or infinite (one
                 host-device synchronisation).
             caller: The name used in error messages.
@@ -337,16 +339,20 @@ class Attributor:
         if check_finite:  # the whole batch, whichever rows are attributed: the same error whatever the coins
             check_finite_batch(inputs, targets, caller)
         module = unwrap_model(self.model)
-        selected, selected_targets = inputs, targets
+        selected, selected_targets, rows = inputs, targets, None
         if index is not None:
             index = check_index(index, inputs.shape[0], inputs.device, in_range=not checked)
-            selected = inputs.index_select(0, index)
-            selected_targets = None if targets is None else targets.index_select(0, index.to(targets.device))
-            if selected.shape[0] == 0:  # still run the model on a sample, and validate every label against its
-                num_outputs = _num_outputs(self._forward_one(module, inputs))  # outputs: the same errors
+            if index.shape[0] == 0:  # still run the model on the first samples, and validate every label against
+                num_outputs = _num_outputs(self._forward_one(module, inputs))  # its outputs: the same errors
                 if targets is not None:  # whatever the coins
                     check_class_range(targets, num_outputs)
-                return selected.detach().clone()
+                return inputs[:0].detach().clone()
+            rows = index.shape[0]
+            if rows == 1 and inputs.shape[0] >= 2:  # a forward on one sample is one a model may not take (`.squeeze()`
+                index = torch.cat([index, (index[:1] == 0).to(index.dtype)])  # before its head) where the batch
+                # works: another row goes along, its relevance dropped (a sample's relevance is its own)
+            selected = inputs.index_select(0, index)
+            selected_targets = None if targets is None else targets.index_select(0, index.to(targets.device))
         if selected.numel() == 0:
             return torch.zeros_like(selected)
 
@@ -358,12 +364,16 @@ class Attributor:
             (rel,) = self._attribute(module, (selected,), lambda x: module(x), grad_output_fn)
         except ExplanationError:  # the library's own: the same whatever the coins
             raise
-        except (RuntimeError, ValueError) as error:  # an error of the model's own forward names the rows the coins
-            try:  # selected (torch's "expected input[3, 1, 8, 8] to have 3 channels"): the error of one sample
-                self._forward_one(module, inputs)  # instead, the same whatever the coins (and as with none)
-            except Exception as one:
-                raise one from error
+        except (RuntimeError, ValueError) as error:  # an error of the model's own forward on the rows the coins
+            if index is None:  # selected names them (torch's "expected input[3, 1, 8, 8] to have 3 channels"): the
+                raise  # error of the first samples instead, the same whatever the coins (and as with none)
+            try:
+                self._forward_one(module, inputs)
+            except Exception as first:
+                raise first from error
             raise
+        if rows is not None and rows < rel.shape[0]:
+            rel, index = rel[:rows], index[:rows]
         if check_finite:
             check_finite_(rel, caller, index)
         return rel
@@ -562,13 +572,14 @@ class Attributor:
         return tuple(outputs) if bool(status.all()) else None
 
     def _forward_one(self, module: nn.Module, inputs: Tensor) -> Tensor:
-        """The logits of a plain forward of the batch's first sample (eval mode, no gradients, state preserved);
-        first the refusal of a model LRP cannot explain (which may not run on one sample: BatchNorm without running
-        statistics), as an attribution gives it."""
+        """The logits of a plain forward of the batch's first two samples (one in a batch of one; as an attribution
+        of selected rows runs at least two), in eval mode, without gradients, state preserved; first the refusal of
+        a model LRP cannot explain (which may not run on few samples: BatchNorm without running statistics), as an
+        attribution gives it."""
         _check_explainable(module)
         with model_lock(module), torch.no_grad(), preserved_model_state(module, keep_values=False):
             module.eval()
-            return module(inputs[:1].clone())  # (a forward may change its input in place)
+            return module(inputs[:2].clone())  # (a forward may change its input in place)
 
     def _say_once(self, key: Hashable, message: str, *, warn: bool, category: type[Warning] = RelevanceBackendWarning,
                   stacklevel: int = 4) -> None:

@@ -4,7 +4,7 @@ The rule for ``p`` (every transform, every path): one coin per sample is drawn f
 (``True`` with probability ``p``; ``p = 1`` and ``p = 0`` draw nothing); then the random numbers of the masks are
 drawn for the whole batch, also from ``generator``; only samples whose coin came up are masked. Which samples are
 attributed is a matter of cost, not of the result (a sample's relevance depends on that sample only): dense eager
-batches attribute the selected samples only; PyG batches and replayed CUDA graphs (fixed shapes) attribute all.
+batches attribute the selected samples only (with another one where a single coin comes up); PyG batches and replayed CUDA graphs (fixed shapes) attribute all.
 """
 
 from __future__ import annotations

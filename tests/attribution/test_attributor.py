@@ -35,6 +35,31 @@ class TestAttributor:
         rows = Attributor(model)(x, targets, index=index)
         torch.testing.assert_close(rows, relevance(model, x[index], targets[index]))
 
+    @pytest.mark.parametrize("row", [0, 3])
+    def test_one_selected_row_of_a_model_that_needs_two(self, row):
+        # `.squeeze()` before the head: (K,) for a batch of one, (B, K) otherwise. One selected row (a single coin
+        # up) raised "returned (5,)" for a batch of 8 the model takes; no coin, likewise (the label check's
+        # forward). Another row now goes along, its relevance dropped: the rows' relevance as in the whole batch
+        class Squeezing(nn.Module):
+            def __init__(self):
+                super().__init__()
+                torch.manual_seed(0)
+                self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 5)
+
+            def forward(self, x):
+                return self.fc(torch.relu(self.conv(x)).mean((2, 3), keepdim=True).squeeze())
+
+        model = Squeezing().double()
+        x, targets = torch.randn(8, 3, 8, 8, dtype=torch.float64), torch.arange(8) % 5
+        full = Attributor(model)(x, targets)
+        rows = Attributor(model)(x, targets, index=torch.tensor([row]))
+        assert rows.shape == (1, 3, 8, 8)
+        torch.testing.assert_close(rows, full[row:row + 1], rtol=1e-12, atol=1e-14)
+        none = Attributor(model)(x, targets, index=torch.tensor([], dtype=torch.long))
+        assert none.shape == (0, 3, 8, 8)
+        with pytest.raises(ValueError, match=r"\(B, K\) = \(1, K\) for a batch of 1, but returned \(5,\)"):
+            Attributor(model)(x[:1], targets[:1], index=torch.tensor([0]))  # a batch of one: as at p = 1
+
     def test_index_still_validates_every_label(self):
         model = bn_model()
         x = torch.randn(3, 3, 16, 16)

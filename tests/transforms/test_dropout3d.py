@@ -765,11 +765,13 @@ class TestRelevanceDropout3d:
 
     @pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
     def test_points_the_model_cannot_take_whatever_the_coins(self, p):
-        """Three channels for a six-channel model: the model's error for one cloud, the same for every draw (was:
-        naming the clouds the coins selected)."""
+        """Three channels for a six-channel model: the model's error for the first two clouds where only some are
+        attributed, the same for every draw (was: naming the clouds the coins selected); for the whole batch at
+        p = 1 (was: for its first cloud, a shape the caller never passed)."""
         points, labels = make_points(channels=3)
+        rows = 4 if p == 1.0 else 2
         for seed in range(4):
-            with pytest.raises(RuntimeError, match=r"expected input\[1, 3, 10\] to have 6 channels"):
+            with pytest.raises(RuntimeError, match=rf"expected input\[{rows}, 3, 10\] to have 6 channels"):
                 RelevanceDropout3d(DensePointNet(), p=p, generator=seeded(seed))(points, labels)
 
     @pytest.mark.parametrize("fill", [float("nan"), float("inf")])
