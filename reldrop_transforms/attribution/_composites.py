@@ -235,9 +235,13 @@ def make_zennit_composite(composite, inputs: Tensor, epsilon: float, canonizers:
     if "epsilon" in accepted:
         kwargs["epsilon"] = epsilon
     if "low" in accepted and "high" in accepted:
-        # Box bounds for the first layer: the value range of this batch.
-        kwargs["low"] = inputs.detach().amin().expand_as(inputs)
-        kwargs["high"] = inputs.detach().amax().expand_as(inputs)
+        # Box bounds for the first layer: each sample's own value range (the batch's made a sample's relevance depend
+        # on the others, and on which samples the coins selected). Fixed bounds (the data's domain, per channel
+        # after Normalize): pass the zennit Composite itself, e.g. EpsilonGammaBox(low=..., high=...)
+        rows = inputs.detach().flatten(1) if inputs.ndim > 1 else inputs.detach()[:, None]
+        shape = (inputs.shape[0], *([1] * (inputs.ndim - 1)))
+        kwargs["low"] = rows.amin(1).view(shape).expand_as(inputs)
+        kwargs["high"] = rows.amax(1).view(shape).expand_as(inputs)
     return cls(**kwargs)
 
 

@@ -102,6 +102,26 @@ class TestRelevance:
         rel = relevance(model, torch.randn(2, 3, 16, 16), torch.tensor([0, 1]), composite="epsilon_gamma_box")
         assert rel.shape == (2, 3, 16, 16) and torch.isfinite(rel).all() and rel.abs().sum() > 0
 
+    def test_box_bounds_are_each_samples_own(self):
+        # the bounds were the batch's value range: a sample's relevance changed with a brighter sample beside it,
+        # and with which samples the coins selected (9e-2 relative L2 on ResNet-18). Now each sample's own range;
+        # compared with zennit's EpsilonGammaBox given those bounds
+        from zennit.composites import EpsilonGammaBox
+
+        model = warm_up_batchnorm(small_cnn()).double().eval()
+        torch.manual_seed(1)
+        x = torch.rand(3, 3, 16, 16, dtype=torch.float64)
+        x[1] *= 4.0  # brighter
+        targets = torch.tensor([0, 1, 2])
+        full = relevance(model, x, targets, composite="epsilon_gamma_box")
+        alone = relevance(model, x[:1], targets[:1], composite="epsilon_gamma_box")
+        torch.testing.assert_close(full[:1], alone, rtol=1e-10, atol=1e-12)
+        low = x.flatten(1).amin(1).view(-1, 1, 1, 1).expand_as(x)
+        high = x.flatten(1).amax(1).view(-1, 1, 1, 1).expand_as(x)
+        oracle = zennit_oracle(model, x, targets,
+                               EpsilonGammaBox(low=low, high=high, epsilon=1e-3, canonizers=[SequentialMergeBatchNorm()]))
+        torch.testing.assert_close(full, oracle, rtol=1e-10, atol=1e-12)
+
     def test_predicted_class_when_no_targets(self):
         model = warm_up_batchnorm(small_cnn()).double().eval()
         x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
