@@ -77,6 +77,15 @@ class RelevanceSettings:
     dtype = property(lambda self: self._attributor.dtype, doc="Autocast dtype of the attribution, or None.")
     cuda_graphs = property(lambda self: self._attributor.cuda_graphs, doc="Replay captured CUDA graphs.")
 
+    def attribution_options(self) -> dict[str, Any]:
+        """The attribution's settings for ``repr``: composite, epsilon, backend, and dtype / cuda_graphs where set."""
+        options = {"composite": self.composite, "epsilon": self.epsilon, "backend": self.backend}
+        if self.dtype is not None:
+            options["dtype"] = self.dtype
+        if self.cuda_graphs:
+            options["cuda_graphs"] = True
+        return options
+
     # -- dense batches ---------------------------------------------------------------------------------------------
     def masks(self, inputs: Tensor, targets: Tensor | None, reduce: Callable[[Tensor], Tensor],
               draw: Callable[[int], Sequence[Tensor]], mask_rows: Callable[..., Tensor],

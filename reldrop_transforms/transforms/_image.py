@@ -57,7 +57,7 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         self.value = _check_value(value)
 
     def extra_repr(self) -> str:
-        settings = f"composite={self.composite!r}, epsilon={self.epsilon}, backend={self.backend!r}"
+        settings = ", ".join(f"{key}={value!r}" for key, value in self.attribution_options().items())
         return ", ".join(part for part in (super().extra_repr(), settings) if part)
 
     def forward(self, *inputs: Any) -> Any:

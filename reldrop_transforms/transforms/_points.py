@@ -86,7 +86,7 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
     def __repr__(self) -> str:
         options = {key: value for key, value in vars(self).items()
                    if not key.startswith("_") and isinstance(value, (bool, int, float, str, tuple))}
-        options.update(composite=self.composite, epsilon=self.epsilon, backend=self.backend)
+        options.update(self.attribution_options())
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
 
     # -- dispatch --------------------------------------------------------------------------------------------

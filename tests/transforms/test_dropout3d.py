@@ -18,7 +18,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import BaseTransform
 
 import reldrop_transforms
-from reldrop_transforms import RelevanceDropout3d, RelevanceErasing3d
+from reldrop_transforms import RelevanceDropout2d, RelevanceDropout3d, RelevanceErasing3d
 from reldrop_transforms.attribution import relevance, relevance_graph
 from reldrop_transforms.functional import keep_least_relevant, normalize_relevance, relevance_dropout_mask
 
@@ -272,6 +272,15 @@ class TestRelevanceDropout3d:
         assert isinstance(t, BaseTransform)
         assert reldrop_transforms.RelevanceDropout3d is RelevanceDropout3d
         assert "RelevanceDropout3d(" in repr(t)
+
+    @pytest.mark.parametrize("cls", [RelevanceDropout2d, RelevanceDropout3d], ids=lambda cls: cls.__name__)
+    def test_repr_names_the_attribution_settings(self, cls):
+        # dtype and cuda_graphs were left out of the repr
+        plain = repr(cls(nn.Linear(2, 2)))
+        assert "composite='epsilon_flat'" in plain and "backend='auto'" in plain
+        assert "dtype" not in plain and "cuda_graphs" not in plain
+        text = repr(cls(nn.Linear(2, 2), dtype=torch.bfloat16, cuda_graphs=True, backend="fast"))
+        assert "dtype=torch.bfloat16" in text and "cuda_graphs=True" in text and "backend='fast'" in text
 
     @pytest.mark.parametrize("fill", ["remove", "zero", "first", 2.5])
     @pytest.mark.parametrize("features", [2, 0])
