@@ -199,10 +199,12 @@ def remove_points(batch, drop: Tensor):
                 and _counts_nodes(batch, key, value, inc):
             # one entry per index along the concatenation dimension (an edge's two nodes, a face's three, one
             # node of a 1-D index such as a keypoint list): it survives when all its nodes do
-            entries = value.movedim(dim, 0).reshape(value.shape[dim], -1)
-            survive = keep[entries].all(1) if entries.numel() else torch.ones(
-                value.shape[dim], dtype=torch.bool, device=value.device)
-            owner = batch.batch[entries[:, 0]] if entries.numel() else value.new_zeros(0)
+            if value.numel():
+                entries = value.movedim(dim, 0).reshape(value.shape[dim], -1)
+                survive, owner = keep[entries].all(1), batch.batch[entries[:, 0]]
+            else:  # no entries at all (a cloud without edges), or entries of no nodes
+                survive = torch.ones(value.shape[dim], dtype=torch.bool, device=value.device)
+                owner = batch.batch.new_zeros(value.shape[dim])
             idx = survive.nonzero().flatten()
             out[key] = new_index[value].index_select(dim, idx)
             per_graph = torch.zeros(num_graphs, dtype=torch.long, device=value.device).scatter_add_(

@@ -438,6 +438,19 @@ class TestRemovePoints:
                 assert torch.equal(example.pair_index, new_index[pairs])
         assert 0 < out.keypoint_index.numel() < batch.keypoint_index.numel()  # some, not all, entries dropped
 
+    def test_index_attributes_without_entries(self):
+        # clouds without edges (an empty radius graph) and an empty keypoint list: nothing to filter, the batch
+        # still loses its points (a change to entries along the concatenation dimension once raised here)
+        datas = [Data(pos=torch.randn(n, 3), edge_index=torch.zeros(2, 0, dtype=torch.long),
+                      keypoint_index=torch.zeros(0, dtype=torch.long)) for n in (4, 5)]
+        batch = Batch.from_data_list(datas)
+        drop = torch.zeros(batch.num_nodes, dtype=torch.bool)
+        drop[[0, 6]] = True
+        out = remove_points(batch, drop)
+        assert out.edge_index.shape == (2, 0) and out.keypoint_index.shape == (0,)
+        assert [d.pos.shape[0] for d in out.to_data_list()] == [3, 4]
+        assert [d.edge_index.shape for d in out.to_data_list()] == [(2, 0), (2, 0)]
+
     def test_index_set_on_the_batch_after_collation(self):
         # an edge_index built on the collated batch (batch.edge_index = knn_graph(batch.pos, k, batch.batch), PyG's
         # KNNGraph applied to the Batch) has no increments of its own: it was left as it was, pointing past the
