@@ -9,7 +9,7 @@ from ._erasing import (
     relevant_centres,
     sample_erasing_sizes,
 )
-from ._mask import fill_dropped, normalize_relevance, relevance_dropout_mask, sample_coins, uniform_like
+from ._mask import fill_dropped, noise_dtype, normalize_relevance, relevance_dropout_mask, sample_coins, uniform_like
 from ._points import FILLS, fill_points, is_node_attribute, keep_least_relevant, remove_points
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "fill_dropped",
     "sample_coins",
     "uniform_like",
+    "noise_dtype",
     "keep_least_relevant",
     "fill_points",
     "remove_points",

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_count, check_positive_int, check_range, check_tensor
-from ._mask import normalize_relevance, uniform_like
+from ._mask import noise_dtype, normalize_relevance, uniform_like
 
 __all__ = ["sample_erasing_sizes", "relevant_centres", "box_mask", "relevance_erasing_mask", "relevance_ball_mask",
            "erasing_draws", "ball_draws"]
@@ -210,7 +210,7 @@ def ball_draws(num_clouds: int, *, dtype: torch.dtype = torch.float32, generator
     ``dtype`` or float32, whichever is wider (bfloat16's 8 bits of mantissa left half of 1000 top-k ranks
     unreachable)."""
     device = torch.device("cpu") if device is None else torch.device(device)
-    dtype = torch.promote_types(dtype, torch.float32)
+    dtype = noise_dtype(dtype)
     return uniform_like(torch.empty(num_clouds, 3, device=device, dtype=dtype), generator)
 
 

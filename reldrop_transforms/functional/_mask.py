@@ -15,7 +15,7 @@ from .._checks import (
     check_unit_interval,
 )
 
-__all__ = ["normalize_relevance", "relevance_dropout_mask", "fill_dropped", "sample_coins", "uniform_like"]
+__all__ = ["normalize_relevance", "relevance_dropout_mask", "fill_dropped", "sample_coins", "uniform_like", "noise_dtype"]
 
 
 def _as_float(relevance: Tensor) -> Tensor:
@@ -95,6 +95,12 @@ def normalize_relevance(
     return out.reshape(relevance.shape)
 
 
+def noise_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype random numbers for masks of ``dtype`` values are drawn and compared in: float32 at least (bfloat16's
+    8 bits of mantissa would make ``U`` and ``1 - beta`` coarse steps)."""
+    return torch.promote_types(dtype, torch.float32) if dtype.is_floating_point else torch.float32
+
+
 def uniform_like(reference: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """``U[0, 1)`` noise of ``reference``'s shape, dtype and device, drawn from ``generator``.
 
@@ -123,7 +129,8 @@ def relevance_dropout_mask(
     element is dropped where ``alpha * U + (1 - alpha) * Rn >= 1 - beta``. Hence
     ``P(drop | Rn = r) = clip((beta - (1 - alpha) * (1 - r)) / alpha, 0, 1)`` for ``alpha > 0``; ``alpha = 1`` is
     plain random dropout at rate ``beta``; ``alpha = 0`` is the deterministic threshold ``Rn >= 1 - beta`` (no
-    noise is drawn). Vectorised over the batch, with no host-device synchronisation.
+    noise is drawn). Vectorised over the batch, with no host-device synchronisation. Computed in float32 at least
+    (bfloat16 and float16 relevance is promoted: in those, ``1 - beta`` and the score round off the probability).
 
     Args:
         relevance: Relevance per element, one row per sample (channels already summed).
@@ -146,12 +153,16 @@ def relevance_dropout_mask(
     """
     alpha = check_unit_interval("alpha", alpha)
     beta = check_unit_interval("beta", beta)
+    # in float32 at least: in bfloat16 / float16, 1 - beta rounds (to 1 for beta = 1e-3: no drop at alpha = 1) and
+    # so do the score and the noise, off the documented probability
+    if isinstance(relevance, Tensor) and relevance.is_floating_point():
+        relevance = relevance.to(noise_dtype(relevance.dtype))
     rn = normalize_relevance(relevance, batch=batch, num_segments=num_segments)
     if noise is not None and noise.shape != rn.shape:
         raise ValueError(f"noise of shape {tuple(noise.shape)} does not match relevance of shape {tuple(rn.shape)}.")
     score = (1.0 - alpha) * rn
     if alpha > 0.0:
-        score = score + alpha * (uniform_like(rn, generator) if noise is None else noise)
+        score = score + alpha * (uniform_like(rn, generator) if noise is None else noise.to(rn.dtype))
     return score >= 1.0 - beta
 
 

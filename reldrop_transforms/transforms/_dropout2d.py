@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_unit_interval
-from ..functional import relevance_dropout_mask, uniform_like
+from ..functional import noise_dtype, relevance_dropout_mask, uniform_like
 from ._image import RelevanceImageTransform
 
 __all__ = ["RelevanceDropout2d"]
@@ -94,7 +94,7 @@ class RelevanceDropout2d(RelevanceImageTransform):
     def draw(self, batch_size: int, image: Tensor) -> tuple[Tensor, ...]:
         if self.alpha == 0.0:  # a deterministic threshold: no noise
             return ()
-        return (uniform_like(image.new_empty((batch_size, *image.shape[2:])), self.generator),)
+        return (uniform_like(image.new_empty((batch_size, *image.shape[2:]), dtype=noise_dtype(image.dtype)), self.generator),)
 
     def mask_rows(self, relevance: Tensor, *draws: Tensor) -> Tensor:
         return relevance_dropout_mask(relevance, self.alpha, self.beta, noise=draws[0] if draws else None)

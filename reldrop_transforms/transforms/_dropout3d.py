@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_unit_interval
-from ..functional import keep_least_relevant, relevance_dropout_mask, uniform_like
+from ..functional import keep_least_relevant, noise_dtype, relevance_dropout_mask, uniform_like
 from ._erasing3d import RelevanceErasing3d
 from ._points import RelevancePointTransform
 
@@ -109,7 +109,7 @@ class RelevanceDropout3d(RelevancePointTransform):
     def draw(self, num_clouds: int, pos: Tensor) -> tuple[Tensor, ...]:
         if self.alpha == 0.0:  # a deterministic threshold: no noise
             return ()
-        return (uniform_like(pos.new_empty(pos.shape[:-1]), self.generator),)  # one number per point
+        return (uniform_like(pos.new_empty(pos.shape[:-1], dtype=noise_dtype(pos.dtype)), self.generator),)  # one per point
 
     def mask_rows(self, relevance: Tensor, pos: Tensor, *draws: Tensor, batch: Tensor | None = None,
                   num_segments: int | None = None) -> Tensor:

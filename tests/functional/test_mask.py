@@ -238,6 +238,25 @@ class TestRelevanceDropoutMask:
             tol = 5.0 * math.sqrt(p * (1.0 - p) / n) + 2.0 / n
             assert abs(observed - p) <= tol, (r, observed, p, tol)
 
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+    def test_half_precision_relevance_keeps_the_probabilities(self, dtype):
+        # the rule ran in the relevance's dtype: 1 - beta rounded to 1 (bfloat16, beta = 1e-3: no drop at all at
+        # alpha = 1, where the rate is beta), and the score rounded past the threshold (alpha = 0.9, beta = 0.05,
+        # r = 0.5 dropped 0.4 % in bfloat16, where the rule gives 0). Now in float32, with float32 noise: the mask
+        # of the float32 relevance of the same values
+        n = 400_000
+        rel = torch.rand(4, n // 4, generator=torch.Generator().manual_seed(0)).to(dtype)
+        for alpha, beta in ((1.0, 1e-3), (0.9, 0.05), (0.3, 0.5)):
+            mask = relevance_dropout_mask(rel, alpha, beta, generator=torch.Generator().manual_seed(1))
+            reference = relevance_dropout_mask(rel.float(), alpha, beta, generator=torch.Generator().manual_seed(1))
+            assert torch.equal(mask, reference)
+        rate = relevance_dropout_mask(rel, 1.0, 1e-3, generator=torch.Generator().manual_seed(2)).double().mean()
+        assert abs(float(rate) - 1e-3) <= 5 * math.sqrt(1e-3 / n)
+        half = torch.full((2, 1000), 0.5).to(dtype)
+        half[:, 0], half[:, 1] = 0.0, 1.0  # Rn = 0.5 elsewhere
+        mask = relevance_dropout_mask(half, 0.9, 0.05, generator=torch.Generator().manual_seed(3))
+        assert not bool(mask[:, 2:].any())  # P(drop | r = 0.5) = clip((0.05 - 0.1 * 0.5) / 0.9, 0, 1) = 0
+
     def test_reproducible_with_generator(self, device):
         rel = make_relevance(0, device=device)
         a = relevance_dropout_mask(rel, 0.3, 0.5, generator=torch.Generator(device=device).manual_seed(11))
