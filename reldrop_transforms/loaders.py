@@ -31,13 +31,16 @@ def move_to_device(batch: Any, device: torch.device | None) -> Any:
     """Move every tensor in a (nested) batch to ``device``; containers keep their type."""
     if device is None:
         return batch
-    return map_tensors(batch, lambda tensor: tensor.to(device, non_blocking=True), lambda other: _moved(other, device))
+    # to the host a copy must be waited for (a non-blocking one returns before a CUDA tensor's values have arrived)
+    non_blocking = torch.device(device).type != "cpu"
+    return map_tensors(batch, lambda tensor: tensor.to(device, non_blocking=non_blocking),
+                       lambda other: _moved(other, device, non_blocking))
 
 
-def _moved(obj: Any, device: torch.device) -> Any:
+def _moved(obj: Any, device: torch.device, non_blocking: bool) -> Any:
     to = getattr(obj, "to", None)
     if callable(to) and not isinstance(obj, nn.Module):  # e.g. PyG Data/Batch
-        return to(device, non_blocking=True)
+        return to(device, non_blocking=non_blocking)
     return obj
 
 

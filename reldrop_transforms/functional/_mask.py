@@ -110,7 +110,8 @@ def uniform_like(reference: Tensor, generator: torch.Generator | None = None) ->
     """
     device = reference.device if generator is None else generator.device
     noise = torch.rand(reference.shape, generator=generator, device=device, dtype=reference.dtype)
-    return noise.to(reference.device, non_blocking=True)
+    # (to the host, a copy must be waited for: a non-blocking one returns before the values have arrived)
+    return noise.to(reference.device, non_blocking=reference.device.type != "cpu")
 
 
 def relevance_dropout_mask(

@@ -166,6 +166,26 @@ class TestUniformLike:
         assert torch.equal(noise, expected)
         assert bool(((noise >= 0) & (noise < 1)).all())
 
+    def test_waits_for_copies_to_the_host(self):
+        # a copy to the host is waited for (a non-blocking one from a CUDA generator's noise returns before its values
+        # arrive); one to a device need not be. Recorded at Tensor.to (no GPU here: a "meta" reference for the device)
+        from torch.overrides import TorchFunctionMode
+
+        class Record(TorchFunctionMode):
+            def __init__(self):
+                super().__init__()
+                self.flags = []
+
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                if func is torch.Tensor.to:
+                    self.flags.append((kwargs or {}).get("non_blocking"))
+                return func(*args, **(kwargs or {}))
+
+        for reference, blocking in ((torch.empty(3), True), (torch.empty(3, device="meta"), False)):
+            with Record() as record:
+                uniform_like(reference, torch.Generator().manual_seed(0))
+            assert record.flags == [not blocking]
+
     def test_cpu_generator_drives_any_device(self, device):
         ref = torch.empty(3, 4, device=device)
         noise = uniform_like(ref, torch.Generator().manual_seed(5))

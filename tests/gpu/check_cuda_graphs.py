@@ -103,6 +103,16 @@ def main() -> int:
     check("noise follows the generator", torch.equal(first, first_again))
     agree = ((eager_same_seed == 0).all(1) == (first == 0).all(1)).float().mean().item()
     check("graph and eager draw the same noise", agree > 0.999, f"(agreement {agree:.4f})")
+    # noise from a CUDA generator for a CPU tensor: the device-to-host copy is waited for (a non-blocking one could
+    # be read before its values arrive)
+    from reldrop_transforms.functional import sample_coins, uniform_like
+
+    big = torch.empty(4096, 1024)
+    drawn = uniform_like(big, torch.Generator(device=device).manual_seed(11))
+    expected = torch.rand(big.shape, generator=torch.Generator(device=device).manual_seed(11), device=device).cpu()
+    coins = sample_coins(1 << 20, 0.5, generator=torch.Generator(device=device).manual_seed(12))
+    check("CUDA generator, CPU tensor: the noise has arrived", torch.equal(drawn, expected)
+          and coins.device.type == "cpu" and abs(coins.float().mean().item() - 0.5) < 0.01)
     # 7. errors still raised
     try:
         graph_t(images, torch.full_like(labels, 99))
