@@ -27,6 +27,7 @@ import argparse
 import datetime
 import gc
 import json
+import os
 import platform
 import statistics
 import sys
@@ -328,6 +329,12 @@ def header(device: torch.device) -> str:
         machine = f"GPU: {torch.cuda.get_device_name(device)}"
     else:
         machine = f"CPU: {_cpu_name()}, torch threads: {torch.get_num_threads()}"
+    # the C allocator's settings, where the environment sets them: on CPU they decide how many pages each step
+    # faults in again (glibc gives the heap's top back to the system after large frees by default)
+    allocator = [f"{name}={os.environ[name]}" for name in sorted(os.environ)
+                 if name == "GLIBC_TUNABLES" or name.startswith("MALLOC_") or name == "LD_PRELOAD"]
+    if allocator:
+        machine += ", allocator settings: " + " ".join(allocator)
     return "\n".join([
         f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
         f"- {machine}",

@@ -68,8 +68,12 @@ def _first_kept_index(mask: Tensor, segment: Tensor, count: int) -> Tensor:
     n = mask.shape[0]
     positions = torch.arange(n, device=mask.device)
     candidate = torch.where(mask, torch.full_like(positions, n), positions)
-    first = torch.full((count,), n, dtype=torch.long, device=mask.device).scatter_reduce(0, segment, candidate, "amin")
-    return first.clamp_(max=max(n - 1, 0))
+    # n for a segment without a kept element: the zero row that _with_zero_row appends
+    return torch.full((count,), n, dtype=torch.long, device=mask.device).scatter_reduce(0, segment, candidate, "amin")
+
+
+def _with_zero_row(points: Tensor) -> Tensor:
+    return torch.cat([points, points.new_zeros((1, *points.shape[1:]))])
 
 
 def fill_points(
@@ -86,7 +90,7 @@ def fill_points(
         points: Point features, channels last.
         mask: ``True`` where a point is dropped.
         fill: ``"zero"`` (all channels 0, the paper), ``"first"`` (copy the cloud's first kept point: PointNet++'s
-            convention for its random dropout) or a number.
+            convention for its random dropout; zeros in a cloud without a kept point) or a number.
         batch: PyG ``batch`` vector for flat (N, C) points.
         num_segments: Number of clouds with ``batch``.
 
@@ -108,11 +112,11 @@ def fill_points(
         flat = points.reshape(-1, *points.shape[2:])
         num, size = mask.shape
         source = first.repeat_interleave(size)
-        return torch.where(_expand(mask.reshape(-1), flat), flat[source], flat).reshape(points.shape)
+        return torch.where(_expand(mask.reshape(-1), flat), _with_zero_row(flat)[source], flat).reshape(points.shape)
     if num_segments is None:
         raise ValueError("num_segments is required with batch (e.g. Batch.num_graphs).")
     first = _first_kept_index(mask, batch, num_segments)
-    return torch.where(_expand(mask, points), points[first[batch]], points)
+    return torch.where(_expand(mask, points), _with_zero_row(points)[first[batch]], points)
 
 
 def _expand(mask: Tensor, like: Tensor) -> Tensor:

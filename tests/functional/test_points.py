@@ -193,6 +193,20 @@ class TestKeepLeastRelevant:
 
 
 class TestFillPoints:
+    def test_first_in_a_cloud_without_kept_points(self):
+        # "first" in a cloud whose points are all dropped copied the batch's last point, another cloud's (its
+        # missing index was clamped to N - 1): zeros there, and each other cloud its own first kept point
+        points = torch.arange(1.0, 10.0).reshape(3, 3, 1).repeat(1, 1, 2)  # cloud i: rows 3i+1 .. 3i+3
+        mask = torch.tensor([[True, True, True], [True, False, False], [True, True, True]])
+        expected = torch.zeros(3, 3, 2)
+        expected[1] = torch.tensor([[5.0, 5.0], [5.0, 5.0], [6.0, 6.0]])
+        assert torch.equal(fill_points(points, mask, "first"), expected)
+        flat, batch = points.reshape(9, 2), torch.arange(3).repeat_interleave(3)
+        out = fill_points(flat, mask.reshape(-1), "first", batch=batch, num_segments=3)  # PyG: (N, C) and (N,)
+        assert torch.equal(out, expected.reshape(9, 2))
+        out = fill_points(flat[:, 0], mask.reshape(-1), "first", batch=batch, num_segments=3)
+        assert torch.equal(out, expected.reshape(9, 2)[:, 0])
+
     @pytest.mark.parametrize("fill", ["zero", "first", -2.5])
     @pytest.mark.parametrize("dtype", DTYPES)
     def test_dense_matches_loop(self, fill, dtype):
