@@ -188,6 +188,14 @@ def relevance_erasing_mask(
         raise ValueError(f"draws should be the pair (size draws, centre draws) of erasing_draws, but got "
                          f"{type(draws).__name__}.")
     size_draws, centre_draws = (None, None) if draws is None else draws
+    if height == 0 or width == 0:  # no pixel to erase (nor to centre a rectangle on): the same checks, and the
+        check_range("scale", scale, 0.0, 1.0)  # same numbers drawn, as for any size
+        check_range("ratio", ratio, 1e-12)
+        check_positive_int("top_k", top_k)
+        if draws is None:
+            erasing_draws(batch_size, check_positive_int("num_patches", num_patches), generator=generator,
+                          device=relevance.device)
+        return torch.zeros(relevance.shape, dtype=torch.bool, device=relevance.device)
     sizes, valid = sample_erasing_sizes(batch_size, height, width, scale=scale, ratio=ratio,
                                         num_patches=num_patches, generator=generator, device=relevance.device,
                                         draws=size_draws)

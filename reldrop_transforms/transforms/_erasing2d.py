@@ -28,7 +28,8 @@ class RelevanceErasing2d(RelevanceImageTransform):
     Args:
         model: The model being trained; held by reference.
         p: Probability that a sample is erased (the rule for ``p`` of :class:`RelevanceDropout2d`).
-        scale: Range of the erased area fraction (all patches together).
+        scale: Range of the erased area fraction. With ``num_patches > 1`` each patch draws its own fraction
+            from it, divided by ``num_patches`` (together the mean of the draws, less where patches overlap).
         ratio: Range of the aspect ratio (height / width), sampled log-uniformly.
         value: Fill value, a number or one per channel, in the space of the tensor as given.
         top_k: The centre is drawn uniformly from this many most relevant pixels (1: the most relevant one).

@@ -18,6 +18,7 @@ import reldrop_transforms.functional as F
 from reldrop_transforms.functional import (
     ball_draws,
     box_mask,
+    erasing_draws,
     relevance_ball_mask,
     relevance_erasing_mask,
     relevant_centres,
@@ -535,6 +536,19 @@ class TestRelevanceErasingMask:
         assert relevance_erasing_mask(torch.zeros(0, 5, 6, device=device)).shape == (0, 5, 6)
         out = relevance_erasing_mask(torch.rand(3, 8, 8, device=device), generator=seeded(0, device))
         assert out.device.type == torch.device(device).type
+
+    @pytest.mark.parametrize("shape", [(2, 0, 5), (2, 4, 0), (0, 0, 0)])
+    def test_images_without_pixels(self, shape):
+        # (B, 0, W) and (B, H, 0) raised "index -1 is out of bounds" (no pixel to centre on): an all-False mask, the
+        # same numbers drawn from the generator as for any size, the same argument checks
+        g = seeded(0)
+        out = relevance_erasing_mask(torch.zeros(shape), num_patches=2, generator=g)
+        assert out.shape == shape and out.dtype == torch.bool and not bool(out.any())
+        expected = seeded(0)
+        erasing_draws(shape[0], 2, generator=expected)
+        assert torch.equal(g.get_state(), expected.get_state())
+        with pytest.raises(ValueError, match="top_k"):
+            relevance_erasing_mask(torch.zeros(shape), top_k=0)
 
     def test_no_host_sync(self):
         # Meta tensors carry no data: any .item(), bool() or data-dependent shape would fail here.
