@@ -125,6 +125,24 @@ def check_count(name: str, value: Any) -> int:
     return check_positive_int(name, value, minimum=0)
 
 
+def check_segments(batch: Any, num_segments: Any) -> tuple[Tensor, int]:
+    """A PyG-style ``batch`` vector (a 1-d integer tensor, returned as int64) and its ``num_segments`` (an integer
+    >= 0, required with it); on the CPU, where it costs no synchronisation, also that every entry is in
+    ``[0, num_segments)``."""
+    if num_segments is None:
+        raise ValueError("num_segments is required with batch (e.g. Batch.num_graphs).")
+    num_segments = check_count("num_segments", num_segments)
+    if not isinstance(batch, Tensor) or batch.ndim != 1 or batch.is_floating_point() or batch.is_complex() \
+            or batch.dtype == torch.bool:
+        got = f"a {batch.ndim}-d {batch.dtype}" if isinstance(batch, Tensor) else type(batch).__name__
+        raise TypeError(f"batch should be a 1-d integer tensor (a cloud index per point), but got {got}.")
+    batch = batch.long()
+    if batch.device.type == "cpu" and batch.numel() and not (0 <= int(batch.min()) and int(batch.max()) < num_segments):
+        raise ValueError(f"batch should hold cloud indices in [0, {num_segments}) (num_segments={num_segments}), but "
+                         f"holds {int(batch.min())}..{int(batch.max())}.")
+    return batch, num_segments
+
+
 def check_finite_number(name: str, value: float) -> float:
     """``value`` (already a real number) unless it is NaN or infinite."""
     if not math.isfinite(value):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._checks import check_count, check_positive_int, check_range, check_tensor
+from .._checks import check_count, check_positive_int, check_range, check_segments, check_tensor
 from ._mask import noise_dtype, normalize_relevance, uniform_like
 
 __all__ = ["sample_erasing_sizes", "relevant_centres", "box_mask", "relevance_erasing_mask", "relevance_ball_mask",
@@ -51,6 +51,8 @@ def sample_erasing_sizes(
     low, high = check_range("scale", scale, 0.0, 1.0)
     r_low, r_high = check_range("ratio", ratio, 1e-12)
     check_positive_int("num_patches", num_patches)
+    batch_size, height, width = (check_count(name, value) for name, value in
+                                 (("batch_size", batch_size), ("height", height), ("width", width)))
     device = torch.device("cpu") if device is None else torch.device(device)
     if draws is None:
         draws = uniform_like(torch.empty(batch_size, num_patches, _TRIES, 2, device=device), generator)
@@ -207,6 +209,8 @@ def erasing_draws(batch_size: int, num_patches: int = 1, *, generator: torch.Gen
                   device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
     """The uniform numbers :func:`relevance_erasing_mask` draws, in its order: sizes ``(B, P, 10, 2)`` (area and
     aspect of each try), then centres ``(B, P, 2)``."""
+    batch_size = check_count("batch_size", batch_size)
+    num_patches = check_positive_int("num_patches", num_patches)
     device = torch.device("cpu") if device is None else torch.device(device)
     sizes = uniform_like(torch.empty(batch_size, num_patches, _TRIES, 2, device=device), generator)
     return sizes, uniform_like(torch.empty(batch_size, num_patches, 2, device=device), generator)
@@ -257,11 +261,9 @@ def relevance_ball_mask(
         segment = torch.arange(num, device=relevance.device).repeat_interleave(size)
         count = num
     else:
-        if num_segments is None:
-            raise ValueError("num_segments is required with batch (e.g. Batch.num_graphs).")
+        batch, num_segments = check_segments(batch, num_segments)
         check_tensor("relevance", relevance, "(N,) with batch", ndim=1)
         check_tensor("pos", pos, "(N, D) with batch", ndim=2)
-        check_tensor("batch", batch, "(N,)", ndim=1)
         if not (batch.shape[0] == pos.shape[0] == relevance.shape[0]):
             raise ValueError(f"relevance (N,), pos (N, D) and batch (N,) should have one row per point each, but got "
                              f"{tuple(relevance.shape)}, {tuple(pos.shape)} and {tuple(batch.shape)}.")

@@ -10,7 +10,9 @@ from torch import Tensor
 from .._checks import (
     as_integer,
     check_bool_mask,
+    check_generator,
     check_count,
+    check_segments,
     check_tensor,
     check_unit_interval,
 )
@@ -73,8 +75,7 @@ def normalize_relevance(
         low = flat.amin(dim=1, keepdim=True)
         high = flat.amax(dim=1, keepdim=True)
     else:
-        if num_segments is None:
-            raise ValueError("num_segments is required with batch (e.g. Batch.num_graphs).")
+        batch, num_segments = check_segments(batch, num_segments)
         if relevance.ndim != 1 or batch.shape != relevance.shape:
             raise ValueError(
                 f"with batch, relevance should have shape (N,) like batch, but got relevance "
@@ -108,6 +109,7 @@ def uniform_like(reference: Tensor, generator: torch.Generator | None = None) ->
     CPU generator drives a CUDA batch reproducibly (at the price of a copy: give a generator on the batch's
     device for speed).
     """
+    generator = check_generator(generator)
     device = reference.device if generator is None else generator.device
     noise = torch.rand(reference.shape, generator=generator, device=device, dtype=reference.dtype)
     # (to the host, a copy must be waited for: a non-blocking one returns before the values have arrived)
@@ -159,6 +161,8 @@ def relevance_dropout_mask(
     if isinstance(relevance, Tensor) and relevance.is_floating_point():
         relevance = relevance.to(noise_dtype(relevance.dtype))
     rn = normalize_relevance(relevance, batch=batch, num_segments=num_segments)
+    if noise is not None:
+        check_tensor("noise", noise, "like relevance")
     if noise is not None and noise.shape != rn.shape:
         raise ValueError(f"noise of shape {tuple(noise.shape)} does not match relevance of shape {tuple(rn.shape)}.")
     score = (1.0 - alpha) * rn

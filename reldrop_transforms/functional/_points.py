@@ -8,7 +8,7 @@ import numbers
 import torch
 from torch import Tensor
 
-from .._checks import check_bool_mask, check_tensor
+from .._checks import check_bool_mask, check_segments, check_tensor
 from ._mask import fill_dropped
 
 __all__ = ["keep_least_relevant", "fill_points", "FILLS", "remove_points", "is_node_attribute"]
@@ -47,11 +47,9 @@ def keep_least_relevant(
                              f"{tuple(mask.shape)}: give batch and num_segments for PyG-style (N,) clouds.")
         rescue = torch.zeros_like(mask).scatter_(1, relevance.argmin(1, keepdim=True), True)  # first minimum
         return mask & ~(rescue & mask.all(1, keepdim=True))
-    flat_mask, segment, count = _segments(mask, batch)
-    if num_segments is None:
-        raise ValueError("num_segments is required with batch (e.g. Batch.num_graphs).")
-    count = num_segments
-    flat_rel = relevance.reshape(-1)
+    batch, count = check_segments(batch, num_segments)
+    flat_mask, segment, _ = _segments(mask, batch)
+    flat_rel = relevance.reshape(-1) if relevance.is_floating_point() else relevance.reshape(-1).float()
     n = flat_mask.shape[0]
     kept = torch.zeros(count, dtype=torch.long, device=mask.device).scatter_add_(0, segment, (~flat_mask).long())
     all_dropped = kept == 0
@@ -113,8 +111,7 @@ def fill_points(
         num, size = mask.shape
         source = first.repeat_interleave(size)
         return torch.where(_expand(mask.reshape(-1), flat), _with_zero_row(flat)[source], flat).reshape(points.shape)
-    if num_segments is None:
-        raise ValueError("num_segments is required with batch (e.g. Batch.num_graphs).")
+    batch, num_segments = check_segments(batch, num_segments)
     first = _first_kept_index(mask, batch, num_segments)
     return torch.where(_expand(mask, points), _with_zero_row(points)[first[batch]], points)
 

@@ -6,14 +6,19 @@ import pytest
 import torch
 
 from reldrop_transforms.functional import (
+    ball_draws,
     box_mask,
+    erasing_draws,
     fill_dropped,
+    fill_points,
     keep_least_relevant,
     normalize_relevance,
     relevance_ball_mask,
     relevance_dropout_mask,
     relevant_centres,
     sample_coins,
+    sample_erasing_sizes,
+    uniform_like,
 )
 
 MASK = torch.zeros(2, 5, dtype=torch.bool)
@@ -57,6 +62,28 @@ CASES = {
                         r"centres and sizes should both have shape \(B, P, 2\), but got \(2, 2, 2\) and \(2, 3, 2\)"),
     "box_mask height": (lambda: box_mask(-1, 4, torch.zeros(2, 1, 2).long(), torch.zeros(2, 1, 2).long()),
                         ValueError, r"height should be an integer >= 0, but got -1"),
+    # (were AttributeError / RuntimeError from inside, or accepted)
+    "uniform_like generator int": (lambda: uniform_like(torch.empty(2), 5), TypeError,
+                                   r"generator should be a torch.Generator or None, but got int"),
+    "sample_coins generator str": (lambda: sample_coins(3, 0.5, generator="cuda"), TypeError,
+                                   r"generator should be a torch.Generator or None, but got str"),
+    "dropout mask noise list": (lambda: relevance_dropout_mask(torch.rand(1, 2), 0.5, 0.5, noise=[[0.1, 0.2]]),
+                                TypeError, r"noise should be a torch.Tensor of shape like relevance, but got list"),
+    "normalize batch beyond num_segments": (
+        lambda: normalize_relevance(torch.rand(3), batch=torch.tensor([0, 1, 2]), num_segments=2), ValueError,
+        r"batch should hold cloud indices in \[0, 2\) \(num_segments=2\), but holds 0..2"),
+    "fill_points num_segments negative": (
+        lambda: fill_points(torch.rand(3, 2), torch.zeros(3, dtype=torch.bool), "first", batch=torch.zeros(3).long(),
+                            num_segments=-1), ValueError, r"num_segments should be an integer >= 0, but got -1"),
+    "ball mask float batch": (lambda: relevance_ball_mask(torch.rand(3), torch.rand(3, 3), batch=torch.zeros(3),
+                                                          num_segments=1), TypeError,
+                              r"batch should be a 1-d integer tensor \(a cloud index per point\), but got a 1-d "
+                              r"torch.float32"),
+    "erasing_draws negative": (lambda: erasing_draws(-1), ValueError, r"batch_size should be an integer >= 0, but got -1"),
+    "erasing_draws no patches": (lambda: erasing_draws(2, 0), ValueError,
+                                 r"num_patches should be an integer >= 1, but got 0"),
+    "erasing sizes negative height": (lambda: sample_erasing_sizes(2, -3, 4), ValueError,
+                                      r"height should be an integer >= 0, but got -3"),
 }
 
 
@@ -80,6 +107,20 @@ def test_integer_like_sizes_and_dims():
     assert torch.equal(out, fill_dropped(x, torch.ones(2, 4, dtype=torch.bool), channel_dim=torch.tensor(1)))
     with pytest.raises(ValueError, match="channel_dim should be a dimension"):
         fill_dropped(x, torch.ones(2, 4, dtype=torch.bool), channel_dim=True)
+
+
+def test_integer_batch_vectors_and_relevance():
+    # an int32 batch vector (accepted by the other kernels) raised in the ball mask's scatter; integer relevance on
+    # PyG clouds raised in keep_least_relevant (accepted on dense clouds). The same results as int64 / float
+    rel, pos = torch.tensor([3, 1, 2, 5, 4]), torch.rand(5, 3)
+    batch = torch.tensor([0, 0, 0, 1, 1])
+    draws = ball_draws(2, generator=torch.Generator().manual_seed(0))
+    expected = relevance_ball_mask(rel.float(), pos, batch=batch, num_segments=2, draws=draws)
+    assert torch.equal(relevance_ball_mask(rel.float(), pos, batch=batch.int(), num_segments=2, draws=draws), expected)
+    mask = torch.ones(5, dtype=torch.bool)
+    kept = keep_least_relevant(mask, rel, batch=batch.int(), num_segments=2)
+    assert torch.equal(kept, keep_least_relevant(mask, rel.float(), batch=batch, num_segments=2))
+    assert torch.equal(~kept, torch.tensor([False, True, False, False, True]))
 
 
 def test_valid_calls_still_work():
