@@ -488,7 +488,7 @@ class _Forward(TorchFunctionMode):
             if kind & _ADD and not engine.depth:  # not inside a module that has a rule of its own
                 added = relevance_add(func, args, kwargs)
                 if added is not None:
-                    engine.count_uses(args)
+                    engine.count_uses(added[:2])
                     return engine.norm_sum(*added)
             if kind & _IN_PLACE and args and isinstance(args[0], Tensor):
                 engine.keep_before_change(args[0])

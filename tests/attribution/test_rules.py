@@ -980,8 +980,9 @@ class Residual(nn.Module):
     writes each as a ``zennit.layer.Sum`` module over the stacked operands (the equivalent model for stock
     zennit, as its ResNet canonizer does)."""
 
-    def __init__(self, as_sum: bool = False):
+    def __init__(self, as_sum: bool = False, keyword: bool = False):
         super().__init__()
+        self.keyword = keyword  # torch.add(r, other=h), h.add(other=pooled): were not seen as sums (no Norm)
         self.stem = nn.Conv2d(3, 6, 3, padding=1)
         self.bn = nn.BatchNorm2d(6)
         self.conv1 = nn.Conv2d(6, 6, 3, padding=1)
@@ -1008,9 +1009,9 @@ class Residual(nn.Module):
         else:
             h += r
         r = self.conv3(torch.relu(h))
-        h = self.add(2, r, h) if self.as_sum else torch.add(r, h)
+        h = self.add(2, r, h) if self.as_sum else torch.add(r, other=h) if self.keyword else torch.add(r, h)
         pooled = self.gap(h)
-        h = self.add(3, h, pooled) if self.as_sum else h + pooled  # broadcast
+        h = self.add(3, h, pooled) if self.as_sum else h.add(other=pooled) if self.keyword else h + pooled  # broadcast
         return self.fc(torch.relu(h).mean((2, 3)))
 
 
@@ -1334,9 +1335,10 @@ class TestViewOutputs:
 
 
 class TestResidualAdds:
-    def test_norm_at_functional_adds_matches_sum_modules(self):
+    @pytest.mark.parametrize("keyword", [False, True])
+    def test_norm_at_functional_adds_matches_sum_modules(self, keyword):
         torch.manual_seed(0)
-        model = warm_up_batchnorm(Residual(), shape=(8, 3, 8, 8)).double()
+        model = warm_up_batchnorm(Residual(keyword=keyword), shape=(8, 3, 8, 8)).double()
         twin = Residual(as_sum=True).double()
         twin.load_state_dict(model.state_dict())
         x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2])
