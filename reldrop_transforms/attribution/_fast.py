@@ -405,7 +405,8 @@ _SPLIT_NAMES = frozenset({"chunk", "split", "split_with_sizes", "tensor_split", 
 _EXTREMUM_NAMES = frozenset({"max", "min", "scatter_reduce", "scatter_reduce_"})
 # Functional forms that clamp when called with inplace=True (the others, e.g. F.silu, change values in place).
 _CLAMP_FUNCTIONS = frozenset({"relu", "relu6", "hardtanh", "threshold"})
-# Under no_grad nothing carries relevance; only an operation that may change a value a point holds is looked at.
+# Under no_grad nothing carries relevance: an operation that may change a value a point holds is looked at, the
+# others only count as readers.
 _WATCHED_WITHOUT_GRAD = _IN_PLACE | _MUTATES | _RELU
 _grad_enabled = torch.is_grad_enabled
 _TRACKED = ("pass", "through", "select")  # ReLU outputs and what derives from them (see _Engine._relu_hook)
@@ -481,9 +482,14 @@ class _Forward(TorchFunctionMode):
             kind = self.kinds[func] = _operation_kind(func)
         if kwargs and kwargs.get("inplace") is True:  # F.silu(x, inplace=True), F.relu(x, inplace=True), ...
             kind |= _MUTATES | (0 if getattr(func, "__name__", "") in _CLAMP_FUNCTIONS else _IN_PLACE)
-        if not (kind & _WATCHED_WITHOUT_GRAD or _grad_enabled()):  # (farthest-point sampling, neighbour searches)
-            return func(*args, **kwargs) if kwargs else func(*args)  # nothing computed here carries relevance
         engine = self.engine
+        if not (kind & _WATCHED_WITHOUT_GRAD or _grad_enabled()):  # nothing computed here carries relevance, but a
+            result = func(*args, **kwargs) if kwargs else func(*args)  # read of a layer's output is a read (merging
+            if engine.points and has_tensor(result) and not kind & _NO_READ and not (args and result is args[0]):
+                engine.count_uses(args, False)  # a BatchNorm into the layer would change what it sees)
+                if kwargs:
+                    engine.count_uses(tuple(kwargs.values()), False)
+            return result
         if kind:
             if kind & _ADD and not engine.depth:  # not inside a module that has a rule of its own
                 added = relevance_add(func, args, kwargs)

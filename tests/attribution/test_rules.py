@@ -495,6 +495,36 @@ class TwoReaders(nn.Module):
 
 
 class TestBatchNormPairing:
+    @pytest.mark.parametrize("detached", [False, True])
+    def test_a_read_under_no_grad_is_a_read(self, detached):
+        """``with torch.no_grad(): s = z.abs().mean()`` reads the conv's output as ``z.detach().abs().mean()`` does:
+        the BatchNorm after it does not merge (merging would change what that reader sees). The fast engine did not
+        count reads under no_grad and merged (0.99 relative L2 against zennit). Against stock zennit without the
+        merge (the BatchNorm gets Pass), both ways of writing the read."""
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.stem, self.conv = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3)
+                self.bn, self.fc = nn.BatchNorm2d(4), nn.Linear(4, 5)
+
+            def forward(self, x):
+                z = self.conv(torch.relu(self.stem(x)))  # (not the first layer: Flat reads no weights)
+                if detached:
+                    s = z.detach().abs().mean()
+                else:
+                    with torch.no_grad():
+                        s = z.abs().mean()
+                return self.fc((torch.relu(self.bn(z)) * s).mean((2, 3)))
+
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(Net(), shape=(8, 3, 8, 8)).double()
+        x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 4])
+        oracle = zennit_oracle(model, x, targets, paper_composite(1e-3, []))
+        assert_matches(both(model, x, targets), oracle)
+        merged = zennit_oracle(model, x, targets, paper_composite(1e-3, [SequentialMergeBatchNorm()]))
+        assert rel_l2(merged, oracle) > 1e-2  # (the merge would make a difference)
+
     def test_registered_conv_bn_relu_run_conv_relu_bn(self):
         """The BatchNorm follows the ReLU in the forward, so it follows no linear layer: Pass. Stock zennit pairs by
         registration order and merges it into the conv (a different function); against stock zennit on the same
