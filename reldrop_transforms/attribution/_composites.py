@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._rules import (
     NO_READ_NAMES, NORM_STABILIZER, ExplanationError, RuleTypes, computed_weight, first_linear, has_tensor,
-    relevance_add, rule_types, stabilize,
+    keyword_input_problem, relevance_add, rule_types, stabilize,
 )
 
 __all__ = ["EPSILON_FLAT", "composite_names", "make_zennit_composite", "zennit_relevance"]
@@ -79,6 +79,8 @@ class _Probe(TorchFunctionMode):
         return result
 
     def _linear(self, module, args, out) -> None:
+        if not args and self.problem is None:
+            self.problem = keyword_input_problem(module)
         self.calls[module] = self.calls.get(module, 0) + 1
         if isinstance(out, Tensor) and self.types.kind(module) == "linear":
             self._produced[id(out)] = (module, out, out._version)
@@ -88,8 +90,12 @@ class _Probe(TorchFunctionMode):
         # (not changed since: in place by a caller's hook, or by an in-place activation the BatchNorm follows)
         candidate = source[:2] if source is not None and source[1] is args[0] and args[0]._version == source[2] \
             else (None, None)
-        if self._candidates.get(module, candidate)[0] is not candidate[0]:
-            candidate = (None, None)  # called twice, after different layers
+        if self._candidates.get(module, candidate)[0] is not candidate[0]:  # called twice, after different layers
+            candidate = (None, None)  # (or once after none): zennit merges a BatchNorm into one layer's weights
+            if self.problem is None:
+                self.problem = (f"the {type(module).__name__} runs after different layers in one forward, and zennit's "
+                                "MergeBatchNorm merges a BatchNorm into one layer's weights; use backend='fast' (or "
+                                "'auto'), which merges it at each call")
         self._candidates[module] = candidate
 
     def pairs(self) -> list[tuple[nn.Module, nn.Module]]:

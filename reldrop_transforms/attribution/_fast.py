@@ -49,8 +49,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ._rules import (
-    ADD_NAMES, NO_READ_NAMES, NORM_STABILIZER, RuleTypes, computed_weight, first_linear, has_tensor, relevance_add,
-    rule_types, stabilize,
+    ADD_NAMES, NO_READ_NAMES, NORM_STABILIZER, RuleTypes, computed_weight, first_linear, has_tensor,
+    keyword_input_problem, relevance_add, rule_types, stabilize,
 )
 
 __all__ = ["FAST_COMPOSITES", "UnsupportedModel", "fast_relevance"]
@@ -636,7 +636,9 @@ class _Engine:
 
     def _rule_pre_hook(self, module: nn.Module, args):
         self.depth += 1
-        if module is self.first or not args or not isinstance(args[0], Tensor):
+        if not args:  # (module(input=x): its input is not seen)
+            raise UnsupportedModel(keyword_input_problem(module))
+        if module is self.first or not isinstance(args[0], Tensor):
             return None
         with _plain():
             if not _carries_relevance(args[0]):

@@ -135,6 +135,14 @@ def first_linear(model: nn.Module, types: RuleTypes, modules: Sequence[nn.Module
                  if types.kind(module) == "linear"), None)
 
 
+def keyword_input_problem(module: nn.Module) -> str:
+    """Why a rule module called without positional arguments (``conv(input=x)``) cannot get its rule: its hooks see
+    the input as the first positional argument only."""
+    name = type(module).__name__
+    return (f"a {name} was called with its input as a keyword argument ({name.lower()}(input=x)): its rule needs the "
+            f"input as the first positional argument; call it as {name.lower()}(x)")
+
+
 def explanation_problem(model: nn.Module, modules: Sequence[nn.Module] | None = None) -> str | None:
     """Why LRP with these rules cannot explain ``model``, or ``None``. ``modules``: ``model.modules()``, when the
     caller has them."""

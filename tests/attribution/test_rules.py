@@ -1428,6 +1428,23 @@ class TestResidualAdds:
 
 
 class TestNoRule:
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_layer_called_with_its_input_as_a_keyword(self, backend):
+        """``conv(input=x)``: the rule hooks see no positional input. The fast engine gave the plain input gradient
+        (no Flat, no Epsilon: 0.92 relative L2 against LRP), the zennit backend an IndexError from inside."""
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 5)
+
+            def forward(self, x):
+                return self.fc(torch.relu(self.conv(input=x)).mean((2, 3)))
+
+        with pytest.raises(ValueError, match=r"a Conv2d was called with its input as a keyword argument "
+                                             r"\(conv2d\(input=x\)\).* call it as conv2d\(x\)"):
+            relevance(Net(), torch.randn(2, 3, 8, 8), backend=backend)
+
     def test_batchnorm_without_running_statistics(self):
         """In eval mode it normalises with the batch's statistics: relevance would leak between samples (was: a
         sample with zero output relevance got |R| = 0.57 on the fast path; an AttributeError inside zennit)."""
@@ -1557,6 +1574,41 @@ class TestZennitCannotMerge:
     """Where zennit's BatchNorm merging fails, ``backend="zennit"`` says so (it raised an AttributeError or a shape
     error from inside zennit) and the fast engine computes the merged rules: compared against zennit on a twin
     that zennit can merge."""
+
+    def test_one_batchnorm_after_two_layers(self):
+        """One BatchNorm module applied after two different convolutions: the zennit backend's probe dropped the
+        pairing and gave it Pass, silently (1.2e3 relative L2 against the twin with two BatchNorm copies); now it
+        refuses, and the fast engine merges it at each call."""
+
+        class Shared(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.stem, self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), \
+                    nn.Conv2d(4, 4, 3, padding=1)
+                self.bn, self.fc = nn.BatchNorm2d(4), nn.Linear(4, 5)
+
+            def forward(self, x):
+                h = torch.relu(self.stem(x))
+                return self.fc((torch.relu(self.bn(self.a(h))) + torch.relu(self.bn(self.b(h)))).mean((2, 3)))
+
+        class Twin(Shared):
+            def __init__(self, shared):
+                nn.Module.__init__(self)
+                self.stem, self.a, self.b, self.fc = shared.stem, shared.a, shared.b, shared.fc
+                self.bn, self.bn2 = shared.bn, copy.deepcopy(shared.bn)
+
+            def forward(self, x):
+                h = torch.relu(self.stem(x))
+                return self.fc((torch.relu(self.bn(self.a(h))) + torch.relu(self.bn2(self.b(h)))).mean((2, 3)))
+
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(Shared(), shape=(8, 3, 8, 8)).double().eval()
+        x, targets = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([1, 4])
+        with pytest.raises(ValueError, match="runs after different layers in one forward"):
+            relevance(model, x, targets, backend="zennit")
+        twin = Twin(model)
+        oracle = relevance(twin, x, targets, backend="zennit")
+        assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
 
     def test_batchnorm_without_affine_parameters(self):
         torch.manual_seed(0)
