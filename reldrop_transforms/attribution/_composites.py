@@ -308,12 +308,30 @@ class _NormSums(TorchFunctionMode):
         self.handles.clear()
 
 
+def _own_forward(module: nn.Module) -> str | None:
+    """The class name of a subclass of torch's ``Linear`` / convolutions whose ``forward`` is not the torch class's (a
+    ``Conv2d`` standardising its weight), or ``None``."""
+    if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+        return None
+    for cls in type(module).__mro__:
+        if cls.__module__.startswith("torch."):
+            base = cls.forward
+            break
+    else:
+        return None
+    return type(module).__name__ if type(module).forward is not base else None
+
+
 def _merge_problem(linear: nn.Module, batch_norm: nn.Module, out_ndim: int | None) -> str | None:
     """Why zennit's ``MergeBatchNorm``, which writes the BatchNorm (normalising dimension 1) into the layer's weight
     Parameter along its output features, cannot fold ``batch_norm`` into ``linear``; ``None`` when it can."""
     if computed_weight(linear):
         return ("the layer's weight is computed (a parametrization, or a weight_norm / spectral_norm hook), and "
                 "zennit's MergeBatchNorm writes into a weight Parameter")
+    own = _own_forward(linear)
+    if own is not None:
+        return (f"the layer's class {own} has a forward of its own (e.g. weight standardisation), which may transform "
+                "the weight that zennit's MergeBatchNorm writes the BatchNorm into")
     weight = getattr(linear, "weight", None)
     if isinstance(weight, Tensor):
         transposed = isinstance(linear, nn.modules.conv._ConvTransposeNd)
