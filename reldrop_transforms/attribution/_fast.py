@@ -999,6 +999,13 @@ class _Engine:
                 rels = torch.autograd.grad(logits, leaves, grad_output, allow_unused=True)
             except RuntimeError as error:
                 message = str(error)
+                if type(error).__name__ == "CheckpointError" and "recomputation" in message:
+                    raise UnsupportedModel("a sum of two relevance-carrying tensors (a residual add) runs inside "
+                                           "torch.utils.checkpoint(use_reentrant=False): checkpoint's recomputation in "
+                                           "the backward runs without the engine's point at the sum; use "
+                                           "backend='zennit' for this model, or run its forward without "
+                                           "checkpointing while attributing (e.g. only in training mode: "
+                                           "`if self.training`)") from error
                 if "heckpoint" in message and ".grad()" in message:  # (the wording varies across torch releases)
                     raise UnsupportedModel("it uses torch.utils.checkpoint with use_reentrant=True, whose backward "
                                            "re-runs the forward and cannot run inside torch.autograd.grad; "

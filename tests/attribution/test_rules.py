@@ -266,6 +266,42 @@ class TestOperationsBetweenLayers:
                                              r"ran with gradients disabled"):
             relevance(model, x, targets, backend="zennit")
 
+    def test_checkpointed_residual_block(self):
+        """A residual add inside ``checkpoint(..., use_reentrant=False)``: checkpoint's recomputation runs without the
+        fast engine's point at the sum, and torch raised its CheckpointError ("a different number of tensors was
+        saved"). A ValueError says what to use; the zennit backend explains it as the model without checkpointing."""
+        from torch.utils.checkpoint import checkpoint
+
+        class Block(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+            def forward(self, x):
+                return x + self.conv(x)
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.stem, self.block, self.fc = nn.Conv2d(3, 4, 3, padding=1), Block(), nn.Linear(4, 5)
+                self.checkpointing = True
+
+            def forward(self, x):
+                h = torch.relu(self.stem(x))
+                h = checkpoint(self.block, h, use_reentrant=False) if self.checkpointing else self.block(h)
+                return self.fc(h.mean((2, 3)))
+
+        torch.manual_seed(0)
+        model = Net().double()
+        x, targets = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 3])
+        for backend in ("fast", "auto"):
+            with pytest.raises(ValueError, match=r"a residual add\) runs inside torch.utils.checkpoint\("
+                                                 r"use_reentrant=False\).*backend='zennit'"):
+                relevance(model, x, targets, backend=backend)
+        checkpointed = relevance(model, x, targets, backend="zennit")
+        model.checkpointing = False
+        assert rel_l2(checkpointed, relevance(model, x, targets, backend="fast")) <= 1e-9
+
     def test_checkpointed_block(self):
         """``torch.utils.checkpoint``: with ``use_reentrant=False`` both backends explain the model as if it ran
         without checkpointing; the reentrant variant cannot run its backward inside ``torch.autograd.grad`` (a
