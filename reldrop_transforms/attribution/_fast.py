@@ -66,6 +66,7 @@ _CONV_FORWARD = {nn.Conv1d: nn.functional.conv1d, nn.Conv2d: nn.functional.conv2
 
 
 _plain = torch._C.DisableTorchFunction  # the engine's own operations inside the forward: unseen by _Forward
+_global_forward_hooks = nn.modules.module._global_forward_hooks  # (register_module_forward_hook's: a dict)
 
 
 def _builtin(module: nn.Module) -> bool:
@@ -547,6 +548,7 @@ class _Engine:
         self.in_place_relus: dict[nn.Module, tuple[nn.Module, nn.Module] | None] = {}
         self.sequentials_running: dict[nn.Module, int] = {}
         self.in_place_now: nn.Module | None = None  # the ReLU that _relu_pre_hook set to run in place
+        self.caller_hooked: set[nn.Module] = set()  # modules with forward hooks of the caller's (set by run)
         self.relu_output: Tensor | None = None  # the last relu's result (a hook may replace a module's output)
         self.first_options: tuple = ((), {})  # the other arguments of the Flat layer's call being run
         # a rule module's output (and its version) before the caller's forward hooks ran (see _own_output)
@@ -734,7 +736,8 @@ class _Engine:
             previous, parent = self.in_place_relus[module]
             if producer is not None and producer.alias is None and producer.uses == 0 and producer.z is not None \
                     and not _vanishes(producer.epsilon, producer.z.dtype) and producer.origin is previous \
-                    and self.sequentials_running.get(parent) and producer.z.data_ptr() == args[0].data_ptr():
+                    and self.sequentials_running.get(parent) and producer.z.data_ptr() == args[0].data_ptr() \
+                    and previous not in self.caller_hooked and not _global_forward_hooks:  # (a hook may keep z)
                 module.inplace = True
                 self.in_place_now = module
 
@@ -793,8 +796,8 @@ class _Engine:
             if point.bad or point.uses != point.good:
                 for parent in point.parents:
                     parent.bad = True
-        for point in self.speculative:
-            if point.bad or point.uses != point.good:
+        for point in self.speculative:  # (no reader seen at all: one the engine cannot see, a custom autograd
+            if point.bad or point.uses != point.good or not point.uses:  # Function or a scripted function)
                 raise _Misjudged
 
     def _batchnorm_hook(self, module: nn.Module, args, out):
@@ -943,6 +946,7 @@ class _Engine:
             grad_output_fn: Callable[[Tensor], Tensor], status: dict | None = None) -> tuple[Tensor, ...]:
         types = self.types
         handles, in_place, norms = [], [], []
+        self.caller_hooked = {module for module in self.modules if module._forward_hooks}  # (see _relu_pre_hook)
         try:
             for parent in self._find_sequential_relus() if self.speculate else ():
                 handles.append(parent.register_forward_pre_hook(self._sequential_enters))

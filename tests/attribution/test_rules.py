@@ -942,7 +942,53 @@ class ReluReaders(nn.Module):
         return self.last(self.fc(self.head(h).mean((2, 3))))
 
 
+def _scripted_layer_norm(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-5)
+
+
 class TestReluStandsIn:
+    @pytest.mark.parametrize("reader", ["function", "script"])
+    def test_a_reader_the_engine_cannot_see(self, reader):
+        """A ReLU output read only by a custom autograd Function or a scripted function (neither reaches the
+        engine's TorchFunctionMode): no reader was seen, so none failed the check, and the ReLU output stood in for
+        its layer's output (44x off). Now a ReLU output without a seen reader does not stand in. Against zennit on
+        the same model written with F.layer_norm."""
+
+        class LayerNormFunction(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                y = nn.functional.layer_norm(x, x.shape[-1:])
+                ctx.save_for_backward(x)
+                return y
+
+            @staticmethod
+            def backward(ctx, grad):
+                (x,) = ctx.saved_tensors
+                with torch.enable_grad():
+                    x = x.detach().requires_grad_(True)
+                    (g,) = torch.autograd.grad(nn.functional.layer_norm(x, x.shape[-1:]), x, grad)
+                return g
+
+
+        class Net(nn.Module):
+            def __init__(self, norm):
+                super().__init__()
+                self.norm = norm
+                self.fc1, self.relu, self.fc2, self.fc3 = nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 5)
+
+            def forward(self, x):
+                h = self.relu(self.fc2(self.relu(self.fc1(x))))
+                return self.fc3(self.norm(h))
+
+        torch.manual_seed(0)
+        norm = LayerNormFunction.apply if reader == "function" else torch.jit.script(_scripted_layer_norm)
+        model = Net(norm).double()
+        reference = Net(lambda h: nn.functional.layer_norm(h, h.shape[-1:])).double()
+        reference.load_state_dict(model.state_dict())
+        x, targets = torch.randn(4, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+        oracle = zennit_oracle(reference, x, targets, paper_composite(1e-3, []))
+        assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
+
     """A ReLU right after a layer (or merged BatchNorm, or Norm sum) that it alone reads runs as the caller's model
     runs it (in place where built so) and the layer divides by the ReLU output instead of keeping its own output:
     the same relevance wherever every reader of the ReLU output hands it relevance proportional to it (zero where
@@ -1137,6 +1183,32 @@ class Skips(nn.Module):
 
 
 class TestInPlaceActivations:
+    def test_in_place_relu_after_a_layer_whose_output_a_hook_keeps(self):
+        """``nn.ReLU(inplace=True)`` after a conv in an ``nn.Sequential``, a forward hook of the caller's on the conv
+        keeping its output, which the forward reads after the ReLU: the engine ran the ReLU in place (nothing it
+        could see read the output), so that read saw relu(z), not z as zennit (1.05 relative L2). A layer with
+        hooks of the caller's keeps its ReLU out of place. Against zennit on the same model."""
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.stem = nn.Conv2d(3, 4, 3, padding=1)
+                self.body = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(inplace=True))
+                self.fc = nn.Linear(4, 5)
+                self.kept = []
+                self.body[0].register_forward_hook(lambda module, args, out: self.kept.append(out))
+
+            def forward(self, x):
+                self.kept.clear()
+                h = self.body(torch.relu(self.stem(x)))
+                return self.fc((h + self.kept[0]).mean((2, 3)))
+
+        torch.manual_seed(0)
+        model = Net().double()
+        x, targets = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 4])
+        fast = relevance(model, x, targets, backend="fast")
+        assert rel_l2(fast, relevance(model, x, targets, backend="zennit")) <= 1e-9
+
     """As in zennit, whose hooks run every module on a clone of its input, an activation built with ``inplace=True``
     never changes its input during attribution: where a forward reads that input again after the activation, it
     reads the old values (the caller's own model reads the activation's output there; zennit explains the forward
