@@ -165,3 +165,26 @@ def assert_filled(out, images, mask, value):
     dropped = mask[:, None].expand_as(images)
     assert torch.equal(out[dropped], expected_fill[dropped])
     assert torch.equal(out[~dropped], images[~dropped])
+
+
+class RecordNonBlocking:
+    """Context that records the ``non_blocking`` flag of every ``Tensor.to`` call inside it (in ``.flags``): whether
+    a copy is waited for, without a GPU to copy from."""
+
+    def __enter__(self):
+        from torch.overrides import TorchFunctionMode
+
+        flags = self.flags = []
+
+        class _Mode(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                if func is torch.Tensor.to:
+                    flags.append((kwargs or {}).get("non_blocking"))
+                return func(*args, **(kwargs or {}))
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)

@@ -169,20 +169,10 @@ class TestUniformLike:
     def test_waits_for_copies_to_the_host(self):
         # a copy to the host is waited for (a non-blocking one from a CUDA generator's noise returns before its values
         # arrive); one to a device need not be. Recorded at Tensor.to (no GPU here: a "meta" reference for the device)
-        from torch.overrides import TorchFunctionMode
-
-        class Record(TorchFunctionMode):
-            def __init__(self):
-                super().__init__()
-                self.flags = []
-
-            def __torch_function__(self, func, types, args=(), kwargs=None):
-                if func is torch.Tensor.to:
-                    self.flags.append((kwargs or {}).get("non_blocking"))
-                return func(*args, **(kwargs or {}))
+        from helpers import RecordNonBlocking
 
         for reference, blocking in ((torch.empty(3), True), (torch.empty(3, device="meta"), False)):
-            with Record() as record:
+            with RecordNonBlocking() as record:
                 uniform_like(reference, torch.Generator().manual_seed(0))
             assert record.flags == [not blocking]
 

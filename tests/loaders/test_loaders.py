@@ -294,17 +294,7 @@ class TestMoveToDevice:
     def test_waits_for_copies_to_the_host(self):
         # a copy to the host is waited for (non-blocking, a CUDA batch's values may not have arrived when read);
         # to a device it need not be. Recorded at Tensor.to and at a PyG-like object's own .to
-        from torch.overrides import TorchFunctionMode
-
-        class Record(TorchFunctionMode):
-            def __init__(self):
-                super().__init__()
-                self.flags = []
-
-            def __torch_function__(self, func, types, args=(), kwargs=None):
-                if func is torch.Tensor.to:
-                    self.flags.append((kwargs or {}).get("non_blocking"))
-                return func(*args, **(kwargs or {}))
+        from helpers import RecordNonBlocking
 
         class Movable:
             def __init__(self):
@@ -316,7 +306,7 @@ class TestMoveToDevice:
 
         for device, non_blocking in (("cpu", False), (torch.device("cpu"), False), ("meta", True)):
             movable = Movable()
-            with Record() as record:
+            with RecordNonBlocking() as record:
                 move_to_device({"x": torch.ones(2), "data": movable}, device)
             assert record.flags == [non_blocking] and movable.flags == [non_blocking]
 
