@@ -13,7 +13,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._checks import check_count, check_positive_int, check_range, check_segments, check_tensor
+from .._checks import (
+    check_count,
+    check_positive_int,
+    check_range,
+    check_segments,
+    check_tensor,
+)
 from ._mask import noise_dtype, normalize_relevance, uniform_like
 
 __all__ = ["sample_erasing_sizes", "relevant_centres", "box_mask", "relevance_erasing_mask", "relevance_ball_mask",

@@ -10,8 +10,8 @@ from torch import Tensor
 from .._checks import (
     as_integer,
     check_bool_mask,
-    check_generator,
     check_count,
+    check_generator,
     check_segments,
     check_tensor,
     check_unit_interval,

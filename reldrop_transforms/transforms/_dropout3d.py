@@ -9,7 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_unit_interval
-from ..functional import keep_least_relevant, noise_dtype, relevance_dropout_mask, uniform_like
+from ..functional import (
+    keep_least_relevant,
+    noise_dtype,
+    relevance_dropout_mask,
+    uniform_like,
+)
 from ._erasing3d import RelevanceErasing3d
 from ._points import RelevancePointTransform
 

@@ -77,8 +77,8 @@ CASES = {
                             num_segments=-1), ValueError, r"num_segments should be an integer >= 0, but got -1"),
     "ball mask float batch": (lambda: relevance_ball_mask(torch.rand(3), torch.rand(3, 3), batch=torch.zeros(3),
                                                           num_segments=1), TypeError,
-                              r"batch should be a 1-d integer tensor \(a cloud index per point\), but got a 1-d "
-                              r"torch.float32"),
+                              (r"batch should be a 1-d integer tensor \(a cloud index per point\), but got a 1-d "
+                               r"torch.float32")),
     "erasing_draws negative": (lambda: erasing_draws(-1), ValueError, r"batch_size should be an integer >= 0, but got -1"),
     "erasing_draws no patches": (lambda: erasing_draws(2, 0), ValueError,
                                  r"num_patches should be an integer >= 1, but got 0"),
