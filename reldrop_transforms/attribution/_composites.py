@@ -54,6 +54,7 @@ class _Probe(TorchFunctionMode):
         self._uses: dict[int, int] = {}
         self._handles = []
         self.problem: str | None = None
+        self.reweighted: set[nn.Module] = set()  # linear layers whose forward transforms their weight (_reweighted)
         hooks = {"linear": self._linear, "norm": self._linear, "batchnorm": self._batchnorm,
                  "activation": self._activation}
         for module in model.modules():
@@ -84,6 +85,8 @@ class _Probe(TorchFunctionMode):
         self.calls[module] = self.calls.get(module, 0) + 1
         if isinstance(out, Tensor) and self.types.kind(module) == "linear":
             self._produced[id(out)] = (module, out, out._version)
+            if _reweighted(module, args, out):
+                self.reweighted.add(module)
 
     def _batchnorm(self, module, args, out) -> None:
         source = self._produced.get(id(args[0])) if args else None
@@ -111,15 +114,16 @@ class _Probe(TorchFunctionMode):
             handle.remove()
 
 
-def _probe(model: nn.Module, call: Callable[[], Tensor], types: RuleTypes) -> tuple[list, dict]:
-    """``(BatchNorm pairs, calls per rule module)`` from one forward without gradients."""
+def _probe(model: nn.Module, call: Callable[[], Tensor], types: RuleTypes) -> tuple[list, dict, dict, set]:
+    """``(BatchNorm pairs, calls per rule module, output dimensions of merge candidates, layers computing from a
+    transformed weight)`` from one forward without gradients."""
     probe = _Probe(model, types)
     try:
         with torch.no_grad(), probe:
             call()
         if probe.problem is not None:
             raise ExplanationError(f"this {type(model).__name__} cannot be explained with LRP: {probe.problem}.")
-        return probe.pairs(), probe.calls, probe.feature_dims()
+        return probe.pairs(), probe.calls, probe.feature_dims(), probe.reweighted
     finally:
         probe.close()
         probe._produced.clear()
@@ -308,30 +312,41 @@ class _NormSums(TorchFunctionMode):
         self.handles.clear()
 
 
-def _own_forward(module: nn.Module) -> str | None:
-    """The class name of a subclass of torch's ``Linear`` / convolutions whose ``forward`` is not the torch class's (a
-    ``Conv2d`` standardising its weight), or ``None``."""
-    if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
-        return None
-    for cls in type(module).__mro__:
-        if cls.__module__.startswith("torch."):
-            base = cls.forward
-            break
-    else:
-        return None
-    return type(module).__name__ if type(module).forward is not base else None
+def _reweighted(module: nn.Module, args: tuple, out) -> bool:
+    """Whether a subclass of torch's ``Linear`` / convolutions computes ``out`` otherwise than torch's class does with
+    the module's own weight and bias (weight standardisation in its ``forward`` or ``_conv_forward``): zennit's
+    MergeBatchNorm writes into that weight Parameter, which such a forward transforms. Checked by computing torch's
+    own (unseen by the probe); subclasses that only add to the call (logging, casts) compute the same."""
+    if type(module).__module__.startswith("torch.") or not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) \
+            or not args or not isinstance(args[0], Tensor) or not isinstance(out, Tensor):
+        return False
+    base = next(cls for cls in type(module).__mro__ if cls.__module__.startswith("torch."))
+    weight, bias = module._parameters.get("weight"), module._parameters.get("bias")
+    if not isinstance(weight, Tensor):
+        return False  # (a computed weight: refused as such)
+    with torch._C.DisableTorchFunction():
+        try:
+            if isinstance(module, nn.Linear):
+                own = nn.functional.linear(args[0], weight, bias)
+            elif isinstance(module, nn.modules.conv._ConvTransposeNd):
+                own = base.forward(module, *args)
+            else:
+                own = base._conv_forward(module, args[0], weight, bias)
+        except Exception:  # (another signature: not a plain layer)
+            return True
+        return own.shape != out.shape or not torch.allclose(own.to(out.dtype), out, rtol=1e-5, atol=1e-6)
 
 
-def _merge_problem(linear: nn.Module, batch_norm: nn.Module, out_ndim: int | None) -> str | None:
+def _merge_problem(linear: nn.Module, batch_norm: nn.Module, out_ndim: int | None, reweighted: bool = False
+                   ) -> str | None:
     """Why zennit's ``MergeBatchNorm``, which writes the BatchNorm (normalising dimension 1) into the layer's weight
     Parameter along its output features, cannot fold ``batch_norm`` into ``linear``; ``None`` when it can."""
     if computed_weight(linear):
         return ("the layer's weight is computed (a parametrization, or a weight_norm / spectral_norm hook), and "
                 "zennit's MergeBatchNorm writes into a weight Parameter")
-    own = _own_forward(linear)
-    if own is not None:
-        return (f"the layer's class {own} has a forward of its own (e.g. weight standardisation), which may transform "
-                "the weight that zennit's MergeBatchNorm writes the BatchNorm into")
+    if reweighted:
+        return (f"the layer's class {type(linear).__name__} computes its output from a transformed weight (e.g. "
+                "weight standardisation), and zennit's MergeBatchNorm writes the BatchNorm into the weight Parameter")
     weight = getattr(linear, "weight", None)
     if isinstance(weight, Tensor):
         transposed = isinstance(linear, nn.modules.conv._ConvTransposeNd)
@@ -369,7 +384,7 @@ def zennit_relevance(
     custom = isinstance(composite, Composite)
     canonizers = []
     if not custom:
-        pairs, calls, dims = _probe(model, call, types)  # (each call() feeds the model its own copies of the leaves)
+        pairs, calls, dims, reweighted = _probe(model, call, types)  # (each call() feeds the model its own copies of the leaves)
         shared = [(name, calls[m]) for name, m in model.named_modules() if calls.get(m, 0) > 1]
         if shared:
             name, count = shared[0]
@@ -388,12 +403,15 @@ def zennit_relevance(
                 "not read. Use backend='fast' (or 'auto')."
             )
         for linear, batch_norm in pairs:
-            problem = _merge_problem(linear, batch_norm, dims.get(linear))
+            problem = _merge_problem(linear, batch_norm, dims.get(linear), linear in reweighted)
             if problem is not None:
+                advice = ("Use backend='fast' (or 'auto'), which merges any BatchNorm that alone reads a linear "
+                          "layer's output." if composite == EPSILON_FLAT else
+                          f"The fast engine computes {EPSILON_FLAT!r} only: use composite={EPSILON_FLAT!r} with "
+                          "backend='fast' (or 'auto'), or a model zennit can canonize.")
                 raise ExplanationError(
                     f"backend='zennit' cannot merge {type(batch_norm).__name__} {names.get(batch_norm, '')!r} into "
-                    f"{type(linear).__name__} {names.get(linear, '')!r}: {problem}. Use backend='fast' (or 'auto'), "
-                    "which merges any BatchNorm that alone reads a linear layer's output."
+                    f"{type(linear).__name__} {names.get(linear, '')!r}: {problem}. {advice}"
                 )
         canonizers = [_merge_batchnorm(pairs)]
     zennit_composite = make_zennit_composite(composite, leaves[0], epsilon, canonizers, types)

@@ -230,9 +230,11 @@ def relevance_add(func, args: tuple, kwargs: dict | None) -> tuple[Tensor, Tenso
     """``(a, b, in_place)`` when ``func(*args, **kwargs)`` is a sum of two tensors that both carry relevance
     (the operations that get Norm), else ``None``. A scaled sum (``alpha=``) is ordinary arithmetic."""
     name = getattr(func, "__name__", None)
-    if name not in ADD_NAMES or not args:
+    if name not in ADD_NAMES:
         return None
     kwargs = dict(kwargs or {})
+    if not args and "input" in kwargs:  # torch.add(input=a, other=b)
+        args = (kwargs.pop("input"),)
     if len(args) == 1 and "other" in kwargs:  # torch.add(a, other=b), a.add(other=b)
         args = (args[0], kwargs.pop("other"))
     if len(args) < 2:

@@ -153,6 +153,11 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
     def _call_pyg(self, sample: Any, data: BaseData, fill: str | float) -> Any:
         name = type(self).__name__
         single = not isinstance(data, Batch)
+        pos = getattr(data, "pos", None)
+        if isinstance(pos, Tensor) and pos.ndim != 2:  # (before the collation check: a DenseDataLoader's batch)
+            raise ValueError(f"{name} expects `pos` of shape (N, D), but got {tuple(pos.shape)}. Dense clouds (B, N, D), "
+                             "as PyG's DenseDataLoader batches them: pass the tensors themselves, t(batch.pos, batch.y.view(-1)), "
+                             "or batch the clouds with a torch_geometric DataLoader.")
         _check_collated(name, data, single)
         if single and "batch" in data:  # (all zeros, see _check_collated): batching makes its own
             data_alone = copy.copy(data)

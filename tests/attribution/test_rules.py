@@ -1121,7 +1121,7 @@ class Residual(nn.Module):
         else:
             h += r
         r = self.conv3(torch.relu(h))
-        h = self.add(2, r, h) if self.as_sum else torch.add(r, other=h) if self.keyword else torch.add(r, h)
+        h = self.add(2, r, h) if self.as_sum else torch.add(input=r, other=h) if self.keyword else torch.add(r, h)
         pooled = self.gap(h)
         h = self.add(3, h, pooled) if self.as_sum else h.add(other=pooled) if self.keyword else h + pooled  # broadcast
         return self.fc(torch.relu(h).mean((2, 3)))
@@ -1700,8 +1700,35 @@ class TestZennitCannotMerge:
                                                 nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 5)),
                                   shape=(8, 3, 8, 8)).double().eval()
         x, targets = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 3])
-        with pytest.raises(ValueError, match="StdConv2d has a forward of its own"):
+        with pytest.raises(ValueError, match="StdConv2d computes its output from a transformed weight"):
             relevance(model, x, targets, backend="zennit")
+        # the same standardisation in _conv_forward (forward inherited): refused too, it is what the layer computes
+        # that counts; a subclass that only adds to the call (logging) merges as the plain layer (it was refused)
+        class StdInConvForward(nn.Conv2d):
+            def _conv_forward(self, x, w, b):
+                w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+                return super()._conv_forward(x, w, b)
+
+        class Logging(nn.Conv2d):
+            calls = 0
+
+            def forward(self, x):
+                Logging.calls += 1
+                return super().forward(x)
+
+        variant = copy.deepcopy(model)
+        variant[2] = StdInConvForward(4, 4, 3).double()
+        variant[2].load_state_dict(model[2].state_dict())
+        with pytest.raises(ValueError, match="StdInConvForward computes its output from a transformed weight"):
+            relevance(variant, x, targets, backend="zennit")
+        plain, logging = copy.deepcopy(model), copy.deepcopy(model)
+        plain[2], logging[2] = nn.Conv2d(4, 4, 3).double(), Logging(4, 4, 3).double()
+        plain[2].load_state_dict(model[2].state_dict())
+        logging[2].load_state_dict(model[2].state_dict())
+        for composite in ("epsilon_flat", "epsilon_plus_flat"):
+            expected = relevance(plain, x, targets, backend="zennit", composite=composite)
+            assert rel_l2(relevance(logging, x, targets, backend="zennit", composite=composite), expected) <= 1e-12
+        assert Logging.calls > 0
         twin = copy.deepcopy(model)
         twin[2] = nn.Conv2d(4, 4, 3).double()
         with torch.no_grad():

@@ -386,6 +386,8 @@ class TestRelevanceDropout3d:
         t = RelevanceDropout3d(model, p=p, fill=fill, labels_getter=None, generator=seeded(0))
         with pytest.raises(ValueError, match=r"expects a collated Batch .* has no `ptr`"):
             t(Batch(pos=pos, x=x, batch=vector))
+        with pytest.raises(ValueError, match=r"expects `pos` of shape \(N, D\), but got \(3, 4, 3\). Dense clouds"):
+            t(Batch(pos=torch.randn(3, 4, 3), y=torch.zeros(3, 1)))  # (as PyG's DenseDataLoader batches)
         with pytest.raises(ValueError, match=r"takes a Data as one cloud, but this Data has a `batch` vector naming 3"):
             t(Data(pos=pos, x=x, batch=vector))
         alone = Data(pos=pos[:5], x=x[:5])
