@@ -332,7 +332,7 @@ def _reweighted(module: nn.Module, args: tuple, out) -> bool:
                 own = base.forward(module, *args)
             else:
                 own = base._conv_forward(module, args[0], weight, bias)
-        except Exception:  # (another signature: not a plain layer)
+        except (RuntimeError, TypeError, ValueError):  # (another signature: not a plain layer)
             return True
         return own.shape != out.shape or not torch.allclose(own.to(out.dtype), out, rtol=1e-5, atol=1e-6)
 
