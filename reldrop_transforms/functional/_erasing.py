@@ -93,11 +93,13 @@ def relevant_centres(
     check_positive_int("num_patches", num_patches)
     batch_size, height, width = relevance.shape
     flat = relevance.reshape(batch_size, height * width)  # not -1: an empty batch is allowed
-    k = min(top_k, flat.shape[1])
-    best = _top_indices(flat, k)  # (B, k)
     if draws is None:
         draws = uniform_like(torch.empty(batch_size, num_patches, 2, device=relevance.device), generator)
     _check_draws("centre draws", draws, (batch_size, num_patches, 2))
+    if flat.shape[1] == 0:  # an image without pixels ((B, 0, W), (B, H, 0)): no pixel to centre on, nor to erase
+        return torch.zeros((batch_size, num_patches, 2), dtype=torch.long, device=relevance.device)
+    k = min(top_k, flat.shape[1])
+    best = _top_indices(flat, k)  # (B, k)
     pick = best.gather(1, (draws[..., 0] * k).long().clamp_(max=k - 1))
     anywhere = (draws[..., 1] * flat.shape[1]).long().clamp_(max=flat.shape[1] - 1)
     is_flat = (normalize_relevance(flat).amax(1, keepdim=True) == 0)
@@ -196,14 +198,6 @@ def relevance_erasing_mask(
         raise ValueError(f"draws should be the pair (size draws, centre draws) of erasing_draws, but got "
                          f"{type(draws).__name__}.")
     size_draws, centre_draws = (None, None) if draws is None else draws
-    if height == 0 or width == 0:  # no pixel to erase (nor to centre a rectangle on): the same checks, and the
-        check_range("scale", scale, 0.0, 1.0)  # same numbers drawn, as for any size
-        check_range("ratio", ratio, 1e-12)
-        check_positive_int("top_k", top_k)
-        if draws is None:
-            erasing_draws(batch_size, check_positive_int("num_patches", num_patches), generator=generator,
-                          device=relevance.device)
-        return torch.zeros(relevance.shape, dtype=torch.bool, device=relevance.device)
     sizes, valid = sample_erasing_sizes(batch_size, height, width, scale=scale, ratio=ratio,
                                         num_patches=num_patches, generator=generator, device=relevance.device,
                                         draws=size_draws)
