@@ -161,9 +161,7 @@ def relevance_dropout_mask(
     if isinstance(relevance, Tensor) and relevance.is_floating_point():
         relevance = relevance.to(noise_dtype(relevance.dtype))
     rn = normalize_relevance(relevance, batch=batch, num_segments=num_segments)
-    if noise is not None:
-        check_tensor("noise", noise, "like relevance")
-    if noise is not None and noise.shape != rn.shape:
+    if noise is not None and check_tensor("noise", noise, "like relevance").shape != rn.shape:
         raise ValueError(f"noise of shape {tuple(noise.shape)} does not match relevance of shape {tuple(rn.shape)}.")
     score = (1.0 - alpha) * rn
     if alpha > 0.0:

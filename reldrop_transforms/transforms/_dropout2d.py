@@ -83,8 +83,8 @@ class RelevanceDropout2d(RelevanceImageTransform):
     ) -> None:
         super().__init__(model, p=p, value=value, composite=composite, epsilon=epsilon, backend=backend,
                          labels_getter=labels_getter, generator=generator, dtype=dtype, cuda_graphs=cuda_graphs)
-        self.alpha = check_unit_interval("alpha", alpha)
-        self.beta = check_unit_interval("beta", beta)
+        self.alpha, self.beta = alpha, beta
+        self.check_settings()
 
     def check_settings(self) -> None:
         super().check_settings()

@@ -103,8 +103,8 @@ class RelevanceDropout3d(RelevancePointTransform):
         super().__init__(model, p=p, fill=fill, composite=composite, epsilon=epsilon, backend=backend,
                          labels_getter=labels_getter, forward_fn=forward_fn, generator=generator,
                          channels_first=channels_first, keys=keys, dtype=dtype, cuda_graphs=cuda_graphs)
-        self.alpha = check_unit_interval("alpha", alpha)
-        self.beta = check_unit_interval("beta", beta)
+        self.alpha, self.beta = alpha, beta
+        self.check_settings()
 
     def check_settings(self) -> None:
         super().check_settings()

@@ -68,10 +68,8 @@ class RelevanceErasing2d(RelevanceImageTransform):
     ) -> None:
         super().__init__(model, p=p, value=value, composite=composite, epsilon=epsilon, backend=backend,
                          labels_getter=labels_getter, generator=generator, dtype=dtype, cuda_graphs=cuda_graphs)
-        self.scale = check_range("scale", scale, 0.0, 1.0)
-        self.ratio = check_range("ratio", ratio, 1e-12)
-        self.top_k = check_positive_int("top_k", top_k)
-        self.num_patches = check_positive_int("num_patches", num_patches)
+        self.scale, self.ratio, self.top_k, self.num_patches = scale, ratio, top_k, num_patches
+        self.check_settings()
 
     def check_settings(self) -> None:
         super().check_settings()

@@ -62,8 +62,8 @@ class RelevanceErasing3d(RelevancePointTransform):
         super().__init__(model, p=p, fill=fill, composite=composite, epsilon=epsilon, backend=backend,
                          labels_getter=labels_getter, forward_fn=forward_fn, generator=generator,
                          channels_first=channels_first, keys=keys, dtype=dtype, cuda_graphs=cuda_graphs)
-        self.radius = check_range("radius", radius, 0.0)
-        self.top_k = check_positive_int("top_k", top_k)
+        self.radius, self.top_k = radius, top_k
+        self.check_settings()
 
     def check_settings(self) -> None:
         super().check_settings()

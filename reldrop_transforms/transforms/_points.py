@@ -154,19 +154,21 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         name = type(self).__name__
         single = not isinstance(data, Batch)
         pos = getattr(data, "pos", None)
-        if isinstance(pos, Tensor) and pos.ndim != 2:  # (before the collation check: a DenseDataLoader's batch)
-            raise ValueError(f"{name} expects `pos` of shape (N, D), but got {tuple(pos.shape)}. Dense clouds (B, N, D), "
-                             "as PyG's DenseDataLoader batches them: pass the tensors themselves, t(batch.pos, batch.y.view(-1)), "
-                             "or batch the clouds with a torch_geometric DataLoader.")
-        _check_collated(name, data, single)
-        if single and "batch" in data:  # (all zeros, see _check_collated): batching makes its own
-            data_alone = copy.copy(data)
-            del data_alone.batch
-        batch = Batch.from_data_list([data_alone if single and "batch" in data else data]) if single else data
-        if getattr(batch, "pos", None) is None:
+        if pos is None:
             raise ValueError(f"{name} expects point clouds with positions `pos`, but the {type(data).__name__} has none.")
-        if batch.pos.ndim != 2:
-            raise ValueError(f"{name} expects `pos` of shape (N, D), but got {tuple(batch.pos.shape)}.")
+        if pos.ndim != 2:  # (before the collation check: a DenseDataLoader's batch has no ptr either)
+            raise ValueError(f"{name} expects `pos` of shape (N, D), but got {tuple(pos.shape)}. Dense clouds (B, N, D), "
+                             "as PyG's DenseDataLoader batches them: pass the tensors themselves, t(batch.pos, "
+                             "batch.y.view(-1)), or batch the clouds with a torch_geometric DataLoader.")
+        _check_collated(name, data, single)
+        if single:
+            alone = data
+            if "batch" in data:  # (all zeros, see _check_collated): batching makes its own
+                alone = copy.copy(data)
+                del alone.batch
+            batch = Batch.from_data_list([alone])
+        else:
+            batch = data
         num_graphs = batch.num_graphs
         labels = self._labels(sample, default=getattr(batch, "y", None))
         if num_graphs == 0:
