@@ -486,10 +486,8 @@ class _Forward(TorchFunctionMode):
         engine = self.engine
         if not (kind & _WATCHED_WITHOUT_GRAD or _grad_enabled()):  # nothing computed here carries relevance, but a
             result = func(*args, **kwargs) if kwargs else func(*args)  # read of a layer's output is a read (merging
-            if engine.points and has_tensor(result) and not kind & _NO_READ and not (args and result is args[0]):
-                engine.count_uses(args, False)  # a BatchNorm into the layer would change what it sees)
-                if kwargs:
-                    engine.count_uses(tuple(kwargs.values()), False)
+            if engine.points and _reads(kind, args, result):  # a BatchNorm into the layer would change what it sees)
+                engine.count_reads(args, kwargs, False)
             return result
         if kind:
             if kind & _ADD and not engine.depth:  # not inside a module that has a rule of its own
@@ -502,18 +500,22 @@ class _Forward(TorchFunctionMode):
         # (a scatter's base, before the scatter: it has one source only where the base carries no relevance)
         based = kind & _EXTREMUM and args and isinstance(args[0], Tensor) and args[0].requires_grad
         result = func(*args, **kwargs) if kwargs else func(*args)
-        if engine.points and has_tensor(result):  # a reader (not a size or dtype query)
-            if kind & _NO_READ or args and result is args[0] and not kind & _MUTATES:
-                return result  # reads no value, or returns its input itself (dropout in eval, contiguous, ...)
-            grad = _carries(result)
-            engine.count_uses(args, grad)
-            if kwargs:
-                engine.count_uses(tuple(kwargs.values()), grad)
-            if kind & _DERIVES and grad:
-                engine.derive(kind, args, kwargs, result, based)
-            if kind & _RELU:
-                engine.relu_output = result  # (see _Engine._relu_hook)
+        if not (engine.points and _reads(kind, args, result)):
+            return result
+        grad = _carries(result)
+        engine.count_reads(args, kwargs, grad)
+        if kind & _DERIVES and grad:
+            engine.derive(kind, args, kwargs, result, based)
+        if kind & _RELU:
+            engine.relu_output = result  # (see _Engine._relu_hook)
         return result
+
+
+def _reads(kind: int, args: tuple, result) -> bool:
+    """Whether an operation of ``kind`` that returned ``result`` read the values of its arguments: not a size or
+    dtype query, not one that reads no value (``_NO_READ``), not one that returns its input itself (dropout in eval,
+    contiguous, ...; unless it changed it in place)."""
+    return has_tensor(result) and not (kind & _NO_READ or args and result is args[0] and not kind & _MUTATES)
 
 
 class _Engine:
@@ -548,7 +550,7 @@ class _Engine:
         self.in_place_relus: dict[nn.Module, tuple[nn.Module, nn.Module] | None] = {}
         self.sequentials_running: dict[nn.Module, int] = {}
         self.in_place_now: nn.Module | None = None  # the ReLU that _relu_pre_hook set to run in place
-        self.caller_hooked: set[nn.Module] = set()  # modules with forward hooks of the caller's (set by run)
+        self.caller_hooked: set[nn.Module] = set()  # modules with a rule and forward hooks of the caller's (run)
         self.relu_output: Tensor | None = None  # the last relu's result (a hook may replace a module's output)
         self.first_options: tuple = ((), {})  # the other arguments of the Flat layer's call being run
         # a rule module's output (and its version) before the caller's forward hooks ran (see _own_output)
@@ -584,6 +586,12 @@ class _Engine:
                     point.substitute = False  # read after its ReLU: its own values again
             elif isinstance(arg, (tuple, list)):
                 self.count_uses(arg, grad)
+
+    def count_reads(self, args: tuple, kwargs: dict | None, grad: bool) -> None:
+        """:meth:`count_uses` for an operation's positional and keyword arguments."""
+        self.count_uses(args, grad)
+        if kwargs:
+            self.count_uses(tuple(kwargs.values()), grad)
 
     def keep_before_change(self, tensor: Tensor, copy: Tensor | None = None) -> None:
         """``tensor`` (or what it is a view of) is about to change in place: points reading it keep a copy (``copy``,
@@ -946,7 +954,6 @@ class _Engine:
             grad_output_fn: Callable[[Tensor], Tensor], status: dict | None = None) -> tuple[Tensor, ...]:
         types = self.types
         handles, in_place, norms = [], [], []
-        self.caller_hooked = {module for module in self.modules if module._forward_hooks}  # (see _relu_pre_hook)
         try:
             for parent in self._find_sequential_relus() if self.speculate else ():
                 handles.append(parent.register_forward_pre_hook(self._sequential_enters))
@@ -955,6 +962,8 @@ class _Engine:
                 kind = types.kind(module)
                 if kind is None:
                     continue
+                if module._forward_hooks:  # the caller's (before the engine's: see _relu_pre_hook, _own_output)
+                    self.caller_hooked.add(module)
                 if kind == "activation":
                     built_in_place = getattr(module, "inplace", False)
                     if built_in_place:
@@ -977,7 +986,7 @@ class _Engine:
                         handles.append(module.register_forward_pre_hook(self._enter))
                         handles.append(module.register_forward_hook(self._batchnorm_hook))
                 else:  # linear, norm
-                    if module._forward_hooks:  # the caller's: the rule divides by the module's own output
+                    if module in self.caller_hooked:  # the rule divides by the module's own output
                         handles.append(module.register_forward_hook(self._own_output, prepend=True))
                     handles.append(module.register_forward_pre_hook(self._rule_pre_hook))
                     if module is self.first:
