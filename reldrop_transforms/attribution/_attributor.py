@@ -343,7 +343,7 @@ class Attributor:
         if index is not None:
             index = check_index(index, inputs.shape[0], inputs.device, in_range=not checked)
             if index.shape[0] == 0:  # still run the model on the first samples, and validate every label against
-                num_outputs = _num_outputs(self._forward_one(module, inputs))  # its outputs: the same errors
+                num_outputs = _num_outputs(self._forward_first(module, inputs))  # its outputs: the same errors
                 if targets is not None:  # whatever the coins
                     check_class_range(targets, num_outputs)
                 return inputs[:0].detach().clone()
@@ -368,7 +368,7 @@ class Attributor:
             if index is None:  # selected names them (torch's "expected input[3, 1, 8, 8] to have 3 channels"): the
                 raise  # error of the first samples instead, the same whatever the coins (and as with none)
             try:
-                self._forward_one(module, inputs)
+                self._forward_first(module, inputs)
             except Exception as first:
                 raise first from error
             raise
@@ -571,7 +571,7 @@ class Attributor:
                                             (*tensors, static_targets, *post_inputs), body)
         return tuple(outputs) if bool(status.all()) else None
 
-    def _forward_one(self, module: nn.Module, inputs: Tensor) -> Tensor:
+    def _forward_first(self, module: nn.Module, inputs: Tensor) -> Tensor:
         """The logits of a plain forward of the batch's first two samples (one in a batch of one; as an attribution
         of selected rows runs at least two), in eval mode, without gradients, state preserved; first the refusal of
         a model LRP cannot explain (which may not run on few samples: BatchNorm without running statistics), as an

@@ -312,6 +312,14 @@ class _NormSums(TorchFunctionMode):
         self.handles.clear()
 
 
+def _fast_advice(composite, more: str = "") -> str:
+    """What to use where the zennit backend refuses a model: the fast engine, where it computes ``composite``."""
+    if isinstance(composite, str) and composite == EPSILON_FLAT:
+        return f"Use backend='fast' (or 'auto'){more}."
+    return (f"The fast engine computes {EPSILON_FLAT!r} only: use composite={EPSILON_FLAT!r} with backend='fast' (or "
+            "'auto'), or change the model.")
+
+
 def _reweighted(module: nn.Module, args: tuple, out) -> bool:
     """Whether a subclass of torch's ``Linear`` / convolutions computes ``out`` otherwise than torch's class does with
     the module's own weight and bias (weight standardisation in its ``forward`` or ``_conv_forward``): zennit's
@@ -384,14 +392,14 @@ def zennit_relevance(
     custom = isinstance(composite, Composite)
     canonizers = []
     if not custom:
-        pairs, calls, dims, reweighted = _probe(model, call, types)  # (each call() feeds the model its own copies of the leaves)
+        pairs, calls, dims, reweighted = _probe(model, call, types)  # (each call() feeds its own copies of the leaves)
         shared = [(name, calls[m]) for name, m in model.named_modules() if calls.get(m, 0) > 1]
         if shared:
             name, count = shared[0]
             raise ExplanationError(
                 f"backend='zennit' cannot explain this {type(model).__name__}: module {name or 'model'!r} runs "
-                f"{count} times in one forward, and zennit's rules keep one input per module. Use backend='fast' "
-                "(or 'auto'), which applies the rules to every call."
+                f"{count} times in one forward, and zennit's rules keep one input per module. "
+                + _fast_advice(composite, ", which applies the rules to every call")
             )
         names = {module: name for name, module in model.named_modules()}
         first = first_linear(model, types) if composite == EPSILON_FLAT else None
@@ -405,13 +413,10 @@ def zennit_relevance(
         for linear, batch_norm in pairs:
             problem = _merge_problem(linear, batch_norm, dims.get(linear), linear in reweighted)
             if problem is not None:
-                advice = ("Use backend='fast' (or 'auto'), which merges any BatchNorm that alone reads a linear "
-                          "layer's output." if composite == EPSILON_FLAT else
-                          f"The fast engine computes {EPSILON_FLAT!r} only: use composite={EPSILON_FLAT!r} with "
-                          "backend='fast' (or 'auto'), or a model zennit can canonize.")
                 raise ExplanationError(
                     f"backend='zennit' cannot merge {type(batch_norm).__name__} {names.get(batch_norm, '')!r} into "
-                    f"{type(linear).__name__} {names.get(linear, '')!r}: {problem}. {advice}"
+                    f"{type(linear).__name__} {names.get(linear, '')!r}: {problem}. "
+                    + _fast_advice(composite, ", which merges any BatchNorm that alone reads a linear layer's output")
                 )
         canonizers = [_merge_batchnorm(pairs)]
     zennit_composite = make_zennit_composite(composite, leaves[0], epsilon, canonizers, types)
@@ -428,8 +433,8 @@ def zennit_relevance(
                         f"backend='zennit' cannot explain this {type(model).__name__}: a module with a rule ran "
                         "with gradients disabled on an input that carries relevance (torch.no_grad inside the "
                         "forward, or torch.utils.checkpoint with use_reentrant=True), which zennit's hooks cannot "
-                        f"follow ({error}). Use backend='fast' (or 'auto'), which follows no_grad sections (and "
-                        "checkpointing with use_reentrant=False)."
+                        f"follow ({error}). " + _fast_advice(composite, ", which follows no_grad sections (and "
+                                                             "checkpointing with use_reentrant=False)")
                     ) from error
             grad_output = grad_output_fn(logits)
             if not logits.requires_grad:  # the output does not depend on the inputs
@@ -440,15 +445,15 @@ def zennit_relevance(
                 rels = torch.autograd.grad(logits, leaves, grad_output, allow_unused=True)
             except RuntimeError as error:  # (the forward ran: zennit's rules re-run modules in the backward)
                 raise ExplanationError(f"backend='zennit' failed to compute the relevance of this "
-                                       f"{type(model).__name__} ({error}). Use backend='fast' (or 'auto').") from error
+                                       f"{type(model).__name__} ({error}). " + _fast_advice(composite)) from error
             except KeyError as error:  # zennit's rule never received its output's gradient
                 if "grad_output" not in str(error):
                     raise
                 raise ExplanationError(
                     f"backend='zennit' cannot explain this {type(model).__name__}: the forward changes the output of "
                     "a module with a rule in place where that output is a view (e.g. h.relu_() after an nn.Linear "
-                    "on (B, T, C) tokens), which hides its gradient from zennit's hooks. Use backend='fast' (or "
-                    "'auto'), or change it out of place."
+                    "on (B, T, C) tokens), which hides its gradient from zennit's hooks. "
+                    + _fast_advice(composite, ", or change it out of place")
                 ) from error
     finally:
         if sums is not None:

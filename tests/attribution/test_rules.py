@@ -1702,6 +1702,9 @@ class TestZennitCannotMerge:
         x, targets = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 3])
         with pytest.raises(ValueError, match="StdConv2d computes its output from a transformed weight"):
             relevance(model, x, targets, backend="zennit")
+        # with another composite the advice is not the fast engine, which computes epsilon_flat only
+        with pytest.raises(ValueError, match=r"transformed weight.*The fast engine computes 'epsilon_flat' only"):
+            relevance(model, x, targets, backend="auto", composite="epsilon_plus_flat")
         # the same standardisation in _conv_forward (forward inherited): refused too, it is what the layer computes
         # that counts; a subclass that only adds to the call (logging) merges as the plain layer (it was refused)
         class StdInConvForward(nn.Conv2d):
