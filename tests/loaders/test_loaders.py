@@ -286,6 +286,17 @@ class TestRelevanceLoader:
         assert next(iterator)[0].device.type == "meta"
 
 
+class Movable:
+    """An object with its own ``to`` (as PyG's Data): records each call's device and non_blocking flag."""
+
+    def __init__(self):
+        self.calls = []
+
+    def to(self, device, non_blocking=False):
+        self.calls.append((device, non_blocking))
+        return self
+
+
 class TestMoveToDevice:
     def test_none_is_identity(self):
         batch = {"a": torch.ones(2), "b": [torch.zeros(1)]}
@@ -296,19 +307,11 @@ class TestMoveToDevice:
         # to a device it need not be. Recorded at Tensor.to and at a PyG-like object's own .to
         from helpers import RecordNonBlocking
 
-        class Movable:
-            def __init__(self):
-                self.flags = []
-
-            def to(self, device, non_blocking=False):
-                self.flags.append(non_blocking)
-                return self
-
         for device, non_blocking in (("cpu", False), (torch.device("cpu"), False), ("meta", True)):
             movable = Movable()
             with RecordNonBlocking() as record:
                 move_to_device({"x": torch.ones(2), "data": movable}, device)
-            assert record.flags == [non_blocking] and movable.flags == [non_blocking]
+            assert record.flags == [non_blocking] and [flag for _, flag in movable.calls] == [non_blocking]
 
     def test_keeps_container_types(self):
         x, y = torch.ones(2, 3), torch.arange(2)
@@ -393,18 +396,10 @@ class TestMoveToDevice:
         assert type(out) is Sample and out.size == (3, 4, 4) and out.image.device.type == "meta"
 
     def test_objects_with_to(self):
-        class Graph:
-            def __init__(self):
-                self.calls = []
-
-            def to(self, device, non_blocking=False):
-                self.calls.append(device)
-                return self
-
-        graph = Graph()
+        graph = Movable()
         module = nn.Linear(2, 2)
         out = move_to_device([graph, module], torch.device("meta"))
-        assert out[0] is graph and graph.calls == [torch.device("meta")]
+        assert out[0] is graph and [device for device, _ in graph.calls] == [torch.device("meta")]
         assert out[1] is module and module.weight.device.type == "cpu"  # modules are not batch data
 
     def test_same_device_keeps_tensor(self, device):
