@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .._checks import check_generator, check_unit_interval
 from ..attribution import Attributor
-from ..functional import sample_coins
+from ..functional import noise_dtype, sample_coins, uniform_like
 from ._labels import parse_labels_getter
 
 
@@ -122,3 +122,20 @@ class RelevanceSettings:
         rows = mask_rows(reduce(rel), *(t.index_select(0, index) for t in (*extra, *draws)))
         full = torch.zeros((batch_size, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
         return full.index_copy_(0, index, rows)
+
+
+class DropoutSettings:
+    """The RelDrop rule's settings, ``alpha`` and ``beta``, and its noise: shared by :class:`RelevanceDropout2d` and
+    :class:`RelevanceDropout3d` (placed before their transform base, whose ``check_settings`` it extends)."""
+
+    def check_settings(self) -> None:
+        super().check_settings()
+        self.alpha = check_unit_interval("alpha", self.alpha)
+        self.beta = check_unit_interval("beta", self.beta)
+
+    def noise(self, like: Tensor, shape: Sequence[int]) -> tuple[Tensor, ...]:
+        """The rule's ``U`` of ``shape`` on ``like``'s device, in float32 at least (:func:`noise_dtype`), from
+        ``generator``; none at ``alpha = 0`` (a deterministic threshold)."""
+        if self.alpha == 0.0:
+            return ()
+        return (uniform_like(like.new_empty(tuple(shape), dtype=noise_dtype(like.dtype)), self.generator),)

@@ -8,14 +8,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_unit_interval
-from ..functional import noise_dtype, relevance_dropout_mask, uniform_like
+from ..functional import relevance_dropout_mask
+from ._common import DropoutSettings
 from ._image import RelevanceImageTransform
 
 __all__ = ["RelevanceDropout2d"]
 
 
-class RelevanceDropout2d(RelevanceImageTransform):
+class RelevanceDropout2d(DropoutSettings, RelevanceImageTransform):
     """Relevance-driven Input Dropout (RelDrop) for image batches.
 
     For each sample selected by a coin with probability ``p``, the LRP relevance of the *current* model is
@@ -86,15 +86,8 @@ class RelevanceDropout2d(RelevanceImageTransform):
         self.alpha, self.beta = alpha, beta
         self.check_settings()
 
-    def check_settings(self) -> None:
-        super().check_settings()
-        self.alpha = check_unit_interval("alpha", self.alpha)
-        self.beta = check_unit_interval("beta", self.beta)
-
     def draw(self, batch_size: int, image: Tensor) -> tuple[Tensor, ...]:
-        if self.alpha == 0.0:  # a deterministic threshold: no noise
-            return ()
-        return (uniform_like(image.new_empty((batch_size, *image.shape[2:]), dtype=noise_dtype(image.dtype)), self.generator),)
+        return self.noise(image, (batch_size, *image.shape[2:]))  # one number per pixel
 
     def mask_rows(self, relevance: Tensor, *draws: Tensor) -> Tensor:
         return relevance_dropout_mask(relevance, self.alpha, self.beta, noise=draws[0] if draws else None)

@@ -8,20 +8,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_unit_interval
-from ..functional import (
-    keep_least_relevant,
-    noise_dtype,
-    relevance_dropout_mask,
-    uniform_like,
-)
+from ..functional import keep_least_relevant, relevance_dropout_mask
+from ._common import DropoutSettings
 from ._erasing3d import RelevanceErasing3d
 from ._points import RelevancePointTransform
 
 __all__ = ["RelevanceDropout3d", "RelevanceErasing3d"]
 
 
-class RelevanceDropout3d(RelevancePointTransform):
+class RelevanceDropout3d(DropoutSettings, RelevancePointTransform):
     """Relevance-driven Input Dropout (RelDrop) for point clouds, dense or PyTorch Geometric.
 
     Per cloud: the LRP relevance of the *current* model (eval mode, training state untouched) is summed over
@@ -106,15 +101,8 @@ class RelevanceDropout3d(RelevancePointTransform):
         self.alpha, self.beta = alpha, beta
         self.check_settings()
 
-    def check_settings(self) -> None:
-        super().check_settings()
-        self.alpha = check_unit_interval("alpha", self.alpha)
-        self.beta = check_unit_interval("beta", self.beta)
-
     def draw(self, num_clouds: int, pos: Tensor) -> tuple[Tensor, ...]:
-        if self.alpha == 0.0:  # a deterministic threshold: no noise
-            return ()
-        return (uniform_like(pos.new_empty(pos.shape[:-1], dtype=noise_dtype(pos.dtype)), self.generator),)  # one per point
+        return self.noise(pos, pos.shape[:-1])  # one number per point
 
     def mask_rows(self, relevance: Tensor, pos: Tensor, *draws: Tensor, batch: Tensor | None = None,
                   num_segments: int | None = None) -> Tensor:
