@@ -232,11 +232,12 @@ def relevance_add(func, args: tuple, kwargs: dict | None) -> tuple[Tensor, Tenso
     name = getattr(func, "__name__", None)
     if name not in ADD_NAMES:
         return None
-    kwargs = dict(kwargs or {})
-    if not args and "input" in kwargs:  # torch.add(input=a, other=b)
-        args = (kwargs.pop("input"),)
-    if len(args) == 1 and "other" in kwargs:  # torch.add(a, other=b), a.add(other=b)
-        args = (args[0], kwargs.pop("other"))
+    if kwargs and ("input" in kwargs or "other" in kwargs):  # (a copy only then: every add of a forward comes here)
+        kwargs = dict(kwargs)
+        if not args and "input" in kwargs:  # torch.add(input=a, other=b)
+            args = (kwargs.pop("input"),)
+        if len(args) == 1 and "other" in kwargs:  # torch.add(a, other=b), a.add(other=b)
+            args = (args[0], kwargs.pop("other"))
     if len(args) < 2:
         return None
     a, b = args[0], args[1]
