@@ -115,13 +115,7 @@ def output_relevance(logits: Tensor, targets: Tensor | None, batch_size: int, *,
 
     ``all_targets``: the whole batch's labels, range-checked too (when ``targets`` are those of some samples).
     """
-    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != batch_size:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(
-            f"the model should return logits of shape (B, K) = ({batch_size}, K) for a batch of {batch_size}, "
-            f"but returned {shape}."
-        )
-    num_classes = logits.shape[1]
+    num_classes = _num_outputs(logits, batch_size)
     check_class_range(targets if all_targets is None else all_targets, num_classes)
     if targets is None:
         return nn.functional.one_hot(logits.detach().argmax(1), num_classes).to(logits.dtype)
@@ -343,7 +337,8 @@ class Attributor:
         if index is not None:
             index = check_index(index, inputs.shape[0], inputs.device, in_range=not checked)
             if index.shape[0] == 0:  # still run the model on the first samples, and validate every label against
-                num_outputs = _num_outputs(self._forward_first(module, inputs))  # its outputs: the same errors
+                num_outputs = _num_outputs(self._forward_first(module, inputs), min(2, inputs.shape[0]))  # the
+                # same errors whatever the coins: its outputs checked as those of any attribution with these coins
                 if targets is not None:  # whatever the coins
                     check_class_range(targets, num_outputs)
                 return inputs[:0].detach().clone()
@@ -368,7 +363,7 @@ class Attributor:
             if index is None:  # selected names them (torch's "expected input[3, 1, 8, 8] to have 3 channels"): the
                 raise  # error of the first samples instead, the same whatever the coins (and as with none)
             try:
-                self._forward_first(module, inputs)
+                _num_outputs(self._forward_first(module, inputs), min(2, inputs.shape[0]))
             except Exception as first:
                 raise first from error
             raise
@@ -694,11 +689,14 @@ def _own_memory(rel: Tensor, leaf: Tensor) -> Tensor:
     return torch.empty_like(leaf, dtype=rel.dtype).copy_(rel)
 
 
-def _num_outputs(logits) -> int:
-    """The number of outputs ``K`` of logits ``(B, K)``; a ``ValueError`` for anything else."""
-    if not isinstance(logits, Tensor) or logits.ndim != 2:
+def _num_outputs(logits, batch_size: int) -> int:
+    """The number of outputs ``K`` of logits ``(batch_size, K)``; a ``ValueError`` for anything else."""
+    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != batch_size:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"the model should return logits of shape (B, K), but returned {shape}.")
+        raise ValueError(
+            f"the model should return logits of shape (B, K) = ({batch_size}, K) for a batch of {batch_size}, "
+            f"but returned {shape}."
+        )
     return logits.shape[1]
 
 

@@ -60,6 +60,26 @@ class TestAttributor:
         with pytest.raises(ValueError, match=r"\(B, K\) = \(1, K\) for a batch of 1, but returned \(5,\)"):
             Attributor(model)(x[:1], targets[:1], index=torch.tensor([0]))  # a batch of one: as at p = 1
 
+    def test_a_batch_of_one_gets_the_same_error_whatever_the_coins(self):
+        # A model that cannot take one sample (`.squeeze()` before its head), given a batch of one: the error named
+        # "(B, K) = (1, K) for a batch of 1" when its coin came up and "(B, K)" alone when none did
+        class Squeezing(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 5)
+
+            def forward(self, x):
+                return self.fc(torch.relu(self.conv(x)).mean((2, 3)).squeeze())
+
+        model, x, targets = Squeezing(), torch.randn(1, 3, 8, 8), torch.tensor([2])
+        messages = set()
+        for index in (None, torch.tensor([0]), torch.tensor([], dtype=torch.long)):
+            with pytest.raises(ValueError) as caught:
+                Attributor(model)(x, targets, index=index)
+            messages.add(str(caught.value))
+        assert messages == {"the model should return logits of shape (B, K) = (1, K) for a batch of 1, but returned "
+                            "(5,)."}
+
     def test_index_still_validates_every_label(self):
         model = bn_model()
         x = torch.randn(3, 3, 16, 16)
