@@ -946,6 +946,129 @@ def _scripted_layer_norm(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-5)
 
 
+def _gate(h: torch.Tensor) -> torch.Tensor:
+    return h * torch.sigmoid(h.mean((2, 3), keepdim=True))
+
+
+class _GateFunction(torch.autograd.Function):
+    """``_gate`` as a custom autograd Function (its forward runs under no_grad: the engine sees its reads there)."""
+
+    @staticmethod
+    def forward(ctx, h):
+        ctx.save_for_backward(h)
+        return _gate(h)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (h,) = ctx.saved_tensors
+        with torch.enable_grad():
+            h = h.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(_gate(h), h, grad)
+        return g
+
+
+class TestReadersTheEngineCannotSee:
+    """A value read by a visible reader and by one the engine's TorchFunctionMode does not see (a TorchScript
+    function: none of its operations reach the mode; a custom autograd Function: its forward runs under no_grad).
+    Unseen, the reader was not counted: a ReLU output read by a layer and a scripted gate stood in for the layer's
+    output or fused into a chain (0.08-0.94 off zennit), a layer's output read next to its ReLU by a scripted function
+    was divided by the ReLU output (0.35), one read next to a BatchNorm got the BatchNorm merged (1.1). Now the
+    readers are counted from the autograd graph after the forward (and reads under no_grad count). Against zennit on
+    the same model with the reader written in plain Python (no canonizer: a BatchNorm that does not read the layer
+    alone gets Pass)."""
+
+    class Net(nn.Module):
+        def __init__(self, gate, where, act):
+            super().__init__()
+            self.gate, self.where = gate, where
+            self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+            self.bn, self.act = nn.BatchNorm2d(4), act()
+            self.conv3, self.fc = nn.Conv2d(4, 4, 1), nn.Linear(4, 3)
+
+        def forward(self, x):
+            z = self.conv2(self.conv1(x))
+            if self.where == "activation":  # the activation's output, read by a layer and by the gate
+                h = self.act(z)
+                h = self.conv3(h) * self.gate(h)
+            elif self.where == "layer":  # the layer's output, read by its activation and by the gate
+                h = self.conv3(self.act(z)) * self.gate(z)
+            else:  # the layer's output, read by a BatchNorm and by the gate
+                h = self.conv3(self.act(self.bn(z))) * self.gate(z)
+            return self.fc(h.mean((2, 3)))
+
+    @pytest.mark.parametrize("act", [nn.ReLU, nn.ReLU6], ids=["relu", "relu6"])
+    @pytest.mark.parametrize("where", ["activation", "layer", "batchnorm"])
+    @pytest.mark.parametrize("reader", ["script", "function"])
+    def test_matches_zennit_on_the_plain_reader(self, reader, where, act):
+        torch.manual_seed(0)
+        gate = torch.jit.script(_gate) if reader == "script" else _GateFunction.apply
+        model = warm_up_batchnorm(self.Net(gate, where, act), shape=(8, 3, 8, 8)).double()
+        reference = self.Net(_gate, where, act).double().eval()
+        reference.load_state_dict(model.state_dict())
+        x, targets = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+        oracle = zennit_oracle(reference, x, targets, paper_composite(1e-3, []))
+        attributor = Attributor(model, backend="fast")
+        for _ in range(2):  # the second call starts as the first one ended (see fast_relevance's hints)
+            assert rel_l2(attributor(x, targets), oracle) <= 1e-9
+
+
+class TestInPlaceClampAfterARead:
+    """``z.relu_()`` (or another ReLU-like clamp in place) after something else read ``z``: a clamp's gradient is
+    zero wherever it changes a value, so a point dividing by the clamped value was taken to be right; but the earlier
+    reader's relevance reaches ``z`` there too, and was divided by eps instead of ``z - eps`` (1e2-7e3 off zennit).
+    Now a clamp keeps the point's value once it has been read. Against zennit on the model written out of place,
+    with its sum a ``zennit.layer.Sum``."""
+
+    CLAMPS = {
+        "relu_": lambda z: z.relu_(),
+        "F.relu(inplace)": lambda z: nn.functional.relu(z, inplace=True),
+        "clamp_(min=0)": lambda z: z.clamp_(min=0),
+        "clamp_max_": lambda z: z.clamp_max_(0.1),
+        "F.hardtanh_": lambda z: nn.functional.hardtanh_(z, 0.0, 0.2),
+        "F.relu6(inplace)": lambda z: nn.functional.relu6(z, inplace=True),
+    }
+    OUT_OF_PLACE = {
+        "relu_": torch.relu, "F.relu(inplace)": torch.relu, "clamp_(min=0)": lambda z: z.clamp(min=0),
+        "clamp_max_": lambda z: z.clamp_max(0.1), "F.hardtanh_": lambda z: nn.functional.hardtanh(z, 0.0, 0.2),
+        "F.relu6(inplace)": nn.functional.relu6,
+    }
+
+    class Net(nn.Module):
+        def __init__(self, clamp, source, as_sum=False):
+            super().__init__()
+            self.clamp, self.source = clamp, source
+            self.fc1, self.fc2 = nn.Linear(6, 5), nn.Linear(5, 5)
+            self.bn = nn.BatchNorm1d(5)  # (registered after fc2: zennit's SequentialMergeBatchNorm pairs them)
+            self.fc3, self.fc4 = nn.Linear(5, 3), nn.Linear(5, 3)
+            self.sums = nn.ModuleList([Sum(), Sum()]) if as_sum else None  # (one each: zennit's rule per call)
+
+        def add(self, a, b, which=0):
+            return self.sums[which](torch.stack([a, b], -1)) if self.sums is not None else a + b
+
+        def forward(self, x):
+            h = self.fc1(x)
+            z = self.fc2(h)
+            if self.source == "batchnorm":  # a merged BatchNorm's output
+                z = self.bn(z)
+            elif self.source == "sum":  # a Norm sum's output
+                z = self.add(z, h)
+            read = torch.tanh(z)  # a reader whose relevance does not vanish where the clamp changes z
+            z = self.clamp(z)
+            return self.add(self.fc3(read), self.fc4(z), 1)
+
+    @pytest.mark.parametrize("source", ["layer", "batchnorm", "sum"])
+    @pytest.mark.parametrize("clamp", list(CLAMPS))
+    def test_matches_zennit_out_of_place(self, clamp, source):
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(self.Net(self.CLAMPS[clamp], source), shape=(16, 6)).double().eval()
+        twin = self.Net(self.OUT_OF_PLACE[clamp], source, as_sum=True).double().eval()
+        twin.load_state_dict(model.state_dict())
+        canonizers = [SequentialMergeBatchNorm()] if source == "batchnorm" else []
+        x, targets = torch.randn(4, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+        oracle = zennit_oracle(twin, x, targets, paper_composite(1e-3, canonizers))
+        assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
+
+
 class TestReluStandsIn:
     @pytest.mark.parametrize("reader", ["function", "script"])
     def test_a_reader_the_engine_cannot_see(self, reader):
