@@ -621,7 +621,9 @@ class Attributor:
                 self._say_once("unconnected", f"relevance: the output of this {type(module).__name__} does not depend "
                                "on its input through autograd (its forward detaches the input, runs under "
                                "torch.no_grad() or uses operations without gradients), so the relevance is all zero "
-                               "and RelDrop leaves its batches unchanged.", warn=True, category=UserWarning,
+                               "and RelDrop's masks do not follow the model (all relevance ties: the dropout "
+                               "transforms drop where alpha * U >= 1 - beta, none with the defaults; the erasing "
+                               "transforms erase at random).", warn=True, category=UserWarning,
                                stacklevel=_caller_stacklevel())
             return tuple(_own_memory(r.detach(), leaf) for r, leaf in zip(rels, leaves))  # (not inference tensors)
 
