@@ -41,6 +41,7 @@ class RelevanceSettings:
         the constructor would. Every call runs this before any coin is drawn, so that a bad setting raises whatever
         the coins and ``p``; subclasses add their own settings."""
         self.p = check_unit_interval("p", self.p)
+        self.generator = check_generator(self.generator)  # (else refused only where a number is drawn)
 
     @property
     def model(self) -> nn.Module:

@@ -97,6 +97,7 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         sample = inputs if len(inputs) > 1 else inputs[0]
         first = inputs[0] if len(inputs) > 1 else (sample[0] if isinstance(sample, (tuple, list)) else sample)
         self.check_settings()  # (as set now, also after construction: before any coin)
+        self.channels_first = check_bool("channels_first", self.channels_first)  # ("False" would count as true)
         fill = _check_fill(self.fill)
         if isinstance(first, BaseData):
             return self._call_pyg(sample, first, fill)

@@ -206,6 +206,15 @@ class TestRelevanceDropout2d:
         mask = reference_mask(model, images, labels, alpha=0.3, beta=0.5, p=1.0, seed=0)
         assert_filled(out_images, images, mask, 0.0)
 
+    @pytest.mark.parametrize("p", [1.0, 0.0])
+    def test_generator_set_after_construction(self, model, batch, device, p):
+        # refused only where a number was drawn (not at p = 0, nor at alpha = 0 with p = 1); now whatever p
+        images, labels = batch
+        later = transform(model, device, p=p, alpha=0.0)
+        later.generator = 5
+        with pytest.raises(TypeError, match="generator should be a torch.Generator or None, but got int"):
+            later(images, labels)
+
     def test_labels_getter_set_after_construction(self, model, batch, device):
         # the getter was parsed once in __init__: setting it later was silently ignored (the default kept running)
         images, labels = batch

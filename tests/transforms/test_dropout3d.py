@@ -434,6 +434,22 @@ class TestRelevanceDropout3d:
         else:
             assert torch.equal(out.pos, expected.pos) and torch.equal(out.x, expected.x)
 
+    @pytest.mark.parametrize("cls", [RelevanceDropout3d, RelevanceErasing3d], ids=lambda cls: cls.__name__)
+    @pytest.mark.parametrize("p", [1.0, 0.0])
+    def test_channels_first_and_generator_set_after_construction(self, cls, p):
+        # `t.channels_first = "False"` was accepted (a non-empty string counts as true: (B, N, C) points were read as
+        # (B, C, N), whole coordinate channels filled); `t.generator = 5` raised only where a number was drawn. Now
+        # refused as at construction, whatever p
+        model = DensePointNet()
+        t = cls(model, p=p, generator=seeded(0))
+        t.channels_first = "False"
+        with pytest.raises(TypeError, match="channels_first should be a bool, but got str"):
+            t(*make_points())
+        t.channels_first = False
+        t.generator = 5
+        with pytest.raises(TypeError, match="generator should be a torch.Generator or None, but got int"):
+            t(*make_points())
+
     @pytest.mark.parametrize("layout", ["dense", "pyg"])
     @pytest.mark.parametrize("p", [1.0, 0.0])
     def test_fill_set_after_construction(self, layout, p):
