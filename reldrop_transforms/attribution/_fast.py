@@ -103,7 +103,7 @@ class _Point:
 
     __slots__ = ("kind", "module", "inp", "epsilon", "active", "z", "result", "uses", "scale", "fused", "good",
                  "bad", "parents", "substitute", "shares", "in_place", "options", "origin", "handle", "alias",
-                 "version", "topped", "node", "engine_edges")
+                 "version", "topped", "node", "engine_edges", "operands")
 
     def __init__(self, kind: str, z: Tensor, epsilon: float, module: nn.Module | None = None,
                  inp: Tensor | None = None) -> None:
@@ -132,6 +132,7 @@ class _Point:
         self.version = 0  # ... and its version when the layer returned it
         self.node: tuple | None = None  # (grad_fn, output_nr) of ``result`` when registered: its graph readers' edge
         self.engine_edges = 0  # edges into ``node`` that the engine's own operations made (not readers)
+        self.operands: list | None = None  # a Norm sum's operand values and their versions (see _SumPoint)
 
 
 class _RulePoint(torch.autograd.Function):
@@ -243,13 +244,20 @@ class _Link:
 class _SumPoint(torch.autograd.Function):
     """Norm at ``s = a + b``: ``R_a = a * R / stab(s)``, ``R_b = b * R / stab(s)`` (summed over broadcast
     dimensions). ``a_value``: a copy of ``a``'s value when the sum is taken in place (``None``: ``a`` itself; not
-    passed twice, which would make a second graph edge into ``a``, see :meth:`_Engine.hidden_readers`)."""
+    passed twice, which would make a second graph edge into ``a``, see :meth:`_Engine.hidden_readers`).
+
+    The operands' values are kept on the point (``operands``: value, version), not saved for backward: an operand
+    changed in place later (``y = z + b; b.mul_(2)``; ``z[:, 1:] = z[:, 1:] + b[:, 1:]``; ``z += z``, whose second
+    operand the engine's own copy changes) gets a copy of its value kept first (:meth:`_Engine.keep_before_change`),
+    where autograd's saved tensors would refuse the backward; a change the engine did not see raises as autograd
+    does."""
 
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, a_value: Tensor | None, point: _Point) -> Tensor:
         ctx.point = point
         ctx.shapes = (a.shape, b.shape)
-        ctx.save_for_backward(a if a_value is None else a_value, b)
+        values = (a.detach() if a_value is None else a_value, b.detach())
+        point.operands = [[value, value._version] for value in values]
         total = a + b
         point.z = total.detach()
         return total
@@ -257,9 +265,13 @@ class _SumPoint(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         point: _Point = ctx.point
-        a, b = ctx.saved_tensors
+        if any(value._version != version for value, version in point.operands):
+            raise RuntimeError("one of the variables needed for gradient computation has been modified by an inplace "
+                               "operation: an operand of a sum, changed in place where the relevance engine could not "
+                               "see it (e.g. inside a TorchScript function)")
+        (a, _), (b, _) = point.operands
         share = divide_by_stabilized(grad, point.z, NORM_STABILIZER)
-        point.z = None
+        point.z = point.operands = None
         return (share * a).sum_to_size(ctx.shapes[0]), (share * b).sum_to_size(ctx.shapes[1]), None, None
 
 
@@ -538,6 +550,7 @@ class _Engine:
         # are counted from the graph after the forward (see hidden_readers); otherwise they make the pass run again
         self.cautious = cautious
         self.registered: list[_Point] = []  # the points with a graph node, in the order made
+        self.sum_operands: dict[int, list] = {}  # id(base) -> (base, Norm sum point, operand index): see norm_sum
         self.function_views = function_views  # rule modules whose view outputs get the in-place Function
         self.view_points: list[_Point] = []  # points at view outputs with a node pre-hook (see _output_prehook)
         self.view_bases: dict[int, list[_Point]] = {}  # id(base) -> points whose result is a view of it
@@ -646,6 +659,8 @@ class _Engine:
     def keep_before_change(self, tensor: Tensor, copy: Tensor | None = None) -> None:
         """``tensor`` (or what it is a view of) is about to change in place: points reading it keep a copy (``copy``,
         a copy of ``tensor`` already made, where it is one of the same values)."""
+        if self.sum_operands:
+            self._keep_operands(tensor)
         base = tensor._base
         if base is not None and self.view_bases:  # a layer's output that is a view of the same base (h[:, 0] of
             for point in self.view_bases.get(id(base), ()):  # h = linear(tokens)): its values may change too
@@ -688,6 +703,25 @@ class _Engine:
         if any(point is not None and point.uses for point in points):
             self.keep_before_change(tensor)
 
+    def _watch_operands(self, point: _Point, operands: tuple) -> None:
+        """Note the Norm sum's operands (``None``: one whose value is a copy) by their base, for
+        :meth:`keep_before_change`."""
+        for index, operand in enumerate(operands):
+            if operand is not None:
+                base = operand if operand._base is None else operand._base
+                self.sum_operands.setdefault(id(base), []).append((base, point, index))
+
+    def _keep_operands(self, tensor: Tensor) -> None:
+        """Sum operands sharing ``tensor``'s base (``tensor`` itself, a view of it, its base) keep a copy of their
+        values before ``tensor`` changes in place."""
+        for candidate in (tensor, tensor._base):
+            if candidate is None:
+                continue
+            for base, point, index in self.sum_operands.get(id(candidate), ()):
+                if base is candidate and point.operands is not None:
+                    value = point.operands[index][0].clone()
+                    point.operands[index] = [value, value._version]
+
     def norm_sum(self, a: Tensor, b: Tensor, in_place: bool) -> Tensor:
         for operand in (a, b):  # Norm hands each operand relevance proportional to it
             source = self.point_of(operand)
@@ -695,9 +729,12 @@ class _Engine:
                 source.good += 1
         point = _Point("norm", a, NORM_STABILIZER)  # z: set by the sum point's forward
         if not in_place:
-            return self._register(point, _SumPoint.apply(a, b, None, point))
+            result = self._register(point, _SumPoint.apply(a, b, None, point))
+            self._watch_operands(point, (a, b))
+            return result
         a_value = a.detach().clone()
         result = _SumPoint.apply(a, b, a_value, point)
+        self._watch_operands(point, (None, b))
         self.keep_before_change(a, a_value)  # e.g. the BatchNorm point of `out` in `out += identity`
         source = self.point_of(a)
         if source is not None and source.node is not None and source.node[0] is a.grad_fn:
@@ -1080,13 +1117,6 @@ class _Engine:
                 rels = torch.autograd.grad(logits, leaves, grad_output, allow_unused=True)
             except RuntimeError as error:
                 message = str(error)
-                if type(error).__name__ == "CheckpointError" and "recomputation" in message:
-                    raise UnsupportedModel("a sum of two relevance-carrying tensors (a residual add) runs inside "
-                                           "torch.utils.checkpoint(use_reentrant=False): checkpoint's recomputation in "
-                                           "the backward runs without the engine's point at the sum; use "
-                                           "backend='zennit' for this model, or run its forward without "
-                                           "checkpointing while attributing (e.g. only in training mode: "
-                                           "`if self.training`)") from error
                 if "heckpoint" in message and ".grad()" in message:  # (the wording varies across torch releases)
                     raise UnsupportedModel("it uses torch.utils.checkpoint with use_reentrant=True, whose backward "
                                            "re-runs the forward and cannot run inside torch.autograd.grad; "
@@ -1099,7 +1129,9 @@ class _Engine:
                 module.inplace = True
             for point in itertools.chain(self.points.values(), self.registered):  # point -> result -> its autograd
                 point.result = point.inp = point.z = point.fused = point.alias = point.node = None  # node -> point
+                point.operands = None
             self.registered.clear()
+            self.sum_operands.clear()
             for handle in self.output_hooks:  # (a freed result's id may have been taken by a later point)
                 handle.remove()
             self.output_hooks.clear()
