@@ -77,8 +77,8 @@ class TestAttributor:
             with pytest.raises(ValueError) as caught:
                 Attributor(model)(x, targets, index=index)
             messages.add(str(caught.value))
-        assert messages == {"the model should return logits of shape (B, K) = (1, K) for a batch of 1, but returned "
-                            "(5,)."}
+        assert messages == {("the model should return logits of shape (B, K) = (1, K) for a batch of 1, but returned "
+                             "(5,).")}
 
     def test_index_still_validates_every_label(self):
         model = bn_model()
