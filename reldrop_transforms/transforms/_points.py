@@ -67,6 +67,10 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         self.channels_first = check_bool("channels_first", channels_first)
         self.keys = check_keys(keys)
 
+    def check_settings(self) -> None:
+        super().check_settings()
+        self.channels_first = check_bool("channels_first", self.channels_first)  # ("False" would count as true)
+
     def draw(self, num_clouds: int, pos: Tensor) -> tuple[Tensor, ...]:
         """The random tensors of the masks of ``num_clouds`` clouds: one row per cloud, or per point of ``pos``
         for per-point noise (dense ``(B, N, D)``, or PyG ``(N, D)``), from ``generator``."""
@@ -97,7 +101,6 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         sample = inputs if len(inputs) > 1 else inputs[0]
         first = inputs[0] if len(inputs) > 1 else (sample[0] if isinstance(sample, (tuple, list)) else sample)
         self.check_settings()  # (as set now, also after construction: before any coin)
-        self.channels_first = check_bool("channels_first", self.channels_first)  # ("False" would count as true)
         fill = _check_fill(self.fill)
         if isinstance(first, BaseData):
             return self._call_pyg(sample, first, fill)
