@@ -337,8 +337,7 @@ class Attributor:
         if index is not None:
             index = check_index(index, inputs.shape[0], inputs.device, in_range=not checked)
             if index.shape[0] == 0:  # still run the model on the first samples, and validate every label against
-                num_outputs = _num_outputs(self._forward_first(module, inputs), min(2, inputs.shape[0]))  # the
-                # same errors whatever the coins: its outputs checked as those of any attribution with these coins
+                num_outputs = self._first_outputs(module, inputs)  # the same errors whatever the coins
                 if targets is not None:  # whatever the coins
                     check_class_range(targets, num_outputs)
                 return inputs[:0].detach().clone()
@@ -363,7 +362,7 @@ class Attributor:
             if index is None:  # selected names them (torch's "expected input[3, 1, 8, 8] to have 3 channels"): the
                 raise  # error of the first samples instead, the same whatever the coins (and as with none)
             try:
-                _num_outputs(self._forward_first(module, inputs), min(2, inputs.shape[0]))
+                self._first_outputs(module, inputs)
             except Exception as first:
                 raise first from error
             raise
@@ -566,15 +565,17 @@ class Attributor:
                                             (*tensors, static_targets, *post_inputs), body)
         return tuple(outputs) if bool(status.all()) else None
 
-    def _forward_first(self, module: nn.Module, inputs: Tensor) -> Tensor:
-        """The logits of a plain forward of the batch's first two samples (one in a batch of one; as an attribution
-        of selected rows runs at least two), in eval mode, without gradients, state preserved; first the refusal of
-        a model LRP cannot explain (which may not run on few samples: BatchNorm without running statistics), as an
-        attribution gives it."""
+    def _first_outputs(self, module: nn.Module, inputs: Tensor) -> int:
+        """The number of outputs of a plain forward of the batch's first two samples (one in a batch of one; as an
+        attribution of selected rows runs at least two), in eval mode, without gradients, state preserved, its logits
+        checked as an attribution's (:func:`_num_outputs`); first the refusal of a model LRP cannot explain (which may
+        not run on few samples: BatchNorm without running statistics), as an attribution gives it."""
         _check_explainable(module)
+        first = inputs[:2]
         with model_lock(module), torch.no_grad(), preserved_model_state(module, keep_values=False):
             module.eval()
-            return module(inputs[:2].clone())  # (a forward may change its input in place)
+            logits = module(first.clone())  # (a forward may change its input in place)
+        return _num_outputs(logits, first.shape[0])
 
     def _say_once(self, key: Hashable, message: str, *, warn: bool, category: type[Warning] = RelevanceBackendWarning,
                   stacklevel: int = 4) -> None:
