@@ -515,6 +515,8 @@ class _Forward(TorchFunctionMode):
                 if added is not None:
                     engine.count_uses(added[:2])
                     return engine.norm_sum(*added)
+            if kind & _MUTATES and engine.rule_modules and args and isinstance(args[0], Tensor):
+                engine.check_input_change(args[0], func)
             if kind & _IN_PLACE and args and isinstance(args[0], Tensor):
                 engine.keep_before_change(args[0])
             elif kind & _MUTATES and args and isinstance(args[0], Tensor):  # an in-place ReLU-like clamp
@@ -565,6 +567,9 @@ class _Engine:
         # BatchNorm has read it); an id reused by a new tensor is told apart by the dead reference.
         self.points: dict[int, _Point] = {}
         self.depth = 0  # how many hooked modules' forwards are running
+        # the rule modules whose forwards are running, innermost last, and what their input point's input is a view
+        # of (itself if none; None without an input point): see check_input_change
+        self.rule_modules: list[tuple[nn.Module, Tensor | None]] = []
         self.merges: list[tuple[_Point, _Point]] = []  # (linear point, BatchNorm point)
         # chains z -> ReLU [-> max pooling / reshapes] -> rule layer (see _settle_chains)
         # id(ReLU's pass point) -> (point at z, ReLU output, whether it is an nn.ReLU: x = z wherever x != 0)
@@ -749,6 +754,7 @@ class _Engine:
 
     def _rule_pre_hook(self, module: nn.Module, args):
         self.depth += 1
+        self.rule_modules.append((module, None))
         if not args:  # (module(input=x): its input is not seen)
             raise UnsupportedModel(keyword_input_problem(module))
         if module is self.first or not isinstance(args[0], Tensor):
@@ -765,10 +771,12 @@ class _Engine:
                 if source.kind != "select":
                     link = _Link()
                     self.links.append((source, link))
+            self.rule_modules[-1] = (module, x if x._base is None else x._base)
             return (_InputPoint.apply(x, link), *args[1:])
 
     def _rule_hook(self, module: nn.Module, args, out):
         self.depth -= 1
+        self.rule_modules.pop()
         if not args or not isinstance(args[0], Tensor):
             return None
         with _plain():
@@ -895,6 +903,18 @@ class _Engine:
                 self.relus[id(point)] = (producer, result, True)
             self._register(point, result)
             return None if in_place else result
+
+    def check_input_change(self, tensor: Tensor, func) -> None:
+        """Refuse an in-place change of the input of the rule layer whose forward is running (``x.mul_(2)`` in its
+        forward, or of a view of ``x``): the rule reads the input the layer was given (autograd refused it with "Output
+        0 of _InputPoint is a view and is being modified inplace", naming no layer)."""
+        module, root = self.rule_modules[-1]
+        if root is not None and (tensor if tensor._base is None else tensor._base) is root:
+            name = type(module).__name__
+            raise UnsupportedModel(f"the forward of {name} changes its input in place "
+                                   f"({getattr(func, '__name__', func)}), and LRP's rule for that layer reads the "
+                                   f"input it was given; change it out of place in {name}.forward (x = x * 2 rather "
+                                   "than x.mul_(2))")
 
     def _verify(self, logits: Tensor) -> None:
         """Raise :class:`_Misjudged` where a ReLU output that stands in for its layer's output (see

@@ -220,6 +220,18 @@ class _SummingTanh(nn.Tanh):
         return super().forward(x).sum(-1, keepdim=True).expand_as(x)[..., :1]
 
 
+class _DoublingConv(nn.Conv2d):
+    """A rule layer whose own forward changes its input in place (``x.mul_(2)``, or through a view of it)."""
+
+    def __init__(self, *args, view: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.view = view
+
+    def forward(self, x):
+        (x[:, :1] if self.view else x).mul_(2.0)
+        return super().forward(x)
+
+
 class TestAuto:
     def test_auto_uses_fast_when_supported(self, monkeypatch):
         import reldrop_transforms.attribution._attributor as attributor_module
@@ -270,6 +282,19 @@ class TestAuto:
         with pytest.raises(ValueError, match="cannot be explained with LRP: the Pass rule needs an elementwise "
                                              "_SummingTanh"):
             relevance(model, torch.randn(2, 4), backend=backend)
+
+    @pytest.mark.parametrize("view", [False, True])
+    def test_rule_layer_changing_its_input_in_place_is_refused_by_name(self, view):
+        """The rule reads the input the layer was given, which its forward then changes (was: autograd's "Output 0 of
+        _InputPoint is a view and is being modified inplace", naming no layer)."""
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), _DoublingConv(4, 4, 3, view=view), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(ValueError, match=r"cannot be explained with LRP: the forward of _DoublingConv changes its "
+                                             r"input in place"):
+            relevance(model, torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), backend="fast")
+        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+        assert all(p.requires_grad for p in model.parameters()) and model.training
 
     def test_fast_rejects_other_composites(self):
         with pytest.raises(ValueError, match="backend='fast' computes the composites"):
