@@ -78,14 +78,19 @@ class RelevanceSettings:
     dtype = property(lambda self: self._attributor.dtype, doc="Autocast dtype of the attribution, or None.")
     cuda_graphs = property(lambda self: self._attributor.cuda_graphs, doc="Replay captured CUDA graphs.")
 
-    def attribution_options(self) -> dict[str, Any]:
-        """The attribution's settings for ``repr``: composite, epsilon, backend, and dtype / cuda_graphs where set."""
-        options = {"composite": self.composite, "epsilon": self.epsilon, "backend": self.backend}
+    def settings_repr(self) -> str:
+        """``key=value, ...`` for ``repr``: the public plain settings (numbers, strings, tuples, ``None``: ``p``,
+        ``labels_getter='default'``; a callable getter is left out, as torchvision does), then the attribution's
+        composite, epsilon, backend, and dtype / cuda_graphs where set; values as ``repr`` writes them."""
+        options = {key: value for key, value in vars(self).items()
+                   if not key.startswith("_") and key != "training"
+                   and (value is None or isinstance(value, (bool, int, float, str, tuple)))}
+        options.update(composite=self.composite, epsilon=self.epsilon, backend=self.backend)
         if self.dtype is not None:
             options["dtype"] = self.dtype
         if self.cuda_graphs:
             options["cuda_graphs"] = True
-        return options
+        return ", ".join(f"{key}={value!r}" for key, value in options.items())
 
     # -- dense batches ---------------------------------------------------------------------------------------------
     def masks(self, inputs: Tensor, targets: Tensor | None, reduce: Callable[[Tensor], Tensor],

@@ -57,8 +57,7 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         self.value = _check_value(value)
 
     def extra_repr(self) -> str:
-        settings = ", ".join(f"{key}={value!r}" for key, value in self.attribution_options().items())
-        return ", ".join(part for part in (super().extra_repr(), settings) if part)
+        return self.settings_repr()  # (torchvision's writes strings unquoted: labels_getter=default)
 
     def forward(self, *inputs: Any) -> Any:
         check_not_in_worker(type(self).__name__)  # first: in a worker, a per-sample call is no batch either

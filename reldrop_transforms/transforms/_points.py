@@ -88,10 +88,7 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        options = {key: value for key, value in vars(self).items()
-                   if not key.startswith("_") and isinstance(value, (bool, int, float, str, tuple))}
-        options.update(self.attribution_options())
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
+        return f"{type(self).__name__}({self.settings_repr()})"
 
     # -- dispatch --------------------------------------------------------------------------------------------
     def __call__(self, *inputs: Any) -> Any:

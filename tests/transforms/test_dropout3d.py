@@ -18,7 +18,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import BaseTransform
 
 import reldrop_transforms
-from reldrop_transforms import RelevanceDropout2d, RelevanceDropout3d, RelevanceErasing3d
+from reldrop_transforms import RelevanceDropout2d, RelevanceDropout3d, RelevanceErasing2d, RelevanceErasing3d
 from reldrop_transforms.attribution import relevance, relevance_graph
 from reldrop_transforms.functional import keep_least_relevant, normalize_relevance, relevance_dropout_mask
 
@@ -281,6 +281,15 @@ class TestRelevanceDropout3d:
         assert "dtype" not in plain and "cuda_graphs" not in plain
         text = repr(cls(nn.Linear(2, 2), dtype=torch.bfloat16, cuda_graphs=True, backend="fast"))
         assert "dtype=torch.bfloat16" in text and "cuda_graphs=True" in text and "backend='fast'" in text
+
+    @pytest.mark.parametrize("cls", [RelevanceDropout2d, RelevanceErasing2d, RelevanceDropout3d, RelevanceErasing3d],
+                             ids=lambda cls: cls.__name__)
+    def test_repr_quotes_strings_and_shows_none(self, cls):
+        # the 2D transforms wrote labels_getter=default (torchvision's repr leaves strings unquoted), and a None getter
+        # (the predicted class) was left out
+        assert "labels_getter='default'" in repr(cls(nn.Linear(2, 2)))
+        assert "labels_getter=None" in repr(cls(nn.Linear(2, 2), labels_getter=None))
+        assert "labels_getter" not in repr(cls(nn.Linear(2, 2), labels_getter=lambda sample: sample[1]))
 
     @pytest.mark.parametrize("fill", ["remove", "zero", "first", 2.5])
     @pytest.mark.parametrize("features", [2, 0])
