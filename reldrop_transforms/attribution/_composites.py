@@ -353,8 +353,11 @@ def _merge_problem(linear: nn.Module, batch_norm: nn.Module, out_ndim: int | Non
         return ("the layer's weight is computed (a parametrization, or a weight_norm / spectral_norm hook), and "
                 "zennit's MergeBatchNorm writes into a weight Parameter")
     if reweighted:
-        return (f"the layer's class {type(linear).__name__} computes its output from a transformed weight (e.g. "
-                "weight standardisation), and zennit's MergeBatchNorm writes the BatchNorm into the weight Parameter")
+        base = next(cls for cls in type(linear).__mro__ if cls.__module__.startswith("torch.")).__name__
+        return (f"the layer's class {type(linear).__name__} computes its output otherwise than torch's {base} with "
+                "the same weight and bias (from a transformed weight, e.g. weight standardisation, or with padding of "
+                "its own, e.g. timm's Conv2dSame), and zennit's MergeBatchNorm writes the BatchNorm into the weight "
+                "Parameter, which such a forward may not use as torch's layer does")
     weight = getattr(linear, "weight", None)
     if isinstance(weight, Tensor):
         transposed = isinstance(linear, nn.modules.conv._ConvTransposeNd)

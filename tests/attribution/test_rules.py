@@ -1860,10 +1860,10 @@ class TestZennitCannotMerge:
                                                 nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 5)),
                                   shape=(8, 3, 8, 8)).double().eval()
         x, targets = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 3])
-        with pytest.raises(ValueError, match="StdConv2d computes its output from a transformed weight"):
+        with pytest.raises(ValueError, match="StdConv2d computes its output otherwise than torch's Conv2d with the same weight and bias"):
             relevance(model, x, targets, backend="zennit")
         # with another composite the advice is not the fast engine, which computes epsilon_flat only
-        with pytest.raises(ValueError, match=r"transformed weight.*The fast engine computes 'epsilon_flat' only"):
+        with pytest.raises(ValueError, match=r"from a transformed weight.*The fast engine computes 'epsilon_flat' only"):
             relevance(model, x, targets, backend="auto", composite="epsilon_plus_flat")
         # the same standardisation in _conv_forward (forward inherited): refused too, it is what the layer computes
         # that counts; a subclass that only adds to the call (logging) merges as the plain layer (it was refused)
@@ -1882,7 +1882,7 @@ class TestZennitCannotMerge:
         variant = copy.deepcopy(model)
         variant[2] = StdInConvForward(4, 4, 3).double()
         variant[2].load_state_dict(model[2].state_dict())
-        with pytest.raises(ValueError, match="StdInConvForward computes its output from a transformed weight"):
+        with pytest.raises(ValueError, match="StdInConvForward computes its output otherwise than torch's Conv2d"):
             relevance(variant, x, targets, backend="zennit")
         plain, logging = copy.deepcopy(model), copy.deepcopy(model)
         plain[2], logging[2] = nn.Conv2d(4, 4, 3).double(), Logging(4, 4, 3).double()
@@ -1898,6 +1898,27 @@ class TestZennitCannotMerge:
             w = model[2].weight
             twin[2].weight.copy_((w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5))
             twin[2].bias.copy_(model[2].bias)
+        oracle = zennit_oracle(twin, x, targets, paper_composite(1e-3, [SequentialMergeBatchNorm()]))
+        assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
+
+    def test_batchnorm_after_a_conv_padding_in_its_forward_is_refused_for_that_reason(self):
+        """timm's Conv2dSame pads its input in its forward: the refusal named weight standardisation as the reason;
+        the fast engine computes it (against zennit on a twin whose padding is a module of its own)."""
+
+        class Conv2dSame(nn.Conv2d):
+            def forward(self, x):
+                return super().forward(nn.functional.pad(x, (1, 1, 1, 1)))
+
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), Conv2dSame(4, 4, 3),
+                                                nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(256, 5)),
+                                  shape=(8, 3, 8, 8)).double().eval()
+        x, targets = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 3])
+        with pytest.raises(ValueError, match=r"Conv2dSame computes its output otherwise than torch's Conv2d .*or with "
+                                             r"padding of its own"):
+            relevance(model, x, targets, backend="zennit")
+        twin = nn.Sequential(model[0], model[1], nn.ZeroPad2d(1), nn.Conv2d(4, 4, 3).double(), *model[3:])
+        twin[3].load_state_dict(model[2].state_dict())
         oracle = zennit_oracle(twin, x, targets, paper_composite(1e-3, [SequentialMergeBatchNorm()]))
         assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
 
