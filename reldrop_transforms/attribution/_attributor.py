@@ -40,6 +40,24 @@ def model_lock(model: nn.Module) -> threading.RLock:
     return _LOCK
 
 
+class _Attributing(threading.local):
+    depth = 0  # attributions running in this thread (a forward_fn may attribute again)
+
+
+_attributing = _Attributing()
+
+
+@contextlib.contextmanager
+def _attributing_model(module: nn.Module) -> Iterator[None]:
+    """The attribution lock, and this thread's count of running attributions (see :meth:`Attributor.__getstate__`)."""
+    with model_lock(module):
+        _attributing.depth += 1
+        try:
+            yield
+        finally:
+            _attributing.depth -= 1
+
+
 class RelevanceBackendWarning(UserWarning):
     """Kept for code that filters it: ``backend="auto"`` no longer falls back from the fast engine to zennit (the
     fast engine computes ``"epsilon_flat"`` on every model zennit can explain, and both refuse the others)."""
@@ -272,7 +290,12 @@ class Attributor:
         self._hints = {}
 
     def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
+        with model_lock(self._model):  # waits for another thread's attribution (pickle then copies the model)
+            if _attributing.depth:
+                raise RuntimeError("an Attributor (or a transform) cannot be copied or pickled while an attribution "
+                                   "runs in this thread (from a hook or a forward_fn inside it): the model is in "
+                                   "its attribution state there (eval mode, hooks); copy it before or after the call.")
+            state = self.__dict__.copy()
         state["_graphs"] = self._graphs.max_entries  # captured CUDA graphs do not travel
         state["_types"] = None  # a cache, rebuilt on use
         state["_hints"] = {}
@@ -286,7 +309,8 @@ class Attributor:
     def __deepcopy__(self, memo: dict) -> "Attributor":
         clone = Attributor.__new__(Attributor)
         memo[id(self)] = clone
-        clone.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        with model_lock(self._model):  # the model is copied as no attribution has it (its flags, hooks)
+            clone.__setstate__(copy.deepcopy(self.__getstate__(), memo))
         return clone
 
     def __repr__(self) -> str:
@@ -470,8 +494,8 @@ class Attributor:
         :meth:`graphs_apply` (one graph per shape, replayed per batch), eagerly otherwise.
 
         ``post`` must be a pure tensor function (no host synchronisation, no random draws: draw them into
-        ``post_inputs``); ``key`` names its settings (a new key is a new graph). The outputs of a replay are static
-        buffers, valid until the next call. Labels are validated before (unless ``checked``, as in :meth:`__call__`),
+        ``post_inputs``); ``key`` names its settings (a new key is a new graph). The outputs of a replay are copies
+        of its static buffers, made while the attribution lock is held (another thread's replay overwrites them). Labels are validated before (unless ``checked``, as in :meth:`__call__`),
         and the finiteness of the relevance after, with one synchronisation per batch.
         """
         if not self.graphs_apply(inputs):
@@ -560,10 +584,14 @@ class Attributor:
             status = torch.stack([valid[0], *(torch.isfinite(rel).all() for rel in rels)])
             return (*post(rels, *static[count + 1:]), status)
 
-        with model_lock(module), torch.autocast(device.type, enabled=False):
+        with _attributing_model(module), torch.autocast(device.type, enabled=False):
             *outputs, status = self._graphs(module, (key, predicted, self.epsilon),
                                             (*tensors, static_targets, *post_inputs), body)
-        return tuple(outputs) if bool(status.all()) else None
+            # The replay's outputs are the graph's static buffers, which the next replay (another thread's call)
+            # overwrites: copied while the lock is held, then the status read (its synchronisation waits for them)
+            outputs = [output.clone() for output in outputs]
+            ok = bool(status.all())
+        return tuple(outputs) if ok else None
 
     def _first_outputs(self, module: nn.Module, inputs: Tensor) -> int:
         """The number of outputs of a plain forward of the batch's first two samples (one in a batch of one; as an
@@ -572,7 +600,7 @@ class Attributor:
         not run on few samples: BatchNorm without running statistics), as an attribution gives it."""
         _check_explainable(module)
         first = inputs[:2]
-        with model_lock(module), torch.no_grad(), preserved_model_state(module, keep_values=False):
+        with _attributing_model(module), torch.no_grad(), preserved_model_state(module, keep_values=False):
             module.eval()
             logits = module(first.clone())  # (a forward may change its input in place)
         return _num_outputs(logits, first.shape[0])
@@ -601,7 +629,7 @@ class Attributor:
         def forward() -> Tensor:
             return call(*fed_copies(leaves))
 
-        with model_lock(module), torch.inference_mode(False), torch.enable_grad(), autocast:
+        with _attributing_model(module), torch.inference_mode(False), torch.enable_grad(), autocast:
             modules = tuple(module.modules())  # one walk of the tree for the checks, the guard and the engine
             _check_explainable(module, modules)
             leaves = fresh_leaves(inputs)

@@ -1071,7 +1071,9 @@ class _Engine:
         self.sequentials_running[module] = self.sequentials_running.get(module, 0) + 1
 
     def _sequential_leaves(self, module: nn.Module, args, out) -> None:
-        self.sequentials_running[module] -= 1
+        running = self.sequentials_running.get(module, 0)  # (always called: also where a forward pre-hook of the
+        if running:  # caller's, which ran before _sequential_enters, raised; torch would warn of a KeyError here)
+            self.sequentials_running[module] = running - 1
 
     def run(self, leaves: tuple[Tensor, ...], call: Callable[[], Tensor],
             grad_output_fn: Callable[[Tensor], Tensor], status: dict | None = None) -> tuple[Tensor, ...]:

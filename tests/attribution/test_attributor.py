@@ -236,6 +236,61 @@ class TestThreads:
         assert_same_state(before, model)
 
 
+_PARKING = {}  # the events of _park (a module-level hook, which pickle can copy)
+
+
+def _park(module, args):
+    """Holds the thread named "attributing" mid-forward until released."""
+    if threading.current_thread().name == "attributing" and _PARKING:
+        _PARKING["inside"].set()
+        _PARKING["release"].wait(10)
+
+
+class TestCopiesDuringAttribution:
+    """A transform copied or pickled while another thread's attribution of its model runs: the copy was taken
+    mid-attribution (eval mode, requires_grad=False, the engine's hooks: unusable; or deepcopy raised "Only Tensors
+    created explicitly by the user ... support the deepcopy protocol", pickle "cannot pickle 'weakref' object")."""
+
+    @staticmethod
+    def _clean(model):
+        return (all(m.training for m in model.modules()) and all(p.requires_grad for p in model.parameters())
+                and sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 1)
+
+    @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+    def test_waits_for_the_running_attribution(self, how):
+        model = bn_model().train()
+        inside, release = threading.Event(), threading.Event()
+        _PARKING.update(inside=inside, release=release)
+        model.register_forward_pre_hook(_park)
+        t = rt.RelevanceDropout2d(model, p=1.0)
+        x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 5, (4,))
+        attributing = threading.Thread(target=lambda: t(x, y), name="attributing")
+        attributing.start()
+        assert inside.wait(10)
+        copies = []
+        copier = threading.Thread(target=lambda: copies.append(
+            copy.deepcopy(t) if how == "deepcopy" else pickle.loads(pickle.dumps(t))))
+        copier.start()
+        copier.join(0.3)
+        waited = copier.is_alive()  # the copy waits for the attribution
+        release.set()
+        attributing.join(10)
+        copier.join(10)
+        _PARKING.clear()
+        assert waited and len(copies) == 1
+        assert self._clean(copies[0].model) and self._clean(model)
+        copies[0](x, y)  # usable
+
+    def test_copy_inside_the_attribution_is_refused(self):
+        model = bn_model().train()
+        t = rt.RelevanceDropout2d(model, p=1.0)
+        model.register_forward_pre_hook(lambda module, args: copy.deepcopy(t) and None)
+        before = snapshot(model)
+        with pytest.raises(RuntimeError, match="cannot be copied or pickled while an attribution runs in this thread"):
+            t(torch.randn(4, 3, 16, 16), torch.randint(0, 5, (4,)))
+        assert_same_state(before, model)
+
+
 class TestValidationBeforeCoins:
     """Labels are validated for the whole batch before any coin: the same error for every seed and p."""
 

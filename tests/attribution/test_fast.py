@@ -10,6 +10,8 @@ layer's output is near zero.
 """
 
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -346,6 +348,21 @@ def test_no_memory_kept_between_calls():
     for _ in range(5):
         relevance(model, x, targets, backend="fast")
     assert live_tensors() <= before
+
+
+def test_a_failing_pre_hook_of_the_callers_gives_its_own_error_only():
+    """A forward pre-hook of the caller's on an nn.Sequential raising before the engine's own: the engine's
+    always-called forward hook raised a KeyError, which torch turned into a UserWarning beside the caller's error."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(144, 3))
+
+    def refuse(module, args):
+        raise LookupError("the caller's hook")
+
+    model.register_forward_pre_hook(refuse)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(LookupError, match="the caller's hook"):
+            relevance(model, torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), backend="fast")
 
 
 def test_engine_undoes_what_it_patches_itself():

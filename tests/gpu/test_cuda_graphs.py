@@ -182,6 +182,38 @@ class TestCapturedBodyOnCpu:
             graph(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
 
 
+class _StaticGraphs(_EagerGraphs):
+    """As a captured graph: every call returns the same output tensors (static buffers), overwritten by the next."""
+
+    def __init__(self):
+        super().__init__()
+        self.outputs = None
+
+    def __call__(self, model, extra_key, inputs, body):
+        outputs = super().__call__(model, extra_key, inputs, body)
+        if self.outputs is None:
+            self.outputs = tuple(output.clone() for output in outputs)
+        for static, output in zip(self.outputs, outputs):
+            static.copy_(output)
+        return self.outputs
+
+
+def test_replay_outputs_are_copies_made_under_the_lock(monkeypatch):
+    """The replay's static outputs were returned as they are, after the attribution lock was released: another
+    thread's replay could overwrite a batch's mask before it was applied (its mask on this thread's images)."""
+    import reldrop_transforms.attribution._attributor as attributor_module
+
+    monkeypatch.setattr(attributor_module.Attributor, "graphs_apply", lambda self, inputs: self.cuda_graphs)
+    attributor = attributor_module.Attributor(small_model(), cuda_graphs=True)
+    attributor._graphs = graphs = _StaticGraphs()
+    images, labels = image_batch()
+    first = attributor.then(images, labels, lambda rel: (rel * 1,))[0]
+    expected = first.clone()
+    attributor.then(images.flip(0), labels.flip(0), lambda rel: (rel * 1,))  # the next replay
+    assert not torch.equal(graphs.outputs[0], expected)  # (the static buffer did change)
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+
+
 def pyg_batch():
     from torch_geometric.data import Batch, Data
 
