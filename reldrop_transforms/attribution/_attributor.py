@@ -20,7 +20,7 @@ from ._composites import check_composite, zennit_relevance
 from ._fast import FAST_COMPOSITES, UnsupportedModel, fast_relevance
 from ._graphs import GraphCache
 from ._rules import ExplanationError, RuleTypes, explanation_problem, inputs_only_carry_relevance, rule_types
-from ._state import model_device, preserved_model_state, set_eval, unwrap_model
+from ._state import model_device, parameter_writes_undone, preserved_model_state, set_eval, unwrap_model
 
 __all__ = ["Attributor", "RelevanceBackendWarning", "model_lock", "check_not_in_worker", "check_inputs",
            "output_relevance", "check_finite"]
@@ -600,7 +600,10 @@ class Attributor:
         not run on few samples: BatchNorm without running statistics), as an attribution gives it."""
         _check_explainable(module)
         first = inputs[:2]
-        with _attributing_model(module), torch.no_grad(), preserved_model_state(module, keep_values=False):
+        modules = tuple(module.modules())
+        with _attributing_model(module), torch.no_grad(), preserved_model_state(module, keep_values=False,
+                                                                                 modules=modules), \
+                parameter_writes_undone(modules):
             module.eval()
             logits = module(first.clone())  # (a forward may change its input in place)
         return _num_outputs(logits, first.shape[0])

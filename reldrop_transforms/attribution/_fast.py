@@ -52,6 +52,7 @@ from ._rules import (
     ADD_NAMES, NO_READ_NAMES, NORM_STABILIZER, RuleTypes, computed_weight, first_linear, has_tensor,
     keyword_input_problem, relevance_add, rule_types, stabilize,
 )
+from ._state import ParameterWrites
 
 __all__ = ["FAST_COMPOSITES", "UnsupportedModel", "fast_relevance"]
 
@@ -515,8 +516,10 @@ class _Forward(TorchFunctionMode):
                 if added is not None:
                     engine.count_uses(added[:2])
                     return engine.norm_sum(*added)
-            if kind & _MUTATES and engine.rule_modules and args and isinstance(args[0], Tensor):
-                engine.check_input_change(args[0], func)
+            if kind & _MUTATES and args and isinstance(args[0], Tensor):
+                engine.parameter_writes.before_change(args[0])
+                if engine.rule_modules:
+                    engine.check_input_change(args[0], func)
             if kind & _IN_PLACE and args and isinstance(args[0], Tensor):
                 engine.keep_before_change(args[0])
             elif kind & _MUTATES and args and isinstance(args[0], Tensor):  # an in-place ReLU-like clamp
@@ -588,6 +591,7 @@ class _Engine:
         # a rule module's output (and its version) before the caller's forward hooks ran (see _own_output)
         self.own_outputs: dict[nn.Module, tuple[Tensor, int]] = {}
         self.scales: dict[nn.Module, Tensor] = {}  # each BatchNorm's scale (see _batchnorm_scales)
+        self.parameter_writes = ParameterWrites(modules)  # parameters the forward changes in place: put back after
 
     # -- points ------------------------------------------------------------------------------------------------
     def _register(self, point: _Point, result: Tensor) -> Tensor:
@@ -1145,6 +1149,7 @@ class _Engine:
                                            "checkpoint with use_reentrant=False instead") from error
                 raise
         finally:  # everything this pass changed on the model is undone here
+            self.parameter_writes.restore()
             for handle in handles:
                 handle.remove()
             for module in in_place:

@@ -14,8 +14,10 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-__all__ = ["preserved_model_state", "unwrap_model", "model_device", "set_eval"]
+__all__ = ["preserved_model_state", "unwrap_model", "model_device", "set_eval", "ParameterWrites",
+           "parameter_writes_undone"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -266,3 +268,70 @@ def preserved_model_state(model: nn.Module, *, keep_values: bool = True,
             tree.restore()
             record.restore()
             values.restore()
+
+
+class ParameterWrites:
+    """The values of the parameters that in-place operations of a forward change (a max-norm constraint applied in
+    ``forward``: ``self.weight.copy_(...)`` under ``no_grad``), copied just before the first change of each and put
+    back by :meth:`restore`: what :func:`preserved_model_state` does not record without ``keep_values`` (a copy of
+    every parameter), at the price of a copy of only those that change. Changes made without an operation the
+    caller reports (an ``out=`` argument, a C++ extension's kernel) are not seen."""
+
+    __slots__ = ("modules", "storages", "saved")
+
+    def __init__(self, modules: Sequence[nn.Module]) -> None:
+        self.modules = modules
+        self.storages: dict[int, list[torch.Tensor]] | None = None  # storage address -> parameters (made on first use)
+        self.saved: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> its values before the first change
+
+    def before_change(self, tensor: torch.Tensor) -> None:
+        """``tensor`` (or a view of it, or its ``.data``) is about to change in place."""
+        storages = self.storages
+        if storages is None:
+            storages = self.storages = {}
+            for module in self.modules:
+                for param in module._parameters.values():
+                    if isinstance(param, torch.Tensor) and param.layout == torch.strided and not param.is_meta:
+                        storages.setdefault(param.untyped_storage().data_ptr(), []).append(param)
+        if not storages or tensor.layout != torch.strided or tensor.is_meta:
+            return
+        for param in storages.get(tensor.untyped_storage().data_ptr(), ()):
+            if param not in self.saved:
+                self.saved[param] = param.detach().clone()
+
+    def restore(self) -> None:
+        if self.saved:
+            with torch.no_grad():
+                for param, values in self.saved.items():
+                    restore_values(param, values)
+            self.saved.clear()
+
+
+def _changes_first_argument(func, kwargs: dict | None) -> bool:
+    name = getattr(func, "__name__", "")
+    if name.startswith("__"):
+        return name == "__setitem__" or name.startswith("__i")
+    return name.endswith("_") or bool(kwargs and kwargs.get("inplace") is True)
+
+
+class _WatchParameterWrites(TorchFunctionMode):
+    def __init__(self, writes: ParameterWrites) -> None:
+        super().__init__()
+        self.writes = writes
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if args and isinstance(args[0], torch.Tensor) and _changes_first_argument(func, kwargs):
+            self.writes.before_change(args[0])
+        return func(*args, **kwargs) if kwargs else func(*args)
+
+
+@contextlib.contextmanager
+def parameter_writes_undone(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """A block (a plain forward) whose in-place changes of the parameters of ``modules`` are undone on exit
+    (:class:`ParameterWrites`, seen by a ``TorchFunctionMode``), also when it raises."""
+    writes = ParameterWrites(modules)
+    try:
+        with _WatchParameterWrites(writes):
+            yield
+    finally:
+        writes.restore()
