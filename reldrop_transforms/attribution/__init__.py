@@ -6,9 +6,9 @@
 
 from .._checks import BACKENDS
 from ._api import relevance, relevance_graph
-from ._attributor import Attributor, RelevanceBackendWarning, check_not_in_worker
+from ._attributor import Attributor, RelevanceBackendWarning, check_not_in_worker, model_lock
 from ._composites import composite_names
 from ._state import model_device, preserved_model_state, unwrap_model
 
 __all__ = ["Attributor", "relevance", "relevance_graph", "BACKENDS", "RelevanceBackendWarning", "composite_names",
-           "preserved_model_state", "unwrap_model", "model_device", "check_not_in_worker"]
+           "preserved_model_state", "unwrap_model", "model_device", "check_not_in_worker", "model_lock"]

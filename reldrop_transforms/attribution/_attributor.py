@@ -36,7 +36,15 @@ _LOCK = threading.RLock()
 
 def model_lock(model: nn.Module) -> threading.RLock:
     """The lock that serialises attributions: of ``model`` (the unwrapped module), and of any other model, which may
-    share its submodules or parameters."""
+    share its submodules or parameters. Hold it around a training step (or any forward) of ``model`` that runs while
+    another thread may attribute it (a prefetcher): attribution changes the model's flags and hooks for a call.
+
+    Example:
+        >>> model = torch.nn.Linear(3, 2)
+        >>> with model_lock(model):  # no attribution of any model runs in between
+        ...     loss = model(torch.randn(4, 3)).sum()
+        ...     loss.backward()
+    """
     return _LOCK
 
 

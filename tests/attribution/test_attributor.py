@@ -291,6 +291,43 @@ class TestCopiesDuringAttribution:
         assert_same_state(before, model)
 
 
+def test_training_under_model_lock_beside_a_prefetcher_thread():
+    """The documented way to train while another thread attributes the same model: the training steps hold
+    ``model_lock``; the trained weights equal those of a copy trained alone, bit for bit."""
+    torch.manual_seed(0)
+    model = bn_model().train()
+    shadow = copy.deepcopy(model)
+    t = rt.RelevanceDropout2d(model, p=1.0, generator=torch.Generator().manual_seed(1))  # (not the global RNG)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 5, (4,), generator=g)) for _ in range(6)]
+    stop, errors = threading.Event(), []
+
+    def prefetch():
+        try:
+            while not stop.is_set():
+                t(*batches[0])
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    prefetcher = threading.Thread(target=prefetch)
+    prefetcher.start()
+    try:
+        for net in (model, shadow):
+            torch.manual_seed(2)  # (the model's dropout)
+            optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+            for images, labels in batches:
+                with rt.attribution.model_lock(net):
+                    optimizer.zero_grad()
+                    nn.functional.cross_entropy(net(images), labels).backward()
+                    optimizer.step()
+    finally:
+        stop.set()
+        prefetcher.join(60)
+    assert not errors, errors
+    for (name, a), b in zip(model.state_dict().items(), shadow.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 class TestValidationBeforeCoins:
     """Labels are validated for the whole batch before any coin: the same error for every seed and p."""
 
