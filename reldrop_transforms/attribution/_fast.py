@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -67,6 +68,7 @@ _CONV_FORWARD = {nn.Conv1d: nn.functional.conv1d, nn.Conv2d: nn.functional.conv2
 
 
 _plain = torch._C.DisableTorchFunction  # the engine's own operations inside the forward: unseen by _Forward
+_thread = threading.get_ident  # the hooks act on the pass's own thread only (see _Engine.thread)
 _global_forward_hooks = nn.modules.module._global_forward_hooks  # (register_module_forward_hook's: a dict)
 
 
@@ -551,6 +553,9 @@ class _Engine:
     def __init__(self, model: nn.Module, epsilon: float, types: RuleTypes, modules: Sequence[nn.Module],
                  speculate: bool = False, function_views: frozenset = frozenset(), cautious: bool = True) -> None:
         self.model = model
+        # The hooks live on the caller's modules for the pass: a forward of them in another thread (inference beside
+        # the attribution) runs them too, and they leave it alone (the TorchFunctionMode is per thread already)
+        self.thread = _thread()
         # every value the graph may hold is kept (a merged layer's output too), and readers the engine did not see
         # are counted from the graph after the forward (see hidden_readers); otherwise they make the pass run again
         self.cautious = cautious
@@ -754,9 +759,13 @@ class _Engine:
 
     # -- hooks (the engine's own operations run unseen by _Forward: _plain) ------------------------------------
     def _enter(self, module: nn.Module, args) -> None:
+        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
+            return None
         self.depth += 1
 
     def _rule_pre_hook(self, module: nn.Module, args):
+        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
+            return None
         self.depth += 1
         self.rule_modules.append((module, None))
         if not args:  # (module(input=x): its input is not seen)
@@ -779,6 +788,8 @@ class _Engine:
             return (_InputPoint.apply(x, link), *args[1:])
 
     def _rule_hook(self, module: nn.Module, args, out):
+        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
+            return None
         self.depth -= 1
         self.rule_modules.pop()
         if not args or not isinstance(args[0], Tensor):
@@ -818,19 +829,27 @@ class _Engine:
             return self._register(point, out)
 
     def _first_hook(self, module: nn.Module, args, kwargs, out):
+        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
+            return None
         self.first_options = (args[1:], kwargs)  # (ConvTranspose's output_size: Flat re-runs the layer with them)
         return self._rule_hook(module, args, out)
 
     def _own_output(self, module: nn.Module, args, out) -> None:
         """(Runs before the caller's forward hooks of a rule module, see :meth:`run`.)"""
+        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
+            return None
         if isinstance(out, Tensor):
             self.own_outputs[module] = (out, out._version)
 
     def _pass_hook(self, module: nn.Module, args, out):
+        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
+            return None
         self.depth -= 1
         return self._pass(module, args, out)
 
     def _pass(self, module: nn.Module, args, out):
+        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
+            return None
         if not args or not isinstance(args[0], Tensor):
             return None
         with _plain():
@@ -854,6 +873,8 @@ class _Engine:
         hands it on to the ReLU alone, and nothing has read it yet. Elsewhere a forward may read ``z`` again after
         the ReLU, and zennit's rules (whose hooks run every module on a clone of its input) see ``z`` unchanged
         there: the ReLU runs out of place, as every other activation built in place."""
+        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
+            return None
         if args and isinstance(args[0], Tensor):
             producer = self._relu_producer(args[0])
             previous, parent = self.in_place_relus[module]
@@ -878,6 +899,8 @@ class _Engine:
         point, a Norm sum, selections and concatenations leading to those): :meth:`_verify` checks that after the
         forward, and the pass is rerun without this where it does not hold. Run in place, the ReLU's own backward
         (zero where ``x = 0``) stands for Pass under the same condition."""
+        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
+            return None
         in_place = self.in_place_now is module
         if in_place:
             module.inplace = False  # (set by _relu_pre_hook for this call only)
@@ -936,10 +959,14 @@ class _Engine:
                 raise _Misjudged
 
     def _batchnorm_hook(self, module: nn.Module, args, out):
+        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
+            return None
         self.depth -= 1
         return self._batchnorm(module, args, out)
 
     def _batchnorm(self, module: nn.Module, args, out):
+        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
+            return None
         if not args or not isinstance(args[0], Tensor):
             return None
         inp = args[0]
@@ -1072,9 +1099,13 @@ class _Engine:
         return parents
 
     def _sequential_enters(self, module: nn.Module, args) -> None:
+        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
+            return None
         self.sequentials_running[module] = self.sequentials_running.get(module, 0) + 1
 
     def _sequential_leaves(self, module: nn.Module, args, out) -> None:
+        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
+            return None
         running = self.sequentials_running.get(module, 0)  # (always called: also where a forward pre-hook of the
         if running:  # caller's, which ran before _sequential_enters, raised; torch would warn of a KeyError here)
             self.sequentials_running[module] = running - 1

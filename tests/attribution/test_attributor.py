@@ -328,6 +328,41 @@ def test_training_under_model_lock_beside_a_prefetcher_thread():
         assert torch.equal(a, b), name
 
 
+def test_inference_in_another_thread_beside_an_attribution():
+    """An eval-mode forward of the same model in another thread while the fast engine attributes it ran the
+    engine's hooks on its modules: KeyError and the engine's private _Misjudged in the inference thread, autograd
+    errors in the attributing one. The hooks now act on their own pass's thread only."""
+    model = bn_model().eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+    t = rt.RelevanceDropout2d(model, p=1.0, generator=torch.Generator().manual_seed(0))
+    reference = t(x, torch.tensor([0, 1, 2, 3]))[0]
+    stop, errors, outputs = threading.Event(), [], []
+
+    def infer():
+        try:
+            while not stop.is_set():
+                with torch.no_grad():
+                    outputs.append(model(x))
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    inference = threading.Thread(target=infer)
+    inference.start()
+    try:
+        results = []
+        for seed in range(30):
+            t.generator = torch.Generator().manual_seed(0)
+            results.append(t(x, torch.tensor([0, 1, 2, 3]))[0])
+    finally:
+        stop.set()
+        inference.join(60)
+    assert not errors, errors
+    assert outputs and all(torch.equal(out, expected) for out in outputs)
+    assert all(torch.equal(result, reference) for result in results)
+
+
 class TestValidationBeforeCoins:
     """Labels are validated for the whole batch before any coin: the same error for every seed and p."""
 
