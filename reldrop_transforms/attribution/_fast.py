@@ -978,17 +978,42 @@ class _Engine:
         # Merge: the linear layer's rule moves to the BatchNorm's output (undone after the forward if anything
         # else reads the layer's output: merging the weights would change what that reader sees)
         with _plain():
+            own = None
+            if not _builtin(module) or module in self.caller_hooked or _global_forward_hooks:
+                own = self._own_batchnorm(module, inp, out)
             producer.active = False
             if producer.uses == 1 and not self.cautious:  # the BatchNorm alone read it so far: its value is not
                 producer.z = None  # needed unless another reader comes (count_uses, keep_before_change take it back)
             flat = producer.kind == "flat"
             point = _Point(producer.kind, out.detach(), self.epsilon, producer.module, producer.inp)
+            if own is not None and not flat:  # the merged layer's output is the BatchNorm's own, not `out`: as a
+                point.kind, point.z = "hooked", own  # rule layer's changed by a hook (no ReLU output stands in)
             point.origin = module
             point.options = producer.options
             if not flat:
                 point.scale = _batchnorm_scale(module, out, self.scales)
             self.merges.append((producer, point))
             return self._register(point, _RulePoint.apply(out.detach(), inp, producer.inp if flat else None, point))
+
+    @staticmethod
+    def _own_batchnorm(module: nn.Module, inp: Tensor, out) -> Tensor | None:
+        """What the BatchNorm ``module`` itself computes on ``inp`` (eval statistics), where its output ``out`` is
+        another tensor: a subclass whose forward does more (timm's ``BatchNormAct2d`` applies its activation inside),
+        or a forward hook of the caller's that changed it (as for rule layers, zennit's rule then treats ``out`` as
+        the module's output and divides by the module's own); ``None`` where ``out`` is that. A subclass returning
+        no tensor of its input's shape is refused."""
+        name = type(module).__name__
+        if not isinstance(out, Tensor):
+            raise UnsupportedModel(f"a {name} (a BatchNorm, merged into the layer before it) returned a "
+                                   f"{type(out).__name__}, not a tensor")
+        if out.shape != inp.shape:
+            raise UnsupportedModel(f"a {name} (a BatchNorm, merged into the layer before it) returned a tensor of "
+                                   f"shape {tuple(out.shape)} for an input of shape {tuple(inp.shape)}: merging needs "
+                                   "an elementwise BatchNorm")
+        with torch.no_grad():
+            own = nn.functional.batch_norm(inp, module.running_mean, module.running_var, module.weight, module.bias,
+                                           False, 0.0, module.eps)
+        return None if torch.equal(own, out) else own
 
     def derive(self, kind: int, args: tuple, kwargs: dict | None, result, based: bool = False) -> None:
         """``result`` moves values of ReLU outputs (or of what derives from them): a selection, reshape or max
