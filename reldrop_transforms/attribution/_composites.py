@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._rules import (
     NO_READ_NAMES, NORM_STABILIZER, ExplanationError, RuleTypes, computed_weight, first_linear, has_tensor,
-    keyword_input_problem, relevance_add, rule_types, stabilize,
+    keyword_input_problem, operation_name, relevance_add, rule_types, stabilize,
 )
 
 __all__ = ["EPSILON_FLAT", "composite_names", "make_zennit_composite", "zennit_relevance"]
@@ -71,7 +71,7 @@ class _Probe(TorchFunctionMode):
         result = func(*args, **(kwargs or {}))
         # a reader (not a size query, nor an operation that returns its input itself: dropout in eval mode; one that
         # changed it in place is seen by the version check of _batchnorm)
-        if has_tensor(result) and getattr(func, "__name__", "") not in NO_READ_NAMES \
+        if has_tensor(result) and operation_name(func) not in NO_READ_NAMES \
                 and not (args and result is args[0]):
             for arg in args:
                 for tensor in arg if isinstance(arg, (tuple, list)) else (arg,):

@@ -51,7 +51,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._rules import (
     ADD_NAMES, NO_READ_NAMES, NORM_STABILIZER, RuleTypes, computed_weight, first_linear, has_tensor,
-    keyword_input_problem, relevance_add, rule_types, stabilize,
+    keyword_input_problem, operation_name, relevance_add, rule_types, stabilize,
 )
 from ._state import ParameterWrites
 
@@ -445,7 +445,7 @@ def _in_place(name: str) -> bool:
 
 
 def _operation_kind(func) -> int:
-    name = getattr(func, "__name__", "")
+    name = operation_name(func)
     in_place = _in_place(name)
     return (_ADD if name in ADD_NAMES else 0) | (_IN_PLACE if in_place else 0) \
         | (_THROUGH if name in _THROUGH_NAMES else 0) | (_SELECT if name in _SELECT_NAMES else 0) \
@@ -505,7 +505,7 @@ class _Forward(TorchFunctionMode):
         if kind is None:
             kind = self.kinds[func] = _operation_kind(func)
         if kwargs and kwargs.get("inplace") is True:  # F.silu(x, inplace=True), F.relu(x, inplace=True), ...
-            kind |= _MUTATES | (0 if getattr(func, "__name__", "") in _CLAMP_FUNCTIONS else _IN_PLACE)
+            kind |= _MUTATES | (0 if operation_name(func) in _CLAMP_FUNCTIONS else _IN_PLACE)
         engine = self.engine
         if not (kind & _WATCHED_WITHOUT_GRAD or _grad_enabled()):  # nothing computed here carries relevance, but a
             result = func(*args, **kwargs) if kwargs else func(*args)  # read of a layer's output is a read (merging
@@ -574,6 +574,9 @@ class _Engine:
         # id(result) -> point. Results are weakly referenced (a merged layer's output is freed as soon as its
         # BatchNorm has read it); an id reused by a new tensor is told apart by the dead reference.
         self.points: dict[int, _Point] = {}
+        # storage address of a point's z when registered -> the points (`y.detach().add_(1)`, `y.data.mul_(2)`:
+        # an in-place change through an alias that autograd does not see; checked again on use)
+        self.storages: dict[int, list[_Point]] = {}
         self.depth = 0  # how many hooked modules' forwards are running
         # the rule modules whose forwards are running, innermost last, and what their input point's input is a view
         # of (itself if none; None without an input point): see check_input_change
@@ -602,6 +605,8 @@ class _Engine:
     def _register(self, point: _Point, result: Tensor) -> Tensor:
         point.result = weakref.ref(result)
         self.points[id(result)] = point
+        if point.z is not None:  # (for an in-place change through an alias: see keep_before_change)
+            self.storages.setdefault(point.z.untyped_storage().data_ptr(), []).append(point)
         node = result.grad_fn
         if node is not None:
             point.node = (node, result.output_nr)
@@ -684,6 +689,8 @@ class _Engine:
                 if point.z is None or point.substitute or point.z.data_ptr() == result.data_ptr():
                     point.z = result.detach().clone()
                     point.substitute = False
+        if not tensor.requires_grad and tensor._base is None and self.storages:  # an alias (.detach(), .data)
+            self._keep_aliased(tensor)
         for candidate in (tensor, tensor._base):
             point = self.points.get(id(candidate)) if candidate is not None else None
             if point is not None and point.shares is not None:  # a ReLU output standing in for its layer's z
@@ -703,6 +710,27 @@ class _Engine:
                 same = copy is not None and candidate is tensor and point.z.shape == copy.shape \
                     and point.z.stride() == tensor.stride()
                 point.z = copy if same else point.z.clone()
+
+    def _keep_aliased(self, tensor: Tensor) -> None:
+        """Points whose values share ``tensor``'s storage (``tensor`` is an alias autograd does not connect to them:
+        ``y.detach()``, ``y.data``) keep a copy before it changes in place; a Norm sum's operands too."""
+        address = tensor.untyped_storage().data_ptr()
+        for point in self.storages.get(address, ()):
+            if point.kind in ("flat", "pass", "through", "select"):
+                continue
+            if point.z is None:  # a merged layer's output: kept, in case another reader takes the merge back
+                result = point.result() if point.result is not None else None
+                if result is not None and result.untyped_storage().data_ptr() == address:
+                    point.z = result.detach().clone()
+            elif point.z.untyped_storage().data_ptr() == address:
+                point.z = point.z.clone()
+        for entries in self.sum_operands.values():
+            for _, point, index in entries:
+                if point.operands is not None:
+                    value = point.operands[index][0]
+                    if value.untyped_storage().data_ptr() == address:
+                        value = value.clone()
+                        point.operands[index] = [value, value._version]
 
     def keep_before_clamp(self, tensor: Tensor) -> None:
         """``tensor`` is about to be clamped in place (``relu_``, ``clamp_(min=0)``, ``F.hardtanh(x, inplace=True)``,
@@ -1219,6 +1247,7 @@ class _Engine:
                 handle.remove()
             self.output_hooks.clear()
             self.points.clear()
+            self.storages.clear()
             self.view_points.clear()
             self.view_bases.clear()
         if status is not None:

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 __all__ = ["ADD_NAMES", "NO_READ_NAMES", "NORM_STABILIZER", "RuleTypes", "rule_types", "first_linear",
            "explanation_problem", "stabilize", "inputs_only_carry_relevance", "relevance_add", "has_tensor",
-           "computed_weight", "ExplanationError"]
+           "computed_weight", "ExplanationError", "operation_name"]
 
 NORM_STABILIZER = 1e-6  # zennit's stabiliser for Norm and Flat
 
@@ -226,10 +226,17 @@ def has_tensor(value) -> bool:
     return isinstance(value, (tuple, list)) and any(isinstance(v, Tensor) for v in value)
 
 
+def operation_name(func) -> str:
+    """The name of a torch operation as a ``TorchFunctionMode`` sees it: ``add``, ``add_``, ``__iadd__``; an aten
+    overload's without its overload (``torch.ops.aten.add_.Scalar``: ``add_``)."""
+    name = getattr(func, "__name__", "")
+    return name.split(".", 1)[0] if "." in name else name
+
+
 def relevance_add(func, args: tuple, kwargs: dict | None) -> tuple[Tensor, Tensor, bool] | None:
     """``(a, b, in_place)`` when ``func(*args, **kwargs)`` is a sum of two tensors that both carry relevance
     (the operations that get Norm), else ``None``. A scaled sum (``alpha=``) is ordinary arithmetic."""
-    name = getattr(func, "__name__", None)
+    name = operation_name(func)
     if name not in ADD_NAMES:
         return None
     if kwargs and ("input" in kwargs or "other" in kwargs):  # (a copy only then: every add of a forward comes here)

@@ -10,6 +10,7 @@ layer's output is near zero.
 """
 
 
+import copy
 import warnings
 
 import pytest
@@ -537,3 +538,85 @@ class TestBatchNormsOwnOutput:
         model = Net().double().eval()
         with pytest.raises(ValueError, match=message):
             relevance(model, torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 2, 1]), backend="fast")
+
+
+class _AliasChange(nn.Module):
+    """A layer's output (or a merged BatchNorm's) changed in place through what autograd does not connect to it
+    (``y.detach().add_(1)``, ``y.data.mul_(2)``) or through an aten overload (``torch.ops.aten.add_.Scalar``); the
+    twin computes the same values out of place, the change invisible to autograd as it is in place."""
+
+    def __init__(self, how: str, batchnorm: bool, twin: bool = False):
+        super().__init__()
+        self.stem, self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 6, 3), nn.Linear(6, 3)
+        self.bn = nn.BatchNorm2d(6) if batchnorm else nn.Identity()
+        self.how, self.twin = how, twin
+
+    def forward(self, x):
+        y = self.bn(self.conv(torch.relu(self.stem(x))))
+        if self.twin:
+            changed = y.detach() * 2 if self.how == "data" else y.detach() + 1.0
+            y = y + 1.0 if self.how == "aten" else y + (changed - y.detach())
+        elif self.how == "detach":
+            y.detach().add_(1.0)
+        elif self.how == "data":
+            y.data.mul_(2)
+        else:
+            torch.ops.aten.add_.Scalar(y, 1.0)
+        return self.fc(torch.relu(y).mean((2, 3)))
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+@pytest.mark.parametrize("how", ["detach", "data", "aten"])
+def test_in_place_change_through_an_alias_or_an_aten_overload(how, batchnorm):
+    """The point kept a view of the layer's output and divided by the changed values (0.28-1.05 relative L2): an
+    alias shares the storage only, and 'add_.Scalar' was not taken for an in-place operation."""
+    torch.manual_seed(0)
+    model = warm_up_batchnorm(_AliasChange(how, batchnorm), shape=(8, 3, 8, 8)).double().eval()
+    twin = _AliasChange(how, batchnorm, twin=True).double().eval()
+    twin.load_state_dict(model.state_dict())
+    x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 2, 1])
+    torch.testing.assert_close(model(x), twin(x))
+    twin_plain = copy.deepcopy(twin)
+    if batchnorm:  # zennit's merge on a copy whose BatchNorm is folded into the conv
+        with torch.no_grad():
+            scale = twin.bn.weight / torch.sqrt(twin.bn.running_var + twin.bn.eps)
+            twin_plain.conv.weight.mul_(scale[:, None, None, None])
+            twin_plain.conv.bias.copy_((twin.conv.bias - twin.bn.running_mean) * scale + twin.bn.bias)
+        twin_plain.bn = nn.Identity()
+    oracle = zennit_oracle(twin_plain, x, targets, paper_composite(1e-3, []))
+    assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
+
+
+def test_aten_add_of_two_relevance_carrying_tensors_gets_norm():
+    """torch.ops.aten.add.Tensor(a, b) is a sum as a + b is (its name 'add.Tensor' was not taken for one: 2.14)."""
+    torch.manual_seed(0)
+    a, b, head = nn.Linear(4, 5).double(), nn.Linear(4, 5).double(), nn.Linear(5, 3).double()
+
+    class Sum(nn.Module):
+        def __init__(self, aten):
+            super().__init__()
+            self.a, self.b, self.head, self.aten = a, b, head, aten
+
+        def forward(self, x):
+            h = torch.relu(self.a(x)), torch.relu(self.b(x))
+            return self.head(torch.ops.aten.add.Tensor(*h) if self.aten else h[0] + h[1])
+
+    x, targets = torch.randn(3, 4, dtype=torch.float64), torch.tensor([0, 2, 1])
+    for backend in ("fast", "zennit"):
+        expected = relevance(Sum(False), x, targets, backend=backend)
+        assert rel_l2(relevance(Sum(True), x, targets, backend=backend), expected) <= 1e-12
+    oracle = zennit_oracle(_Summed(a, b, head), x, targets, paper_composite(1e-3, []))
+    assert rel_l2(relevance(Sum(True), x, targets, backend="fast"), oracle) <= 1e-9
+
+
+class _Summed(nn.Module):
+    """relu(a(x)) + relu(b(x)) through zennit's Sum module (Norm)."""
+
+    def __init__(self, a, b, head):
+        super().__init__()
+        from zennit.layer import Sum
+
+        self.a, self.b, self.head, self.sum = a, b, head, Sum()
+
+    def forward(self, x):
+        return self.head(self.sum(torch.stack([torch.relu(self.a(x)), torch.relu(self.b(x))], -1)))
