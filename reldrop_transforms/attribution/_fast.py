@@ -580,7 +580,8 @@ class _Engine:
         self.depth = 0  # how many hooked modules' forwards are running
         # the rule modules whose forwards are running, innermost last, and what their input point's input is a view
         # of (itself if none; None without an input point): see check_input_change
-        self.rule_modules: list[tuple[nn.Module, Tensor | None]] = []
+        self.rule_modules: list[tuple[nn.Module, Tensor | None, bool]] = []  # (..., whether the call gets Flat)
+        self.flat_nodes: set = set()  # the graph nodes of the Flat calls' results (see _after_flat)
         self.merges: list[tuple[_Point, _Point]] = []  # (linear point, BatchNorm point)
         # chains z -> ReLU [-> max pooling / reshapes] -> rule layer (see _settle_chains)
         # id(ReLU's pass point) -> (point at z, ReLU output, whether it is an nn.ReLU: x = z wherever x != 0)
@@ -795,10 +796,13 @@ class _Engine:
         if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
             return None
         self.depth += 1
-        self.rule_modules.append((module, None))
         if not args:  # (module(input=x): its input is not seen)
+            self.rule_modules.append((module, None, False))
             raise UnsupportedModel(keyword_input_problem(module))
-        if module is self.first or not isinstance(args[0], Tensor):
+        flat = module is self.first and not (self.flat_nodes and isinstance(args[0], Tensor)
+                                             and self._after_flat(args[0]))
+        self.rule_modules.append((module, None, flat))
+        if flat or not isinstance(args[0], Tensor):
             return None
         with _plain():
             if not _carries_relevance(args[0]):
@@ -812,14 +816,14 @@ class _Engine:
                 if source.kind != "select":
                     link = _Link()
                     self.links.append((source, link))
-            self.rule_modules[-1] = (module, x if x._base is None else x._base)
+            self.rule_modules[-1] = (module, x if x._base is None else x._base, False)
             return (_InputPoint.apply(x, link), *args[1:])
 
     def _rule_hook(self, module: nn.Module, args, out):
         if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
             return None
         self.depth -= 1
-        self.rule_modules.pop()
+        flat = self.rule_modules.pop()[2]
         if not args or not isinstance(args[0], Tensor):
             return None
         with _plain():
@@ -828,15 +832,17 @@ class _Engine:
             if not isinstance(out, Tensor):
                 raise UnsupportedModel(f"a {type(module).__name__} returned a {type(out).__name__}, not a tensor")
             own, version = self.own_outputs.pop(module, (None, None)) if self.own_outputs else (None, None)
-            if own is out and out._version != version and module is not self.first:  # a hook of the caller's
+            if own is out and out._version != version and not flat:  # a hook of the caller's
                 own = module.forward(*args)  # changed it in place: the module's own output again (rare)
             if self.types.kind(module) == "norm":
                 point = _Point("norm", out.detach(), NORM_STABILIZER)
                 point.origin = module
-            elif module is self.first:
+            elif flat:
                 point = _Point("flat", out.detach(), self.epsilon, module, args[0])
                 point.options, self.first_options = self.first_options, ((), {})
-                return self._register(point, _RulePoint.apply(out.detach(), None, args[0], point))
+                result = self._register(point, _RulePoint.apply(out.detach(), None, args[0], point))
+                self.flat_nodes.add(result.grad_fn)
+                return result
             else:
                 point = _Point("epsilon", out.detach(), self.epsilon, module)
                 point.origin = module
@@ -959,11 +965,28 @@ class _Engine:
             self._register(point, result)
             return None if in_place else result
 
+    def _after_flat(self, tensor: Tensor) -> bool:
+        """Whether ``tensor`` derives from the result of an earlier call of the first layer (``a(relu(a(x)))``): that
+        call is not the first layer's (Flat) but a later layer's (Epsilon), as on the unrolled model. Calls on parts
+        of the input (the layer run on each sample) stay Flat. A walk of ``tensor``'s graph back to the leaves or a
+        Flat call's node (only for a repeated call of the first layer)."""
+        root = tensor.grad_fn
+        seen, stack = {root}, [root]
+        while stack:
+            node = stack.pop()
+            if node in self.flat_nodes:
+                return True
+            for edge in node.next_functions if node is not None else ():
+                if edge[0] is not None and edge[0] not in seen:
+                    seen.add(edge[0])
+                    stack.append(edge[0])
+        return False
+
     def check_input_change(self, tensor: Tensor, func) -> None:
         """Refuse an in-place change of the input of the rule layer whose forward is running (``x.mul_(2)`` in its
         forward, or of a view of ``x``): the rule reads the input the layer was given (autograd refused it with "Output
         0 of _InputPoint is a view and is being modified inplace", naming no layer)."""
-        module, root = self.rule_modules[-1]
+        module, root, _ = self.rule_modules[-1]
         if root is not None and (tensor if tensor._base is None else tensor._base) is root:
             name = type(module).__name__
             raise UnsupportedModel(f"the forward of {name} changes its input in place "
@@ -1248,6 +1271,7 @@ class _Engine:
             self.output_hooks.clear()
             self.points.clear()
             self.storages.clear()
+            self.flat_nodes.clear()
             self.view_points.clear()
             self.view_bases.clear()
         if status is not None:

@@ -3,7 +3,9 @@
 The reference semantics (``composite="epsilon_flat"``) are zennit's, written out:
 
 - **Flat** on the first linear layer in module order (zennit's ``SpecialFirstLayerMapComposite``): a
-  ``Linear``/``Conv``/``ConvTranspose`` of any groups, dilation or padding, or ``torch_geometric.nn.Linear``;
+  ``Linear``/``Conv``/``ConvTranspose`` of any groups, dilation or padding, or ``torch_geometric.nn.Linear``; at
+  each of its calls on the input (also one per sample), not at a call on what derives from its own output
+  (``a(relu(a(x)))``: Epsilon there, as on the unrolled model);
 - **Epsilon** (``epsilon``) on every other linear layer;
 - **BatchNorm merged** into the linear layer whose output it normalises, found in *execution* order (the
   BatchNorm's input is that layer's output, and nothing else reads that output: merging the weights would change

@@ -874,6 +874,37 @@ class TestModuleCalledTwice:
         assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
         assert rel_l2(relevance(model, x, targets), oracle) <= 1e-9  # auto
 
+    @pytest.mark.parametrize("layer", ["conv", "linear"])
+    def test_first_layer_called_again_on_its_own_output(self, layer):
+        """``a(relu(a(x)))``: Flat at the first call only, Epsilon at the second, as stock zennit on the unrolled
+        model (both calls got Flat: 1.06 relative L2)."""
+
+        class Again(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a = nn.Conv2d(3, 3, 3, padding=1) if layer == "conv" else nn.Linear(6, 6)
+                self.fc = nn.Linear(3 if layer == "conv" else 6, 4)
+
+            def forward(self, x):
+                h = torch.relu(self.a(torch.relu(self.a(x))))
+                return self.fc(h.mean((2, 3)) if layer == "conv" else h)
+
+        class Twin(nn.Module):
+            def __init__(self, again):
+                super().__init__()
+                self.a, self.b, self.fc = again.a, copy.deepcopy(again.a), again.fc
+
+            def forward(self, x):
+                h = torch.relu(self.b(torch.relu(self.a(x))))
+                return self.fc(h.mean((2, 3)) if layer == "conv" else h)
+
+        torch.manual_seed(0)
+        model = Again().double()
+        x = torch.randn(3, 3, 6, 6, dtype=torch.float64) if layer == "conv" else torch.randn(3, 6, dtype=torch.float64)
+        targets = torch.tensor([0, 1, 3])
+        oracle = zennit_oracle(Twin(model).double(), x, targets, paper_composite(1e-3, []))
+        assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
+
     def test_zennit_backend_refuses(self):
         model = Shared().double()
         with pytest.raises(ValueError, match="'conv2' runs 2 times in one forward.*backend='fast'"):
