@@ -156,6 +156,21 @@ def explanation_problem(model: nn.Module, modules: Sequence[nn.Module] | None = 
     return None
 
 
+_LAYER_OPERATIONS = ("linear", "conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d",
+                     "conv_transpose3d", "addmm", "mm", "matmul", "bmm")
+
+
+def _functional_layers(graph_module: nn.Module) -> bool:
+    """Whether a GraphModule's graph computes a layer as an aten call (a call_function node of an aten overload such
+    as ``aten.linear.default`` or ``aten.convolution.default``), as ``torch.export`` leaves every layer."""
+    for node in graph_module.graph.nodes:
+        target = node.target
+        if node.op == "call_function" and isinstance(target, torch._ops.OpOverload) \
+                and target.namespace == "aten" and target.__name__.split(".", 1)[0] in _LAYER_OPERATIONS:
+            return True
+    return False
+
+
 def _problem(module: nn.Module) -> str | None:
     if any(isinstance(t, nn.parameter.UninitializedTensorMixin)
            for t in (*module._parameters.values(), *module._buffers.values())):
@@ -168,6 +183,10 @@ def _problem(module: nn.Module) -> str | None:
         return ("is a torch.compile'd submodule: its compiled code runs without the hooks that apply the rules; "
                 "compile the whole model instead (attribution runs on the eager module under it) or attribute the "
                 "eager submodule")
+    if isinstance(module, torch.fx.GraphModule) and _functional_layers(module):
+        return ("is a GraphModule whose layers are aten calls, not modules (torch.export's program): the rules apply "
+                "to layer modules (nn.Linear, nn.Conv*), so none would apply here; attribute the eager model (a "
+                "torch.fx.symbolic_trace GraphModule, which calls the layers as modules, is fine)")
     if _quantized(module):
         return ("is a quantized module (torch.ao.quantization convert): quantized kernels have no autograd, so no "
                 "relevance reaches the input (it would be all zero); attribute the float model (before convert, or "

@@ -2193,3 +2193,19 @@ class TestRuleLookup:
         assert attributor._rule_types() is types
         types.pyg = not types.pyg  # as if torch_geometric had been imported since
         assert attributor._rule_types() is not types
+
+
+@pytest.mark.parametrize("backend", ["fast", "zennit"])
+def test_exported_program_is_refused_and_a_traced_module_is_not(backend):
+    """torch.export's module computes every layer as an aten call: no rule applied, silently (0.955 relative L2
+    against the eager model's relevance on both backends). A torch.fx.symbolic_trace GraphModule calls the layers
+    as modules: the eager model's relevance."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).double().eval()
+    x, targets = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 2])
+    exported = torch.export.export(model, (x,)).module()
+    with pytest.raises(ValueError, match="GraphModule whose layers are aten calls, not modules"):
+        relevance(exported, x, targets, backend=backend)
+    traced = torch.fx.symbolic_trace(model)
+    assert rel_l2(relevance(traced, x, targets, backend=backend), relevance(model, x, targets, backend=backend)) \
+        <= 1e-12
