@@ -269,7 +269,10 @@ def relevance_add(func, args: tuple, kwargs: dict | None) -> tuple[Tensor, Tenso
     if len(args) < 2:
         return None
     a, b = args[0], args[1]
-    if not (isinstance(a, Tensor) and isinstance(b, Tensor) and a.requires_grad and b.requires_grad):
+    # (a leaf requiring grad is not the input, which the model gets as a copy: a parameter of the model's that is
+    # not registered, held in a plain list, which attribution could not stop requiring grad)
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor) and a.requires_grad and b.requires_grad
+            and not a.is_leaf and not b.is_leaf):
         return None
     if len(args) > 2 or kwargs and (set(kwargs) - {"alpha"} or kwargs["alpha"] != 1):
         return None
