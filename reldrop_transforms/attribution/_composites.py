@@ -82,6 +82,8 @@ class _Probe(TorchFunctionMode):
     def _linear(self, module, args, out) -> None:
         if not args and self.problem is None:
             self.problem = keyword_input_problem(module)
+        if not isinstance(out, Tensor) and self.problem is None:  # (zennit's rule raised an AttributeError)
+            self.problem = f"a {type(module).__name__} returned a {type(out).__name__}, not a tensor"
         self.calls[module] = self.calls.get(module, 0) + 1
         if isinstance(out, Tensor) and self.types.kind(module) == "linear":
             self._produced[id(out)] = (module, out, out._version)

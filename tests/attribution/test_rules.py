@@ -2232,3 +2232,26 @@ def test_sum_with_an_unregistered_parameter_is_ordinary_arithmetic(backend):
     oracle = zennit_oracle(model, x, targets, paper_composite(1e-3, []))
     assert rel_l2(relevance(model, x, targets, backend=backend), oracle) <= 1e-9
     assert model.offset[0].requires_grad and model.offset[0].grad is None
+
+
+@pytest.mark.parametrize("backend", ["fast", "zennit"])
+@pytest.mark.parametrize("base", [nn.Linear, nn.AvgPool1d])
+def test_rule_layer_returning_a_tuple_is_refused_by_both_backends(backend, base):
+    """The zennit backend raised zennit's own AttributeError ("'bool' object has no attribute 'to'")."""
+
+    class Pair(base):
+        def forward(self, x):
+            y = super().forward(x)
+            return y, y.detach()
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), Pair(6, 3) if base is nn.Linear else Pair(2)
+            self.head = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.head(self.b(torch.relu(self.a(x)))[0])
+
+    with pytest.raises(ValueError, match="a Pair returned a tuple, not a tensor"):
+        relevance(Net().double(), torch.randn(3, 4, dtype=torch.float64), torch.tensor([0, 1, 2]), backend=backend)
