@@ -690,7 +690,7 @@ class _Engine:
                 if point.z is None or point.substitute or point.z.data_ptr() == result.data_ptr():
                     point.z = result.detach().clone()
                     point.substitute = False
-        if not tensor.requires_grad and tensor._base is None and self.storages:  # an alias (.detach(), .data)
+        if not tensor.requires_grad and self.storages:  # an alias (.detach(), .data, a view of one) or unrelated
             self._keep_aliased(tensor)
         for candidate in (tensor, tensor._base):
             point = self.points.get(id(candidate)) if candidate is not None else None

@@ -555,18 +555,22 @@ class _AliasChange(nn.Module):
         y = self.bn(self.conv(torch.relu(self.stem(x))))
         if self.twin:
             changed = y.detach() * 2 if self.how == "data" else y.detach() + 1.0
+            if self.how == "view":
+                changed = torch.cat([y.detach()[:, :3] + 1.0, y.detach()[:, 3:]], 1)
             y = y + 1.0 if self.how == "aten" else y + (changed - y.detach())
         elif self.how == "detach":
             y.detach().add_(1.0)
         elif self.how == "data":
             y.data.mul_(2)
+        elif self.how == "view":
+            y.detach()[:, :3].add_(1.0)
         else:
             torch.ops.aten.add_.Scalar(y, 1.0)
         return self.fc(torch.relu(y).mean((2, 3)))
 
 
 @pytest.mark.parametrize("batchnorm", [False, True])
-@pytest.mark.parametrize("how", ["detach", "data", "aten"])
+@pytest.mark.parametrize("how", ["detach", "data", "view", "aten"])
 def test_in_place_change_through_an_alias_or_an_aten_overload(how, batchnorm):
     """The point kept a view of the layer's output and divided by the changed values (0.28-1.05 relative L2): an
     alias shares the storage only, and 'add_.Scalar' was not taken for an in-place operation."""
