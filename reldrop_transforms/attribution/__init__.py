@@ -6,7 +6,12 @@
 
 from .._checks import BACKENDS
 from ._api import relevance, relevance_graph
-from ._attributor import Attributor, RelevanceBackendWarning, check_not_in_worker, model_lock
+from ._attributor import (
+    Attributor,
+    RelevanceBackendWarning,
+    check_not_in_worker,
+    model_lock,
+)
 from ._composites import composite_names
 from ._state import model_device, preserved_model_state, unwrap_model
 

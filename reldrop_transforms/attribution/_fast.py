@@ -789,7 +789,7 @@ class _Engine:
     # -- hooks (the engine's own operations run unseen by _Forward: _plain) ------------------------------------
     def _enter(self, module: nn.Module, args) -> None:
         if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
-            return None
+            return
         self.depth += 1
 
     def _rule_pre_hook(self, module: nn.Module, args):
@@ -871,7 +871,7 @@ class _Engine:
     def _own_output(self, module: nn.Module, args, out) -> None:
         """(Runs before the caller's forward hooks of a rule module, see :meth:`run`.)"""
         if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
-            return None
+            return
         if isinstance(out, Tensor):
             self.own_outputs[module] = (out, out._version)
 
@@ -908,7 +908,7 @@ class _Engine:
         the ReLU, and zennit's rules (whose hooks run every module on a clone of its input) see ``z`` unchanged
         there: the ReLU runs out of place, as every other activation built in place."""
         if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
-            return None
+            return
         if args and isinstance(args[0], Tensor):
             producer = self._relu_producer(args[0])
             previous, parent = self.in_place_relus[module]
@@ -1176,12 +1176,12 @@ class _Engine:
 
     def _sequential_enters(self, module: nn.Module, args) -> None:
         if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
-            return None
+            return
         self.sequentials_running[module] = self.sequentials_running.get(module, 0) + 1
 
     def _sequential_leaves(self, module: nn.Module, args, out) -> None:
         if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
-            return None
+            return
         running = self.sequentials_running.get(module, 0)  # (always called: also where a forward pre-hook of the
         if running:  # caller's, which ran before _sequential_enters, raised; torch would warn of a KeyError here)
             self.sequentials_running[module] = running - 1

@@ -277,7 +277,7 @@ class ParameterWrites:
     every parameter), at the price of a copy of only those that change. Changes made without an operation the
     caller reports (an ``out=`` argument, a C++ extension's kernel) are not seen."""
 
-    __slots__ = ("modules", "storages", "saved")
+    __slots__ = ("modules", "saved", "storages")
 
     def __init__(self, modules: Sequence[nn.Module]) -> None:
         self.modules = modules

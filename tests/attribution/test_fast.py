@@ -517,8 +517,8 @@ class TestBatchNormsOwnOutput:
         assert rel_l2(relevance(model, x, targets, backend="zennit"), oracle) <= 1e-9
 
     @pytest.mark.parametrize("returns, message", [("tuple", "returned a tuple, not a tensor"),
-                                                  ("slice", r"returned a tensor of shape \(3, 3, 4, 4\) for an input "
-                                                            r"of shape \(3, 6, 4, 4\)")])
+                                                  ("slice", (r"returned a tensor of shape \(3, 3, 4, 4\) for an input "
+                                                             r"of shape \(3, 6, 4, 4\)"))])
     def test_batchnorm_returning_no_tensor_like_its_input_is_refused(self, returns, message):
         class Odd(nn.BatchNorm2d):
             def forward(self, x):
