@@ -503,8 +503,9 @@ class Attributor:
 
         ``post`` must be a pure tensor function (no host synchronisation, no random draws: draw them into
         ``post_inputs``); ``key`` names its settings (a new key is a new graph). The outputs of a replay are copies
-        of its static buffers, made while the attribution lock is held (another thread's replay overwrites them). Labels are validated before (unless ``checked``, as in :meth:`__call__`),
-        and the finiteness of the relevance after, with one synchronisation per batch.
+        of its static buffers, made while the attribution lock is held (another thread's replay overwrites them).
+        Labels are validated before (unless ``checked``, as in :meth:`__call__`), and the finiteness of the relevance
+        after, with one synchronisation per batch.
         """
         if not self.graphs_apply(inputs):
             return tuple(post(self(inputs, targets, caller=caller, checked=checked), *post_inputs))
@@ -606,9 +607,9 @@ class Attributor:
         attribution of selected rows runs at least two), in eval mode, without gradients, state preserved, its logits
         checked as an attribution's (:func:`_num_outputs`); first the refusal of a model LRP cannot explain (which may
         not run on few samples: BatchNorm without running statistics), as an attribution gives it."""
-        _check_explainable(module)
-        first = inputs[:2]
         modules = tuple(module.modules())
+        _check_explainable(module, modules)
+        first = inputs[:2]
         with _attributing_model(module), torch.no_grad(), preserved_model_state(module, keep_values=False,
                                                                                  modules=modules), \
                 parameter_writes_undone(modules):

@@ -25,8 +25,9 @@ from torch.overrides import TorchFunctionMode
 
 from ._rules import (
     NO_READ_NAMES, NORM_STABILIZER, ExplanationError, RuleTypes, computed_weight, first_linear, has_tensor,
-    keyword_input_problem, operation_name, relevance_add, rule_types, stabilize,
+    keyword_input_problem, relevance_add, rule_types, stabilize,
 )
+from ._state import operation_name
 
 __all__ = ["EPSILON_FLAT", "composite_names", "make_zennit_composite", "zennit_relevance"]
 

@@ -51,9 +51,9 @@ from torch.overrides import TorchFunctionMode
 
 from ._rules import (
     ADD_NAMES, NO_READ_NAMES, NORM_STABILIZER, RuleTypes, computed_weight, first_linear, has_tensor,
-    keyword_input_problem, operation_name, relevance_add, rule_types, stabilize,
+    keyword_input_problem, relevance_add, rule_types, stabilize,
 )
-from ._state import ParameterWrites
+from ._state import ParameterWrites, changes_first_argument, operation_name
 
 __all__ = ["FAST_COMPOSITES", "UnsupportedModel", "fast_relevance"]
 
@@ -68,7 +68,19 @@ _CONV_FORWARD = {nn.Conv1d: nn.functional.conv1d, nn.Conv2d: nn.functional.conv2
 
 
 _plain = torch._C.DisableTorchFunction  # the engine's own operations inside the forward: unseen by _Forward
-_thread = threading.get_ident  # the hooks act on the pass's own thread only (see _Engine.thread)
+_thread = threading.get_ident
+
+
+def _own_thread(hook: Callable) -> Callable:
+    """An engine hook that acts on its pass's own thread only: the hooks live on the caller's modules for the pass,
+    and a forward of them in another thread (inference beside the attribution) runs them too (the
+    ``TorchFunctionMode`` is per thread already)."""
+
+    @functools.wraps(hook)
+    def own_thread_only(self: _Engine, *args):
+        return hook(self, *args) if _thread() == self.thread else None
+
+    return own_thread_only
 _global_forward_hooks = nn.modules.module._global_forward_hooks  # (register_module_forward_hook's: a dict)
 
 
@@ -437,11 +449,9 @@ _TRACKED = ("pass", "through", "select")  # ReLU outputs and what derives from t
 
 
 def _in_place(name: str) -> bool:
-    """``add_``, ``__iadd__``, ``__setitem__``: an operation that changes its first argument (not ``__get__``), other
-    than a ReLU-like clamp."""
-    if name.startswith("__"):
-        return name == "__setitem__" or name.startswith("__i")
-    return name.endswith("_") and name not in _CLAMPS
+    """``add_``, ``__iadd__``, ``__setitem__``: an operation that changes its first argument, other than a ReLU-like
+    clamp."""
+    return changes_first_argument(name) and name not in _CLAMPS
 
 
 def _operation_kind(func) -> int:
@@ -547,15 +557,28 @@ def _reads(kind: int, args: tuple, result) -> bool:
     return has_tensor(result) and not (kind & _NO_READ or args and result is args[0] and not kind & _MUTATES)
 
 
+def _graph_edges(root):
+    """Every edge ``(node, output_nr)`` of the autograd graph below the node ``root``, once per node reading it (a
+    walk over the graph's nodes)."""
+    seen, stack = {root}, [root]
+    while stack:
+        for edge in stack.pop().next_functions:
+            node = edge[0]
+            if node is None:
+                continue
+            yield edge
+            if node not in seen:
+                seen.add(node)
+                stack.append(node)
+
+
 class _Engine:
     """One attribution pass over ``model``: hooks and points live only inside :meth:`run`."""
 
     def __init__(self, model: nn.Module, epsilon: float, types: RuleTypes, modules: Sequence[nn.Module],
                  speculate: bool = False, function_views: frozenset = frozenset(), cautious: bool = True) -> None:
         self.model = model
-        # The hooks live on the caller's modules for the pass: a forward of them in another thread (inference beside
-        # the attribution) runs them too, and they leave it alone (the TorchFunctionMode is per thread already)
-        self.thread = _thread()
+        self.thread = _thread()  # the hooks act on this thread's forward only (see _own_thread)
         # every value the graph may hold is kept (a merged layer's output too), and readers the engine did not see
         # are counted from the graph after the forward (see hidden_readers); otherwise they make the pass run again
         self.cautious = cautious
@@ -626,16 +649,8 @@ class _Engine:
         if root is None or not self.registered:
             return False
         edges: dict = {}
-        seen, stack = {root}, [root]
-        while stack:
-            for edge in stack.pop().next_functions:
-                node = edge[0]
-                if node is None:
-                    continue
-                edges[edge] = edges.get(edge, 0) + 1
-                if node not in seen:
-                    seen.add(node)
-                    stack.append(node)
+        for edge in _graph_edges(root):
+            edges[edge] = edges.get(edge, 0) + 1
         hidden = False
         for point in self.registered:
             count = edges.get(point.node, 0) - point.engine_edges
@@ -787,17 +802,14 @@ class _Engine:
         return self._register(point, a)
 
     # -- hooks (the engine's own operations run unseen by _Forward: _plain) ------------------------------------
+    @_own_thread
     def _enter(self, module: nn.Module, args) -> None:
-        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
-            return
         self.depth += 1
 
+    @_own_thread
     def _rule_pre_hook(self, module: nn.Module, args):
-        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
-            return None
         self.depth += 1
         if not args:  # (module(input=x): its input is not seen)
-            self.rule_modules.append((module, None, False))
             raise UnsupportedModel(keyword_input_problem(module))
         flat = module is self.first and not (self.flat_nodes and isinstance(args[0], Tensor)
                                              and self._after_flat(args[0]))
@@ -819,9 +831,8 @@ class _Engine:
             self.rule_modules[-1] = (module, x if x._base is None else x._base, False)
             return (_InputPoint.apply(x, link), *args[1:])
 
+    @_own_thread
     def _rule_hook(self, module: nn.Module, args, out):
-        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
-            return None
         self.depth -= 1
         flat = self.rule_modules.pop()[2]
         if not args or not isinstance(args[0], Tensor):
@@ -862,28 +873,24 @@ class _Engine:
             self.output_hooks.append(point.handle)
             return self._register(point, out)
 
+    @_own_thread
     def _first_hook(self, module: nn.Module, args, kwargs, out):
-        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
-            return None
         self.first_options = (args[1:], kwargs)  # (ConvTranspose's output_size: Flat re-runs the layer with them)
         return self._rule_hook(module, args, out)
 
+    @_own_thread
     def _own_output(self, module: nn.Module, args, out) -> None:
         """(Runs before the caller's forward hooks of a rule module, see :meth:`run`.)"""
-        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
-            return
         if isinstance(out, Tensor):
             self.own_outputs[module] = (out, out._version)
 
+    @_own_thread
     def _pass_hook(self, module: nn.Module, args, out):
-        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
-            return None
         self.depth -= 1
         return self._pass(module, args, out)
 
+    @_own_thread
     def _pass(self, module: nn.Module, args, out):
-        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
-            return None
         if not args or not isinstance(args[0], Tensor):
             return None
         with _plain():
@@ -900,6 +907,7 @@ class _Engine:
                     self._register(point, result)  # its readers are counted
             return result
 
+    @_own_thread
     def _relu_pre_hook(self, module: nn.Module, args) -> None:
         """Run a ReLU built with ``inplace=True`` in place, as the caller's model does, where nothing can read the rule
         layer's output ``z`` it changes, before or after (its point then divides by the ReLU output: see
@@ -907,8 +915,6 @@ class _Engine:
         hands it on to the ReLU alone, and nothing has read it yet. Elsewhere a forward may read ``z`` again after
         the ReLU, and zennit's rules (whose hooks run every module on a clone of its input) see ``z`` unchanged
         there: the ReLU runs out of place, as every other activation built in place."""
-        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
-            return
         if args and isinstance(args[0], Tensor):
             producer = self._relu_producer(args[0])
             previous, parent = self.in_place_relus[module]
@@ -925,6 +931,7 @@ class _Engine:
         return producer if producer is not None and producer.kind in ("epsilon", "norm", "flat") \
             and producer.active else None
 
+    @_own_thread
     def _relu_hook(self, module: nn.Module, args, out):
         """A ``nn.ReLU`` right after a rule layer (or a merged BatchNorm, or a Norm sum), which alone read its output
         ``z``: Pass, and the layer's point divides by the ReLU output ``x`` instead of ``z`` (``z`` is freed; run in
@@ -933,8 +940,6 @@ class _Engine:
         point, a Norm sum, selections and concatenations leading to those): :meth:`_verify` checks that after the
         forward, and the pass is rerun without this where it does not hold. Run in place, the ReLU's own backward
         (zero where ``x = 0``) stands for Pass under the same condition."""
-        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
-            return None
         in_place = self.in_place_now is module
         if in_place:
             module.inplace = False  # (set by _relu_pre_hook for this call only)
@@ -971,16 +976,8 @@ class _Engine:
         of the input (the layer run on each sample) stay Flat. A walk of ``tensor``'s graph back to the leaves or a
         Flat call's node (only for a repeated call of the first layer)."""
         root = tensor.grad_fn
-        seen, stack = {root}, [root]
-        while stack:
-            node = stack.pop()
-            if node in self.flat_nodes:
-                return True
-            for edge in node.next_functions if node is not None else ():
-                if edge[0] is not None and edge[0] not in seen:
-                    seen.add(edge[0])
-                    stack.append(edge[0])
-        return False
+        return root is not None and (root in self.flat_nodes
+                                     or any(edge[0] in self.flat_nodes for edge in _graph_edges(root)))
 
     def check_input_change(self, tensor: Tensor, func) -> None:
         """Refuse an in-place change of the input of the rule layer whose forward is running (``x.mul_(2)`` in its
@@ -1009,15 +1006,13 @@ class _Engine:
             if point.bad or point.uses != point.good or not point.uses:  # Function or a scripted function)
                 raise _Misjudged
 
+    @_own_thread
     def _batchnorm_hook(self, module: nn.Module, args, out):
-        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
-            return None
         self.depth -= 1
         return self._batchnorm(module, args, out)
 
+    @_own_thread
     def _batchnorm(self, module: nn.Module, args, out):
-        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
-            return None
         if not args or not isinstance(args[0], Tensor):
             return None
         inp = args[0]
@@ -1174,14 +1169,12 @@ class _Engine:
                             parents.append(parent)
         return parents
 
+    @_own_thread
     def _sequential_enters(self, module: nn.Module, args) -> None:
-        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
-            return
         self.sequentials_running[module] = self.sequentials_running.get(module, 0) + 1
 
+    @_own_thread
     def _sequential_leaves(self, module: nn.Module, args, out) -> None:
-        if _thread() != self.thread:  # another thread's forward of these modules: not this pass's
-            return
         running = self.sequentials_running.get(module, 0)  # (always called: also where a forward pre-hook of the
         if running:  # caller's, which ran before _sequential_enters, raised; torch would warn of a KeyError here)
             self.sequentials_running[module] = running - 1

@@ -55,9 +55,11 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from ._state import operation_name
+
 __all__ = ["ADD_NAMES", "NO_READ_NAMES", "NORM_STABILIZER", "RuleTypes", "rule_types", "first_linear",
            "explanation_problem", "stabilize", "inputs_only_carry_relevance", "relevance_add", "has_tensor",
-           "computed_weight", "ExplanationError", "operation_name"]
+           "computed_weight", "ExplanationError"]
 
 NORM_STABILIZER = 1e-6  # zennit's stabiliser for Norm and Flat
 
@@ -245,13 +247,6 @@ def has_tensor(value) -> bool:
     if isinstance(value, Tensor):
         return True
     return isinstance(value, (tuple, list)) and any(isinstance(v, Tensor) for v in value)
-
-
-def operation_name(func) -> str:
-    """The name of a torch operation as a ``TorchFunctionMode`` sees it: ``add``, ``add_``, ``__iadd__``; an aten
-    overload's without its overload (``torch.ops.aten.add_.Scalar``: ``add_``)."""
-    name = getattr(func, "__name__", "")
-    return name.split(".", 1)[0] if "." in name else name
 
 
 def relevance_add(func, args: tuple, kwargs: dict | None) -> tuple[Tensor, Tensor, bool] | None:

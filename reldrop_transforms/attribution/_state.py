@@ -17,7 +17,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 __all__ = ["preserved_model_state", "unwrap_model", "model_device", "set_eval", "ParameterWrites",
-           "parameter_writes_undone"]
+           "parameter_writes_undone", "operation_name", "changes_first_argument"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -307,11 +307,19 @@ class ParameterWrites:
             self.saved.clear()
 
 
-def _changes_first_argument(func, kwargs: dict | None) -> bool:
+def operation_name(func) -> str:
+    """The name of a torch operation as a ``TorchFunctionMode`` sees it: ``add``, ``add_``, ``__iadd__``; an aten
+    overload's without its overload (``torch.ops.aten.add_.Scalar``: ``add_``)."""
     name = getattr(func, "__name__", "")
+    return name.split(".", 1)[0] if "." in name else name
+
+
+def changes_first_argument(name: str) -> bool:
+    """Whether the operation named ``name`` (:func:`operation_name`) changes its first argument in place: ``add_``,
+    ``relu_``, ``__iadd__``, ``__setitem__`` (not ``__get__``)."""
     if name.startswith("__"):
         return name == "__setitem__" or name.startswith("__i")
-    return name.endswith("_") or bool(kwargs and kwargs.get("inplace") is True)
+    return name.endswith("_")
 
 
 class _WatchParameterWrites(TorchFunctionMode):
@@ -320,7 +328,8 @@ class _WatchParameterWrites(TorchFunctionMode):
         self.writes = writes
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if args and isinstance(args[0], torch.Tensor) and _changes_first_argument(func, kwargs):
+        if args and isinstance(args[0], torch.Tensor) and (changes_first_argument(operation_name(func))
+                                                            or kwargs and kwargs.get("inplace") is True):
             self.writes.before_change(args[0])
         return func(*args, **kwargs) if kwargs else func(*args)
 

@@ -233,7 +233,8 @@ def test_buffers_written_by_the_forward_are_restored(backend):
 
 class _WritesParameters(nn.Module):
     """A forward that changes its own parameters in place under no_grad: a max-norm constraint (``copy_``), a
-    non-idempotent decay (``.data.mul_``), an item assignment (``weight[0, 0] = ...``)."""
+    non-idempotent decay (``.data.mul_``, or an aten overload: ``aten.mul_.Scalar``), an item assignment
+    (``weight[0, 0] = ...``)."""
 
     def __init__(self, how: str):
         super().__init__()
@@ -247,12 +248,14 @@ class _WritesParameters(nn.Module):
                 self.fc.weight.copy_(torch.renorm(self.fc.weight, 2, 0, maxnorm=0.1))
             elif self.how == "data":
                 self.conv.weight.data.mul_(0.5)
+            elif self.how == "aten":
+                torch.ops.aten.mul_.Scalar(self.conv.weight, 0.5)
             else:
                 self.fc.weight[0, 0] = 7.0
         return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
 
 
-@pytest.mark.parametrize("how", ["renorm", "data", "setitem"])
+@pytest.mark.parametrize("how", ["renorm", "data", "aten", "setitem"])
 @pytest.mark.parametrize("backend", ["fast", "zennit"])
 @pytest.mark.parametrize("p", [1.0, 0.0])
 def test_parameters_written_by_the_forward_are_restored(backend, how, p):
