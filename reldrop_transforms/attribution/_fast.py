@@ -118,7 +118,7 @@ class _Point:
 
     __slots__ = ("kind", "module", "inp", "epsilon", "active", "z", "result", "uses", "scale", "fused", "good",
                  "bad", "parents", "substitute", "shares", "in_place", "options", "origin", "handle", "alias",
-                 "version", "topped", "node", "engine_edges", "operands")
+                 "version", "topped", "node", "engine_edges", "operands", "merged")
 
     def __init__(self, kind: str, z: Tensor, epsilon: float, module: nn.Module | None = None,
                  inp: Tensor | None = None) -> None:
@@ -130,6 +130,7 @@ class _Point:
         self.options: tuple = ((), {})  # the Flat layer's other arguments (ConvTranspose's output_size)
         self.origin: nn.Module | None = None  # the module whose forward hook made the point (rule layer, BatchNorm)
         self.active = True  # False once a following BatchNorm took the rule over
+        self.merged = False  # a BatchNorm's point that took a linear layer's rule over (no second one merges into it)
         self.result: weakref.ref | None = None  # the tensor the point returned (weakly: see _Engine.points)
         self.uses = 0  # operations that read ``result`` (a BatchNorm merges only into a layer it alone reads)
         self.scale: Tensor | None = None  # a merged BatchNorm's eval-mode Jacobian (per channel)
@@ -1019,8 +1020,9 @@ class _Engine:
         if not _carries_relevance(inp):
             return None
         producer = self.point_of(inp)
-        if producer is None or producer.kind not in ("epsilon", "flat") or not producer.active:
-            return self._pass(module, args, out)  # follows no linear layer: Pass, as in zennit's composite
+        if producer is None or producer.kind not in ("epsilon", "flat") or not producer.active or producer.merged:
+            return self._pass(module, args, out)  # follows no linear layer (a second BatchNorm follows the first,
+            # merged one): Pass, as in zennit's composite
         # Merge: the linear layer's rule moves to the BatchNorm's output (undone after the forward if anything
         # else reads the layer's output: merging the weights would change what that reader sees)
         with _plain():
@@ -1034,7 +1036,7 @@ class _Engine:
             point = _Point(producer.kind, out.detach(), self.epsilon, producer.module, producer.inp)
             if own is not None and not flat:  # the merged layer's output is the BatchNorm's own, not `out`: as a
                 point.kind, point.z = "hooked", own  # rule layer's changed by a hook (no ReLU output stands in)
-            point.origin = module
+            point.origin, point.merged = module, True
             point.options = producer.options
             if not flat:
                 point.scale = _batchnorm_scale(module, out, self.scales)
