@@ -10,7 +10,8 @@ The reference semantics (``composite="epsilon_flat"``) are zennit's, written out
 - **BatchNorm merged** into the linear layer whose output it normalises, found in *execution* order (the
   BatchNorm's input is that layer's output, and nothing else reads that output: merging the weights would change
   what another reader sees; an operation that returns its input itself, such as dropout in eval mode, reads
-  nothing); an unmerged BatchNorm (one that follows no linear layer) gets **Pass**, as in zennit's composite;
+  nothing); an unmerged BatchNorm (one that follows no linear layer, such as the second of two in a row) gets
+  **Pass**, as in zennit's composite;
 - **Pass** on the activations of ``zennit.types.Activation`` (relevance handed on unchanged);
 - **Norm** (Epsilon with stabiliser 1e-6 and no parameters) on average pooling, on PyG ``MeanAggregation`` /
   ``SumAggregation``, on ``zennit.layer.Sum``, and on every sum of two tensors that both carry relevance
