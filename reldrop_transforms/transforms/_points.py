@@ -148,6 +148,8 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
             return sample
         out = fill_points(channels_last, mask, fill)
         out = out.transpose(1, 2) if self.channels_first else out
+        if out.stride() != points.stride() and points.is_contiguous():  # the caller's layout back (a gathered fill
+            out = out.contiguous()  # gives (B, N, C) contiguous, whose transpose is not)
         return _with_first(sample, out)
 
     # -- PyG -------------------------------------------------------------------------------------------------

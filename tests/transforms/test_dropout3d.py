@@ -192,6 +192,18 @@ class TestRelevanceDropout3d:
         assert bool(mask.any()) and bool((~mask).any())  # not vacuous
         assert_dense_points_zeroed(out, out_labels, points, labels, mask, channels_first)
 
+    @pytest.mark.parametrize("fill", ["zero", "first", -1.5])
+    @pytest.mark.parametrize("channels_first", [False, True])
+    def test_dense_output_keeps_the_input_layout(self, fill, channels_first):
+        """A contiguous cloud comes back contiguous, whatever the fill (was: channels_first with fill='first' gave a
+        transposed view, on which ``.view`` fails)."""
+        model = DensePointNet(channels_first=channels_first)
+        points, labels = make_points(channels_first=channels_first, seed=5)
+        out, _ = RelevanceDropout3d(model, fill=fill, generator=seeded(5), channels_first=channels_first)(points, labels)
+        assert not torch.equal(out, points)  # (something was dropped)
+        assert out.is_contiguous() and out.stride() == points.stride()
+        out.view(out.shape[0], -1)
+
     @pytest.mark.parametrize("fill", ["first", -1.5])
     @pytest.mark.parametrize("channels_first", [False, True])
     def test_dense_fills(self, fill, channels_first):
