@@ -102,7 +102,10 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         name = type(self).__name__
         if image.ndim != 4:
             hint = ("Use it after the DataLoader, in a collate function, or wrap the loader with RelevanceLoader.")
-            if others and not isinstance(image, tv_tensors.Image):  # e.g. {"index": ..., "image": ...}
+            if image.ndim == 3:  # one image (C, H, W): it is first, the batch dimension is missing
+                hint = ("A single image (C, H, W) has no batch dimension (the attribution runs on batches): "
+                        "add one with image[None], or " + hint[0].lower() + hint[1:])
+            elif others and not isinstance(image, tv_tensors.Image):  # e.g. {"index": ..., "image": ...}
                 hint = ("The images are the first plain tensor of the sample (torchvision's rule): put them first, "
                         "or wrap them as tv_tensors.Image. " + hint)
             raise ValueError(

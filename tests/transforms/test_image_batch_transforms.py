@@ -118,6 +118,16 @@ class TestImageBatchTransforms:
         out = transform(p=1.0)({"index": torch.arange(4), "image": tv_tensors.Image(images), "labels": labels})
         assert isinstance(out["image"], tv_tensors.Image)
 
+    @pytest.mark.parametrize("with_label", [True, False])
+    def test_a_single_image_is_told_to_add_the_batch_dimension(self, transform, batch, with_label):
+        # a (C, H, W) image with its label was told to put the images first, though they were first
+        images, labels = batch
+        sample = (images[0], labels[0]) if with_label else (images[0],)
+        with pytest.raises(ValueError, match=r"but got \(3, 12, 12\) instead\. A single image \(C, H, W\) has no batch "
+                           r"dimension") as info:
+            transform(p=1.0)(*sample)
+        assert "put them first" not in str(info.value)
+
     def test_model_state_untouched(self, transform, model, batch):
         images, labels = batch
         model.train()
