@@ -97,6 +97,13 @@ def check_inputs(model: nn.Module, inputs: Tensor, *, caller: str = "relevance")
         raise ValueError(f"{caller} expects samples with at least one element each, but got a batch of shape "
                          f"{tuple(inputs.shape)}.")
     device = model_device(model)
+    if (device.type == "meta") if device is not None else inputs.is_meta:  # (meta inputs to a model elsewhere:
+        where = "inputs are" if device is None else "model's parameters are"  # told to move them, below)
+        raise ValueError(
+            f"{caller}: the {where} on the meta device, which holds no data: an attribution needs real values. "
+            "Materialise the model first (model.to_empty(device=...) and load_state_dict) and give it a batch on "
+            "the same device."
+        )
     if device is not None and inputs.device != device:
         raise ValueError(
             f"{caller}: the inputs are on {inputs.device} but the model is on {device}. Move the batch to "

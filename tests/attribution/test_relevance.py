@@ -270,6 +270,19 @@ class TestRelevanceErrors:
         with pytest.raises(ValueError, match="the inputs are on meta but the model is on cpu"):
             relevance(small_cnn(), torch.zeros(1, 3, 8, 8, device="meta"))
 
+    @pytest.mark.parametrize("inputs_device", ["cpu", "meta"])
+    def test_model_on_meta(self, inputs_device):
+        # the batch was told to move to meta, and on meta the label check failed with torch's .item() error
+        model = small_cnn().to("meta")
+        inputs, labels = torch.zeros(2, 3, 8, 8, device=inputs_device), torch.tensor([0, 1], device=inputs_device)
+        with pytest.raises(ValueError, match="the model's parameters are on the meta device, which holds no data.*"
+                           r"to_empty"):
+            relevance(model, inputs, labels)
+
+    def test_meta_inputs_to_a_model_without_tensors(self):
+        with pytest.raises(ValueError, match="the inputs are on the meta device"):
+            relevance(nn.Flatten(), torch.zeros(2, 3, device="meta"))
+
     def test_output_not_2d(self):
         model = nn.Sequential(nn.Conv2d(3, 2, 3))
         with pytest.raises(ValueError, match=r"logits of shape \(B, K\)"):
