@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .._checks import check_backend, check_bool, check_dtype, check_epsilon, check_keys, check_labels, check_model
 from .._containers import copy_tensors
-from ._composites import check_composite, zennit_relevance
+from ._composites import check_composite, check_picklable, zennit_relevance
 from ._fast import FAST_COMPOSITES, UnsupportedModel, fast_relevance
 from ._graphs import GraphCache
 from ._rules import ExplanationError, RuleTypes, explanation_problem, inputs_only_carry_relevance, rule_types
@@ -305,6 +305,10 @@ class Attributor:
         self._hints = {}
 
     def __getstate__(self) -> dict:
+        check_picklable(self.composite)  # (zennit's Composite objects do not pickle: say what does)
+        return self._state()
+
+    def _state(self) -> dict:
         with model_lock(self._model):  # waits for another thread's attribution (pickle then copies the model)
             if _attributing.depth:
                 raise RuntimeError("an Attributor (or a transform) cannot be copied or pickled while an attribution "
@@ -325,7 +329,7 @@ class Attributor:
         clone = Attributor.__new__(Attributor)
         memo[id(self)] = clone
         with model_lock(self._model):  # the model is copied as no attribution has it (its flags, hooks)
-            clone.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+            clone.__setstate__(copy.deepcopy(self._state(), memo))
         return clone
 
     def __repr__(self) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import pickle
 from collections.abc import Callable, Iterator
 
 import torch
@@ -272,6 +273,26 @@ def check_composite(composite) -> None:
         )
     if composite != EPSILON_FLAT and composite not in COMPOSITES:
         raise ValueError(f"composite should be one of {composite_names()}, but got {composite!r} instead.")
+
+
+def check_picklable(composite) -> None:
+    """A ``TypeError`` saying what to do when a zennit ``Composite`` object does not pickle (zennit's rules hold
+    lambdas), instead of pickle's ``Can't pickle local object 'Flat.__init__.<locals>.<lambda>'``."""
+    if isinstance(composite, str):
+        return
+    try:
+        pickle.dumps(composite)
+    except (AttributeError, TypeError, pickle.PicklingError) as error:
+        from zennit.composites import COMPOSITES
+
+        names = [name for name, kind in COMPOSITES.items() if type(composite) is kind]
+        by_name = f"composite={names[0]!r}" if names else "a composite name"
+        raise TypeError(
+            f"this Attributor (or the transform holding it) cannot be pickled: its zennit "
+            f"{type(composite).__name__} object does not pickle ({error}). Give it by name instead ({by_name}: "
+            "built at each call with the Attributor's epsilon and canonizers), which pickles; a copy.deepcopy "
+            "works either way."
+        ) from error
 
 
 class _NormSums(TorchFunctionMode):

@@ -124,6 +124,21 @@ class TestAttributor:
         with pytest.raises(TypeError, match="model should be a torch.nn.Module, but got str"):
             attributor.model = "resnet"
 
+    def test_a_zennit_composite_object_says_how_to_pickle(self):
+        # pickle failed with "Can't pickle local object 'Flat.__init__.<locals>.<lambda>'" (zennit's rules)
+        from zennit.composites import EpsilonPlusFlat
+
+        model = bn_model()
+        x, targets = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
+        attributor = Attributor(model, composite=EpsilonPlusFlat())
+        with pytest.raises(TypeError, match=r"cannot be pickled: its zennit EpsilonPlusFlat object does not pickle "
+                           r"\(.*\)\. Give it by name instead \(composite='epsilon_plus_flat'"):
+            pickle.dumps(attributor)
+        clone = copy.deepcopy(attributor)  # a deep copy does not pickle: it works
+        assert clone.model is not model and torch.allclose(clone(x, targets), attributor(x, targets))
+        by_name = Attributor(model, composite="epsilon_plus_flat")
+        assert torch.equal(pickle.loads(pickle.dumps(by_name))(x, targets), by_name(x, targets))
+
     def test_copies_attribute_and_rebuild_their_rule_cache(self):
         """The per-class rule cache does not travel with copies, and a state saved before it existed still loads."""
         model = bn_model()
