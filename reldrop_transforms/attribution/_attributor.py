@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import logging
 import os
 import sys
@@ -398,7 +399,7 @@ class Attributor:
                                     all_targets=None if index is None else targets)
 
         try:
-            (rel,) = self._attribute(module, (selected,), lambda x: module(x), grad_output_fn)
+            (rel,) = self._attribute(module, (selected,), lambda x: module(x), grad_output_fn, check_zero=check_finite)
         except ExplanationError:  # the library's own: the same whatever the coins
             raise
         except (RuntimeError, ValueError) as error:  # an error of the model's own forward on the rows the coins
@@ -453,7 +454,7 @@ class Attributor:
                     view[key] = copy_tensors(view[key])  # (also those in its plain lists, tuples and dicts)
             for key, leaf in zip(present, leaves):
                 view[key] = leaf
-            return module(view) if forward_fn is None else forward_fn(module, view)
+            return graph_forward(module, view, forward_fn)
 
         def grad_output_fn(logits: Tensor) -> Tensor:
             return output_relevance(logits, targets, num_graphs)
@@ -463,7 +464,8 @@ class Attributor:
                 check_finite_batch(data[key], None, caller, index=getattr(data, "batch", None),
                                    what=f"inputs (`{key}`)")
             check_finite_batch(None, targets, caller)
-        rels = self._attribute(module, tuple(data[key] for key in present), call, grad_output_fn)
+        rels = self._attribute(module, tuple(data[key] for key in present), call, grad_output_fn,
+                               check_zero=check_finite)
         if check_finite:
             batch = getattr(data, "batch", None)
             for rel in rels:
@@ -563,7 +565,7 @@ class Attributor:
             def call() -> Tensor:
                 for name, fed in zip(present, fed_copies(leaves)):
                     view[name] = fed
-                return module(view) if forward_fn is None else forward_fn(module, view)
+                return graph_forward(module, view, forward_fn)
 
             return fast_relevance(module, leaves, call, grad_output_fn, self.epsilon, self._rule_types())
 
@@ -639,8 +641,9 @@ class Attributor:
             _log.info(message)
 
     def _attribute(self, module: nn.Module, inputs: tuple[Tensor, ...], call: Callable[..., Tensor],
-                   grad_output_fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, ...]:
-        """Relevance of every tensor in ``inputs`` for ``call(*leaves)``, under the model's lock and state guard."""
+                   grad_output_fn: Callable[[Tensor], Tensor], *, check_zero: bool = False) -> tuple[Tensor, ...]:
+        """Relevance of every tensor in ``inputs`` for ``call(*leaves)``, under the model's lock and state guard;
+        ``check_zero``: warn (once) when it is exactly zero everywhere (one synchronisation)."""
         use_fast = self.backend == "fast" or (self.backend == "auto" and self._fast_composite)
         if self.backend == "auto" and not use_fast:
             self._say_once(("composite", str(self.composite)), f"relevance: composite {self.composite!r} runs on the "
@@ -677,6 +680,14 @@ class Attributor:
                                "transforms drop where alpha * U >= 1 - beta, none with the defaults; the erasing "
                                "transforms erase at random).", warn=True, category=UserWarning,
                                stacklevel=_caller_stacklevel())
+            elif check_zero and not any(bool(rel.any()) for rel in rels):
+                self._say_once("zero", f"relevance: the relevance of every sample of this batch is exactly zero "
+                               f"(the Epsilon rule's epsilon={self.epsilon} absorbs the logits, as in an untrained "
+                               "model whose outputs are all near zero, or the target logits are zero), so RelDrop's "
+                               "masks do not follow the model for it (all relevance ties: the dropout transforms "
+                               "drop where alpha * U >= 1 - beta, none with the defaults; the erasing transforms "
+                               "erase at random). They do once the logits grow; a smaller epsilon starts earlier.",
+                               warn=True, category=UserWarning, stacklevel=_caller_stacklevel())
             return tuple(_own_memory(r.detach(), leaf) for r, leaf in zip(rels, leaves))  # (not inference tensors)
 
     def _rule_types(self) -> RuleTypes:
@@ -718,6 +729,28 @@ def _caller_stacklevel() -> int:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(tuple(skipped)):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def graph_forward(module: nn.Module, data, forward_fn: Callable | None) -> Tensor:
+    """``forward_fn(module, data)``, or ``module(data)``: where that fails with a ``TypeError`` because the forward
+    does not take one ``Data`` (``forward(self, pos, batch)``), the error says to pass ``forward_fn``."""
+    if forward_fn is not None:
+        return forward_fn(module, data)
+    try:
+        return module(data)
+    except TypeError as error:
+        try:
+            signature = inspect.signature(module.forward)
+            signature.bind(data)
+        except TypeError:
+            raise TypeError(
+                f"without forward_fn the model is called as model(data), but {type(module).__name__}.forward"
+                f"{signature} does not take one {type(data).__name__} ({error}). Pass forward_fn=lambda model, "
+                "data: model(data.pos, data.batch) (or whatever its forward takes)."
+            ) from error
+        except ValueError:  # (no signature to read)
+            pass
+        raise
 
 
 def fresh_leaves(inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:

@@ -18,7 +18,7 @@ from zennit.canonizers import MergeBatchNorm, SequentialMergeBatchNorm
 from zennit.layer import Sum
 
 import reldrop_transforms as rt
-from reldrop_transforms.attribution import Attributor, relevance
+from reldrop_transforms.attribution import Attributor, relevance, relevance_graph
 
 from _models import warm_up_batchnorm
 from test_relevance import paper_composite, zennit_oracle
@@ -380,6 +380,47 @@ class TestOperationsBetweenLayers:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert Attributor(model)(x, targets).abs().sum() > 0
+
+    def test_all_zero_relevance_warns_once(self):
+        """Logits that Epsilon absorbs (an untrained model whose outputs are near zero; here exactly zero) give zero
+        relevance everywhere: RelDrop then dropped nothing, silently. Now a warning, once per Attributor, from both
+        backends and the PyG path, pointing at the caller's line; none where a sample has relevance, nor with
+        check_finite_values=False (which asks for no synchronisation)."""
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+        x, targets = torch.randn(3, 3, 8, 8), torch.tensor([0, 3, 4])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert relevance(model, x, targets).abs().sum() > 0
+            nn.init.zeros_(model[4].weight)
+            nn.init.zeros_(model[4].bias)
+            assert torch.equal(relevance(model, x, targets, check_finite_values=False), torch.zeros_like(x))
+        for backend in ("fast", "zennit"):
+            attributor = Attributor(model, backend=backend)
+            with pytest.warns(UserWarning, match=r"the relevance of every sample of this batch is exactly zero "
+                              r"\(the Epsilon rule's epsilon=0.001 absorbs the logits") as record:
+                rel = attributor(x, targets)
+            assert torch.equal(rel, torch.zeros_like(x))
+            assert {w.filename for w in record} == {__file__}
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                attributor(x, targets)  # once per Attributor
+        t = rt.RelevanceDropout2d(model, p=1.0, generator=torch.Generator().manual_seed(0))
+        with pytest.warns(UserWarning, match="exactly zero") as record:
+            out, _ = t(x, targets)
+        assert torch.equal(out, x) and {w.filename for w in record} == {__file__}
+        from torch_geometric.data import Batch, Data
+
+        from reldrop_transforms.models import PointNet
+
+        points = PointNet(in_channels=3, num_classes=4)
+        last = [m for m in points.modules() if isinstance(m, nn.Linear)][-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        clouds = Batch.from_data_list([Data(pos=torch.randn(n, 3), y=torch.tensor([1])) for n in (7, 9)])
+        with pytest.warns(UserWarning, match="exactly zero"):
+            rels = relevance_graph(points, clouds, clouds.y)
+        assert not rels["pos"].any()
 
     def test_output_without_path_to_the_input_but_with_history_warns(self):
         """The output requires grad through a buffer with an autograd history, not through the input: was no
