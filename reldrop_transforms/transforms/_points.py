@@ -128,17 +128,31 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         name = type(self).__name__
         if points.ndim != 3:
             layout = "(B, C, N)" if self.channels_first else "(B, N, C)"
+            hint = (f" A single cloud ({layout[4:]} has no batch dimension (the attribution runs on batches): add "
+                    "one with points[None], or batch the clouds with a DataLoader." if points.ndim == 2 else "")
             raise ValueError(
                 f"{name} expects a batch of point clouds of shape {layout}, but got {tuple(points.shape)} instead."
+                + hint
             )
         if fill == "remove":
             raise ValueError(f"{name}: fill='remove' needs PyG batches; dense batches keep N points per cloud.")
         batch_size = points.shape[0]
-        labels = self._attributor.check_batch(points, self._labels(sample), caller=name, what="clouds")
+        labels = self._labels(sample)
+        num_points = points.shape[2 if self.channels_first else 1]
+        if isinstance(labels, Tensor) and labels.shape == (batch_size, num_points) and labels.numel() \
+                and not (labels.is_floating_point() or labels.is_complex()) \
+                and not bool(((labels == 0) | (labels == 1)).all() and (labels.sum(1) == 1).all()):  # (not one-hot)
+            raise ValueError(
+                f"{name}: the labels have one class per point (shape {tuple(labels.shape)} for {batch_size} clouds of "
+                f"{num_points} points), as for segmentation, but RelDrop attributes a classifier's logits: one "
+                f"label per cloud ({batch_size},). Pass labels_getter=None to attribute the predicted class, or a "
+                "labels_getter that returns one label per cloud."
+            )
+        labels = self._attributor.check_batch(points, labels, caller=name, what="clouds")
         if not isinstance(fill, str):
             check_fits(f"{name}: fill", fill, points.dtype)
         channels_last = points.transpose(1, 2) if self.channels_first else points
-        if batch_size == 0 or channels_last.shape[1] == 0:
+        if batch_size == 0:  # (clouds without points were refused by check_batch)
             return sample
         channel_dim = 1 if self.channels_first else 2
         positions = channels_last[..., :3]
@@ -180,6 +194,13 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         if bool((sizes == 0).any()):
             empty = (sizes == 0).nonzero().flatten()[:10].tolist()
             raise ValueError(f"{name}: cloud(s) {empty} have no points; remove empty clouds before RelDrop.")
+        if isinstance(labels, Tensor) and labels.ndim and labels.shape[0] == batch.num_nodes != num_graphs:
+            raise ValueError(
+                f"{name}: the labels have one entry per point (shape {tuple(labels.shape)} for {batch.num_nodes} "
+                f"points in {num_graphs} clouds), as for segmentation, but RelDrop attributes a classifier's "
+                f"logits: one label per cloud ({num_graphs},). Pass labels_getter=None to attribute the predicted "
+                "class, or a labels_getter that returns one label per cloud."
+            )
         labels = self._attributor.check_graph(batch, labels, keys=self.keys, forward_fn=self.forward_fn,
                                               caller=name)[1]
         # the rule for p: coins first, then the draws of the whole batch; every cloud is attributed

@@ -576,6 +576,45 @@ class TestRelevanceDropout3d:
         with pytest.raises(TypeError):  # without forward_fn the model is called as model(batch)
             RelevanceDropout3d(model)(batch)
 
+    def test_per_point_labels_say_what_to_pass(self):
+        # per-point labels (segmentation) got "labels of shape (26,) do not match a batch of 3 clouds" (PyG) and
+        # "soft labels should have shape (B, K) = (4, 4)" (dense), without the labels_getter hint
+        batch = make_batch(seed=6)
+        per_point = batch.clone()
+        per_point.y = per_point.point_label.long()
+        with pytest.raises(ValueError, match=r"labels have one entry per point \(shape \(26,\) for 26 points in 3 "
+                           r"clouds\), as for segmentation.*labels_getter=None"):
+            RelevanceDropout3d(GraphPointNet())(per_point)
+        RelevanceDropout3d(GraphPointNet(), labels_getter=None)(per_point)  # the predicted class: works
+        points, labels = make_points(batch_size=4, num_points=10)
+        for channels_first in (False, True):
+            cloud = points.transpose(1, 2).contiguous() if channels_first else points
+            with pytest.raises(ValueError, match=r"labels have one class per point \(shape \(4, 10\) for 4 clouds "
+                               r"of 10 points\).*labels_getter=None"):
+                RelevanceDropout3d(DensePointNet(), channels_first=channels_first)(cloud, labels[:, None].repeat(1, 10))
+        one_hot = nn.functional.one_hot(labels, NUM_CLASSES)  # integer one-hot rows are soft labels, as before
+        assert torch.equal(RelevanceDropout3d(DensePointNet(), generator=seeded(0))(points[:, :4], one_hot)[0],
+                           RelevanceDropout3d(DensePointNet(), generator=seeded(0))(points[:, :4], labels)[0])
+
+    @pytest.mark.parametrize("channels_first", [False, True])
+    def test_a_single_dense_cloud_is_told_to_add_the_batch_dimension(self, channels_first):
+        points, labels = make_points(batch_size=1, channels_first=channels_first)
+        layout = r"\(C, N\)" if channels_first else r"\(N, C\)"
+        with pytest.raises(ValueError, match=rf"A single cloud {layout} has no batch dimension.*points\[None\]"):
+            RelevanceDropout3d(DensePointNet(), channels_first=channels_first)(points[0], labels[0])
+
+    def test_a_forward_that_does_not_take_the_batch_says_to_pass_forward_fn(self):
+        class TwoArguments(GraphPointNet):
+            def forward(self, pos, batch):  # noqa: D102
+                return super().forward(Batch(pos=pos, batch=batch, ptr=None))
+
+        model, batch = TwoArguments(), make_batch(seed=6)
+        with pytest.raises(TypeError, match=r"without forward_fn the model is called as model\(data\), but "
+                           r"TwoArguments.forward\(pos, batch\) does not take one DataBatch .*missing 1 required"):
+            RelevanceDropout3d(model)(batch)
+        with pytest.raises(TypeError, match="forward_fn=lambda model, data"):
+            relevance_graph(model, batch, batch.y)
+
     def test_pyg_p_zero_leaves_everything(self):
         batch = make_batch(seed=6, edges=True)
         for fill in ("remove", "zero"):
