@@ -396,8 +396,9 @@ class TestRelevanceDropout2d:
     @pytest.mark.parametrize("model_device", OTHER_DEVICES)
     def test_inputs_on_another_device_than_model(self, make_model, make_batch, model_device):
         images, labels = make_batch()  # on the CPU
-        with pytest.raises(ValueError, match=rf"RelevanceDropout2d: the inputs are on cpu but the model is on "
-                                             rf"{model_device}"):
+        moved = (r"the model's parameters are on the meta device, which holds no data" if model_device == "meta"
+                 else rf"the inputs are on cpu but the model is on {model_device}")  # (not: move the batch to meta)
+        with pytest.raises(ValueError, match=rf"RelevanceDropout2d: {moved}"):
             RelevanceDropout2d(make_model().to(model_device), p=1.0)(images, labels)
         with pytest.raises(ValueError, match=rf"the inputs are on {model_device}\S* but the model is on cpu"):
             RelevanceDropout2d(make_model(), p=1.0)(images.to(model_device), labels.to(model_device))

@@ -605,7 +605,7 @@ class TestRelevanceDropout3d:
 
     def test_a_forward_that_does_not_take_the_batch_says_to_pass_forward_fn(self):
         class TwoArguments(GraphPointNet):
-            def forward(self, pos, batch):  # noqa: D102
+            def forward(self, pos, batch):
                 return super().forward(Batch(pos=pos, batch=batch, ptr=None))
 
         model, batch = TwoArguments(), make_batch(seed=6)
