@@ -741,6 +741,9 @@ def graph_forward(module: nn.Module, data, forward_fn: Callable | None) -> Tenso
     except TypeError as error:
         try:
             signature = inspect.signature(module.forward)
+        except (TypeError, ValueError):  # (no signature to read)
+            raise error from None
+        try:
             signature.bind(data)
         except TypeError:
             raise TypeError(
@@ -748,8 +751,6 @@ def graph_forward(module: nn.Module, data, forward_fn: Callable | None) -> Tenso
                 f"{signature} does not take one {type(data).__name__} ({error}). Pass forward_fn=lambda model, "
                 "data: model(data.pos, data.batch) (or whatever its forward takes)."
             ) from error
-        except ValueError:  # (no signature to read)
-            pass
         raise
 
 
