@@ -54,6 +54,7 @@ class _Probe(TorchFunctionMode):
         self._candidates: dict[nn.Module, tuple[nn.Module, Tensor]] = {}
         self._produced: dict[int, tuple[nn.Module, Tensor, int]] = {}  # id(output) -> (layer, output, version)
         self._uses: dict[int, int] = {}
+        self.parameter_reads: dict[int, int] = {}  # id(Parameter) -> operations reading it (the probe's lifetime)
         self._handles = []
         self.problem: str | None = None
         self.reweighted: set[nn.Module] = set()  # linear layers whose forward transforms their weight (_reweighted)
@@ -77,9 +78,20 @@ class _Probe(TorchFunctionMode):
                 and not (args and result is args[0]):
             for arg in args:
                 for tensor in arg if isinstance(arg, (tuple, list)) else (arg,):
-                    if isinstance(tensor, Tensor) and id(tensor) in self._produced:
+                    if isinstance(tensor, nn.Parameter):
+                        self.parameter_reads[id(tensor)] = self.parameter_reads.get(id(tensor), 0) + 1
+                    elif isinstance(tensor, Tensor) and id(tensor) in self._produced:
                         self._uses[id(tensor)] = self._uses.get(id(tensor), 0) + 1
         return result
+
+    def shared_parameter(self, linear: nn.Module) -> str | None:
+        """The name of ``linear``'s weight or bias if the forward read it in more than one operation (a layer that
+        runs once reads each once: a tied weight, or one a forward also reads functionally); else ``None``."""
+        for name in ("weight", "bias"):
+            value = linear._parameters.get(name)
+            if value is not None and self.parameter_reads.get(id(value), 0) > 1:
+                return name
+        return None
 
     def _linear(self, module, args, out) -> None:
         if not args and self.problem is None:
@@ -118,16 +130,19 @@ class _Probe(TorchFunctionMode):
             handle.remove()
 
 
-def _probe(model: nn.Module, call: Callable[[], Tensor], types: RuleTypes) -> tuple[list, dict, dict, set]:
+def _probe(model: nn.Module, call: Callable[[], Tensor], types: RuleTypes) -> tuple[list, dict, dict, set, dict]:
     """``(BatchNorm pairs, calls per rule module, output dimensions of merge candidates, layers computing from a
-    transformed weight)`` from one forward without gradients."""
+    transformed weight, the merge targets whose weight or bias other operations read too -> its name)`` from one
+    forward without gradients."""
     probe = _Probe(model, types)
     try:
         with torch.no_grad(), probe:
             call()
         if probe.problem is not None:
             raise ExplanationError(f"this {type(model).__name__} cannot be explained with LRP: {probe.problem}.")
-        return probe.pairs(), probe.calls, probe.feature_dims(), probe.reweighted
+        pairs = probe.pairs()
+        shared = {linear: name for linear, _ in pairs if (name := probe.shared_parameter(linear)) is not None}
+        return pairs, probe.calls, probe.feature_dims(), probe.reweighted, shared
     finally:
         probe.close()
         probe._produced.clear()
@@ -171,7 +186,16 @@ def _merge_batchnorm(pairs: list[tuple[nn.Module, nn.Module]]):
 
         def register(self, linears, batch_norm):
             eps = batch_norm.eps
+            biasless = [linear for linear in linears if linear.bias is None]
             super().register(linears, batch_norm)
+            # zennit's new bias (a Parameter of zeros) requires grad, where no parameter does while attributing:
+            # else a branch that does not depend on the inputs (a bias-free layer + BatchNorm on a constant) would
+            # seem to carry relevance, and get Norm at an add
+            for linear in biasless:
+                if linear.bias.is_leaf:  # zennit 0.5: the Parameter itself
+                    linear.bias.requires_grad_(False)
+                else:  # zennit >= 1.0: a tensor computed from it, set with object.__setattr__ (and so restored)
+                    object.__setattr__(linear, "bias", linear.bias.detach())
             unit_variance = torch.ones_like(batch_norm.running_var) - eps
             if batch_norm.eps == 0:  # zennit >= 1.0 sets attributes with object.__setattr__ and restores them so
                 object.__setattr__(batch_norm, "eps", eps)
@@ -369,10 +393,11 @@ def _reweighted(module: nn.Module, args: tuple, out) -> bool:
         return own.shape != out.shape or not torch.allclose(own.to(out.dtype), out, rtol=1e-5, atol=1e-6)
 
 
-def _merge_problem(linear: nn.Module, batch_norm: nn.Module, out_ndim: int | None, reweighted: bool = False
-                   ) -> str | None:
+def _merge_problem(linear: nn.Module, batch_norm: nn.Module, out_ndim: int | None, reweighted: bool = False,
+                   shared: str | None = None) -> str | None:
     """Why zennit's ``MergeBatchNorm``, which writes the BatchNorm (normalising dimension 1) into the layer's weight
-    Parameter along its output features, cannot fold ``batch_norm`` into ``linear``; ``None`` when it can."""
+    Parameter along its output features, cannot fold ``batch_norm`` into ``linear``; ``None`` when it can.
+    ``shared``: the name of the layer's Parameter that other operations of the forward read too."""
     if computed_weight(linear):
         return ("the layer's weight is computed (a parametrization, or a weight_norm / spectral_norm hook), and "
                 "zennit's MergeBatchNorm writes into a weight Parameter")
@@ -382,6 +407,10 @@ def _merge_problem(linear: nn.Module, batch_norm: nn.Module, out_ndim: int | Non
                 "the same weight and bias (from a transformed weight, e.g. weight standardisation, or with padding of "
                 "its own, e.g. timm's Conv2dSame), and zennit's MergeBatchNorm writes the BatchNorm into the weight "
                 "Parameter, which such a forward may not use as torch's layer does")
+    if shared is not None:
+        return (f"the layer's {shared} Parameter is read elsewhere in the forward too (a tied or shared weight, or "
+                "one read functionally), and zennit's MergeBatchNorm writes the BatchNorm into it, which would change "
+                "what the other reader computes")
     weight = getattr(linear, "weight", None)
     if isinstance(weight, Tensor):
         transposed = isinstance(linear, nn.modules.conv._ConvTransposeNd)
@@ -419,7 +448,8 @@ def zennit_relevance(
     custom = isinstance(composite, Composite)
     canonizers = []
     if not custom:
-        pairs, calls, dims, reweighted = _probe(model, call, types)  # (each call() feeds its own copies of the leaves)
+        # (each call() feeds its own copies of the leaves)
+        pairs, calls, dims, reweighted, shared_parameters = _probe(model, call, types)
         shared = [(name, calls[m]) for name, m in model.named_modules() if calls.get(m, 0) > 1]
         if shared:
             name, count = shared[0]
@@ -438,7 +468,8 @@ def zennit_relevance(
                 "not read. Use backend='fast' (or 'auto')."
             )
         for linear, batch_norm in pairs:
-            problem = _merge_problem(linear, batch_norm, dims.get(linear), linear in reweighted)
+            problem = _merge_problem(linear, batch_norm, dims.get(linear), linear in reweighted,
+                                     shared_parameters.get(linear))
             if problem is not None:
                 raise ExplanationError(
                     f"backend='zennit' cannot merge {type(batch_norm).__name__} {names.get(batch_norm, '')!r} into "
