@@ -11,6 +11,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +34,9 @@ _log = logging.getLogger("reldrop_transforms")
 # (a backbone under two heads, tied weights), so passes take turns whatever model they attribute. Re-entrant, so
 # that a forward_fn may itself attribute.
 _LOCK = threading.RLock()
+
+# What a model's own forward raises on a batch it cannot take (shapes, dtypes, indices).
+MODEL_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
 
 
 def model_lock(model: nn.Module) -> threading.RLock:
@@ -381,7 +385,12 @@ class Attributor:
         if index is not None:
             index = check_index(index, inputs.shape[0], inputs.device, in_range=not checked)
             if index.shape[0] == 0:  # still run the model on the first samples, and validate every label against
-                num_outputs = self._first_outputs(module, inputs)  # the same errors whatever the coins
+                try:  # its outputs: the same errors whatever the coins
+                    num_outputs = self._first_outputs(module, inputs)
+                except ExplanationError:
+                    raise
+                except MODEL_ERRORS as error:
+                    self._raise_as_the_whole_batch(module, inputs, error)
                 if targets is not None:  # whatever the coins
                     check_class_range(targets, num_outputs)
                 return inputs[:0].detach().clone()
@@ -402,14 +411,10 @@ class Attributor:
             (rel,) = self._attribute(module, (selected,), lambda x: module(x), grad_output_fn, check_zero=check_finite)
         except ExplanationError:  # the library's own: the same whatever the coins
             raise
-        except (RuntimeError, ValueError) as error:  # an error of the model's own forward on the rows the coins
-            if index is None:  # selected names them (torch's "expected input[3, 1, 8, 8] to have 3 channels"): the
-                raise  # error of the first samples instead, the same whatever the coins (and as with none)
-            try:
-                self._first_outputs(module, inputs)
-            except Exception as first:
-                raise first from error
-            raise
+        except MODEL_ERRORS as error:  # an error of the model's own forward on the rows the coins selected names
+            if index is None:  # them (torch's "expected input[3, 1, 8, 8] to have 3 channels"): the whole batch's
+                raise  # error instead, the same whatever the coins (and as with p = 1)
+            self._raise_as_the_whole_batch(module, inputs, error)
         if rows is not None and rows < rel.shape[0]:
             rel, index = rel[:rows], index[:rows]
         if check_finite:
@@ -615,14 +620,25 @@ class Attributor:
             ok = bool(status.all())
         return tuple(outputs) if ok else None
 
-    def _first_outputs(self, module: nn.Module, inputs: Tensor) -> int:
-        """The number of outputs of a plain forward of the batch's first two samples (one in a batch of one; as an
-        attribution of selected rows runs at least two), in eval mode, without gradients, state preserved, its logits
-        checked as an attribution's (:func:`_num_outputs`); first the refusal of a model LRP cannot explain (which may
-        not run on few samples: BatchNorm without running statistics), as an attribution gives it."""
+    def _raise_as_the_whole_batch(self, module: nn.Module, inputs: Tensor, error: Exception) -> NoReturn:
+        """Raise the error that a plain forward of the whole batch gives (:meth:`_first_outputs`), where the model's
+        own forward failed on some of its rows (``error``): the message then names the batch the caller passed, the
+        same whatever the coins; ``error`` itself if the whole batch goes through."""
+        try:
+            self._first_outputs(module, inputs, rows=None)
+        except Exception as whole:
+            raise whole from None
+        raise error
+
+    def _first_outputs(self, module: nn.Module, inputs: Tensor, rows: int | None = 2) -> int:
+        """The number of outputs of a plain forward of the batch's first ``rows`` samples (all with ``None``; two by
+        default, one in a batch of one, as an attribution of selected rows runs at least two), in eval mode, without
+        gradients, state preserved, its logits checked as an attribution's (:func:`_num_outputs`); first the refusal of
+        a model LRP cannot explain (which may not run on few samples: BatchNorm without running statistics), as an
+        attribution gives it."""
         modules = tuple(module.modules())
         _check_explainable(module, modules)
-        first = inputs[:2]
+        first = inputs if rows is None else inputs[:rows]
         with _attributing_model(module), torch.no_grad(), preserved_model_state(module, keep_values=False,
                                                                                  modules=modules), \
                 parameter_writes_undone(modules):
