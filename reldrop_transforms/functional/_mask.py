@@ -46,6 +46,10 @@ def normalize_relevance(
     zeros, never to NaN. With ``batch``, the samples are segments of a flat tensor (PyG point clouds): element
     ``i`` belongs to sample ``batch[i]``, and the statistics are computed per segment without a loop.
 
+    The relevance should be finite (checking would cost a host-device synchronisation; the transforms check the
+    attribution they compute): a row holding an infinity has an infinite range and maps to all zeros, as a flat one,
+    and a row holding a NaN maps to NaN, which no threshold drops.
+
     Args:
         relevance: Relevance per element, one row per sample (channels already summed), or one value per
             element of a PyG batch when ``batch`` is given.
@@ -132,7 +136,8 @@ def relevance_dropout_mask(
     element is dropped where ``alpha * U + (1 - alpha) * Rn >= 1 - beta``. Hence
     ``P(drop | Rn = r) = clip((beta - (1 - alpha) * (1 - r)) / alpha, 0, 1)`` for ``alpha > 0``; ``alpha = 1`` is
     plain random dropout at rate ``beta``; ``alpha = 0`` is the deterministic threshold ``Rn >= 1 - beta`` (no
-    noise is drawn). Vectorised over the batch, with no host-device synchronisation. Computed in float32 at least
+    noise is drawn; with ``beta = 0`` it drops the elements of ``Rn = 1``, the most relevant). With ``alpha > 0``,
+    ``beta = 0`` drops nothing (the noise is still drawn, so that the generator advances as for any ``beta``). Vectorised over the batch, with no host-device synchronisation. Computed in float32 at least
     (bfloat16 and float16 relevance is promoted: in those, ``1 - beta`` and the score round off the probability).
 
     Args:
@@ -166,6 +171,8 @@ def relevance_dropout_mask(
     score = (1.0 - alpha) * rn
     if alpha > 0.0:
         score = score + alpha * (uniform_like(rn, generator) if noise is None else noise.to(rn.dtype))
+        if beta == 0.0:  # P(drop) = 0 for every element, where the rounded score of Rn = 1 may reach 1 (tiny alpha)
+            return torch.zeros_like(score, dtype=torch.bool)
     return score >= 1.0 - beta
 
 

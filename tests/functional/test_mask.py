@@ -155,6 +155,14 @@ class TestNormalizeRelevance:
             normalize_relevance(torch.randn(2, 3, dtype=torch.complex64))
 
 
+    def test_non_finite_rows_as_documented(self):
+        # (not checked: a synchronisation; the transforms check the relevance they compute)
+        inf, nan = float("inf"), float("nan")
+        out = normalize_relevance(torch.tensor([[1.0, inf, 3.0], [1.0, -inf, 3.0], [1.0, nan, 3.0], [1.0, 2.0, 3.0]]))
+        assert torch.equal(out[:2], torch.zeros(2, 3))
+        assert bool(out[2].isnan().all())
+        assert torch.equal(out[3], torch.tensor([0.0, 0.5, 1.0]))
+
 class TestUniformLike:
     @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
     def test_same_noise_as_torch_rand(self, device, dtype):
@@ -219,6 +227,17 @@ class TestRelevanceDropoutMask:
         assert torch.equal(with_gen, expected)
         assert torch.equal(without, expected)
         assert torch.equal(g.get_state(), state)  # no noise drawn at alpha = 0
+
+    @pytest.mark.parametrize("alpha", [1e-9, 1e-7, 1e-4, 0.3, 1.0])
+    def test_beta_zero_drops_nothing_when_alpha_is_positive(self, device, alpha):
+        """P(drop) = 0 at beta = 0 (alpha > 0): the most relevant element's score (1 - alpha) + alpha * U, below 1
+        in exact arithmetic, rounded to 1 in float32 for tiny alpha, and it was dropped (one element per row at
+        alpha = 1e-9). The noise is still drawn: the generator advances as for any beta."""
+        rel = make_relevance(3, device=device)
+        g, twin = torch.Generator(device=device).manual_seed(0), torch.Generator(device=device).manual_seed(0)
+        assert not relevance_dropout_mask(rel, alpha, 0.0, generator=g).any()
+        relevance_dropout_mask(rel, alpha, 0.5, generator=twin)
+        assert torch.equal(g.get_state(), twin.get_state())
 
     def test_alpha_zero_matches_reference(self, device):
         rel = make_relevance(7, device=device)
