@@ -21,6 +21,19 @@ from ..functional import noise_dtype, sample_coins, uniform_like
 from ._labels import parse_labels_getter
 
 
+def _fixed_at_construction(name: str, doc: str) -> property:
+    """A read-only property for one of the attributor's settings, whose setter says to build a new transform (the
+    attributor's engine and caches are set up for it)."""
+
+    def read(self):
+        return getattr(self._attributor, name)
+
+    def refuse(self, value) -> None:
+        raise AttributeError(f"{type(self).__name__}.{name} is fixed at construction (the attribution is set up for "
+                             f"it): build a new transform, {type(self).__name__}(model, {name}=..., ...).")
+
+    return property(read, refuse, doc=doc)
+
 class RelevanceSettings:
     """The settings block of a relevance transform: the model (through its :class:`Attributor`), ``p``, the
     labels getter and the generator. ``composite``, ``epsilon``, ``backend``, ``dtype`` and ``cuda_graphs`` are
@@ -72,25 +85,26 @@ class RelevanceSettings:
             raise TypeError(f"the labels should be a torch.Tensor, but got {type(labels).__name__}.")
         return labels
 
-    composite = property(lambda self: self._attributor.composite, doc="LRP rules (see Attributor).")
-    epsilon = property(lambda self: self._attributor.epsilon, doc="Stabiliser of the Epsilon rule.")
-    backend = property(lambda self: self._attributor.backend, doc="Attribution backend (see Attributor).")
-    dtype = property(lambda self: self._attributor.dtype, doc="Autocast dtype of the attribution, or None.")
-    cuda_graphs = property(lambda self: self._attributor.cuda_graphs, doc="Replay captured CUDA graphs.")
+    composite = _fixed_at_construction("composite", "LRP rules (see Attributor).")
+    epsilon = _fixed_at_construction("epsilon", "Stabiliser of the Epsilon rule.")
+    backend = _fixed_at_construction("backend", "Attribution backend (see Attributor).")
+    dtype = _fixed_at_construction("dtype", "Autocast dtype of the attribution, or None.")
+    cuda_graphs = _fixed_at_construction("cuda_graphs", "Replay captured CUDA graphs.")
 
     def settings_repr(self) -> str:
-        """``key=value, ...`` for ``repr``: the public plain settings (numbers, strings, tuples, ``None``: ``p``,
-        ``labels_getter='default'``; a callable getter is left out, as torchvision does), then the attribution's
-        composite, epsilon, backend, and dtype / cuda_graphs where set; values as ``repr`` writes them."""
-        options = {key: value for key, value in vars(self).items()
-                   if not key.startswith("_") and key != "training"
-                   and (value is None or isinstance(value, (bool, int, float, str, tuple)))}
-        options.update(composite=self.composite, epsilon=self.epsilon, backend=self.backend)
+        """``key=value, ...`` for ``repr``: the public settings (``p``, ``labels_getter='default'``, ``generator``,
+        ...; plain values as ``repr`` writes them, a generator as ``torch.Generator(device='cpu')``, a callable by its
+        name, so that a seeded transform or one with a getter does not read as one without), then the attribution's
+        composite, epsilon, backend, and dtype / cuda_graphs where set."""
+        options = {key: _setting_repr(value) for key, value in vars(self).items()
+                   if not key.startswith("_") and key != "training"}
+        options = {key: text for key, text in options.items() if text is not None}
+        options.update(composite=repr(self.composite), epsilon=repr(self.epsilon), backend=repr(self.backend))
         if self.dtype is not None:
-            options["dtype"] = self.dtype
+            options["dtype"] = repr(self.dtype)
         if self.cuda_graphs:
-            options["cuda_graphs"] = True
-        return ", ".join(f"{key}={value!r}" for key, value in options.items())
+            options["cuda_graphs"] = "True"
+        return ", ".join(f"{key}={text}" for key, text in options.items())
 
     # -- dense batches ---------------------------------------------------------------------------------------------
     def masks(self, inputs: Tensor, targets: Tensor | None, reduce: Callable[[Tensor], Tensor],
@@ -129,6 +143,16 @@ class RelevanceSettings:
         full = torch.zeros((batch_size, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
         return full.index_copy_(0, index, rows)
 
+
+def _setting_repr(value: Any) -> str | None:
+    """How :meth:`RelevanceSettings.settings_repr` writes one setting; ``None`` for what it leaves out."""
+    if value is None or isinstance(value, (bool, int, float, str, tuple)):
+        return repr(value)
+    if isinstance(value, torch.Generator):
+        return f"torch.Generator(device={str(value.device)!r})"
+    if callable(value) and not isinstance(value, nn.Module):
+        return getattr(value, "__qualname__", None) or type(value).__name__
+    return None
 
 class DropoutSettings:
     """The RelDrop rule's settings, ``alpha`` and ``beta``, and its noise: shared by :class:`RelevanceDropout2d` and

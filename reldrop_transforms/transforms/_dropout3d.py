@@ -44,8 +44,9 @@ class RelevanceDropout3d(DropoutSettings, RelevancePointTransform):
         composite: LRP rules, see :func:`reldrop_transforms.attribution.relevance`.
         epsilon: Stabiliser of the Epsilon rule.
         backend: ``"auto"``, ``"fast"`` or ``"zennit"``.
-        labels_getter: ``"default"``: the second argument of ``t(points, labels)``, or ``data.y`` for PyG input;
-            a callable ``labels_getter(inputs)``; or ``None`` for the predicted class.
+        labels_getter: ``"default"``: the second argument of ``t(points, labels)``, the ``"labels"`` entry of a
+            dict sample (whose points are its first tensor or ``Data``/``Batch`` other than the labels), or
+            ``data.y`` for PyG input; a callable ``labels_getter(inputs)``; or ``None`` for the predicted class.
         forward_fn: ``forward_fn(model, batch) -> logits`` for PyG models with other call signatures (default
             ``model(batch)``); it receives the unwrapped module.
         generator: Source of the coins and the mask noise.

@@ -6,14 +6,23 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 
-def _labels_from_mapping(mapping: Mapping) -> Any:
+def labels_key(mapping: Mapping) -> Any:
+    """The key of the labels in a dict sample: ``"labels"`` (any case), else the first key containing ``"label"``;
+    ``None`` if there is none."""
     keys = [key for key in mapping if isinstance(key, str)]
     for key in keys:
         if key.lower() == "labels":
-            return mapping[key]
+            return key
     for key in keys:
         if "label" in key.lower():
-            return mapping[key]
+            return key
+    return None
+
+
+def _labels_from_mapping(mapping: Mapping) -> Any:
+    key = labels_key(mapping)
+    if key is not None:
+        return mapping[key]
     raise ValueError(
         f"could not find the labels in a dict with keys {list(mapping)}: name them 'labels', pass a "
         "labels_getter callable, or labels_getter=None to attribute the predicted class."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from ..functional import (
     sample_coins,
 )
 from ._common import RelevanceSettings
+from ._labels import labels_key
 
 __all__ = ["RelevancePointTransform"]
 
@@ -97,6 +98,8 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
             raise TypeError(f"{type(self).__name__} expects points (and labels), but got no input.")
         sample = inputs if len(inputs) > 1 else inputs[0]
         first = inputs[0] if len(inputs) > 1 else (sample[0] if isinstance(sample, (tuple, list)) else sample)
+        if isinstance(first, Mapping):  # a dict sample, {"points": ..., "labels": ...}
+            first = first[_points_key(type(self).__name__, first)]
         self.check_settings()  # (as set now, also after construction: before any coin)
         fill = _check_fill(self.fill)
         if isinstance(first, BaseData):
@@ -113,8 +116,11 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
 
     def _labels(self, sample: Any, default: Any = None) -> Tensor | None:
         """The labels: ``default`` (PyG ``data.y``) for the default getter on a lone Data/Batch, else the getter's."""
+        if isinstance(self.labels_getter, str) and self.labels_getter == "default" and isinstance(sample, Mapping) \
+                and default is not None and labels_key(sample) is None:
+            return default  # (a dict holding a PyG batch and no labels: its y)
         if isinstance(self.labels_getter, str) and self.labels_getter == "default" \
-                and not isinstance(sample, (tuple, list)):
+                and not isinstance(sample, (tuple, list, Mapping)):
             if default is None:
                 raise ValueError(
                     f"{type(self).__name__} could not find labels: pass t(points, labels), give the data a `y`, "
@@ -256,11 +262,29 @@ def _check_collated(name: str, data: BaseData, single: bool) -> None:
                          "the clouds with Batch.from_data_list instead.")
 
 
+def _points_key(name: str, sample: Mapping) -> Any:
+    """The key of the points in a dict sample: the first whose value is a tensor or a PyG ``Data``/``Batch``, other
+    than the labels' (:func:`labels_key`)."""
+    skip = labels_key(sample)
+    for key, value in sample.items():
+        if key != skip and isinstance(value, (Tensor, BaseData)):
+            return key
+    raise TypeError(f"{name} expects a dict sample to hold the points (a dense batch (B, N, C) or a torch_geometric "
+                    f"Data/Batch) under a key other than the labels', but got keys {list(sample)}.")
+
+
 def _with_first(sample: Any, out: Any) -> Any:
-    """``sample`` with its first entry replaced by ``out`` (a tuple, list or namedtuple of its own type), or ``out``
-    when the sample is the points themselves."""
+    """``sample`` with its points replaced by ``out``: its first entry (a tuple, list or namedtuple of its own type),
+    a dict sample's points (:func:`_points_key`; a shallow copy of its own type), or ``out`` when the sample is the
+    points themselves."""
+    if isinstance(sample, Mapping):
+        result = copy.copy(sample)
+        result[_points_key("", sample)] = out
+        return result
     if not isinstance(sample, (tuple, list)):
         return out
+    if isinstance(sample[0], Mapping):
+        return rebuilt(sample, [_with_first(sample[0], out), *sample[1:]])
     return rebuilt(sample, [out, *sample[1:]])
 
 

@@ -301,7 +301,32 @@ class TestRelevanceDropout3d:
         # (the predicted class) was left out
         assert "labels_getter='default'" in repr(cls(nn.Linear(2, 2)))
         assert "labels_getter=None" in repr(cls(nn.Linear(2, 2), labels_getter=None))
-        assert "labels_getter" not in repr(cls(nn.Linear(2, 2), labels_getter=lambda sample: sample[1]))
+
+        def second(sample):
+            return sample[1]
+
+        assert "labels_getter=" + second.__qualname__ in repr(cls(nn.Linear(2, 2), labels_getter=second))
+
+    @pytest.mark.parametrize("cls", [RelevanceDropout2d, RelevanceErasing2d, RelevanceDropout3d, RelevanceErasing3d],
+                             ids=lambda cls: cls.__name__)
+    @pytest.mark.parametrize("name, value", [("composite", "epsilon_plus_flat"), ("epsilon", 0.1), ("backend", "fast"),
+                                             ("dtype", torch.bfloat16), ("cuda_graphs", True)])
+    def test_attribution_settings_say_they_are_fixed(self, cls, name, value):
+        # Python's own "property 'epsilon' of 'RelevanceDropout2d' object has no setter"
+        t = cls(nn.Linear(2, 2))
+        before = getattr(t, name)
+        with pytest.raises(AttributeError, match=rf"{cls.__name__}.{name} is fixed at construction .* build a new "
+                                                 rf"transform, {cls.__name__}\(model, {name}=\.\.\., \.\.\.\)"):
+            setattr(t, name, value)
+        assert getattr(t, name) == before
+
+    @pytest.mark.parametrize("cls", [RelevanceDropout2d, RelevanceErasing2d, RelevanceDropout3d, RelevanceErasing3d],
+                             ids=lambda cls: cls.__name__)
+    def test_repr_shows_a_generator_where_one_is_set(self, cls):
+        # generator=None was shown without one, and nothing with one: a seeded transform read as unseeded
+        assert "generator=None" in repr(cls(nn.Linear(2, 2)))
+        seeded = repr(cls(nn.Linear(2, 2), generator=torch.Generator().manual_seed(0)))
+        assert "generator=torch.Generator(device='cpu')" in seeded and "generator=None" not in seeded
 
     @pytest.mark.parametrize("fill", ["remove", "zero", "first", 2.5])
     @pytest.mark.parametrize("features", [2, 0])
@@ -575,6 +600,32 @@ class TestRelevanceDropout3d:
         assert_examples(out, batch, mask, "remove")
         with pytest.raises(TypeError):  # without forward_fn the model is called as model(batch)
             RelevanceDropout3d(model)(batch)
+
+    @pytest.mark.parametrize("cls", [RelevanceDropout3d, RelevanceErasing3d], ids=lambda cls: cls.__name__)
+    def test_dict_samples_as_tuples(self, cls):
+        """A dict sample, as the 2D transforms take it: the points are the first tensor (or Data/Batch) other than the
+        labels, the labels under "labels" (or a labels_getter), a PyG batch's y where the dict has none; the other
+        entries come back as they were (was: "expects a dense batch (B, N, C) or a torch_geometric Data/Batch, but
+        got dict", also with a labels_getter)."""
+        points, labels = make_points()
+        expected = cls(DensePointNet(), generator=seeded(0))(points, labels)[0]
+        meta = torch.arange(4)
+        for sample, getter in (({"labels": labels, "points": points, "meta": meta}, "default"),
+                               ({"points": points, "target": labels, "meta": meta}, lambda s: s["target"])):
+            out = cls(DensePointNet(), generator=seeded(0), labels_getter=getter)(sample)
+            assert type(out) is dict and list(out) == list(sample)
+            assert torch.equal(out["points"], expected)
+            assert all(out[key] is sample[key] for key in sample if key != "points")
+        assert torch.equal(cls(DensePointNet(), generator=seeded(0))({"points": points}, labels)[0]["points"],
+                           expected)
+        batch = make_batch(seed=3)
+        expected_pyg = cls(GraphPointNet(), generator=seeded(1))(batch)
+        for sample in ({"cloud": batch}, {"cloud": batch, "labels": batch.y}):
+            out = cls(GraphPointNet(), generator=seeded(1))(sample)["cloud"]
+            assert torch.equal(out.pos, expected_pyg.pos) and torch.equal(out.x, expected_pyg.x)
+        with pytest.raises(TypeError, match=r"expects a dict sample to hold the points .* under a key other than the "
+                                            r"labels', but got keys \['labels', 'name'\]"):
+            cls(DensePointNet())({"labels": labels, "name": "x"})
 
     def test_per_point_labels_say_what_to_pass(self):
         # per-point labels (segmentation) got "labels of shape (26,) do not match a batch of 3 clouds" (PyG) and
@@ -852,13 +903,11 @@ class TestRelevanceDropout3d:
 
     @pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
     def test_points_the_model_cannot_take_whatever_the_coins(self, p):
-        """Three channels for a six-channel model: the model's error for the first two clouds where only some are
-        attributed, the same for every draw (was: naming the clouds the coins selected); for the whole batch at
-        p = 1 (was: for its first cloud, a shape the caller never passed)."""
+        """Three channels for a six-channel model: the model's error for the whole batch, for every p and every draw
+        (was: naming the clouds the coins selected; then the first two clouds where only some are attributed)."""
         points, labels = make_points(channels=3)
-        rows = 4 if p == 1.0 else 2
         for seed in range(4):
-            with pytest.raises(RuntimeError, match=rf"expected input\[{rows}, 3, 10\] to have 6 channels"):
+            with pytest.raises(RuntimeError, match=r"expected input\[4, 3, 10\] to have 6 channels"):
                 RelevanceDropout3d(DensePointNet(), p=p, generator=seeded(seed))(points, labels)
 
     @pytest.mark.parametrize("fill", [float("nan"), float("inf")])
