@@ -390,7 +390,7 @@ class Attributor:
                 except ExplanationError:
                     raise
                 except MODEL_ERRORS as error:
-                    self._raise_as_the_whole_batch(module, inputs, error)
+                    self._raise_as_the_whole_batch(module, lambda: module(inputs.clone()), inputs.shape[0], error)
                 if targets is not None:  # whatever the coins
                     check_class_range(targets, num_outputs)
                 return inputs[:0].detach().clone()
@@ -414,7 +414,7 @@ class Attributor:
         except MODEL_ERRORS as error:  # an error of the model's own forward on the rows the coins selected names
             if index is None:  # them (torch's "expected input[3, 1, 8, 8] to have 3 channels"): the whole batch's
                 raise  # error instead, the same whatever the coins (and as with p = 1)
-            self._raise_as_the_whole_batch(module, inputs, error)
+            self._raise_as_the_whole_batch(module, lambda: module(inputs.clone()), inputs.shape[0], error)
         if rows is not None and rows < rel.shape[0]:
             rel, index = rel[:rows], index[:rows]
         if check_finite:
@@ -422,9 +422,10 @@ class Attributor:
         return rel
 
     def attribute_graph(self, data, targets: Tensor | None = None, *, keys: Sequence[str] = ("pos", "x"),
-                        forward_fn: Callable | None = None, check_finite: bool = True,
+                        forward_fn: Callable | None = None, index: Tensor | None = None, check_finite: bool = True,
                         caller: str = "relevance_graph", checked: bool = False) -> dict[str, Tensor]:
-        """Relevance of a PyTorch Geometric ``Data``/``Batch`` with respect to its node tensors.
+        """Relevance of a PyTorch Geometric ``Data``/``Batch`` with respect to its node tensors (of the clouds ``index``
+        only, when given).
 
         The node attributes named in ``keys`` that the data has (``pos`` is required, ``x`` is used where present)
         are each replaced by a leaf in a shallow copy of ``data`` that is passed to ``forward_fn(model, data)``
@@ -433,14 +434,20 @@ class Attributor:
         Args:
             data: A ``torch_geometric.data.Batch`` (or a single ``Data``: one cloud) on the model's device.
             targets: Class indices ``(num_graphs,)``, soft labels ``(num_graphs, K)``, or ``None`` (predicted
-                class).
+                class). All are validated, also with ``index``.
             keys: Node attributes to attribute.
             forward_fn: ``forward_fn(model, data) -> logits`` for models with other call signatures.
+            index: Attribute only these clouds (e.g. those whose coin came up): cloud numbers or a boolean mask
+                ``(num_graphs,)``, as for :meth:`__call__`. The model then runs on a batch of those clouds alone,
+                ``Batch.from_data_list(data.index_select(index))`` (with another cloud where one is selected, its
+                relevance dropped), as a DataLoader would have batched them; where that batch would not hold what
+                ``data`` does (attributes set after collation, node tensors resized since), on the whole ``data``.
             check_finite: As in :meth:`__call__`; the error names the clouds.
             checked: The caller already validated ``data`` and ``targets`` with :meth:`check_graph`.
 
         Returns:
-            ``{key: relevance}`` with each relevance of the attribute's shape, for the keys present in ``data``.
+            ``{key: relevance}`` with each relevance of the attribute's shape, for the keys present in ``data``; with
+            ``index``, the rows of those clouds' nodes, cloud by cloud in the order of ``index``.
         """
         if checked:
             present = [key for key in keys if isinstance(getattr(data, key, None), Tensor)]
@@ -448,31 +455,74 @@ class Attributor:
             present, targets = self.check_graph(data, targets, keys=keys, forward_fn=forward_fn, caller=caller)
         module = unwrap_model(self.model)
         num_nodes, num_graphs = data.pos.shape[0], getattr(data, "num_graphs", 1)
+        if index is not None:
+            index = check_index(index, num_graphs, data.pos.device, in_range=not checked)
         if num_nodes == 0:
             return {key: torch.zeros_like(data[key]) for key in present}
 
-        def call(*leaves: Tensor) -> Tensor:
-            view = copy.copy(data)  # (its own stores: the caller's keep their tensors)
-            names = view.keys()  # (iterating a Data gives its items)
-            for key in names:  # every other tensor too, as a copy: a forward may change its input in place
-                if key not in present:  # (`data.normal.sub_(...)`, `data.batch += 0`) without touching the caller's
-                    view[key] = copy_tensors(view[key])  # (also those in its plain lists, tuples and dicts)
-            for key, leaf in zip(present, leaves):
-                view[key] = leaf
-            return graph_forward(module, view, forward_fn)
-
-        def grad_output_fn(logits: Tensor) -> Tensor:
-            return output_relevance(logits, targets, num_graphs)
+        def whole() -> Tensor:  # a plain forward of the whole batch (for its error)
+            return graph_forward(module, _graph_view(data, present, [data[key].clone() for key in present]),
+                                 forward_fn)
 
         if check_finite:  # the inputs first: their error says so (not that the relevance is not finite)
             for key in present:
                 check_finite_batch(data[key], None, caller, index=getattr(data, "batch", None),
                                    what=f"inputs (`{key}`)")
             check_finite_batch(None, targets, caller)
-        rels = self._attribute(module, tuple(data[key] for key in present), call, grad_output_fn,
-                               check_zero=check_finite)
+        selected, selected_targets, clouds = data, targets, None
+        if index is not None:
+            clouds = index
+            if index.shape[0] == 1 and num_graphs >= 2:  # another cloud goes along (as in __call__), its relevance
+                clouds = torch.cat([index, (index[:1] == 0).to(index.dtype)])  # dropped
+            if index.shape[0] == 0:
+                clouds = torch.arange(min(2, num_graphs), device=index.device)
+            selected = _sub_batch(data, clouds)
+            if selected is not None:
+                selected_targets = None if targets is None else targets.index_select(0, clouds.to(targets.device))
+            if index.shape[0] == 0:  # still run the model (on the first clouds where a batch of them can be made),
+                first = data if selected is None else selected  # and validate every label against its outputs:
+                try:  # the same errors whatever the coins
+                    num_outputs = self._plain_outputs(
+                        module, lambda: graph_forward(module, _graph_view(first, present, [first[key].clone() for key
+                                                                                            in present]), forward_fn),
+                        getattr(first, "num_graphs", 1))
+                except ExplanationError:
+                    raise
+                except MODEL_ERRORS as error:
+                    self._raise_as_the_whole_batch(module, whole, num_graphs, error)
+                if targets is not None:
+                    check_class_range(targets, num_outputs)
+                return {key: data[key][:0].detach().clone() for key in present}
+            if selected is None:  # the whole batch, then its rows of the selected clouds
+                selected, clouds = data, None
+        num_selected = getattr(selected, "num_graphs", 1)
+
+        def call(*leaves: Tensor) -> Tensor:
+            return graph_forward(module, _graph_view(selected, present, leaves), forward_fn)
+
+        def grad_output_fn(logits: Tensor) -> Tensor:
+            return output_relevance(logits, selected_targets, num_selected,
+                                    all_targets=None if clouds is None else targets)
+
+        try:
+            rels = self._attribute(module, tuple(selected[key] for key in present), call, grad_output_fn,
+                                   check_zero=check_finite)
+        except ExplanationError:  # the library's own: the same whatever the coins
+            raise
+        except MODEL_ERRORS as error:  # the model's own forward on the selected clouds: the whole batch's error
+            if index is None:
+                raise
+            self._raise_as_the_whole_batch(module, whole, num_graphs, error)
+        if index is not None:  # the nodes of the clouds `index`, in its order
+            nodes = _cloud_nodes(_graph_ptr(data), index)
+            if clouds is not None:  # (the sub-batch: its first nodes are those, in that order)
+                nodes = torch.arange(nodes.shape[0], device=nodes.device)
+            rels = tuple(rel.index_select(0, nodes) for rel in rels)
         if check_finite:
             batch = getattr(data, "batch", None)
+            if index is not None:
+                counts = _graph_ptr(data).diff().index_select(0, index)
+                batch = torch.repeat_interleave(index, counts)
             for rel in rels:
                 check_finite_(rel, caller, batch)
         return dict(zip(present, rels))
@@ -620,31 +670,37 @@ class Attributor:
             ok = bool(status.all())
         return tuple(outputs) if ok else None
 
-    def _raise_as_the_whole_batch(self, module: nn.Module, inputs: Tensor, error: Exception) -> NoReturn:
-        """Raise the error that a plain forward of the whole batch gives (:meth:`_first_outputs`), where the model's
-        own forward failed on some of its rows (``error``): the message then names the batch the caller passed, the
-        same whatever the coins; ``error`` itself if the whole batch goes through."""
+    def _raise_as_the_whole_batch(self, module: nn.Module, forward: Callable[[], Tensor], batch_size: int,
+                                  error: Exception) -> NoReturn:
+        """Raise the error that a plain forward of the whole batch gives (``forward()``, see :meth:`_plain_outputs`),
+        where the model's own forward failed on some of its samples (``error``): the message then names the batch the
+        caller passed, the same whatever the coins; ``error`` itself if the whole batch goes through."""
         try:
-            self._first_outputs(module, inputs, rows=None)
+            self._plain_outputs(module, forward, batch_size)
         except Exception as whole:
             raise whole from None
         raise error
 
-    def _first_outputs(self, module: nn.Module, inputs: Tensor, rows: int | None = 2) -> int:
-        """The number of outputs of a plain forward of the batch's first ``rows`` samples (all with ``None``; two by
-        default, one in a batch of one, as an attribution of selected rows runs at least two), in eval mode, without
-        gradients, state preserved, its logits checked as an attribution's (:func:`_num_outputs`); first the refusal of
-        a model LRP cannot explain (which may not run on few samples: BatchNorm without running statistics), as an
+    def _first_outputs(self, module: nn.Module, inputs: Tensor) -> int:
+        """The number of outputs of a plain forward of the batch's first two samples (one in a batch of one, as an
+        attribution of selected rows runs at least two): :meth:`_plain_outputs` of a tensor batch."""
+        first = inputs[:2]
+        return self._plain_outputs(module, lambda: module(first.clone()), first.shape[0])  # (a forward may change
+        # its input in place)
+
+    def _plain_outputs(self, module: nn.Module, forward: Callable[[], Tensor], batch_size: int) -> int:
+        """The number of outputs of ``forward()`` (the model on ``batch_size`` samples), run in eval mode, without
+        gradients, state preserved, its logits checked as an attribution's (:func:`_num_outputs`); first the refusal
+        of a model LRP cannot explain (which may not run on few samples: BatchNorm without running statistics), as an
         attribution gives it."""
         modules = tuple(module.modules())
         _check_explainable(module, modules)
-        first = inputs if rows is None else inputs[:rows]
         with _attributing_model(module), torch.no_grad(), preserved_model_state(module, keep_values=False,
                                                                                  modules=modules), \
                 parameter_writes_undone(modules):
             module.eval()
-            logits = module(first.clone())  # (a forward may change its input in place)
-        return _num_outputs(logits, first.shape[0])
+            logits = forward()
+        return _num_outputs(logits, batch_size)
 
     def _say_once(self, key: Hashable, message: str, *, warn: bool, category: type[Warning] = RelevanceBackendWarning,
                   stacklevel: int = 4) -> None:
@@ -768,6 +824,64 @@ def graph_forward(module: nn.Module, data, forward_fn: Callable | None) -> Tenso
                 "data: model(data.pos, data.batch) (or whatever its forward takes)."
             ) from error
         raise
+
+
+def _graph_view(data, present: Sequence[str], tensors: Sequence[Tensor]):
+    """A shallow copy of the PyG ``data`` for one forward: ``tensors`` under the keys ``present``, every other tensor
+    as a copy (a forward may change its input in place, ``data.normal.sub_(...)``, ``data.batch += 0``, without
+    touching the caller's; also those in its plain lists, tuples and dicts)."""
+    view = copy.copy(data)  # (its own stores: the caller's keep their tensors)
+    names = view.keys()  # (iterating a Data gives its items)
+    for key in names:
+        if key not in present:
+            view[key] = copy_tensors(view[key])
+    for key, tensor in zip(present, tensors):
+        view[key] = tensor
+    return view
+
+
+def _graph_ptr(data) -> Tensor:
+    """The node offsets of the clouds of the PyG ``data`` (``ptr``; ``[0, num_nodes]`` for a single ``Data``)."""
+    ptr = getattr(data, "ptr", None)
+    if isinstance(ptr, Tensor):
+        return ptr.to(data.pos.device)
+    return torch.tensor([0, data.pos.shape[0]], device=data.pos.device)
+
+
+def _cloud_nodes(ptr: Tensor, clouds: Tensor) -> Tensor:
+    """The node numbers of the clouds ``clouds`` (cloud by cloud, in that order) of a batch with offsets ``ptr``."""
+    starts, counts = ptr.index_select(0, clouds), ptr.diff().index_select(0, clouds)
+    total = int(counts.sum())
+    ends = counts.cumsum(0)
+    return torch.arange(total, device=ptr.device) + torch.repeat_interleave(starts - (ends - counts), counts,
+                                                                            output_size=total)
+
+
+def _sub_batch(data, clouds: Tensor):
+    """The clouds ``clouds`` of the collated PyG batch ``data`` as a batch of their own,
+    ``type(data).from_data_list(data.index_select(clouds))``; ``None`` where that would not hold what ``data`` does
+    for them: not a collated ``Batch`` of ``Data``, an attribute without collation bookkeeping (set after collation:
+    ``index_select`` leaves it out), or a tensor whose size no longer matches its bookkeeping (resized since)."""
+    slices = getattr(data, "_slice_dict", None)
+    if not isinstance(slices, dict) or not callable(getattr(data, "index_select", None)) \
+            or len(getattr(data, "stores", ())) != 1 or not isinstance(getattr(data, "ptr", None), Tensor):
+        return None
+    num_graphs = data.num_graphs
+    try:
+        for key, value in data.items():
+            if key in ("batch", "ptr"):
+                continue
+            if key not in slices:
+                return None
+            if isinstance(value, Tensor):
+                bounds = slices[key]
+                dim = data.__cat_dim__(key, value)
+                size = value.shape[0] if dim is None else value.shape[dim]
+                if not isinstance(bounds, Tensor) or bounds.shape != (num_graphs + 1,) or int(bounds[-1]) != size:
+                    return None
+        return type(data).from_data_list(data.index_select(clouds))
+    except Exception:  # (whatever PyG cannot separate: the whole batch is attributed instead)
+        return None
 
 
 def fresh_leaves(inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:

@@ -3,8 +3,9 @@
 The rule for ``p`` (every transform, every path): one coin per sample is drawn from ``generator`` first
 (``True`` with probability ``p``; ``p = 1`` and ``p = 0`` draw nothing); then the random numbers of the masks are
 drawn for the whole batch, also from ``generator``; only samples whose coin came up are masked. Which samples are
-attributed is a matter of cost, not of the result (a sample's relevance depends on that sample only): dense eager
-batches attribute the selected samples only (with another one where a single coin comes up); PyG batches and replayed CUDA graphs (fixed shapes) attribute all.
+attributed is a matter of cost, not of the result (a sample's relevance depends on that sample only): eagerly, only
+the selected samples are attributed (with another one where a single coin comes up; a PyG batch's selected clouds as a
+batch of their own, see ``Attributor.attribute_graph``'s ``index``); replayed CUDA graphs (fixed shapes) attribute all.
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ class RelevanceDropout3d(DropoutSettings, RelevancePointTransform):
         alpha: Weight of the random term, in [0, 1] (paper: 0.5).
         beta: Drop threshold offset, in [0, 1] (paper: 0.5).
         p: Probability that a cloud is masked at all. One coin per cloud comes first, then the noise of the whole
-            batch, both from ``generator``; dense batches attribute only the selected clouds eagerly, PyG batches
-            (and CUDA graphs) attribute all of them, with the same result.
+            batch, both from ``generator``; only the selected clouds are attributed eagerly (a PyG batch's as a
+            batch of their own), CUDA graphs attribute all of them, with the same result.
         fill: ``"zero"`` (all channels set to 0, the paper), ``"first"`` (copy the cloud's first kept point:
             PointNet++'s convention), a number, or ``"remove"`` (PyG batches only).
         composite: LRP rules, see :func:`reldrop_transforms.attribution.relevance`.

@@ -209,23 +209,44 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
             )
         labels = self._attributor.check_graph(batch, labels, keys=self.keys, forward_fn=self.forward_fn,
                                               caller=name)[1]
-        # the rule for p: coins first, then the draws of the whole batch; every cloud is attributed
+        # the rule for p: coins first, then the draws of the whole batch
         with self._attributor.drawing():  # one batch's numbers in one piece, also when threads share the generator
             coins = sample_coins(num_graphs, self.p, device=batch.pos.device, generator=self.generator)
             draws = self.draw(num_graphs, batch.pos)
+        if self.p < 1.0 and not self._attributor.graphs_apply(batch.pos):  # eagerly: the selected clouds alone
+            mask = self._selected_mask(batch, labels, coins, draws, sizes, name)
+        else:
 
-        def post(rels: dict[str, Tensor], pos: Tensor, batch_vector: Tensor, *tensors: Tensor) -> tuple[Tensor]:
-            per_point = sum(r.reshape(r.shape[0], -1).sum(1) for r in rels.values())
-            return (self.mask_rows(per_point, pos, *tensors, batch=batch_vector, num_segments=num_graphs),)
+            def post(rels: dict[str, Tensor], pos: Tensor, batch_vector: Tensor, *tensors: Tensor) -> tuple[Tensor]:
+                return (self.mask_rows(_per_point(rels), pos, *tensors, batch=batch_vector, num_segments=num_graphs),)
 
-        (mask,) = self._attributor.then_graph(batch, labels, post, (batch.pos, batch.batch, *draws),
-                                              key=(type(self), self.mask_key()), keys=self.keys,
-                                              forward_fn=self.forward_fn, caller=name, checked=True)
-        if self.p < 1.0:
-            mask = mask & coins[batch.batch]
+            (mask,) = self._attributor.then_graph(batch, labels, post, (batch.pos, batch.batch, *draws),
+                                                  key=(type(self), self.mask_key()), keys=self.keys,
+                                                  forward_fn=self.forward_fn, caller=name, checked=True)
+            if self.p < 1.0:  # (a CUDA graph attributes every cloud)
+                mask = mask & coins[batch.batch]
         out = self._apply_pyg(batch, mask, fill)
         out = _single_example(data, batch, out) if single else out
         return _with_first(sample, out)
+
+    def _selected_mask(self, batch: Batch, labels: Tensor | None, coins: Tensor, draws: tuple[Tensor, ...],
+                       sizes: Tensor, name: str) -> Tensor:
+        """The mask of the nodes of ``batch`` where only the clouds whose coin came up are attributed (as a batch of
+        their own: :meth:`Attributor.attribute_graph` with ``index``) and masked; ``draws`` are the whole batch's,
+        per point or per cloud (:meth:`draw`)."""
+        index = coins.nonzero().flatten()  # one synchronisation
+        rels = self._attributor.attribute_graph(batch, labels, keys=self.keys, forward_fn=self.forward_fn,
+                                                index=index, caller=name, checked=True)
+        mask = torch.zeros(batch.num_nodes, dtype=torch.bool, device=batch.pos.device)
+        if index.numel() == 0:
+            return mask
+        nodes = coins[batch.batch]
+        counts = sizes.index_select(0, index)
+        sub_vector = torch.repeat_interleave(torch.arange(index.numel(), device=index.device), counts)
+        picked = tuple(d[nodes] if d.shape[0] == batch.num_nodes else d.index_select(0, index) for d in draws)
+        mask[nodes] = self.mask_rows(_per_point(rels), batch.pos[nodes], *picked, batch=sub_vector,
+                                     num_segments=index.numel())
+        return mask
 
     def _apply_pyg(self, batch: Batch, mask: Tensor, fill: str | float) -> Batch:
         if fill == "remove":
@@ -244,6 +265,11 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
                 check_fits(f"{type(self).__name__}: fill (of `{key}`)", fill, value.dtype)
             out[key] = fill_points(value, mask, fill, batch=batch.batch, num_segments=batch.num_graphs)
         return out
+
+
+def _per_point(rels: dict[str, Tensor]) -> Tensor:
+    """The relevance of each node: every attributed attribute's, its channels summed."""
+    return sum(r.reshape(r.shape[0], -1).sum(1) for r in rels.values())
 
 
 def _check_collated(name: str, data: BaseData, single: bool) -> None:

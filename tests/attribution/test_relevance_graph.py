@@ -7,6 +7,7 @@ against the same computation rebuilt from torch.nn layers; MeanAggregation's Nor
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -409,3 +410,136 @@ class TestRelevanceGraph:
         batch = make_batch(dtype=torch.float32)
         with pytest.raises(ValueError, match=r"relevance_graph \(pos\): the inputs have dtype torch.float32"):
             relevance_graph(PointNetLike().double(), batch, batch.y)
+
+
+class TestAttributeGraphIndex:
+    """``Attributor.attribute_graph(index=...)``: only the selected clouds are attributed (the model runs on a batch of
+    them alone), with each cloud's relevance as in the whole batch, and the same errors whatever the selection."""
+
+    @staticmethod
+    def counting(model):
+        seen = []
+        model.register_forward_pre_hook(lambda module, args: seen.append(args[0].num_graphs))
+        return seen
+
+    @pytest.mark.parametrize("index", [[1, 3], [3, 1], [0, 2, 3, 4], [4]])
+    def test_selected_clouds_alone_as_in_the_whole_batch(self, index):
+        from reldrop_transforms.attribution import Attributor
+
+        model = PointNetLike().double()
+        batch = make_batch(sizes=(5, 9, 12, 7, 4))
+        full = relevance_graph(model, batch, batch.y)
+        seen = self.counting(model)
+        rows = Attributor(model).attribute_graph(batch, batch.y, index=torch.tensor(index))
+        # one cloud goes with another (a model may not take a batch of one); otherwise the selected clouds alone
+        assert seen == [max(len(index), 2)]
+        nodes = torch.cat([torch.arange(batch.ptr[i], batch.ptr[i + 1]) for i in index])
+        for key in ("pos", "x"):
+            assert rows[key].shape == (nodes.numel(), batch[key].shape[1])
+            torch.testing.assert_close(rows[key], full[key][nodes], rtol=1e-12, atol=1e-14)
+
+    def test_a_boolean_mask_and_no_cloud(self):
+        from reldrop_transforms.attribution import Attributor
+
+        model = PointNetLike().double()
+        batch = make_batch(sizes=(5, 9, 12, 7))
+        by_number = Attributor(model).attribute_graph(batch, batch.y, index=torch.tensor([0, 2]))
+        by_mask = Attributor(model).attribute_graph(batch, batch.y, index=torch.tensor([True, False, True, False]))
+        for key in by_number:
+            torch.testing.assert_close(by_mask[key], by_number[key], rtol=0, atol=0)
+        seen = self.counting(model)
+        none = Attributor(model).attribute_graph(batch, batch.y, index=torch.tensor([], dtype=torch.long))
+        assert {key: tuple(value.shape) for key, value in none.items()} == {"pos": (0, 3), "x": (0, 2)}
+        assert seen == [2]  # a forward of the first two clouds alone (for the label check)
+
+    @pytest.mark.parametrize("index", [None, [1], [0, 2], []])
+    def test_every_label_validated_whatever_the_selection(self, index):
+        from reldrop_transforms.attribution import Attributor
+
+        model = PointNetLike().double()
+        batch = make_batch(sizes=(5, 9, 12))
+        labels = torch.tensor([0, 1, 99])
+        with pytest.raises(ValueError, match=r"class indices in \[0, 3\].*\[99\]"):
+            Attributor(model).attribute_graph(batch, labels, index=None if index is None else torch.tensor(
+                index, dtype=torch.long))
+
+    def test_a_model_error_is_the_whole_batch_s_whatever_the_selection(self):
+        from reldrop_transforms.attribution import Attributor
+
+        class NeedsThree(PointNetLike):  # fails on a batch of fewer than 3 clouds, naming its size
+            def forward(self, data):
+                if data.num_graphs < 3:
+                    raise RuntimeError(f"got a batch of {data.num_graphs} clouds")
+                return super().forward(data)
+
+        model = NeedsThree().double()
+        batch = make_batch(sizes=(5, 9, 12, 3))
+        messages = set()
+        for index in ([1], [0, 3], []):
+            with pytest.raises(RuntimeError) as caught:
+                Attributor(model).attribute_graph(batch, batch.y, index=torch.tensor(index, dtype=torch.long))
+            messages.add(str(caught.value))
+        # the whole batch goes through: the error is the selection's own (it cannot be the batch's)
+        assert messages == {"got a batch of 2 clouds"}
+
+        class NeverRuns(PointNetLike):
+            def forward(self, data):
+                raise RuntimeError(f"no: {data.num_graphs} clouds")
+
+        messages = set()
+        for index in ([1], [0, 3], []):
+            with pytest.raises(RuntimeError) as caught:
+                Attributor(NeverRuns().double()).attribute_graph(batch, batch.y,
+                                                                 index=torch.tensor(index, dtype=torch.long))
+            messages.add(str(caught.value))
+        assert messages == {"no: 4 clouds"}  # the whole batch's, whatever the selection
+
+    @pytest.mark.parametrize("change", ["attribute after collation", "resized", "hand-built", "single Data"])
+    def test_a_batch_that_cannot_be_split_is_attributed_whole(self, change):
+        # Batch.index_select leaves out attributes set after collation and slices tensors by the collation's
+        # bookkeeping: where that would not give the model what the batch holds, the whole batch is attributed
+        from reldrop_transforms.attribution import Attributor
+
+        class ReadsScale(PointNetLike):
+            def forward(self, data):
+                return super().forward(data) * data.scale.mean()
+
+        model = ReadsScale().double()
+        batch = make_batch(sizes=(5, 9, 12))
+        batch.scale = torch.tensor([2.0], dtype=torch.float64)
+        index = torch.tensor([0, 2])
+        if change == "resized":
+            batch = make_batch(sizes=(5, 9, 12))
+            model = PointNetLike().double()
+            batch.x = torch.cat([batch.x, batch.x[:2]])[2:]  # the same rows, not the collation's tensor
+            batch.pos = batch.pos[torch.arange(batch.num_nodes)]
+            batch.extra = torch.zeros(1)  # and one attribute of its own
+        elif change == "hand-built":
+            batch = Batch(pos=batch.pos, x=batch.x, y=batch.y, batch=batch.batch, ptr=batch.ptr, scale=batch.scale)
+        elif change == "single Data":
+            batch = Data(pos=batch.pos[:5], x=batch.x[:5], y=batch.y[:1], scale=batch.scale,
+                         batch=torch.zeros(5, dtype=torch.long), num_graphs=1)
+            index = torch.tensor([0])
+        full = relevance_graph(model, batch, batch.y)
+        seen = []
+        model.register_forward_pre_hook(lambda module, args: seen.append(args[0].pos.shape[0]))
+        rows = Attributor(model).attribute_graph(batch, batch.y, index=index)
+        assert seen == [batch.pos.shape[0]]
+        ptr = batch.ptr if isinstance(batch, Batch) else torch.tensor([0, 5])
+        nodes = torch.cat([torch.arange(ptr[i], ptr[i + 1]) for i in index])
+        for key in ("pos", "x"):
+            torch.testing.assert_close(rows[key], full[key][nodes], rtol=1e-12, atol=1e-14)
+
+    def test_non_finite_relevance_names_the_batch_s_clouds(self):
+        from reldrop_transforms.attribution import Attributor
+
+        class Infinite(PointNetLike):  # cloud 3's logits infinite
+            def forward(self, data):
+                out = super().forward(data)
+                return out * torch.where(data.cloud_id == 3, math.inf, 1.0).to(out.dtype)[:, None]
+
+        batch = Batch.from_data_list([Data(pos=torch.randn(4 + i, 3, dtype=torch.float64),
+                                           x=torch.randn(4 + i, 2, dtype=torch.float64), y=torch.tensor([0]),
+                                           cloud_id=torch.tensor([float(i)])) for i in range(5)])
+        with pytest.raises(ValueError, match=r"for sample\(s\) \[3\] of the batch"):
+            Attributor(Infinite().double()).attribute_graph(batch, batch.y, index=torch.tensor([1, 3]))

@@ -679,6 +679,33 @@ class TestRelevanceDropout3d:
         mask, _ = reference_graph_mask(model, batch, batch.y, alpha=0.5, beta=0.5, seed=16, p=0.5)
         assert_examples(out, batch, mask, "remove")
 
+    @pytest.mark.parametrize("cls", [RelevanceDropout3d, RelevanceErasing3d], ids=lambda cls: cls.__name__)
+    @pytest.mark.parametrize("fill", ["remove", "zero"])
+    def test_pyg_p_below_one_attributes_the_selected_clouds_alone(self, cls, fill):
+        # Every cloud of a PyG batch was attributed whatever the coins (p = 0.5 paid p = 1's attribution); the
+        # model now runs on a batch of the selected clouds alone, and the output is the one of attributing all
+        model = GraphPointNet()
+        batch = make_batch(sizes=(6, 7, 5, 8, 9, 6, 7, 5), seed=7)
+        seen = []
+        model.register_forward_pre_hook(lambda module, args: seen.append(args[0].num_graphs))
+        kwargs = {} if cls is RelevanceDropout3d else {"radius": (0.3, 0.5)}
+        out = cls(model, p=0.5, fill=fill, generator=seeded(21), **kwargs)(batch)
+        selected = int((torch.rand(batch.num_graphs, generator=seeded(21)) < 0.5).sum())  # the coins come first
+        assert 2 <= selected < batch.num_graphs and seen == [selected]
+        # every cloud attributed, the coins applied after: the path of a CUDA graph (forced here, run eagerly)
+        cuda_graph_like = cls(model, p=0.5, fill=fill, generator=seeded(21), **kwargs)
+        seen.clear()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(type(cuda_graph_like._attributor), "graphs_apply", lambda self, pos: True)
+            patch.setattr(type(cuda_graph_like._attributor), "then_graph",
+                          lambda self, data, targets, post, post_inputs, **kw: tuple(post(
+                              self.attribute_graph(data, targets, keys=kw["keys"], forward_fn=kw["forward_fn"],
+                                                   caller=kw["caller"], checked=True), *post_inputs)))
+            every = cuda_graph_like(batch)
+        assert seen == [batch.num_graphs]
+        for key in ("pos", "x", "batch", "ptr"):
+            torch.testing.assert_close(out[key], every[key], rtol=0, atol=0)
+
     def test_pyg_p_per_cloud_statistics(self):
         # alpha = 0, beta = 1 drops all but one point of every selected cloud: count the selected clouds.
         model = GraphPointNet()
