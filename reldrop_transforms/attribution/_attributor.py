@@ -880,7 +880,7 @@ def _sub_batch(data, clouds: Tensor):
                 if not isinstance(bounds, Tensor) or bounds.shape != (num_graphs + 1,) or int(bounds[-1]) != size:
                     return None
         return type(data).from_data_list(data.index_select(clouds))
-    except Exception:  # (whatever PyG cannot separate: the whole batch is attributed instead)
+    except (*MODEL_ERRORS, KeyError, AttributeError):  # (what PyG cannot separate: attributed whole instead)
         return None
 
 
