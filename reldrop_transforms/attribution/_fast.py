@@ -53,7 +53,7 @@ from ._rules import (
     ADD_NAMES, NO_READ_NAMES, NORM_STABILIZER, RuleTypes, computed_weight, first_linear, has_tensor,
     keyword_input_problem, relevance_add, rule_types, stabilize,
 )
-from ._state import ParameterWrites, changes_first_argument, operation_name
+from ._state import ParameterWrites, changes_first_argument, operation_name, restore_all
 
 __all__ = ["FAST_COMPOSITES", "UnsupportedModel", "fast_relevance"]
 
@@ -1251,7 +1251,7 @@ class _Engine:
                                            "checkpoint with use_reentrant=False instead") from error
                 raise
         finally:  # everything this pass changed on the model is undone here
-            self.parameter_writes.restore()
+            restore_all(self.parameter_writes.restore)  # (also where Ctrl-C lands in it; the rest the guard restores)
             for handle in handles:
                 handle.remove()
             for module in in_place:

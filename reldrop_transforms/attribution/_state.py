@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 __all__ = ["preserved_model_state", "unwrap_model", "model_device", "set_eval", "ParameterWrites",
-           "parameter_writes_undone", "operation_name", "changes_first_argument"]
+           "parameter_writes_undone", "operation_name", "changes_first_argument", "restore_all"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -265,9 +265,28 @@ def preserved_model_state(model: nn.Module, *, keep_values: bool = True,
         yield model
     finally:
         with torch.no_grad():
-            tree.restore()
-            record.restore()
-            values.restore()
+            restore_all(tree.restore, record.restore, values.restore)
+
+
+def restore_all(*steps: Callable[[], None], retries: int = 3) -> None:
+    """Run ``steps`` (restores of recorded state, each safe to run again) in turn, also where an asynchronous
+    exception lands in one (Ctrl-C's ``KeyboardInterrupt`` while an attribution unwinds, a signal handler's): that
+    step and the ones after it still run (the interrupted one again), then the interruption is raised. A step
+    interrupted more than ``retries`` times in a row raises at once; an ordinary exception of a step propagates."""
+    interrupted, index, tries = None, 0, 0
+    while index < len(steps):
+        try:
+            steps[index]()
+            index, tries = index + 1, 0
+        except Exception:
+            raise
+        except BaseException as error:  # (KeyboardInterrupt, SystemExit: not the step's own failure)
+            interrupted = error if interrupted is None else interrupted
+            tries += 1
+            if tries > retries:
+                raise
+    if interrupted is not None:
+        raise interrupted
 
 
 class ParameterWrites:
@@ -343,4 +362,4 @@ def parameter_writes_undone(modules: Sequence[nn.Module]) -> Iterator[None]:
         with _WatchParameterWrites(writes):
             yield
     finally:
-        writes.restore()
+        restore_all(writes.restore)

@@ -438,3 +438,62 @@ def test_forward_copying_a_value_that_needs_grad_into_a_buffer(backend, recwarn)
     assert model.last is buffer and model.last.is_leaf and not model.last.requires_grad
     assert not [w for w in recwarn if "not a leaf" in str(w.message)]
     assert_same_state(before, model)
+
+
+@pytest.mark.parametrize("backend, where", [  # (the zennit backend keeps every value instead of ParameterWrites)
+    *[("fast", where) for where in ("_TreeRecord", "_TensorsRecord", "_ValueSnapshot", "ParameterWrites")],
+    *[("zennit", where) for where in ("_TreeRecord", "_TensorsRecord", "_ValueSnapshot")],
+])
+@pytest.mark.parametrize("times", [1, 2])
+def test_ctrl_c_landing_in_the_restore_still_restores(where, times, backend, monkeypatch):
+    # A KeyboardInterrupt raised inside the guard's restore (a second Ctrl-C while an attribution unwinds, or the
+    # first one landing there) left the rest unrestored: the model in eval mode, its parameters frozen, the values a
+    # forward changed in place. The restore now completes, then the interruption is raised.
+    from reldrop_transforms.attribution import _state
+
+    class MaxNorm(nn.Module):  # changes its own weight in place in every forward (a max-norm constraint)
+        def __init__(self):
+            super().__init__()
+            self.body = prepared(small_cnn())
+
+        def forward(self, x):
+            with torch.no_grad():
+                self.body[0].weight.mul_(0.5)
+            return self.body(x)
+
+    model = MaxNorm()
+    before = snapshot(model)
+    original = getattr(_state, where).restore
+    calls = []
+
+    def interrupted(self):
+        calls.append(where)
+        if len(calls) <= times:
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(getattr(_state, where), "restore", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        relevance(model, torch.randn(2, 3, 16, 16), torch.tensor([0, 1]), backend=backend)
+    assert len(calls) > times  # (it was reached, interrupted, and run again)
+    monkeypatch.undo()
+    assert_same_state(before, model)
+
+
+def test_restore_all_retries_interruptions_only():
+    from reldrop_transforms.attribution._state import restore_all
+
+    ran = []
+    with pytest.raises(ValueError, match="a step's own"):  # an ordinary failure: raised at once, nothing retried
+        restore_all(lambda: ran.append(1), lambda: (_ for _ in ()).throw(ValueError("a step's own")),
+                    lambda: ran.append(3))
+    assert ran == [1]
+
+    def always():
+        ran.append("again")
+        raise KeyboardInterrupt
+
+    ran.clear()
+    with pytest.raises(KeyboardInterrupt):  # interrupted again and again: given up after the retries
+        restore_all(always, retries=2)
+    assert ran == ["again"] * 3
