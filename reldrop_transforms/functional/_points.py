@@ -105,12 +105,13 @@ def fill_points(
         return fill_dropped(points, mask, float(fill), channel_dim=-1)
     if fill != "first":
         raise ValueError(f"fill should be 'zero', 'first' or a number, but got {fill!r} instead.")
-    if batch is None:
-        first = _first_kept_index(mask.reshape(-1), *_segments(mask, None)[1:])
-        flat = points.reshape(-1, *points.shape[2:])
-        num, size = mask.shape
-        source = first.repeat_interleave(size)
-        return torch.where(_expand(mask.reshape(-1), flat), _with_zero_row(flat)[source], flat).reshape(points.shape)
+    if batch is None:  # each cloud's first kept point (argmax: the first of the maxima), zeros where none is kept;
+        kept = ~mask  # in the layout of `points` (a transposed view comes back transposed, as with the other fills)
+        clouds = torch.arange(mask.shape[0], device=mask.device)
+        first = points[clouds, kept.to(torch.uint8).argmax(1)]
+        first = torch.where(_expand(kept.any(1), first), first, torch.zeros((), dtype=points.dtype,
+                                                                             device=points.device))
+        return torch.where(_expand(mask, points), first[:, None], points)
     batch, num_segments = check_segments(batch, num_segments)
     first = _first_kept_index(mask, batch, num_segments)
     return torch.where(_expand(mask, points), _with_zero_row(points)[first[batch]], points)

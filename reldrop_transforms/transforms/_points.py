@@ -167,9 +167,7 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         if mask is None:
             return sample
         out = fill_points(channels_last, mask, fill)
-        out = out.transpose(1, 2) if self.channels_first else out
-        if out.stride() != points.stride() and points.is_contiguous():  # the caller's layout back (a gathered fill
-            out = out.contiguous()  # gives (B, N, C) contiguous, whose transpose is not)
+        out = out.transpose(1, 2) if self.channels_first else out  # (fill_points keeps the layout: the caller's)
         return _with_first(sample, out)
 
     # -- PyG -------------------------------------------------------------------------------------------------

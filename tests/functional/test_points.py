@@ -225,6 +225,23 @@ class TestFillPoints:
         if fill == "first":
             assert torch.equal(out[2, 0], points[2, 3])
 
+    @pytest.mark.parametrize("fill", ["zero", "first", -2.5])
+    @pytest.mark.parametrize("layout", ["transposed", "sliced", "contiguous"])
+    def test_dense_keeps_the_layout_of_the_points(self, fill, layout):
+        # "first" gave a contiguous result for a transposed view ((B, C, N) storage read as (B, N, C)), where the
+        # other fills keep the input's layout: a caller's .view on the transposed-back result then failed
+        g = torch.Generator().manual_seed(3)
+        base = torch.randn(3, 5, 7, generator=g)
+        points = {"transposed": base.transpose(1, 2), "sliced": base[:, :, 1:6], "contiguous": base}[layout]
+        mask = torch.rand(points.shape[:2], generator=g) < 0.5
+        mask[:, 4] = False  # every cloud keeps a point (the loop's case; zeros otherwise: tested above)
+        out = fill_points(points, mask, fill)
+        batch = torch.arange(points.shape[0]).repeat_interleave(points.shape[1])
+        expected = loop_fill(points.reshape(-1, points.shape[2]), mask.reshape(-1), fill, batch,
+                             points.shape[0]).reshape(points.shape)
+        assert torch.equal(out, expected)
+        assert out.stride() == torch.empty_like(points).stride()  # the layout torch's own elementwise ops give
+
     @pytest.mark.parametrize("fill", ["zero", "first", 4.0])
     @pytest.mark.parametrize("shuffle", [False, True])
     def test_grouped_matches_loop(self, fill, shuffle):
