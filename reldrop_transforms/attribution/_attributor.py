@@ -22,7 +22,8 @@ from ._composites import check_composite, check_picklable, zennit_relevance
 from ._fast import FAST_COMPOSITES, UnsupportedModel, fast_relevance
 from ._graphs import GraphCache
 from ._rules import ExplanationError, RuleTypes, explanation_problem, inputs_only_carry_relevance, rule_types
-from ._state import model_device, parameter_writes_undone, preserved_model_state, set_eval, unwrap_model
+from ._state import (model_device, parameter_writes_undone, preserved_model_state, run_eagerly, set_eval,
+                     unwrap_model)
 
 __all__ = ["Attributor", "RelevanceBackendWarning", "model_lock", "check_not_in_worker", "check_inputs",
            "output_relevance", "check_finite"]
@@ -699,6 +700,7 @@ class Attributor:
                                                                                  modules=modules), \
                 parameter_writes_undone(modules):
             module.eval()
+            run_eagerly(modules)
             logits = forward()
         return _num_outputs(logits, batch_size)
 
@@ -781,6 +783,7 @@ def _attribution_state(module: nn.Module, modules: Sequence[nn.Module], *, keep_
     with preserved_model_state(module, keep_values=keep_values, modules=modules), \
             inputs_only_carry_relevance(module, modules):
         set_eval(module, modules)
+        run_eagerly(modules)
         for each in modules:  # the caller's backward hooks: for its training's gradients, not relevance (put back by
             if each._backward_hooks or each._backward_pre_hooks:  # preserved_model_state)
                 each._backward_hooks.clear()

@@ -53,7 +53,8 @@ from ._rules import (
     ADD_NAMES, NO_READ_NAMES, NORM_STABILIZER, RuleTypes, computed_weight, first_linear, has_tensor,
     keyword_input_problem, relevance_add, rule_types, stabilize,
 )
-from ._state import ParameterWrites, changes_first_argument, operation_name, restore_all
+from ._state import (WRITES_OTHERS, ParameterWrites, changes_first_argument, operation_name, restore_all,
+                     written_tensors)
 
 __all__ = ["FAST_COMPOSITES", "UnsupportedModel", "fast_relevance"]
 
@@ -425,6 +426,7 @@ def _all_one_stand_in(module: nn.Module, inp: Tensor) -> nn.Module | None:
 
 
 _ADD, _IN_PLACE, _THROUGH, _SELECT, _NO_READ, _MUTATES, _EXTREMUM, _RELU, _SPLIT = 1, 2, 4, 8, 16, 32, 64, 128, 256
+_WRITES = 512  # changes tensors other than its first argument in place (see _state.written_tensors)
 _DERIVES = _THROUGH | _SELECT | _EXTREMUM | _SPLIT  # (the bits are by name: see _operation_kind)
 # Operations y = f(x) whose backward B is linear with B(g * y) = B(g) * x: max pooling routes to where x equals its
 # output, selections and reshapes move values. A fused chain (see _Engine._settle_chains) may run through them.
@@ -444,7 +446,7 @@ _EXTREMUM_NAMES = frozenset({"max", "min", "scatter_reduce", "scatter_reduce_"})
 _CLAMP_FUNCTIONS = frozenset({"relu", "relu6", "hardtanh", "threshold"})
 # Under no_grad nothing carries relevance: an operation that may change a value a point holds is looked at, the
 # others only count as readers.
-_WATCHED_WITHOUT_GRAD = _IN_PLACE | _MUTATES | _RELU
+_WATCHED_WITHOUT_GRAD = _IN_PLACE | _MUTATES | _RELU | _WRITES
 _grad_enabled = torch.is_grad_enabled
 _TRACKED = ("pass", "through", "select")  # ReLU outputs and what derives from them (see _Engine._relu_hook)
 
@@ -462,7 +464,8 @@ def _operation_kind(func) -> int:
         | (_THROUGH if name in _THROUGH_NAMES else 0) | (_SELECT if name in _SELECT_NAMES else 0) \
         | (_EXTREMUM if name in _EXTREMUM_NAMES else 0) | (_NO_READ if name in NO_READ_NAMES else 0) \
         | (_MUTATES if in_place or name in _CLAMPS else 0) | (_RELU if name in ("relu", "relu_") else 0) \
-        | (_SPLIT if name in _SPLIT_NAMES else 0)
+        | (_SPLIT if name in _SPLIT_NAMES else 0) \
+        | (_WRITES if name in WRITES_OTHERS or in_place and name.startswith("_foreach_") else 0)
 
 
 @functools.lru_cache(maxsize=64)  # (on every ReLU of every pass: by value, a few (epsilon, dtype) pairs at most)
@@ -533,6 +536,13 @@ class _Forward(TorchFunctionMode):
                 engine.parameter_writes.before_change(args[0])
                 if engine.rule_modules:
                     engine.check_input_change(args[0], func)
+            if kind & _WRITES:  # an embedding's max_norm renorm, a _foreach_*_ list
+                for tensor in written_tensors(func, args, kwargs):
+                    engine.parameter_writes.before_change(tensor)
+                    if kind & _IN_PLACE:  # (each tensor of the list as the first argument of an in-place operation)
+                        if engine.rule_modules:
+                            engine.check_input_change(tensor, func)
+                        engine.keep_before_change(tensor)
             if kind & _IN_PLACE and args and isinstance(args[0], Tensor):
                 engine.keep_before_change(args[0])
             elif kind & _MUTATES and args and isinstance(args[0], Tensor):  # an in-place ReLU-like clamp

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["preserved_model_state", "unwrap_model", "model_device", "set_eval", "ParameterWrites",
-           "parameter_writes_undone", "operation_name", "changes_first_argument", "restore_all"]
+__all__ = ["preserved_model_state", "unwrap_model", "model_device", "set_eval", "run_eagerly", "ParameterWrites",
+           "parameter_writes_undone", "operation_name", "changes_first_argument", "restore_all",
+           "written_tensors", "WRITES_OTHERS"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -43,6 +44,16 @@ def model_device(model: nn.Module) -> torch.device | None:
     for tensor in model.buffers():
         return tensor.device
     return None
+
+
+def run_eagerly(modules: Sequence[nn.Module]) -> None:
+    """Modules compiled in place (``model.compile()``, which sets ``_compiled_call_impl``) run their eager forward:
+    an attribution does not go through dynamo (a recompilation for eval mode and for the engine's hooks, seconds per
+    new case). Inside :func:`preserved_model_state`, which puts the compiled call back with the module's
+    attributes."""
+    for module in modules:
+        if module.__dict__.get("_compiled_call_impl") is not None:
+            module.__dict__["_compiled_call_impl"] = None
 
 
 def set_eval(model: nn.Module, modules: Sequence[nn.Module]) -> None:
@@ -262,10 +273,32 @@ def preserved_model_state(model: nn.Module, *, keep_values: bool = True,
     record = _TensorsRecord(tensors, cloned)
     values = _ValueSnapshot(batched)
     try:
-        yield model
+        with _parametrization_cache_off():
+            yield model
     finally:
         with torch.no_grad():
             restore_all(tree.restore, record.restore, values.restore)
+
+
+@contextlib.contextmanager
+def _parametrization_cache_off() -> Iterator[None]:
+    """A block in which ``torch.nn.utils.parametrize.cached()`` (entered by the caller around a training step) does
+    not cache: a parametrized weight computed here (in eval mode, from parameters that do not require grad, for
+    relevance) would otherwise be what the caller's forward in the same ``cached()`` block reads, a constant that
+    the parametrization's parameters get no gradient through; and a weight the caller cached (with its autograd
+    graph) would be read here. Caching is off for the block (process-wide: every attribution holds the lock), the
+    cache itself untouched, and on again after."""
+    from torch.nn.utils import parametrize
+
+    enabled = getattr(parametrize, "_cache_enabled", 0)
+    if not enabled or not isinstance(enabled, int):
+        yield
+        return
+    parametrize._cache_enabled = 0
+    try:
+        yield
+    finally:
+        parametrize._cache_enabled = enabled
 
 
 def restore_all(*steps: Callable[[], None], retries: int = 3) -> None:
@@ -333,6 +366,26 @@ def operation_name(func) -> str:
     return name.split(".", 1)[0] if "." in name else name
 
 
+def written_tensors(func, args: tuple, kwargs: dict | None) -> list[torch.Tensor]:
+    """The tensors that ``func(*args, **kwargs)`` changes in place other than a first argument the operation's name
+    says it changes (:func:`changes_first_argument`): each tensor of an in-place ``_foreach_*_`` operation's first
+    list (``torch._foreach_clamp_min_([w], 0)``), and the weight of ``F.embedding`` / ``F.embedding_bag`` with a
+    ``max_norm``, which renorm its rows in place inside (unseen by a ``TorchFunctionMode``)."""
+    name = operation_name(func)
+    if name.startswith("_foreach_") and name.endswith("_"):
+        first = args[0] if args else (kwargs or {}).get("self")
+        return [t for t in first if isinstance(t, torch.Tensor)] if isinstance(first, (list, tuple)) else []
+    if func is nn.functional.embedding or func is nn.functional.embedding_bag:
+        kwargs = kwargs or {}
+        weight = args[1] if len(args) > 1 else kwargs.get("weight")  # (input, weight, padding_idx or offsets,
+        max_norm = args[3] if len(args) > 3 else kwargs.get("max_norm")  # max_norm, ...)
+        return [weight] if max_norm is not None and isinstance(weight, torch.Tensor) else []
+    return []
+
+
+WRITES_OTHERS = frozenset({"embedding", "embedding_bag"})  # names (besides _foreach_*_) :func:`written_tensors` reads
+
+
 def changes_first_argument(name: str) -> bool:
     """Whether the operation named ``name`` (:func:`operation_name`) changes its first argument in place: ``add_``,
     ``relu_``, ``__iadd__``, ``__setitem__`` (not ``__get__``)."""
@@ -350,6 +403,9 @@ class _WatchParameterWrites(TorchFunctionMode):
         if args and isinstance(args[0], torch.Tensor) and (changes_first_argument(operation_name(func))
                                                             or kwargs and kwargs.get("inplace") is True):
             self.writes.before_change(args[0])
+        else:
+            for tensor in written_tensors(func, args, kwargs):
+                self.writes.before_change(tensor)
         return func(*args, **kwargs) if kwargs else func(*args)
 
 

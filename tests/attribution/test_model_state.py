@@ -234,13 +234,16 @@ def test_buffers_written_by_the_forward_are_restored(backend):
 class _WritesParameters(nn.Module):
     """A forward that changes its own parameters in place under no_grad: a max-norm constraint (``copy_``), a
     non-idempotent decay (``.data.mul_``, or an aten overload: ``aten.mul_.Scalar``), an item assignment
-    (``weight[0, 0] = ...``)."""
+    (``weight[0, 0] = ...``), an in-place ``_foreach`` operation on a list of them, and embeddings with ``max_norm``
+    (renormed in place inside ``F.embedding`` / ``F.embedding_bag``, unseen by a mode: they stayed renormed)."""
 
     def __init__(self, how: str):
         super().__init__()
         self.how = how
         self.conv = nn.Conv2d(3, 4, 3)
         self.fc = nn.Linear(4, 5)
+        self.embedding = nn.Embedding(6, 4, max_norm=0.5 if how == "embedding" else None)
+        self.bag = nn.EmbeddingBag(6, 4, max_norm=0.5 if how == "embedding_bag" else None)
 
     def forward(self, x):
         with torch.no_grad():
@@ -250,12 +253,16 @@ class _WritesParameters(nn.Module):
                 self.conv.weight.data.mul_(0.5)
             elif self.how == "aten":
                 torch.ops.aten.mul_.Scalar(self.conv.weight, 0.5)
-            else:
+            elif self.how == "foreach":
+                torch._foreach_clamp_min_([self.fc.weight, self.conv.bias], 0.0)
+            elif self.how == "setitem":
                 self.fc.weight[0, 0] = 7.0
-        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+        positions = torch.arange(x.shape[0]) % 6
+        extra = self.embedding(positions) + self.bag(positions[:, None])
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)) + extra)
 
 
-@pytest.mark.parametrize("how", ["renorm", "data", "aten", "setitem"])
+@pytest.mark.parametrize("how", ["renorm", "data", "aten", "setitem", "foreach", "embedding", "embedding_bag"])
 @pytest.mark.parametrize("backend", ["fast", "zennit"])
 @pytest.mark.parametrize("p", [1.0, 0.0])
 def test_parameters_written_by_the_forward_are_restored(backend, how, p):
@@ -497,3 +504,45 @@ def test_restore_all_retries_interruptions_only():
     with pytest.raises(KeyboardInterrupt):  # interrupted again and again: given up after the retries
         restore_all(always, retries=2)
     assert ran == ["again"] * 3
+
+
+@pytest.mark.parametrize("backend", ["fast", "zennit"])
+@pytest.mark.parametrize("kind", ["custom", "weight_norm", "orthogonal"])
+def test_a_call_inside_parametrize_cached_leaves_the_training_step_alone(backend, kind):
+    # Inside `with parametrize.cached():` the attribution's parametrized weight (eval mode, parameters not
+    # requiring grad) was cached, and the training forward after it in the same block read that constant: the
+    # parametrization's `original` got no gradient (.grad None). Now the gradients are those of the step without
+    # the transform, bit for bit
+    from torch.nn.utils import parametrizations, parametrize
+
+    class Scale(nn.Module):
+        def forward(self, w):
+            return w * 1.5
+
+    def build():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+        if kind == "custom":
+            parametrize.register_parametrization(model[2], "weight", Scale())
+        elif kind == "weight_norm":
+            parametrizations.weight_norm(model[2])
+        else:
+            parametrizations.orthogonal(model[6])
+        return model
+
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    grads = []
+    for call in (False, True):
+        model = build()
+        t = rt.RelevanceDropout2d(model, p=1.0, backend=backend, generator=torch.Generator().manual_seed(0))
+        with parametrize.cached():
+            if call:
+                t(x, y)
+            nn.functional.cross_entropy(model(x), y).backward()
+        grads.append({name: param.grad for name, param in model.named_parameters()})
+    assert all(grad is not None for grad in grads[0].values())
+    for name, grad in grads[0].items():
+        assert grads[1][name] is not None, name
+        assert torch.equal(grads[1][name], grad), name
+    assert parametrize._cache_enabled == 0 and not parametrize._cache  # (cached() left as usual)

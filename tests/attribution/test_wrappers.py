@@ -179,6 +179,35 @@ def test_compiled_model_trains_without_recompiling(backend, fresh_dynamo):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("p", [1.0, 0.0])
+def test_a_model_compiled_in_place_is_attributed_eagerly(backend, p, fresh_dynamo):
+    # model.compile() (in place: no wrapper to unwrap) sent every attribution through dynamo: a compilation for
+    # eval mode and for the engine's hooks on the first calls (about 3 s, 21 graphs). It now runs the eager
+    # forward, and the model stays compiled for training
+    torch.manual_seed(0)
+    model = small_cnn()
+    eager = small_cnn()
+    eager.load_state_dict(model.state_dict())
+    cnt = torch._dynamo.testing.CompileCounter()
+    model.compile(backend=cnt)
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 5
+    model(x).sum().backward()
+    eager(x).sum().backward()  # (the same BatchNorm statistics)
+    frames = cnt.frame_count
+    assert frames >= 1
+    before = snapshot(model)
+    transform = rt.RelevanceDropout2d(model, p=p, backend=backend, generator=torch.Generator().manual_seed(0))
+    expected = rt.RelevanceDropout2d(eager, p=p, backend=backend, generator=torch.Generator().manual_seed(0))
+    for _ in range(2):
+        assert torch.equal(transform(x, y)[0], expected(x, y)[0])
+    assert torch.equal(relevance(model, x, y, backend=backend), relevance(eager, x, y, backend=backend))
+    assert cnt.frame_count == frames, f"compiled {cnt.frame_count - frames} more frames while attributing"
+    assert_same_state(before, model)
+    model(x).sum().backward()  # still compiled, and nothing to recompile
+    assert model._compiled_call_impl is not None and cnt.frame_count == frames
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_compiled_model_state_is_preserved(backend, fresh_dynamo):
     """The model-state guarantees hold for the module under torch.compile (and for the wrapper's view of it)."""
     torch.manual_seed(0)
