@@ -67,11 +67,12 @@ SLOW_VARIANTS = ("reldrop_zennit", "published", "mask_loop")
 
 # Point-cloud variants (point_cases.PointBench): "reldrop" is RelevanceDropout3d with its default backend ("auto").
 # "plain_masked": the plain step on batches RelDrop masked (the pool above: a point model's own cost depends on its
-# input: PointNet++'s ball query on zero-filled points costs more than on the clouds).
-POINT_STEP_VARIANTS = ("plain", "plain_masked", "floor", "floor_then_step", "reldrop", "published")
+# input: PointNet++'s ball query on zero-filled points costs more than on the clouds). "reldrop_half": the same at
+# p = 0.5 (about half the clouds masked; only theirs attributed).
+POINT_STEP_VARIANTS = ("plain", "plain_masked", "floor", "floor_then_step", "reldrop", "reldrop_half", "published")
 POINT_VARIANTS = POINT_STEP_VARIANTS + MASK_VARIANTS
-ALL_VARIANTS = ("plain", "plain_masked", "floor", "floor_then_step", "reldrop", "reldrop_fast", "reldrop_zennit",
-                "published") \
+ALL_VARIANTS = ("plain", "plain_masked", "floor", "floor_then_step", "reldrop", "reldrop_half", "reldrop_fast",
+                "reldrop_zennit", "published") \
     + MASK_VARIANTS
 
 

@@ -46,7 +46,7 @@ from cases import (  # noqa: E402
     make_bench, synchronize,
 )
 
-RELDROP_VARIANTS = ("reldrop", "reldrop_fast", "reldrop_zennit", "published")
+RELDROP_VARIANTS = ("reldrop", "reldrop_half", "reldrop_fast", "reldrop_zennit", "published")
 MEMORY_VARIANTS = ("plain", "reldrop", "reldrop_fast", "reldrop_zennit", "published")
 
 # Issue #3, item 7 (float32; the RelDrop step with the fast engine over the plain step of the same run).

@@ -258,6 +258,10 @@ class PointBench:
         self.rng = np.random.default_rng(seed)
         self.transform = RelevanceDropout3d(self.model, alpha=POINT_ALPHA, beta=POINT_BETA, p=POINT_P, fill="zero",
                                             composite="epsilon_flat", epsilon=EPSILON, generator=self.generator)
+        self.half_generator = torch.Generator(self.device).manual_seed(seed + 1)
+        self.half_transform = RelevanceDropout3d(self.model, alpha=POINT_ALPHA, beta=POINT_BETA, p=0.5, fill="zero",
+                                                 composite="epsilon_flat", epsilon=EPSILON,
+                                                 generator=self.half_generator)
         self.backend = self._probe_backend()
         self.backend_warnings: list[str] = []
         self._mask_relevance: Tensor | dict[str, Tensor] | None = None
@@ -286,7 +290,7 @@ class PointBench:
         entry names the engine ``backend="auto"`` was seen to run (``"fast"``, or ``"zennit (auto fallback)"``)."""
         backend = "fast" if self.backend == "fast" else "zennit (auto fallback)"
         return {"plain": "-", "plain_masked": "-", "floor": "fp32", "floor_then_step": "fp32",
-                "reldrop": f"fp32, {backend}",
+                "reldrop": f"fp32, {backend}", "reldrop_half": f"fp32, {backend}, p = 0.5",
                 "published": "fp32, zennit", "mask_vectorised": "-", "mask_loop": "-"}
 
     # -- the variants -----------------------------------------------------------------------------------------
@@ -346,6 +350,14 @@ class PointBench:
         self.plain_step(masked)
         return masked
 
+    def reldrop_half_step(self) -> Tensor | Batch:
+        """RelDrop at ``p = 0.5`` on the fixed batch (the clouds whose coin came up are attributed, as a batch of their
+        own for PyG), then the plain step on the masked batch; returns the masked batch."""
+        out = self.half_transform(self.inputs) if self.is_pyg else self.half_transform(self.points, self.labels)
+        masked = out[0] if isinstance(out, (tuple, list)) else out
+        self.plain_step(masked)
+        return masked
+
     def published_step(self) -> Tensor | Batch:
         """The published 3D path (re-implemented), then the plain step; returns the masked batch."""
         attribution = published_point_attribution(self.model, self.inputs, self.labels, self.case.num_classes)
@@ -381,6 +393,7 @@ class PointBench:
             "floor": self.floor,
             "floor_then_step": self.floor_then_step,
             "reldrop": self.reldrop_step,
+            "reldrop_half": self.reldrop_half_step,
             "published": self.published_step,
             "mask_vectorised": self.mask_vectorised,
             "mask_loop": self.mask_loop,

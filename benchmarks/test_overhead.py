@@ -101,8 +101,8 @@ def test_point_overhead(benchmark, bench_for, case, variant):
     function = bench.variants()[variant]
     function()  # warm-up
     benchmark.group = case.name
-    benchmark.extra_info.update(case=case.name, variant=variant, p=1.0, precision=bench.precision,
-                                backend=bench.attribution_precision[variant])
+    benchmark.extra_info.update(case=case.name, variant=variant, p=0.5 if variant == "reldrop_half" else 1.0,
+                                precision=bench.precision, backend=bench.attribution_precision[variant])
     rounds = SLOW_ROUNDS if variant in bench.slow_variants else ROUNDS
     out = benchmark.pedantic(function, rounds=rounds, iterations=1, warmup_rounds=0)
     check_point_output(bench, variant, out)
