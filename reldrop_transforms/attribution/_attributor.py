@@ -477,7 +477,9 @@ class Attributor:
                 clouds = torch.cat([index, (index[:1] == 0).to(index.dtype)])  # dropped
             if index.shape[0] == 0:
                 clouds = torch.arange(min(2, num_graphs), device=index.device)
-            selected = _sub_batch(data, clouds)
+            every = clouds.shape[0] == num_graphs and bool((clouds == torch.arange(num_graphs, device=clouds.device))
+                                                          .all())
+            selected = data if every else _sub_batch(data, clouds)  # (all of them, in order: the batch itself)
             if selected is not None:
                 selected_targets = None if targets is None else targets.index_select(0, clouds.to(targets.device))
             if index.shape[0] == 0:  # still run the model (on the first clouds where a batch of them can be made),

@@ -438,6 +438,23 @@ class TestAttributeGraphIndex:
             assert rows[key].shape == (nodes.numel(), batch[key].shape[1])
             torch.testing.assert_close(rows[key], full[key][nodes], rtol=1e-12, atol=1e-14)
 
+    def test_every_cloud_selected_is_the_batch_itself(self, monkeypatch):
+        from reldrop_transforms.attribution import Attributor
+
+        model = PointNetLike().double()
+        batch = make_batch(sizes=(5, 9, 12))
+        full = relevance_graph(model, batch, batch.y)
+        collations = []
+        original = Batch.from_data_list.__func__
+        monkeypatch.setattr(Batch, "from_data_list", classmethod(
+            lambda cls, *args, **kwargs: collations.append(1) or original(cls, *args, **kwargs)))
+        rows = Attributor(model).attribute_graph(batch, batch.y, index=torch.tensor([True, True, True]))
+        assert collations == []  # (no sub-batch collated: the clouds, in order, are the batch)
+        Attributor(model).attribute_graph(batch, batch.y, index=torch.tensor([2, 1, 0]))
+        assert collations == [1]
+        for key in full:
+            torch.testing.assert_close(rows[key], full[key], rtol=0, atol=0)
+
     def test_a_boolean_mask_and_no_cloud(self):
         from reldrop_transforms.attribution import Attributor
 
