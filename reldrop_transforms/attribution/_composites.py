@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ._rules import (
-    NO_READ_NAMES, NORM_STABILIZER, ExplanationError, RuleTypes, computed_weight, first_linear, has_tensor,
-    keyword_input_problem, relevance_add, rule_types, stabilize,
+    COPY_NAMES, NO_READ_NAMES, NORM_STABILIZER, ExplanationError, RuleTypes, computed_weight, first_linear, has_tensor,
+    keyword_input_problem, relevance_add, rule_types, stabilize, transformed_input_problem,
 )
 from ._state import operation_name
 
@@ -53,6 +53,9 @@ class _Probe(TorchFunctionMode):
         self.calls: dict[nn.Module, int] = {}
         self._candidates: dict[nn.Module, tuple[nn.Module, Tensor]] = {}
         self._produced: dict[int, tuple[nn.Module, Tensor, int]] = {}  # id(output) -> (layer, output, version)
+        # id(copy of a layer's output) -> the tensors from the output to the copy: a BatchNorm reading the copy merges
+        # where each of them is read once (by the next): `.contiguous()` in channels_last, `.float()` under autocast
+        self._copied: dict[int, tuple[Tensor, ...]] = {}
         self._uses: dict[int, int] = {}
         self.parameter_reads: dict[int, int] = {}  # id(Parameter) -> operations reading it (the probe's lifetime)
         self._handles = []
@@ -82,6 +85,12 @@ class _Probe(TorchFunctionMode):
                         self.parameter_reads[id(tensor)] = self.parameter_reads.get(id(tensor), 0) + 1
                     elif isinstance(tensor, Tensor) and id(tensor) in self._produced:
                         self._uses[id(tensor)] = self._uses.get(id(tensor), 0) + 1
+            source = args[0] if args else None
+            if isinstance(source, Tensor) and isinstance(result, Tensor) and operation_name(func) in COPY_NAMES \
+                    and id(source) in self._produced and self._produced[id(source)][1] is source \
+                    and result.shape == source.shape and result.is_floating_point():
+                self._produced[id(result)] = (self._produced[id(source)][0], result, result._version)
+                self._copied[id(result)] = (*self._copied.get(id(source), ()), source)
         return result
 
     def shared_parameter(self, linear: nn.Module) -> str | None:
@@ -96,6 +105,8 @@ class _Probe(TorchFunctionMode):
     def _linear(self, module, args, out) -> None:
         if not args and self.problem is None:
             self.problem = keyword_input_problem(module)
+        if args and self.problem is None:
+            self.problem = transformed_input_problem(module, args[0])
         if not isinstance(out, Tensor) and self.problem is None:  # (zennit's rule raised an AttributeError)
             self.problem = f"a {type(module).__name__} returned a {type(out).__name__}, not a tensor"
         self.calls[module] = self.calls.get(module, 0) + 1
@@ -119,7 +130,8 @@ class _Probe(TorchFunctionMode):
 
     def pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(linear, bn) for bn, (linear, out) in self._candidates.items()
-                if linear is not None and self._uses.get(id(out), 0) == 1]
+                if linear is not None and all(self._uses.get(id(tensor), 0) == 1
+                                              for tensor in (*self._copied.get(id(out), ()), out))]
 
     def feature_dims(self) -> dict[nn.Module, int]:
         """The number of dimensions of each merge candidate's output (a Linear's features are its last one)."""

@@ -50,8 +50,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ._rules import (
-    ADD_NAMES, NO_READ_NAMES, NORM_STABILIZER, RuleTypes, computed_weight, first_linear, has_tensor,
-    keyword_input_problem, relevance_add, rule_types, stabilize,
+    ADD_NAMES, COPY_NAMES, NO_READ_NAMES, NORM_STABILIZER, RuleTypes, computed_weight, first_linear, has_tensor,
+    keyword_input_problem, relevance_add, rule_types, stabilize, transformed_input_problem,
 )
 from ._state import (WRITES_OTHERS, ParameterWrites, changes_first_argument, operation_name, restore_all,
                      written_tensors)
@@ -427,6 +427,7 @@ def _all_one_stand_in(module: nn.Module, inp: Tensor) -> nn.Module | None:
 
 _ADD, _IN_PLACE, _THROUGH, _SELECT, _NO_READ, _MUTATES, _EXTREMUM, _RELU, _SPLIT = 1, 2, 4, 8, 16, 32, 64, 128, 256
 _WRITES = 512  # changes tensors other than its first argument in place (see _state.written_tensors)
+_COPY = 1024  # a copy of its first argument, the same values (up to a cast): see _Engine.note_copy
 _DERIVES = _THROUGH | _SELECT | _EXTREMUM | _SPLIT  # (the bits are by name: see _operation_kind)
 # Operations y = f(x) whose backward B is linear with B(g * y) = B(g) * x: max pooling routes to where x equals its
 # output, selections and reshapes move values. A fused chain (see _Engine._settle_chains) may run through them.
@@ -465,7 +466,8 @@ def _operation_kind(func) -> int:
         | (_EXTREMUM if name in _EXTREMUM_NAMES else 0) | (_NO_READ if name in NO_READ_NAMES else 0) \
         | (_MUTATES if in_place or name in _CLAMPS else 0) | (_RELU if name in ("relu", "relu_") else 0) \
         | (_SPLIT if name in _SPLIT_NAMES else 0) \
-        | (_WRITES if name in WRITES_OTHERS or in_place and name.startswith("_foreach_") else 0)
+        | (_WRITES if name in WRITES_OTHERS or in_place and name.startswith("_foreach_") else 0) \
+        | (_COPY if name in COPY_NAMES else 0)
 
 
 @functools.lru_cache(maxsize=64)  # (on every ReLU of every pass: by value, a few (epsilon, dtype) pairs at most)
@@ -558,6 +560,8 @@ class _Forward(TorchFunctionMode):
             engine.derive(kind, args, kwargs, result, based)
         if kind & _RELU:
             engine.relu_output = result  # (see _Engine._relu_hook)
+        if kind & _COPY and grad:
+            engine.note_copy(args, result)
         return result
 
 
@@ -616,7 +620,11 @@ class _Engine:
         # of (itself if none; None without an input point): see check_input_change
         self.rule_modules: list[tuple[nn.Module, Tensor | None, bool]] = []  # (..., whether the call gets Flat)
         self.flat_nodes: set = set()  # the graph nodes of the Flat calls' results (see _after_flat)
-        self.merges: list[tuple[_Point, _Point]] = []  # (linear point, BatchNorm point)
+        self.merges: list[tuple[_Point, _Point, tuple]] = []  # (linear point, BatchNorm point, copies' nodes)
+        # id(copy) -> (a linear layer's point, the copy (weakly), the graph nodes of the copies from its output to
+        # it): a copy of a layer's output (`.contiguous()` in channels_last, `.float()` under autocast) that a
+        # BatchNorm may read, as it would read the output itself (see note_copy)
+        self.copies: dict[int, tuple[_Point, weakref.ref, tuple]] = {}
         # chains z -> ReLU [-> max pooling / reshapes] -> rule layer (see _settle_chains)
         # id(ReLU's pass point) -> (point at z, ReLU output, whether it is an nn.ReLU: x = z wherever x != 0)
         self.relus: dict[int, tuple[_Point, Tensor, bool]] = {}
@@ -822,6 +830,9 @@ class _Engine:
         self.depth += 1
         if not args:  # (module(input=x): its input is not seen)
             raise UnsupportedModel(keyword_input_problem(module))
+        problem = transformed_input_problem(module, args[0])
+        if problem is not None:
+            raise UnsupportedModel(problem)
         flat = module is self.first and not (self.flat_nodes and isinstance(args[0], Tensor)
                                              and self._after_flat(args[0]))
         self.rule_modules.append((module, None, flat))
@@ -1029,7 +1040,11 @@ class _Engine:
         inp = args[0]
         if not _carries_relevance(inp):
             return None
-        producer = self.point_of(inp)
+        producer, copies = self.point_of(inp), ()
+        if producer is None:  # a copy of a layer's output: merged as into the output itself, where the BatchNorm
+            entry = self.copies.get(id(inp))  # alone reads the copy (see _settle_merges)
+            if entry is not None and entry[1]() is inp:
+                producer, _, copies = entry
         if producer is None or producer.kind not in ("epsilon", "flat") or not producer.active or producer.merged:
             return self._pass(module, args, out)  # follows no linear layer (a second BatchNorm follows the first,
             # merged one): Pass, as in zennit's composite
@@ -1040,8 +1055,9 @@ class _Engine:
             if not _builtin(module) or module in self.caller_hooked or _global_forward_hooks:
                 own = self._own_batchnorm(module, inp, out)
             producer.active = False
-            if producer.uses == 1 and not self.cautious:  # the BatchNorm alone read it so far: its value is not
-                producer.z = None  # needed unless another reader comes (count_uses, keep_before_change take it back)
+            if producer.uses == 1 and not self.cautious and not copies:  # the BatchNorm alone read it so far: its
+                producer.z = None  # value is not needed unless another reader comes (count_uses, keep_before_change
+                # take it back; a copy's other readers are seen after the forward only: kept for them)
             flat = producer.kind == "flat"
             point = _Point(producer.kind, out.detach(), self.epsilon, producer.module, producer.inp)
             if own is not None and not flat:  # the merged layer's output is the BatchNorm's own, not `out`: as a
@@ -1050,7 +1066,7 @@ class _Engine:
             point.options = producer.options
             if not flat:
                 point.scale = _batchnorm_scale(module, out, self.scales)
-            self.merges.append((producer, point))
+            self.merges.append((producer, point, copies))
             return self._register(point, _RulePoint.apply(out.detach(), inp, producer.inp if flat else None, point))
 
     @staticmethod
@@ -1153,9 +1169,33 @@ class _Engine:
         self.links.clear()
         self.relus.clear()
 
-    def _settle_merges(self) -> None:
-        for producer, point in self.merges:
-            if producer.uses != 1:  # read by more than the BatchNorm: not merged, the BatchNorm gets Pass
+    def note_copy(self, args: tuple, result) -> None:
+        """``result`` is a copy of ``args[0]`` (:data:`COPY_NAMES`): where that is a linear layer's output whose rule
+        a BatchNorm may take over (or a copy of one), a BatchNorm reading the copy merges into the layer
+        (:meth:`_batchnorm`): "the BatchNorm that follows the layer in execution order", whatever the memory format
+        or autocast dtype makes of ``.contiguous()`` / ``.float()`` (its own input itself, or a copy)."""
+        source = args[0] if args and isinstance(args[0], Tensor) else None
+        if source is None or not isinstance(result, Tensor) or result is source or result.shape != source.shape \
+                or result.grad_fn is None or not result.is_floating_point():
+            return
+        point, copies = self.point_of(source), ()
+        if point is None:
+            entry = self.copies.get(id(source))
+            if entry is None or entry[1]() is not source:
+                return
+            point, _, copies = entry
+        if point.kind in ("epsilon", "flat") and point.active and not point.merged:
+            self.copies[id(result)] = (point, weakref.ref(result), (*copies, (result.grad_fn, result.output_nr)))
+
+    def _settle_merges(self, logits: Tensor) -> None:
+        edges: dict | None = None
+        for producer, point, copies in self.merges:
+            if copies and edges is None:  # (the graph's edges, once: who reads each copy)
+                edges = {}
+                for edge in _graph_edges(logits.grad_fn) if logits.grad_fn is not None else ():
+                    edges[edge] = edges.get(edge, 0) + 1
+            if producer.uses != 1 or copies and any(edges.get(node, 0) != 1 for node in copies):  # read by more
+                # than the BatchNorm (through the copies: each read by the next alone): not merged, Pass for it
                 producer.active = True
                 point.kind = "pass"
             elif producer.handle is not None:  # merged: the layer's output point has nothing to do
@@ -1244,7 +1284,7 @@ class _Engine:
             if self.hidden_readers(logits) and not self.cautious:
                 raise _HiddenReaders
             self._verify(logits)
-            self._settle_merges()
+            self._settle_merges(logits)
             self._settle_chains()
             grad_output = grad_output_fn(logits)
             if not logits.requires_grad:  # the output does not depend on the inputs
@@ -1279,6 +1319,7 @@ class _Engine:
             self.flat_nodes.clear()
             self.view_points.clear()
             self.view_bases.clear()
+            self.copies.clear()
         if status is not None:
             status["connected"] = any(r is not None for r in rels)
         return tuple(torch.zeros_like(x) if r is None else r for x, r in zip(leaves, rels))

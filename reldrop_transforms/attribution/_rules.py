@@ -75,6 +75,22 @@ ADD_NAMES = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__"})
 # output (no more than an operation that returns its input itself, such as dropout in eval mode).
 NO_READ_NAMES = frozenset({"new_zeros", "new_ones", "new_empty", "zeros_like", "ones_like", "empty_like",
                            "rand_like", "randn_like", "size", "dim"})
+# Operations whose result is a copy of their first argument, the same values up to a cast: a BatchNorm reading such a
+# copy of a linear layer's output (and nothing else reading the output or the copy) merges into the layer, as into the
+# output itself: `.contiguous()` returns its input itself in one memory format and a copy in another, `.float()`
+# likewise under autocast.
+COPY_NAMES = frozenset({"contiguous", "clone", "to", "float", "double", "half", "bfloat16", "type", "type_as"})
+
+
+def transformed_input_problem(module: nn.Module, tensor) -> str | None:
+    """Why a rule module's input ``tensor`` cannot be explained: a ``torch.func`` transform's wrapper (the layers run
+    inside ``torch.func.vmap`` or ``grad``: their inputs do not require grad there, so no rule would apply and the
+    relevance would be the plain gradient); else ``None``."""
+    if isinstance(tensor, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(tensor):
+        return (f"its {type(module).__name__} runs inside a torch.func transform (vmap, grad, ...), where LRP's rules "
+                "cannot see what depends on the input: the relevance would be the plain gradient. Call the layers on "
+                "the batch itself (a per-sample vmap is usually the batched forward)")
+    return None
 
 
 def computed_weight(module: nn.Module) -> bool:

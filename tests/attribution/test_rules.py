@@ -677,6 +677,97 @@ class TestBatchNormPairing:
         unmerged = zennit_oracle(model, x, targets, paper_composite(1e-3, []))
         assert rel_l2(unmerged, oracle) > 1e-2  # (the merge makes a difference)
 
+    @pytest.mark.parametrize("copy_op", ["contiguous", "clone", "to_float64", "contiguous_clone"])
+    @pytest.mark.parametrize("channels_last", [False, True])
+    def test_a_batchnorm_reading_a_copy_of_the_layer_output_merges(self, copy_op, channels_last):
+        """``bn(conv(x).contiguous())``: in the default memory format ``.contiguous()`` returns the conv's output
+        itself and the BatchNorm merged; in channels_last a copy, and it got Pass (15.5 relative L2 from stock zennit,
+        which merges by module order, on both backends). A copy of the same values (``clone``, ``.to``, ``.float()``
+        under autocast) now merges as the output itself would: against stock zennit merging the same model."""
+        ops = {"contiguous": lambda z: z.contiguous(), "clone": lambda z: z.clone(),
+               "to_float64": lambda z: z.to(torch.float64), "contiguous_clone": lambda z: z.contiguous().clone()}
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.c1, self.bn1 = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6)
+                self.c2, self.bn2 = nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6)
+                self.fc = nn.Linear(6, 5)
+
+            def forward(self, x):
+                h = torch.relu(self.bn1(ops[copy_op](self.c1(x))))
+                h = torch.relu(self.bn2(ops[copy_op](self.c2(h))))
+                return self.fc(h.mean((2, 3)))
+
+        torch.manual_seed(0)
+        model = Net()
+        with torch.no_grad():
+            for bn in (model.bn1, model.bn2):
+                bn.running_mean.normal_(0, 0.5)
+                bn.running_var.uniform_(0.3, 2.3)
+                bn.weight.normal_()
+                bn.bias.normal_(0, 0.3)
+        model = model.double().eval()
+        x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 2, 4])
+        oracle = zennit_oracle(model, x, targets, paper_composite(1e-3, [SequentialMergeBatchNorm()]))
+        if channels_last:
+            model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        assert_matches(both(model, x, targets), oracle)
+        unmerged = zennit_oracle(model, x, targets, paper_composite(1e-3, []))
+        assert rel_l2(unmerged, oracle) > 1e-2  # (the merge makes a difference)
+
+    @pytest.mark.parametrize("reader", ["copy", "output"])
+    def test_no_merge_through_a_copy_read_elsewhere(self, reader):
+        """A copy of a conv's output that a second branch reads too (or the output itself read again): merging would
+        change what that reader sees, so the BatchNorm gets Pass, as with the uncopied output read twice."""
+
+        class Copied(TwoReaders):
+            def forward(self, x):
+                h = self.conv(torch.relu(self.stem(x)))
+                c = h.clone()
+                return self.fc((torch.relu(self.bn(c)) * self.other(c if reader == "copy" else h)).mean((2, 3)))
+
+        torch.manual_seed(0)
+        model = warm_up_batchnorm(Copied(), shape=(8, 3, 8, 8)).double()
+        x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 4])
+        plain = TwoReaders()
+        plain.load_state_dict(model.state_dict())
+        expected = both(plain.double().eval(), x, targets)  # (TwoReaders: the BatchNorm gets Pass; tested above)
+        for backend, rel in both(model, x, targets).items():
+            assert rel_l2(rel, expected[backend]) <= 1e-12, backend
+
+    @pytest.mark.parametrize("backend", ["fast", "zennit"])
+    def test_batchnorm_in_float32_under_bfloat16_autocast(self, backend):
+        """``bn(conv(x).float())``, the usual float32 BatchNorm under autocast: with ``dtype=torch.bfloat16`` the
+        conv's output is bfloat16 and ``.float()`` a copy, so the BatchNorm got Pass: 5.74 relative L2 from its own
+        float32 relevance (without ``.float()``: 0.011). Now merged: bfloat16's rounding only."""
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.c1, self.bn1, self.relu = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()
+                self.c2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+                self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 3)
+
+            def forward(self, x):
+                h = self.relu(self.bn1(self.c1(x).float()))
+                h = self.relu(self.bn2(self.c2(h).float()))
+                return self.fc(self.pool(h).flatten(1))
+
+        torch.manual_seed(0)
+        model = Net()
+        with torch.no_grad():
+            for bn in (model.bn1, model.bn2):
+                bn.running_mean.normal_(0, 0.5)
+                bn.running_var.uniform_(0.3, 2.3)
+                bn.weight.normal_()
+                bn.bias.normal_(0, 0.3)
+        model.eval()
+        x, targets = torch.randn(3, 3, 8, 8) * 2, torch.tensor([0, 2, 1])
+        full = relevance(model, x, targets, backend=backend)
+        half = relevance(model, x, targets, backend=backend, dtype=torch.bfloat16)
+        assert rel_l2(half, full) < 0.06
+
     def test_no_merge_into_a_layer_read_elsewhere(self):
         """A conv whose output feeds a BatchNorm and a second branch (torchvision MaxViT's MBConv: ``proj(x)`` and
         ``pre_norm(x)``): merging would change what the other branch reads, so the BatchNorm gets Pass. Stock zennit
@@ -738,7 +829,7 @@ class TestBatchNormPairing:
         def spy(*args, **kwargs):  # the engine's backward starts here
             engine = sys._getframe(1).f_locals["self"]
             seen.extend((point.active, point.z is None and point.fused is None, point.result() is None)
-                        for pair in engine.merges if pair[0].module is model[3] for point in pair)
+                        for merge in engine.merges if merge[0].module is model[3] for point in merge[:2])
             held.extend(point.kind for point in engine.points.values()
                         if point.kind in ("pass", "through") and point.z is not None)
             return grad(*args, **kwargs)
@@ -1813,6 +1904,28 @@ class TestNoRule:
         with pytest.raises(ValueError, match=r"a Conv2d was called with its input as a keyword argument "
                                              r"\(conv2d\(input=x\)\).* call it as conv2d\(x\)"):
             relevance(Net(), torch.randn(2, 3, 8, 8), backend=backend)
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_layers_inside_a_torch_func_transform(self, backend):
+        """A per-sample forward ``torch.func.vmap(lambda s: body(s[None])[0])(x)``: the layers see vmap's wrapped
+        tensors, which do not require grad, so no rule applied and both backends returned the plain input gradient
+        (1.17 relative L2 from the same layers without vmap), silently. Refused, naming the layer."""
+        torch.manual_seed(0)
+        body = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(216, 3)).eval()
+
+        class PerSample(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = body
+
+            def forward(self, x):
+                return torch.func.vmap(lambda s: self.body(s[None])[0])(x)
+
+        x = torch.randn(3, 3, 8, 8)
+        torch.testing.assert_close(PerSample()(x), body(x))  # (the same function)
+        with pytest.raises(ValueError, match=r"its Conv2d runs inside a torch.func transform \(vmap, grad, ...\)"):
+            relevance(PerSample(), x, torch.tensor([0, 2, 1]), backend=backend)
+        assert relevance(body, x, torch.tensor([0, 2, 1]), backend=backend).abs().sum() > 0
 
     def test_batchnorm_without_running_statistics(self):
         """In eval mode it normalises with the batch's statistics: relevance would leak between samples (was: a
