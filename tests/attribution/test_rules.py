@@ -570,6 +570,16 @@ class TwoReaders(nn.Module):
         return self.fc((torch.relu(self.bn(h)) * self.other(h)).mean((2, 3)))
 
 
+def randomise_batchnorms(*norms: nn.Module) -> None:
+    """Statistics and affine parameters far from the identity, so that merging a BatchNorm makes a difference."""
+    with torch.no_grad():
+        for bn in norms:
+            bn.running_mean.normal_(0, 0.5)
+            bn.running_var.uniform_(0.3, 2.3)
+            bn.weight.normal_()
+            bn.bias.normal_(0, 0.3)
+
+
 class TestBatchNormPairing:
     @pytest.mark.parametrize("detached", [False, True])
     def test_a_read_under_no_grad_is_a_read(self, detached):
@@ -701,12 +711,7 @@ class TestBatchNormPairing:
 
         torch.manual_seed(0)
         model = Net()
-        with torch.no_grad():
-            for bn in (model.bn1, model.bn2):
-                bn.running_mean.normal_(0, 0.5)
-                bn.running_var.uniform_(0.3, 2.3)
-                bn.weight.normal_()
-                bn.bias.normal_(0, 0.3)
+        randomise_batchnorms(model.bn1, model.bn2)
         model = model.double().eval()
         x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 2, 4])
         oracle = zennit_oracle(model, x, targets, paper_composite(1e-3, [SequentialMergeBatchNorm()]))
@@ -756,12 +761,7 @@ class TestBatchNormPairing:
 
         torch.manual_seed(0)
         model = Net()
-        with torch.no_grad():
-            for bn in (model.bn1, model.bn2):
-                bn.running_mean.normal_(0, 0.5)
-                bn.running_var.uniform_(0.3, 2.3)
-                bn.weight.normal_()
-                bn.bias.normal_(0, 0.3)
+        randomise_batchnorms(model.bn1, model.bn2)
         model.eval()
         x, targets = torch.randn(3, 3, 8, 8) * 2, torch.tensor([0, 2, 1])
         full = relevance(model, x, targets, backend=backend)
