@@ -233,6 +233,10 @@ class DownloadOnRequest:
     def download(self) -> None:
         if not self.allow_download:
             missing = [path for path in self.raw_paths if not os.path.exists(path)]
+            try:  # the empty raw folder PyG made just before calling this: left, it reads as a class folder of the
+                os.rmdir(self.raw_dir)  # dataset (--data-root pointed at DATA/raw left DATA/raw/raw behind)
+            except OSError:  # (not empty, or not there: left as it is)
+                pass
             raise missing_files_error(self.DATASET, Path(self.root), missing, self.LAYOUT)
         super().download()
 
@@ -271,18 +275,37 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scale
     os.replace(tmp, path)
 
 
+# The options that decide the model's shape or what its labels mean: a checkpoint written with others is refused.
+IDENTITY_ARGUMENTS = ("model", "dataset", "name", "categories", "normals")
+
+
 def load_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, scaler, device: torch.device,
                     args: argparse.Namespace | None = None, generator: torch.Generator | None = None) -> int:
     """Restore a state written by :func:`save_checkpoint`; returns the number of finished epochs. With ``args``, a
-    checkpoint written for another ``--model`` is refused with a message that says so."""
+    checkpoint written with another value of an option in :data:`IDENTITY_ARGUMENTS` (``--model``, ``--dataset``,
+    ``--name``, ``--categories``, ``--normals``) is refused with a message that says so; so is one whose model does
+    not fit this one (another number of classes: an ImageFolder tree with other class folders)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--resume was given, but the checkpoint {path} does not exist.")
     state = torch.load(path, map_location=device, weights_only=True)
-    saved = (state.get("args") or {}).get("model")
-    current = getattr(args, "model", None)
-    if saved is not None and current is not None and saved != current:
-        raise ValueError(f"--resume: the checkpoint {path} was written for --model {saved}, not --model {current}.")
+    saved_args = state.get("args") or {}
+    for key in IDENTITY_ARGUMENTS if args is not None else ():
+        if key not in saved_args or not hasattr(args, key):
+            continue
+        saved, current = saved_args[key], getattr(args, key)
+        if saved != current:
+            option = f"--{key.replace('_', '-')}"
+            shown = [" ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+                     for value in (saved, current)]
+            raise ValueError(f"--resume: the checkpoint {path} was written for {option} {shown[0]}, not {option} "
+                             f"{shown[1]}.")
+    own = model.state_dict()
+    misfits = [f"{key} {tuple(value.shape)} there, {tuple(own[key].shape)} here" for key, value in state["model"].items()
+               if key in own and isinstance(value, torch.Tensor) and value.shape != own[key].shape]
+    if misfits:
+        raise ValueError(f"--resume: the model in the checkpoint {path} does not fit this one ({'; '.join(misfits[:3])}"
+                         f"): it was trained on another dataset or another number of classes.")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

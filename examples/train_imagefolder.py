@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision import datasets, models
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,6 +64,27 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     )
 
 
+def _visible_image(path: str) -> bool:
+    """An image file ``ImageFolder`` would take, unless hidden: macOS's AppleDouble ``._<name>.JPEG`` files (copied or
+    tarred from a Mac, next to every image) are not images, and PIL cannot read them mid-epoch."""
+    return not os.path.basename(path).startswith(".") and has_file_allowed_extension(path, IMG_EXTENSIONS)
+
+
+class VisibleImageFolder(datasets.ImageFolder):
+    """``ImageFolder`` without hidden entries: no class from a hidden folder (``.ipynb_checkpoints``), no hidden file
+    (:func:`_visible_image`)."""
+
+    def __init__(self, root: str, **kwargs) -> None:
+        super().__init__(root, is_valid_file=_visible_image, **kwargs)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(entry.name for entry in os.scandir(directory)
+                         if entry.is_dir() and not entry.name.startswith("."))
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {name: index for index, name in enumerate(classes)}
+
+
 def build_datasets(args: argparse.Namespace):
     """Train and validation ``ImageFolder`` sets; clear errors for a missing or inconsistent tree."""
     missing = [args.data_root / split for split in ("train", "val") if not (args.data_root / split).is_dir()]
@@ -72,8 +95,8 @@ def build_datasets(args: argparse.Namespace):
     to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
     train_tf = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), *to_tensor])
     val_tf = v2.Compose([v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size), *to_tensor])
-    train = datasets.ImageFolder(str(args.data_root / "train"), transform=train_tf)
-    val = datasets.ImageFolder(str(args.data_root / "val"), transform=val_tf)
+    train = VisibleImageFolder(str(args.data_root / "train"), transform=train_tf)
+    val = VisibleImageFolder(str(args.data_root / "val"), transform=val_tf)
     if val.classes != train.classes:
         raise ValueError(
             f"val should have the same class folders as train, but train has {len(train.classes)} "

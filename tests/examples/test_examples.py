@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import shutil
 import socket
 import sys
 import urllib.request
@@ -252,6 +253,15 @@ class TestTrainCifar:
         _check_history(history, [1])
         assert "training with" not in capsys.readouterr().out
 
+    def test_resume_another_dataset(self, cifar10_root, tmp_path):
+        """A CIFAR-10 checkpoint resumed with --dataset cifar100 (was: torch's load_state_dict size mismatch)."""
+        checkpoint = tmp_path / "c10.pt"
+        argv = ["--no-integrity-check", "--model", "tiny", *FAST, "--checkpoint", str(checkpoint)]
+        train_cifar.main(["--data-root", str(cifar10_root), *argv])
+        root = write_cifar100(tmp_path / "data")
+        with pytest.raises(ValueError, match=r"c10.pt was written for --dataset cifar10, not --dataset cifar100"):
+            train_cifar.main(["--data-root", str(root), "--dataset", "cifar100", *argv, "--resume", "--epochs", "2"])
+
     def test_md5_mismatch_names_the_option(self, cifar10_root, downloads):
         with pytest.raises(RuntimeError, match="--no-integrity-check"):
             train_cifar.main(["--data-root", str(cifar10_root), "--model", "tiny", *FAST])
@@ -297,6 +307,35 @@ class TestTrainImageFolder:
         root = write_imagefolder(tmp_path / "data")
         argv = ["--data-root", str(root), "--model", "tiny", "--image-size", "32", *FAST]
         _train_and_resume(train_imagefolder.main, argv, tmp_path / "ckpt" / "imagefolder.pt", capsys)
+
+    def test_hidden_files_and_folders_are_not_data(self, tmp_path):
+        """macOS AppleDouble files (``._<name>.png`` next to every image: not images) made training die in a loader
+        worker with PIL's UnidentifiedImageError; a hidden folder (``.ipynb_checkpoints``) became a class."""
+        root = write_imagefolder(tmp_path / "data")
+        for image in list(root.glob("*/*/*.png")):
+            (image.parent / f"._{image.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+        for split in ("train", "val"):
+            (root / split / ".ipynb_checkpoints").mkdir()
+            PIL.Image.new("RGB", (8, 8)).save(root / split / ".ipynb_checkpoints" / "copy.png")
+        train, val, num_classes = train_imagefolder.build_datasets(train_imagefolder.build_parser().parse_args(
+            ["--data-root", str(root), "--image-size", "32"]))
+        assert train.classes == ["cat", "dog", "fish"] and num_classes == 3
+        assert len(train) == 12 and len(val) == 6
+        assert not any(Path(path).name.startswith(".") for path, _ in train.samples + val.samples)
+        history = train_imagefolder.main(["--data-root", str(root), "--model", "tiny", "--image-size", "32", *FAST,
+                                          "--limit-batches", "3"])  # (every training image, batches of 4)
+        _check_history(history, [1])
+
+    def test_resume_with_other_classes(self, tmp_path):
+        """Another number of class folders under the same options: the model does not fit (was: torch's
+        load_state_dict size mismatch)."""
+        checkpoint = tmp_path / "if.pt"
+        argv = ["--model", "tiny", "--image-size", "32", *FAST, "--checkpoint", str(checkpoint)]
+        train_imagefolder.main(["--data-root", str(write_imagefolder(tmp_path / "three")), *argv])
+        root = write_imagefolder(tmp_path / "four", classes=("ant", "bee", "cat", "dog"))
+        with pytest.raises(ValueError, match=r"if.pt does not fit this one \(.*\(3, .* there, \(4, .* here.*another "
+                                             r"number of classes"):
+            train_imagefolder.main(["--data-root", str(root), *argv, "--resume", "--epochs", "2"])
 
     def test_missing_split(self, tmp_path):
         (tmp_path / "train" / "cat").mkdir(parents=True)
@@ -354,6 +393,16 @@ class TestTrainModelNet:
                 train_modelnet.main(["--data-root", str(tmp_path), *MODELNET_FAST])
         assert downloads == []
 
+    def test_a_wrong_data_root_leaves_the_dataset_as_it_was(self, modelnet_root, tmp_path):
+        """--data-root pointed at DATA/raw (the class folders' parent): PyG made DATA/raw/raw before the clear error,
+        and the corrected run then counted it as an eleventh class folder."""
+        data = tmp_path / "copy"
+        shutil.copytree(modelnet_root, data)
+        with pytest.raises(FileNotFoundError, match="Expected layout"):
+            train_modelnet.main(["--data-root", str(data / "raw"), *MODELNET_FAST])
+        assert not (data / "raw" / "raw").exists()
+        _check_history(train_modelnet.main(["--data-root", str(data), *MODELNET_FAST]), [1])
+
     def test_empty_class_folders(self, tmp_path):
         for name in MODELNET10:
             (tmp_path / "raw" / name).mkdir(parents=True)
@@ -375,6 +424,21 @@ class TestTrainShapeNet:
                 "--num-points", "32", *FAST]
         _train_and_resume(train_shapenet.main, argv, tmp_path / "shapenet.pt", capsys)
         assert downloads == []
+
+    @pytest.mark.parametrize("other, match", [
+        (["--categories", "Chair", "Airplane"], r"--categories Airplane Chair, not --categories Chair Airplane"),
+        (["--categories", "Airplane", "Chair", "--no-normals"], r"--normals True, not --normals False"),
+    ])
+    def test_resume_with_other_categories_or_features(self, tmp_path, other, match):
+        """The same number of categories in another order resumed silently, each label meaning another class; without
+        normals: torch's size mismatch."""
+        root = write_shapenet(tmp_path / "data")
+        checkpoint = tmp_path / "sn.pt"
+        argv = ["--data-root", str(root), "--model", "tiny", "--num-points", "32", *FAST, "--checkpoint",
+                str(checkpoint)]
+        train_shapenet.main([*argv, "--categories", "Airplane", "Chair"])
+        with pytest.raises(ValueError, match=match):
+            train_shapenet.main([*argv, *other, "--resume", "--epochs", "2"])
 
     def test_remove_points_with_normals(self, tmp_path):
         root = write_shapenet(tmp_path / "data")
