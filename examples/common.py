@@ -150,7 +150,7 @@ def check_resume_arguments(parser: argparse.ArgumentParser, args: argparse.Names
     """Argument combinations argparse cannot check by itself."""
     if args.resume and args.checkpoint is None:
         parser.error("--resume needs --checkpoint PATH (the file to continue from).")
-    for name in ("epochs", "batch_size", "num_workers", "num_points"):
+    for name in ("epochs", "batch_size", "num_workers", "num_points", "image_size"):
         if not hasattr(args, name):
             continue
         minimum = 0 if name == "num_workers" else 1

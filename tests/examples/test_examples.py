@@ -326,6 +326,12 @@ class TestTrainImageFolder:
                                           "--limit-batches", "3"])  # (every training image, batches of 4)
         _check_history(history, [1])
 
+    def test_image_size_checked(self, tmp_path, capsys):
+        """(Was: torchvision's bare "height and width must be > 0" from inside the pipeline.)"""
+        with pytest.raises(SystemExit):
+            train_imagefolder.main(["--data-root", str(tmp_path), "--model", "tiny", *FAST, "--image-size", "0"])
+        assert "--image-size should be >= 1, but got 0" in capsys.readouterr().err
+
     def test_resume_with_other_classes(self, tmp_path):
         """Another number of class folders under the same options: the model does not fit (was: torch's
         load_state_dict size mismatch)."""
