@@ -321,12 +321,13 @@ class PointBench:
             self.model.train()
         return gradients
 
-    def masked_batch(self) -> Tensor | Batch:
-        """The fixed batch after ``RelevanceDropout3d`` (``p = 1``, default backend); the fallback's
-        ``RelevanceBackendWarning`` (said once per model class) is recorded, not raised."""
+    def masked_batch(self, transform: RelevanceDropout3d | None = None) -> Tensor | Batch:
+        """The fixed batch after ``transform`` (default: the ``p = 1`` ``RelevanceDropout3d``, default backend); the
+        fallback's ``RelevanceBackendWarning`` (said once per model class) is recorded, not raised."""
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RelevanceBackendWarning)
-            out = self.transform(self.inputs) if self.is_pyg else self.transform(self.points, self.labels)
+            transform = self.transform if transform is None else transform
+            out = transform(self.inputs) if self.is_pyg else transform(self.points, self.labels)
         self.backend_warnings += [str(w.message) for w in caught if issubclass(w.category, RelevanceBackendWarning)]
         for w in caught:
             if not issubclass(w.category, RelevanceBackendWarning):
@@ -353,8 +354,7 @@ class PointBench:
     def reldrop_half_step(self) -> Tensor | Batch:
         """RelDrop at ``p = 0.5`` on the fixed batch (the clouds whose coin came up are attributed, as a batch of their
         own for PyG), then the plain step on the masked batch; returns the masked batch."""
-        out = self.half_transform(self.inputs) if self.is_pyg else self.half_transform(self.points, self.labels)
-        masked = out[0] if isinstance(out, (tuple, list)) else out
+        masked = self.masked_batch(self.half_transform)
         self.plain_step(masked)
         return masked
 

@@ -461,9 +461,9 @@ class Attributor:
         if num_nodes == 0:
             return {key: torch.zeros_like(data[key]) for key in present}
 
-        def whole() -> Tensor:  # a plain forward of the whole batch (for its error)
-            return graph_forward(module, _graph_view(data, present, [data[key].clone() for key in present]),
-                                 forward_fn)
+        def plain(batch) -> Callable[[], Tensor]:  # a plain forward of `batch` (for its outputs, or its error)
+            return lambda: graph_forward(module, _graph_view(batch, present, [batch[key].clone() for key in present]),
+                                         forward_fn)
 
         if check_finite:  # the inputs first: their error says so (not that the relevance is not finite)
             for key in present:
@@ -485,14 +485,11 @@ class Attributor:
             if index.shape[0] == 0:  # still run the model (on the first clouds where a batch of them can be made),
                 first = data if selected is None else selected  # and validate every label against its outputs:
                 try:  # the same errors whatever the coins
-                    num_outputs = self._plain_outputs(
-                        module, lambda: graph_forward(module, _graph_view(first, present, [first[key].clone() for key
-                                                                                            in present]), forward_fn),
-                        getattr(first, "num_graphs", 1))
+                    num_outputs = self._plain_outputs(module, plain(first), getattr(first, "num_graphs", 1))
                 except ExplanationError:
                     raise
                 except MODEL_ERRORS as error:
-                    self._raise_as_the_whole_batch(module, whole, num_graphs, error)
+                    self._raise_as_the_whole_batch(module, plain(data), num_graphs, error)
                 if targets is not None:
                     check_class_range(targets, num_outputs)
                 return {key: data[key][:0].detach().clone() for key in present}
@@ -515,17 +512,16 @@ class Attributor:
         except MODEL_ERRORS as error:  # the model's own forward on the selected clouds: the whole batch's error
             if index is None:
                 raise
-            self._raise_as_the_whole_batch(module, whole, num_graphs, error)
+            self._raise_as_the_whole_batch(module, plain(data), num_graphs, error)
         if index is not None:  # the nodes of the clouds `index`, in its order
-            nodes = _cloud_nodes(_graph_ptr(data), index)
-            if clouds is not None:  # (the sub-batch: its first nodes are those, in that order)
-                nodes = torch.arange(nodes.shape[0], device=nodes.device)
-            rels = tuple(rel.index_select(0, nodes) for rel in rels)
-        if check_finite:
-            batch = getattr(data, "batch", None)
-            if index is not None:
-                counts = _graph_ptr(data).diff().index_select(0, index)
-                batch = torch.repeat_interleave(index, counts)
+            ptr = _graph_ptr(data)
+            counts = ptr.diff().index_select(0, index)
+            if clouds is not None:  # the sub-batch: its first nodes are those, in that order
+                rels = tuple(rel[:int(counts.sum())] for rel in rels)
+            else:
+                rels = tuple(rel.index_select(0, _cloud_nodes(ptr, index, counts)) for rel in rels)
+        if check_finite:  # (each row's cloud named)
+            batch = getattr(data, "batch", None) if index is None else torch.repeat_interleave(index, counts)
             for rel in rels:
                 check_finite_(rel, caller, batch)
         return dict(zip(present, rels))
@@ -853,9 +849,10 @@ def _graph_ptr(data) -> Tensor:
     return torch.tensor([0, data.pos.shape[0]], device=data.pos.device)
 
 
-def _cloud_nodes(ptr: Tensor, clouds: Tensor) -> Tensor:
-    """The node numbers of the clouds ``clouds`` (cloud by cloud, in that order) of a batch with offsets ``ptr``."""
-    starts, counts = ptr.index_select(0, clouds), ptr.diff().index_select(0, clouds)
+def _cloud_nodes(ptr: Tensor, clouds: Tensor, counts: Tensor) -> Tensor:
+    """The node numbers of the clouds ``clouds`` (cloud by cloud, in that order) of a batch with offsets ``ptr``;
+    ``counts``: their node counts."""
+    starts = ptr.index_select(0, clouds)
     total = int(counts.sum())
     ends = counts.cumsum(0)
     return torch.arange(total, device=ptr.device) + torch.repeat_interleave(starts - (ends - counts), counts,

@@ -572,6 +572,15 @@ def _reads(kind: int, args: tuple, result) -> bool:
     return has_tensor(result) and not (kind & _NO_READ or args and result is args[0] and not kind & _MUTATES)
 
 
+def _edge_counts(root) -> dict:
+    """How many nodes of the autograd graph below ``root`` read each edge ``(node, output_nr)``
+    (:func:`_graph_edges`)."""
+    counts: dict = {}
+    for edge in _graph_edges(root):
+        counts[edge] = counts.get(edge, 0) + 1
+    return counts
+
+
 def _graph_edges(root):
     """Every edge ``(node, output_nr)`` of the autograd graph below the node ``root``, once per node reading it (a
     walk over the graph's nodes)."""
@@ -667,9 +676,7 @@ class _Engine:
         root = logits.grad_fn if isinstance(logits, Tensor) else None
         if root is None or not self.registered:
             return False
-        edges: dict = {}
-        for edge in _graph_edges(root):
-            edges[edge] = edges.get(edge, 0) + 1
+        edges = _edge_counts(root)
         hidden = False
         for point in self.registered:
             count = edges.get(point.node, 0) - point.engine_edges
@@ -1191,9 +1198,7 @@ class _Engine:
         edges: dict | None = None
         for producer, point, copies in self.merges:
             if copies and edges is None:  # (the graph's edges, once: who reads each copy)
-                edges = {}
-                for edge in _graph_edges(logits.grad_fn) if logits.grad_fn is not None else ():
-                    edges[edge] = edges.get(edge, 0) + 1
+                edges = _edge_counts(logits.grad_fn) if logits.grad_fn is not None else {}
             if producer.uses != 1 or copies and any(edges.get(node, 0) != 1 for node in copies):  # read by more
                 # than the BatchNorm (through the copies: each read by the next alone): not merged, Pass for it
                 producer.active = True
