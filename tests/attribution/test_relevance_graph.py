@@ -455,6 +455,19 @@ class TestAttributeGraphIndex:
         for key in full:
             torch.testing.assert_close(rows[key], full[key], rtol=0, atol=0)
 
+    @pytest.mark.parametrize("index, error, match", [
+        ([0, 2], TypeError, "index should be a 1-d tensor of row numbers or a boolean mask, but got list"),
+        (torch.tensor([1, 3]), ValueError, r"row numbers in \[0, 3\) for a batch of 3, but got 1..3"),
+        (torch.tensor([True, False]), ValueError, r"boolean index should have the batch's shape \(3,\)"),
+        (torch.tensor([0.0]), ValueError, r"row numbers \(a signed integer dtype\) .* but got a 1-d torch.float32"),
+    ])
+    def test_bad_index(self, index, error, match):
+        from reldrop_transforms.attribution import Attributor
+
+        batch = make_batch(sizes=(5, 9, 12))
+        with pytest.raises(error, match=match):
+            Attributor(PointNetLike().double()).attribute_graph(batch, batch.y, index=index)
+
     def test_a_boolean_mask_and_no_cloud(self):
         from reldrop_transforms.attribution import Attributor
 
