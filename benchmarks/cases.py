@@ -7,7 +7,10 @@ variants, all run on the same model so that they are measured in one process and
   (``zero_grad(set_to_none=True)``).
 - ``floor``: ``model.eval()``, forward with the input requiring grad, ``torch.autograd.grad`` of the logits with
   a one-hot ``grad_output`` (the labels) with respect to the input, ``model.train()`` back. What "one extra
-  backward pass per batch" costs: a RelDrop step cannot be cheaper than ``plain + floor`` at the same precision.
+  backward pass per batch" costs, the unit of the overhead columns.
+- ``attribution``: the attribution alone, as the ``reldrop_fast`` variant's transform computes it (an
+  :class:`~reldrop_transforms.attribution.Attributor` with the fast engine, called on the fixed batch): no mask, no
+  step. Against ``floor``: how much of a RelDrop step's extra is the attribution itself.
 - ``reldrop_fast`` / ``reldrop_zennit``: ``RelevanceDropout2d(model, p=1.0, backend=...)`` applied to the batch,
   then the plain train step on the masked batch. ``p = 1.0`` is the worst case: every sample is attributed.
 - ``published``: a re-implementation (written here, nothing copied) of the structure of the published pixel
@@ -48,7 +51,7 @@ import torchvision
 from torch import Tensor, nn
 
 from reldrop_transforms import RelevanceDropout2d
-from reldrop_transforms.attribution import relevance
+from reldrop_transforms.attribution import Attributor, relevance
 from reldrop_transforms.functional import fill_dropped, relevance_dropout_mask
 
 from common import (
@@ -330,6 +333,8 @@ class Bench:
                                         epsilon=EPSILON, backend=backend, generator=self.generator)
             for backend in ("fast", "zennit")
         }
+        self.attributor = Attributor(self.model, composite="epsilon_flat", epsilon=EPSILON, backend="fast",
+                                     dtype=self.autocast_dtype)
         self._mask_relevance: Tensor | None = None
         self._masked = MaskedPool(lambda: self.masked_batch("fast"))
 
@@ -342,7 +347,8 @@ class Bench:
         """Precision in which each variant's attribution runs (``"-"`` for variants without one)."""
         attribution = "bf16 autocast" if self.autocast_dtype is not None else "fp32"
         return {
-            "plain": "-", "floor": attribution, "floor_then_step": attribution, "reldrop_fast": attribution,
+            "plain": "-", "floor": attribution, "attribution": attribution, "floor_then_step": attribution,
+            "reldrop_fast": attribution,
             "reldrop_zennit": attribution,
             "published": attribution, "mask_vectorised": "-", "mask_loop": "-",
         }
@@ -372,6 +378,11 @@ class Bench:
         finally:
             self.model.train()
         return gradient
+
+    def attribution(self) -> Tensor:
+        """The fast engine's relevance of the fixed batch for its labels (under autocast with ``precision="bf16"``, as
+        :func:`masked_batch_autocast` computes it); returns the relevance."""
+        return self.attributor(self.images, self.labels)
 
     def masked_batch(self, backend: str) -> Tensor:
         """The fixed batch after RelDrop (``p = 1``) with the given attribution backend."""
@@ -422,6 +433,7 @@ class Bench:
         return {
             "plain": self.plain_step,
             "floor": self.floor,
+            "attribution": self.attribution,
             "floor_then_step": self.floor_then_step,
             "reldrop_fast": lambda: self.reldrop_step("fast"),
             "reldrop_zennit": lambda: self.reldrop_step("zennit"),

@@ -59,7 +59,10 @@ class MaskedPool:
         return self.batches[self.turn]
 
 
-STEP_VARIANTS = ("plain", "floor", "floor_then_step", "reldrop_fast", "reldrop_zennit", "published")
+# "attribution": the attribution alone (an ``Attributor`` call on the fixed batch, the RelDrop variant's engine, no
+# mask and no step): against "floor" it says how much of a RelDrop step's extra is the attribution itself, and how
+# much the mask stage and the sequence (the step after an attribution) add.
+STEP_VARIANTS = ("plain", "floor", "attribution", "floor_then_step", "reldrop_fast", "reldrop_zennit", "published")
 MASK_VARIANTS = ("mask_vectorised", "mask_loop")
 VARIANTS = STEP_VARIANTS + MASK_VARIANTS
 # Several times slower than a train step: fewer repeats in the scripts, fewer rounds in the pytest suite.
@@ -69,11 +72,11 @@ SLOW_VARIANTS = ("reldrop_zennit", "published", "mask_loop")
 # "plain_masked": the plain step on batches RelDrop masked (the pool above: a point model's own cost depends on its
 # input: PointNet++'s ball query on zero-filled points costs more than on the clouds). "reldrop_half": the same at
 # p = 0.5 (about half the clouds masked; only theirs attributed).
-POINT_STEP_VARIANTS = ("plain", "plain_masked", "floor", "floor_then_step", "reldrop", "reldrop_half", "published")
+POINT_STEP_VARIANTS = ("plain", "plain_masked", "floor", "attribution", "floor_then_step", "reldrop", "reldrop_half",
+                       "published")
 POINT_VARIANTS = POINT_STEP_VARIANTS + MASK_VARIANTS
-ALL_VARIANTS = ("plain", "plain_masked", "floor", "floor_then_step", "reldrop", "reldrop_half", "reldrop_fast",
-                "reldrop_zennit", "published") \
-    + MASK_VARIANTS
+ALL_VARIANTS = ("plain", "plain_masked", "floor", "attribution", "floor_then_step", "reldrop", "reldrop_half",
+                "reldrop_fast", "reldrop_zennit", "published") + MASK_VARIANTS
 
 
 @dataclass(frozen=True)

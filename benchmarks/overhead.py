@@ -11,7 +11,8 @@ with ``torch.cuda.synchronize()`` before and after each call on CUDA. Erasing ca
 two mask-stage variants (the RelevanceErasing2d / 3d kernels against the published per-sample / per-cloud loops)
 and get their own table. The slow variants (zennit backend, the
 published baseline, the per-sample mask loop) get fewer repeats (``--slow-repeats``). The tables report medians,
-the ratio to the plain step of the same run and, for RelDrop steps, ``(step - plain) / floor``: the extra cost in
+the ratio to the plain step and to the floor of the same run (for the ``attribution`` variant, the attribution
+alone: how much of a RelDrop step's extra it is) and, for RelDrop steps, ``(step - plain) / floor``: the extra cost in
 units of one eval forward + input gradient, and ``(step - floor_then_step) / floor``: the RelDrop step against the
 floor followed by the plain step on a batch RelDrop masked (one of a pool of eight, in turn: a point model's step
 costs what the mask makes it), run as one sequence (what an attribution of exactly
@@ -184,11 +185,12 @@ def _row(cells: Sequence[object]) -> str:
 
 
 def step_table(results: Sequence[CaseResult]) -> str:
-    """Markdown table of the train-step variants: median, ratio to the plain step, extra cost in floors. The
-    "attribution in" column of point cases also names the backend that ran."""
+    """Markdown table of the train-step variants: median, ratio to the plain step and to the floor (for the
+    ``attribution`` variant: the attribution alone in floors), extra cost in floors. The "attribution in" column of
+    point cases also names the backend that ran."""
     masked = any("plain_masked" in result.times_ms for result in results)
     sequence = any("floor_then_step" in result.times_ms for result in results)
-    header = ["case", "precision", "variant", "attribution in", "median ms", "n", "x plain step",
+    header = ["case", "precision", "variant", "attribution in", "median ms", "n", "x plain step", "x floor",
               "(step - plain) / floor"] + (["(step - plain on the masked batch) / floor"] if masked else []) \
         + (["(step - floor_then_step) / floor"] if sequence else [])
     lines = [_row(header), _row(["---"] * len(header))]
@@ -198,7 +200,8 @@ def step_table(results: Sequence[CaseResult]) -> str:
                 continue
             floors = f"{result.floors(name):.2f}" if name in RELDROP_VARIANTS else "-"
             row = [result.description, result.precision, name, result.attribution[name],
-                   f"{result.median(name):.2f}", len(result.times_ms[name]), f"{result.ratio(name):.2f}", floors]
+                   f"{result.median(name):.2f}", len(result.times_ms[name]), f"{result.ratio(name):.2f}",
+                   f"{result.median(name) / result.median('floor'):.2f}", floors]
             if masked:
                 row.append(f"{result.floors(name, 'plain_masked'):.2f}"
                            if name in RELDROP_VARIANTS and "plain_masked" in result.times_ms else "-")

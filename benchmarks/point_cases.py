@@ -10,6 +10,9 @@ measured in one process on the same model:
 - ``plain``: ``model.train()``, forward, cross-entropy, backward, SGD step.
 - ``floor``: ``model.eval()``, forward with the points (dense) or ``pos`` and ``x`` (PyG) requiring grad,
   ``torch.autograd.grad`` of the label logits (one-hot ``grad_output``) w.r.t. them, ``model.train()`` back.
+- ``attribution``: the attribution alone, as the ``reldrop`` variant's transform computes it (an
+  :class:`~reldrop_transforms.attribution.Attributor` with the transform's settings, called on the fixed batch:
+  ``attribute_graph`` for PyG): no mask, no step.
 - ``reldrop``: ``RelevanceDropout3d(model, alpha=0.5, beta=0.5, p=1.0, fill="zero")`` with its **default backend**
   (``"auto"``) on the batch, then the plain step on the masked batch. Which engine ``auto`` actually runs is
   observed once per bench (:func:`probe_engine`: the transform's attribution settings on two clouds, watching
@@ -44,7 +47,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
-from reldrop_transforms.attribution import RelevanceBackendWarning, relevance, relevance_graph
+from reldrop_transforms.attribution import Attributor, RelevanceBackendWarning, relevance, relevance_graph
 from reldrop_transforms.functional import fill_points, keep_least_relevant, relevance_dropout_mask
 from reldrop_transforms.models import DGCNN, PointNet, PointNet2
 from reldrop_transforms.transforms import RelevanceDropout3d
@@ -262,6 +265,8 @@ class PointBench:
         self.half_transform = RelevanceDropout3d(self.model, alpha=POINT_ALPHA, beta=POINT_BETA, p=0.5, fill="zero",
                                                  composite="epsilon_flat", epsilon=EPSILON,
                                                  generator=self.half_generator)
+        self.attributor = Attributor(self.model, composite=self.transform.composite, epsilon=self.transform.epsilon,
+                                     backend=self.transform.backend)
         self.backend = self._probe_backend()
         self.backend_warnings: list[str] = []
         self._mask_relevance: Tensor | dict[str, Tensor] | None = None
@@ -289,7 +294,8 @@ class PointBench:
         """Precision and engine of each variant's attribution (``"-"`` for variants without one): the ``reldrop``
         entry names the engine ``backend="auto"`` was seen to run (``"fast"``, or ``"zennit (auto fallback)"``)."""
         backend = "fast" if self.backend == "fast" else "zennit (auto fallback)"
-        return {"plain": "-", "plain_masked": "-", "floor": "fp32", "floor_then_step": "fp32",
+        return {"plain": "-", "plain_masked": "-", "floor": "fp32", "attribution": f"fp32, {backend}",
+                "floor_then_step": "fp32",
                 "reldrop": f"fp32, {backend}", "reldrop_half": f"fp32, {backend}, p = 0.5",
                 "published": "fp32, zennit", "mask_vectorised": "-", "mask_loop": "-"}
 
@@ -320,6 +326,13 @@ class PointBench:
         finally:
             self.model.train()
         return gradients
+
+    def attribution(self) -> Tensor | dict[str, Tensor]:
+        """The relevance of the fixed batch for its labels, with the ``reldrop`` transform's settings: a tensor of the
+        points' shape (dense), or ``{key: relevance}`` for the PyG batch's node tensors."""
+        if self.is_pyg:
+            return self.attributor.attribute_graph(self.inputs, self.labels, keys=self.transform.keys)
+        return self.attributor(self.points, self.labels)
 
     def masked_batch(self, transform: RelevanceDropout3d | None = None) -> Tensor | Batch:
         """The fixed batch after ``transform`` (default: the ``p = 1`` ``RelevanceDropout3d``, default backend); the
@@ -391,6 +404,7 @@ class PointBench:
             "plain": self.plain_step,
             "plain_masked": self.plain_masked_step,
             "floor": self.floor,
+            "attribution": self.attribution,
             "floor_then_step": self.floor_then_step,
             "reldrop": self.reldrop_step,
             "reldrop_half": self.reldrop_half_step,

@@ -27,7 +27,7 @@ def check_output(bench: Bench, variant: str, out: torch.Tensor) -> None:
         return
     assert out.shape == images.shape and out.dtype == images.dtype
     assert torch.isfinite(out).all()
-    if variant == "floor":
+    if variant in ("floor", "attribution"):  # an input gradient / a relevance of the batch's shape, not all zero
         assert out.abs().sum() > 0
         return
     # A masked batch: some pixels set to the fill value 0.0 in every channel, most pixels kept.
@@ -71,6 +71,12 @@ def check_point_output(bench, variant: str, out) -> None:
     """Assert that the point-cloud ``variant`` produced what it should on ``bench``'s batch."""
     if variant in ("plain", "plain_masked", "floor_then_step"):
         assert out.ndim == 0 and torch.isfinite(out)
+        return
+    if variant == "attribution":  # the relevance of the points (dense) or of each node tensor (PyG)
+        out = (out,) if isinstance(out, torch.Tensor) else tuple(out[key] for key in ("pos", "x") if key in out)
+        assert [rel.shape for rel in out] == [tensor.shape for tensor in _input_tensors(bench)]
+        assert all(torch.isfinite(rel).all() for rel in out)
+        assert sum(rel.abs().sum() for rel in out) > 0
         return
     if variant == "floor":
         assert [gradient.shape for gradient in out] == [tensor.shape for tensor in _input_tensors(bench)]
