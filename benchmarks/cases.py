@@ -348,9 +348,8 @@ class Bench:
         attribution = "bf16 autocast" if self.autocast_dtype is not None else "fp32"
         return {
             "plain": "-", "floor": attribution, "attribution": attribution, "floor_then_step": attribution,
-            "reldrop_fast": attribution,
-            "reldrop_zennit": attribution,
-            "published": attribution, "mask_vectorised": "-", "mask_loop": "-",
+            "reldrop_fast": attribution, "reldrop_zennit": attribution, "published": attribution,
+            "mask_vectorised": "-", "mask_loop": "-",
         }
 
     # -- the variants -----------------------------------------------------------------------------------------

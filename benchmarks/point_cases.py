@@ -380,14 +380,11 @@ class PointBench:
 
     @property
     def mask_relevance(self) -> Tensor | dict[str, Tensor]:
-        """A fixed relevance for the mask-stage variants (computed once, default backend)."""
+        """A fixed relevance for the mask-stage variants (:meth:`attribution`, computed once)."""
         if self._mask_relevance is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RelevanceBackendWarning)
-                if self.is_pyg:
-                    self._mask_relevance = relevance_graph(self.model, self.inputs, self.labels)
-                else:
-                    self._mask_relevance = relevance(self.model, self.points, self.labels)
+                self._mask_relevance = self.attribution()
         return self._mask_relevance
 
     def mask_vectorised(self) -> Tensor | Batch:
