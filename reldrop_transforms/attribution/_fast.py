@@ -629,6 +629,8 @@ class _Engine:
         # of (itself if none; None without an input point): see check_input_change
         self.rule_modules: list[tuple[nn.Module, Tensor | None, bool]] = []  # (..., whether the call gets Flat)
         self.flat_nodes: set = set()  # the graph nodes of the Flat calls' results (see _after_flat)
+        # (rule module, its input, the input's version when read): an input changed in place after (see _changed_input)
+        self.read_inputs: list[tuple[nn.Module, Tensor, int]] = []
         self.merges: list[tuple[_Point, _Point, tuple]] = []  # (linear point, BatchNorm point, copies' nodes)
         # id(copy) -> (a linear layer's point, the copy (weakly), the graph nodes of the copies from its output to
         # it): a copy of a layer's output (`.contiguous()` in channels_last, `.float()` under autocast) that a
@@ -858,6 +860,7 @@ class _Engine:
                     link = _Link()
                     self.links.append((source, link))
             self.rule_modules[-1] = (module, x if x._base is None else x._base, False)
+            self.read_inputs.append((module, x, x._version))
             return (_InputPoint.apply(x, link), *args[1:])
 
     @_own_thread
@@ -1019,6 +1022,18 @@ class _Engine:
                                    f"({getattr(func, '__name__', func)}), and LRP's rule for that layer reads the "
                                    f"input it was given; change it out of place in {name}.forward (x = x * 2 rather "
                                    "than x.mul_(2))")
+
+    def _changed_input(self) -> str:
+        """Why the backward failed at a rule layer's input point (autograd: "Output 0 of _InputPoint is a view and its
+        base ... has been modified inplace"): the forward changed that input in place after the layer had read it
+        (``x += f(x)``), which a training step's backward refuses too (the layer's weight gradient needs the input)."""
+        paths = {module: path for path, module in self.model.named_modules(remove_duplicate=False)}
+        names = list(dict.fromkeys(f"{paths.get(module, '?')} ({type(module).__name__})"
+                                   for module, x, version in self.read_inputs if x._version != version))
+        which = f"the input of {' and '.join(names)}" if names else "a layer's input"
+        return (f"its forward changes {which} in place after the layer has read it (e.g. `x += f(x)`), which the "
+                "relevance cannot go through (nor a training step's backward: the layer's weight gradient needs that "
+                "input); change it out of place (x = x + f(x))")
 
     def _verify(self, logits: Tensor) -> None:
         """Raise :class:`_Misjudged` where a ReLU output that stands in for its layer's output (see
@@ -1304,6 +1319,8 @@ class _Engine:
                     raise UnsupportedModel("it uses torch.utils.checkpoint with use_reentrant=True, whose backward "
                                            "re-runs the forward and cannot run inside torch.autograd.grad; "
                                            "checkpoint with use_reentrant=False instead") from error
+                if "_InputPoint" in message:
+                    raise UnsupportedModel(self._changed_input()) from error
                 raise
         finally:  # everything this pass changed on the model is undone here
             restore_all(self.parameter_writes.restore)  # (also where Ctrl-C lands in it; the rest the guard restores)
@@ -1322,6 +1339,7 @@ class _Engine:
             self.points.clear()
             self.storages.clear()
             self.flat_nodes.clear()
+            self.read_inputs.clear()
             self.view_points.clear()
             self.view_bases.clear()
             self.copies.clear()

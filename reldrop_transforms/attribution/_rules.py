@@ -16,7 +16,7 @@ The reference semantics (``composite="epsilon_flat"``) are zennit's, written out
 - **Norm** (Epsilon with stabiliser 1e-6 and no parameters) on average pooling, on PyG ``MeanAggregation`` /
   ``SumAggregation``, on ``zennit.layer.Sum``, and on every sum of two tensors that both carry relevance
   (``a + b``, ``a += b`` / ``add_``, ``torch.add``): residual adds in any model, as zennit's ResNet canonizer does
-  for torchvision ResNets;
+  for torchvision ResNets (a scaled sum, ``torch.add(a, b, alpha=2)``, is arithmetic);
 - every other operation (gates ``x * s``, LayerNorm, arithmetic, indexing, coordinate differences, scatter and
   max pooling, concatenation, channel shuffles, activations zennit does not list such as ``Mish``) passes
   relevance on through its ordinary backward, as zennit does for operations it has no rule for.

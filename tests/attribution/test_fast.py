@@ -235,6 +235,20 @@ class _DoublingConv(nn.Conv2d):
         return super().forward(x)
 
 
+class _ResidualInPlace(nn.Module):
+    """``x += f(x)`` on the output of a ReLU that ``f`` read: invalid for autograd (a training step's backward refuses
+    it too: ``f``'s weight gradient and the ReLU's backward need the old values)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.f, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x += self.f(x)
+        return self.head(x.mean((2, 3)))
+
+
 class TestAuto:
     def test_auto_uses_fast_when_supported(self, monkeypatch):
         import reldrop_transforms.attribution._attributor as attributor_module
@@ -298,6 +312,24 @@ class TestAuto:
             relevance(model, torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), backend="fast")
         assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
         assert all(p.requires_grad for p in model.parameters()) and model.training
+
+    @pytest.mark.parametrize("backend", ["auto", "fast"])
+    def test_input_changed_in_place_after_the_layer_read_it_is_refused_by_name(self, backend):
+        """(was: autograd's "Output 0 of _InputPoint is a view and its base ... has been modified inplace", naming
+        neither the layer nor the model's line; the training step's own backward refuses the model too.)"""
+        model = _ResidualInPlace()
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            model(torch.randn(2, 3, 8, 8)).sum().backward()
+        model.zero_grad(set_to_none=True)
+        before = [p.detach().clone() for p in model.parameters()]
+        x = torch.randn(2, 3, 8, 8)
+        x_before = x.clone()
+        with pytest.raises(ValueError, match=r"cannot be explained with LRP: its forward changes the input of f "
+                                             r"\(Conv2d\) in place after the layer has read it"):
+            relevance(model, x, torch.tensor([0, 1]), backend=backend)
+        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+        assert all(p.requires_grad and p.grad is None for p in model.parameters()) and model.training
+        assert torch.equal(x, x_before)
 
     def test_fast_rejects_other_composites(self):
         with pytest.raises(ValueError, match="backend='fast' computes the composites"):
