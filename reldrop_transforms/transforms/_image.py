@@ -30,6 +30,17 @@ def _check_value(value: Any) -> float | tuple[float, ...]:
     raise TypeError(f"value should be a number or a sequence of numbers (one per channel), but got {value!r}.")
 
 
+_MISSING = object()
+
+
+def _received(flat_inputs: list[Any]) -> str:
+    """What a call without an image batch got instead (for its error message)."""
+    kinds = ", ".join(dict.fromkeys(type(inpt).__name__ for inpt in flat_inputs))
+    if any(cls.__module__.startswith("torch_geometric.") for inpt in flat_inputs for cls in type(inpt).__mro__):
+        return f" (got {kinds}: for point clouds use RelevanceDropout3d or RelevanceErasing3d)"
+    return f" (got {kinds}; the images are a tv_tensors.Image or the first plain tensor)"
+
+
 class RelevanceImageTransform(RelevanceSettings, Transform):
     """Base of the image transforms: ``t(images, labels)`` on float batches ``(B, C, H, W)``; subclasses draw the
     random numbers of their masks (:meth:`draw`) and build the masks of some samples from their channel-summed
@@ -63,9 +74,37 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         check_not_in_worker(type(self).__name__)  # first: in a worker, a per-sample call is no batch either
         if not inputs:
             raise TypeError(f"{type(self).__name__} expects a batch of images (and labels), but got no input.")
-        self.check_settings()  # (as set now: before any coin)
         sample = inputs if len(inputs) > 1 else inputs[0]
         flat_inputs, spec = tree_flatten(sample)
+        needs_transform = self._needs_transform_list(flat_inputs)
+        params = self._params(sample, flat_inputs, needs_transform)
+        if params["mask"] is None:
+            return sample
+        flat_outputs = [
+            self.transform(inpt, params) if needs else inpt for inpt, needs in zip(flat_inputs, needs_transform)
+        ]
+        return tree_unflatten(flat_outputs, spec)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        """torchvision's two-step API: ``params = t.make_params([images, labels])``, then ``t.transform(inpt, params)``
+        for the images (and anything else to mask the same way). ``flat_inputs`` is read as the sample
+        ``(images, labels)`` of a call ``t(images, labels)``: the image batch and the labels that ``labels_getter``
+        finds there (give the labels: torchvision's own ``forward`` hands ``make_params`` the images alone, and
+        this one, which does not, is not that). ``params["mask"]`` is ``None`` where no sample is masked, and
+        :meth:`transform` then returns its input itself."""
+        check_not_in_worker(type(self).__name__)
+        if isinstance(flat_inputs, tuple):
+            flat_inputs = list(flat_inputs)
+        if not isinstance(flat_inputs, list) or not flat_inputs:
+            raise TypeError(f"{type(self).__name__}.make_params expects a non-empty list of inputs (the images and "
+                            f"their labels), but got {flat_inputs!r:.80}.")
+        sample = tuple(flat_inputs) if len(flat_inputs) > 1 else flat_inputs[0]
+        return self._params(sample, flat_inputs, self._needs_transform_list(flat_inputs))
+
+    def _params(self, sample: Any, flat_inputs: list[Any], needs_transform: list[bool]) -> dict[str, Any]:
+        """Check the call, then the mask of the batch among ``flat_inputs`` and the fill value (``mask`` ``None``:
+        nothing masked)."""
+        self.check_settings()  # (as set now: before any coin)
         name = type(self).__name__
         if any(isinstance(inpt, PIL.Image.Image) for inpt in flat_inputs):
             raise TypeError(
@@ -78,24 +117,19 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
                 "supported. Reshape the frames into a batch of images, video.flatten(0, 1) for (B, T, C, H, W) -> "
                 "(B*T, C, H, W) with labels.repeat_interleave(T), and back with .unflatten(0, (B, T))."
             )
-        needs_transform = self._needs_transform_list(flat_inputs)
         images = [inpt for inpt, needs in zip(flat_inputs, needs_transform) if needs]
         if len(images) != 1:
-            raise ValueError(f"{name} expects exactly one image batch per call, but found {len(images)}.")
+            raise ValueError(f"{name} expects exactly one image batch per call, but found {len(images)}"
+                             f"{_received(flat_inputs) if not images else ''}.")
         image = images[0]
         value = self._check_image(image, others=sum(isinstance(inpt, Tensor) for inpt in flat_inputs) > 1)
         labels = self._attributor.check_batch(image.as_subclass(Tensor), self._labels_from(sample), caller=name,
                                               what="images")
         if image.shape[0] == 0:
-            return sample
+            return {"mask": None, "value": value}
         params = self.make_params_for(image, labels)
-        if params["mask"] is None:
-            return sample
         params["value"] = value
-        flat_outputs = [
-            self.transform(inpt, params) if needs else inpt for inpt, needs in zip(flat_inputs, needs_transform)
-        ]
-        return tree_unflatten(flat_outputs, spec)
+        return params
 
     def _check_image(self, image: Tensor, others: bool = False) -> float | tuple[float, ...]:
         """Check the batch and the fill value for it; returns the value (as set: also one set after construction)."""
@@ -141,5 +175,10 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         return {"mask": mask}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if params.get("mask", _MISSING) is _MISSING or "value" not in params:
+            raise ValueError(f"{type(self).__name__}.transform expects the params of make_params (a 'mask' and a "
+                             f"'value'), but got the keys {sorted(params)}.")
+        if params["mask"] is None:  # nothing masked
+            return inpt
         out = fill_dropped(inpt.as_subclass(Tensor), params["mask"], params["value"])
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out

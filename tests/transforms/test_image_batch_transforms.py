@@ -169,6 +169,44 @@ class TestImageBatchTransforms:
         first, second = t(images, labels)[0], t(images, labels)[0]
         assert not torch.equal(first, second)  # the generator advances
 
+    # -- torchvision's two-step API --------------------------------------------------------------------------------
+
+    def test_make_params_then_transform_is_the_call(self, transform, mask_kwargs, batch):
+        """``t.transform(x, t.make_params([x, y]))``, torchvision's two-step API, masks as ``t(x, y)`` does with the
+        same draws, and masks anything else given to ``transform`` the same way (was: ``make_params`` returned
+        ``{}`` and ``transform`` raised ``KeyError: 'mask'``)."""
+        images, labels = batch
+        expected, _ = transform(p=0.7, seed=3, **mask_kwargs)(images, labels)
+        t = transform(p=0.7, seed=3, **mask_kwargs)
+        params = t.make_params([tv_tensors.Image(images), labels])
+        out = t.transform(tv_tensors.Image(images), params)
+        assert isinstance(out, tv_tensors.Image)
+        assert torch.equal(out.as_subclass(torch.Tensor), expected)
+        assert not torch.equal(expected, images)
+        assert torch.equal(t.transform(images + 1, params) != images + 1, expected != images)  # the same mask
+
+    def test_make_params_without_a_masked_sample(self, transform, batch):
+        images, labels = batch
+        t = transform(p=0.0)
+        params = t.make_params((images, labels))
+        assert params["mask"] is None
+        assert t.transform(images, params) is images
+
+    def test_make_params_checks_as_the_call(self, transform, batch):
+        images, labels = batch
+        with pytest.raises(ValueError, match="could not find the labels"):
+            transform(p=1.0).make_params([images])  # (torchvision's forward would hand it the images alone)
+        with pytest.raises(ValueError, match=r"labels of shape \(7,\) do not match a batch of 8 images"):
+            transform(p=1.0).make_params([images, labels[:7]])
+        with pytest.raises(TypeError, match=r"make_params expects a non-empty list of inputs"):
+            transform(p=1.0).make_params([])
+
+    def test_transform_without_make_params(self, transform, transform_cls, batch):
+        images, _ = batch
+        with pytest.raises(ValueError, match=rf"{transform_cls.__name__}.transform expects the params of make_params "
+                                             r"\(a 'mask' and a 'value'\), but got the keys \[\]"):
+            transform(p=1.0).transform(images, {})
+
     # -- the model a copied transform holds ----------------------------------------------------------------------
 
     def test_deepcopy_holds_a_copy_until_the_model_is_rebound(self, transform, transform_cls, mask_kwargs, model,
@@ -228,6 +266,18 @@ class TestImageBatchTransforms:
         match = f"{transform_cls.__name__}: value has 2 entries but the images have 3 channels"
         with pytest.raises(ValueError, match=match):
             transform(p=1.0, value=(1.0, 2.0))(images, labels)
+
+    def test_no_image_batch_says_what_it_got(self, transform, transform_cls):
+        from torch_geometric.data import Batch, Data
+
+        clouds = Batch.from_data_list([Data(pos=torch.rand(5, 3), y=torch.tensor([0]))])
+        with pytest.raises(ValueError, match=rf"{transform_cls.__name__} expects exactly one image batch per call, but "
+                                             r"found 0 \(got DataBatch: for point clouds use RelevanceDropout3d or "
+                                             r"RelevanceErasing3d\)"):
+            transform(p=1.0)(clouds)
+        with pytest.raises(ValueError, match=r"found 0 \(got str, int; the images are a tv_tensors.Image or the first "
+                                             r"plain tensor\)"):
+            transform(p=1.0)("images", 3)
 
     def test_no_input(self, transform_cls, model):
         with pytest.raises(TypeError, match=f"{transform_cls.__name__} expects a batch of images .* but got no input"):
