@@ -183,6 +183,9 @@ def check_labels(labels: Any, batch_size: int, what: str = "samples") -> Tensor 
     if not isinstance(labels, Tensor):
         raise TypeError(f"the labels should be a torch.Tensor, but got {type(labels).__name__}.")
     labels = labels.as_subclass(Tensor)
+    if labels.is_meta:
+        raise ValueError("the labels are on the meta device, which holds no values: give them on the images' device "
+                         "(or on the CPU).")
     if labels.ndim not in (1, 2) or labels.shape[0] != batch_size:
         raise ValueError(
             f"labels of shape {tuple(labels.shape)} do not match a batch of {batch_size} {what}: expected "

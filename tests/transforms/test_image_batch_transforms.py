@@ -254,6 +254,11 @@ class TestImageBatchTransforms:
         with pytest.raises(ValueError, match=r"labels of shape \(8, 2, 5\) do not match"):
             transform(p=1.0)(images, torch.zeros(8, 2, 5, device=device))
 
+    def test_labels_on_the_meta_device(self, transform, batch):
+        images, labels = batch
+        with pytest.raises(ValueError, match="the labels are on the meta device, which holds no values"):
+            transform(p=1.0)(images, labels.to("meta"))  # (was: RuntimeError from Tensor.item())
+
     def test_labels_not_found(self, transform, batch):
         images, _ = batch
         with pytest.raises(ValueError, match="could not find the labels"):
