@@ -477,6 +477,12 @@ def _vanishes(epsilon: float, dtype: torch.dtype) -> bool:
     return epsilon == 0 or (dtype.is_floating_point and float(torch.tensor(epsilon, dtype=dtype)) == 0.0)
 
 
+def _torch_activation_forward(module: nn.Module) -> bool:
+    """Whether ``module`` runs the forward of a torch activation (``nn.ReLU``, ``nn.SiLU``, ... or a subclass that
+    keeps it): one functional call, given ``inplace`` as a keyword (see :class:`_Forward`)."""
+    return getattr(type(module).forward, "__module__", None) == "torch.nn.modules.activation"
+
+
 def _zero_below_zero(module: nn.Module) -> bool:
     """An activation whose output is 0 wherever its input is <= 0 (``nn.ReLU``, ``nn.ReLU6``, ``nn.Hardtanh(0, t)``,
     ``nn.Threshold(t >= 0, 0)``): a chain through it may be fused (see :meth:`_Engine._settle_chains`)."""
@@ -520,9 +526,13 @@ class _Forward(TorchFunctionMode):
         kind = self.kinds.get(func)
         if kind is None:
             kind = self.kinds[func] = _operation_kind(func)
-        if kwargs and kwargs.get("inplace") is True:  # F.silu(x, inplace=True), F.relu(x, inplace=True), ...
-            kind |= _MUTATES | (0 if operation_name(func) in _CLAMP_FUNCTIONS else _IN_PLACE)
         engine = self.engine
+        if kwargs and kwargs.get("inplace") is True:  # F.silu(x, inplace=True), F.relu(x, inplace=True), ...
+            if engine.out_of_place is not None:  # the call of a torch activation built in place: out of place
+                engine.out_of_place = None  # (see _Engine.run)
+                kwargs = {**kwargs, "inplace": False}
+            else:
+                kind |= _MUTATES | (0 if operation_name(func) in _CLAMP_FUNCTIONS else _IN_PLACE)
         if not (kind & _WATCHED_WITHOUT_GRAD or _grad_enabled()):  # nothing computed here carries relevance, but a
             result = func(*args, **kwargs) if kwargs else func(*args)  # read of a layer's output is a read (merging
             if engine.points and _reads(kind, args, result):  # a BatchNorm into the layer would change what it sees;
@@ -646,7 +656,8 @@ class _Engine:
         # Sequential), or None where a ReLU has several; and the Sequentials whose own forward is running
         self.in_place_relus: dict[nn.Module, tuple[nn.Module, nn.Module] | None] = {}
         self.sequentials_running: dict[nn.Module, int] = {}
-        self.in_place_now: nn.Module | None = None  # the ReLU that _relu_pre_hook set to run in place
+        self.in_place_now: nn.Module | None = None  # the ReLU that _relu_pre_hook let run in place
+        self.out_of_place: nn.Module | None = None  # the torch activation built in place whose call runs now
         self.caller_hooked: set[nn.Module] = set()  # modules with a rule and forward hooks of the caller's (run)
         self.relu_output: Tensor | None = None  # the last relu's result (a hook may replace a module's output)
         self.first_options: tuple = ((), {})  # the other arguments of the Flat layer's call being run
@@ -835,6 +846,16 @@ class _Engine:
         self.depth += 1
 
     @_own_thread
+    def _out_of_place(self, module: nn.Module, args) -> None:
+        """Before a torch activation built in place: its functional call runs out of place (see :class:`_Forward`)."""
+        self.out_of_place = module
+
+    @_own_thread
+    def _enter_out_of_place(self, module: nn.Module, args) -> None:
+        self.depth += 1
+        self.out_of_place = module
+
+    @_own_thread
     def _rule_pre_hook(self, module: nn.Module, args):
         self.depth += 1
         if not args:  # (module(input=x): its input is not seen)
@@ -923,6 +944,7 @@ class _Engine:
 
     @_own_thread
     def _pass(self, module: nn.Module, args, out):
+        self.out_of_place = None  # (taken by the activation's call)
         if not args or not isinstance(args[0], Tensor):
             return None
         with _plain():
@@ -954,8 +976,9 @@ class _Engine:
                     and not _vanishes(producer.epsilon, producer.z.dtype) and producer.origin is previous \
                     and self.sequentials_running.get(parent) and producer.z.data_ptr() == args[0].data_ptr() \
                     and previous not in self.caller_hooked and not _global_forward_hooks:  # (a hook may keep z)
-                module.inplace = True
                 self.in_place_now = module
+                return
+        self.out_of_place = module
 
     def _relu_producer(self, tensor: Tensor) -> _Point | None:
         """The active rule point (Epsilon, Norm, Flat) whose result ``tensor`` is, if any."""
@@ -973,9 +996,7 @@ class _Engine:
         forward, and the pass is rerun without this where it does not hold. Run in place, the ReLU's own backward
         (zero where ``x = 0``) stands for Pass under the same condition."""
         in_place = self.in_place_now is module
-        if in_place:
-            module.inplace = False  # (set by _relu_pre_hook for this call only)
-            self.in_place_now = None
+        self.in_place_now = self.out_of_place = None  # (set by _relu_pre_hook / _out_of_place for this call)
         own, self.relu_output = self.relu_output, None
         if not args or not isinstance(args[0], Tensor):
             return None
@@ -1265,19 +1286,28 @@ class _Engine:
                     continue
                 if module._forward_hooks:  # the caller's (before the engine's: see _relu_pre_hook, _own_output)
                     self.caller_hooked.add(module)
-                if kind == "activation":
-                    built_in_place = getattr(module, "inplace", False)
-                    if built_in_place:
-                        module.inplace = False  # its input keeps its value and its autograd identity (as
-                        in_place.append(module)  # in zennit, whose hooks run every module on a clone of its input)
+                if kind == "activation":  # built in place: its input keeps its value and its autograd identity
+                    built_in_place = getattr(module, "inplace", False) is True  # (as in zennit, whose hooks run
+                    # every module on a clone of its input). A torch activation's forward is one functional call with
+                    # inplace=True, which _Forward runs out of place on this thread only (an inference forward in
+                    # another thread runs it as built); any other's `inplace` flag is off for the pass
+                    rewritten = built_in_place and _torch_activation_forward(module)
+                    if built_in_place and not rewritten:
+                        module.inplace = False
+                        in_place.append(module)
                     if self.speculate and type(module) is nn.ReLU:
                         if built_in_place and self.in_place_relus.get(module) is not None:
                             handles.append(module.register_forward_pre_hook(self._relu_pre_hook))
+                        elif rewritten:
+                            handles.append(module.register_forward_pre_hook(self._out_of_place))
                         handles.append(module.register_forward_hook(self._relu_hook))
                     elif _builtin(module):
+                        if rewritten:
+                            handles.append(module.register_forward_pre_hook(self._out_of_place))
                         handles.append(module.register_forward_hook(self._pass))
                     else:
-                        handles.append(module.register_forward_pre_hook(self._enter))
+                        handles.append(module.register_forward_pre_hook(self._enter_out_of_place if rewritten
+                                                                        else self._enter))
                         handles.append(module.register_forward_hook(self._pass_hook))
                 elif kind == "batchnorm":
                     norms.append(module)

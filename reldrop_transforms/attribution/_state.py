@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -283,22 +284,54 @@ def preserved_model_state(model: nn.Module, *, keep_values: bool = True,
 @contextlib.contextmanager
 def _parametrization_cache_off() -> Iterator[None]:
     """A block in which ``torch.nn.utils.parametrize.cached()`` (entered by the caller around a training step) does
-    not cache: a parametrized weight computed here (in eval mode, from parameters that do not require grad, for
-    relevance) would otherwise be what the caller's forward in the same ``cached()`` block reads, a constant that
-    the parametrization's parameters get no gradient through; and a weight the caller cached (with its autograd
-    graph) would be read here. Caching is off for the block (process-wide: every attribution holds the lock), the
-    cache itself untouched, and on again after."""
+    not cache on this thread: a parametrized weight computed here (in eval mode, from parameters that do not require
+    grad, for relevance) would otherwise be what the caller's forward in the same ``cached()`` block reads, a constant
+    that the parametrization's parameters get no gradient through; and a weight the caller cached (with its autograd
+    graph, in train mode) would be read here. parametrize's cache (a module global) is seen through
+    :class:`_NoCacheOnThread` for the block, which holds nothing for this thread and is the cache itself for every
+    other one; caching stays on or off as the caller's blocks say (other threads may enter and leave theirs
+    meanwhile: an inference forward beside the attribution; where the last block of all ends meanwhile, parametrize
+    makes a new cache, which this thread then shares, unused unless yet another block starts before the end)."""
     from torch.nn.utils import parametrize
 
-    enabled = getattr(parametrize, "_cache_enabled", 0)
-    if not enabled or not isinstance(enabled, int):
+    cache = getattr(parametrize, "_cache", None)
+    if not isinstance(cache, dict):
         yield
         return
-    parametrize._cache_enabled = 0
+    view = _NoCacheOnThread(cache)
+    parametrize._cache = view
     try:
         yield
     finally:
-        parametrize._cache_enabled = enabled
+        if parametrize._cache is view:  # (else a cached() block ended meanwhile and made a new, empty cache)
+            parametrize._cache = cache
+
+
+class _NoCacheOnThread(dict):
+    """parametrize's cache seen from the thread that made it (empty, nothing stored) and from every other thread (the
+    cache ``cache`` itself). parametrize reads it with ``get`` and writes it with ``[key] = value``."""
+
+    __slots__ = ("cache", "thread")
+
+    def __init__(self, cache: dict) -> None:
+        super().__init__()
+        self.cache = cache
+        self.thread = threading.get_ident()
+
+    def get(self, key, default=None):
+        return default if threading.get_ident() == self.thread else self.cache.get(key, default)
+
+    def __getitem__(self, key):
+        if threading.get_ident() == self.thread:
+            raise KeyError(key)
+        return self.cache[key]
+
+    def __setitem__(self, key, value) -> None:
+        if threading.get_ident() != self.thread:
+            self.cache[key] = value
+
+    def __contains__(self, key) -> bool:
+        return threading.get_ident() != self.thread and key in self.cache
 
 
 def restore_all(*steps: Callable[[], None], retries: int = 3) -> None:

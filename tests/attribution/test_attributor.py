@@ -378,6 +378,129 @@ def test_inference_in_another_thread_beside_an_attribution():
     assert all(torch.equal(result, reference) for result in results)
 
 
+class _PausedAfterInPlaceRelu(nn.Module):
+    """Reads a convolution's output again after an ``nn.ReLU(inplace=True)`` changed it (``h + r`` is ``2 r`` as
+    built); the forward of the thread ``paused[0]`` stops there until ``paused[2]`` is set, having set ``paused[1]``."""
+
+    def __init__(self, inner: nn.Module | None = None):
+        super().__init__()
+        self.conv, self.relu, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Linear(4 * 64, 5)
+        self.inner = inner or nn.Identity()
+        self.paused = None
+
+    def forward(self, x):
+        h = self.conv(x)
+        r = self.relu(h)
+        if self.paused is not None and threading.get_ident() == self.paused[0]:
+            self.paused[1].set()
+            assert self.paused[2].wait(30)
+        return self.fc(self.inner(h + r).flatten(1))
+
+
+def _beside_a_paused_attribution(model, attribute, infer):
+    """``infer()`` in this thread while ``attribute()`` runs in another, paused inside the model's forward: (the
+    attribution's result, ``infer()``'s result)."""
+    reached, release, results = threading.Event(), threading.Event(), {}
+
+    def run():
+        model.paused = (threading.get_ident(), reached, release)
+        try:
+            results["attribution"] = attribute()
+        except Exception as error:  # noqa: BLE001 - raised below
+            results["error"] = error
+        finally:
+            reached.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert reached.wait(30)
+        inferred = infer()
+    finally:
+        release.set()
+        thread.join(30)
+        model.paused = None
+    if "error" in results:
+        raise results["error"]
+    return results["attribution"], inferred
+
+
+@pytest.mark.parametrize("relu", [nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.SiLU])
+def test_inference_beside_an_attribution_runs_activations_as_built(relu):
+    """The engine ran activations built with inplace=True out of place by setting their ``inplace`` flag to False for
+    the pass: an inference forward in another thread then computed ``h + relu(h)`` instead of the model's ``2 relu(h)``
+    (0.2-0.5 off). The flag stays as built; the engine's own call runs out of place on its thread only."""
+    torch.manual_seed(0)
+    model = _PausedAfterInPlaceRelu().eval()
+    model.relu = relu(inplace=True)
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 5, (6,))
+    attributor = rt.attribution.Attributor(model, backend="fast")
+    reference = attributor(x, y)
+    with torch.no_grad():
+        expected = model(x)
+    assert not torch.allclose(expected, model.fc((model.conv(x) + relu()(model.conv(x))).flatten(1)))  # (it matters)
+
+    def infer():
+        with torch.no_grad():
+            return model(x)
+
+    rel, out = _beside_a_paused_attribution(model, lambda: attributor(x, y), infer)
+    assert torch.equal(out, expected)
+    assert torch.equal(rel, reference)
+    assert model.relu.inplace is True
+
+
+def test_parametrize_cached_in_another_thread_beside_an_attribution():
+    """Attribution turned parametrize's cache off process-wide (``_cache_enabled = 0``) and put back the count it
+    found: a ``cached()`` block of another thread that began before and ended during the attribution left the count
+    at 1 for good, and every later training step read a stale cached weight (no gradient for the parametrization).
+    Now only the attributing thread sees no cache. (The fast engine: inference beside zennit's hooks is not
+    supported.)"""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    model = _PausedAfterInPlaceRelu(inner=nn.Identity()).eval()
+    weight_norm(model.fc)
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 5, (6,))
+    attributor = rt.attribution.Attributor(model, backend="fast")
+    reference = attributor(x, y)
+    with torch.no_grad():
+        expected = model(x)
+    outputs = []
+    with parametrize.cached():  # this thread's block begins before the attribution and ends during it
+
+        def infer():
+            with torch.no_grad():
+                outputs.append(model(x))
+                outputs.append(model(x))  # (from the cache)
+            return parametrize._cache.get((id(model.fc), "weight"))
+
+        reached, release, results = threading.Event(), threading.Event(), {}
+
+        def run():
+            model.paused = (threading.get_ident(), reached, release)
+            try:
+                results["attribution"] = attributor(x, y)
+            finally:
+                reached.set()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        assert reached.wait(30)
+        cached_weight = infer()
+    release.set()  # (after this thread's cached() block ended)
+    thread.join(30)
+    model.paused = None
+    assert cached_weight is not None  # this thread cached its weight as usual
+    assert all(torch.equal(out, expected) for out in outputs)
+    assert torch.equal(results["attribution"], reference)
+    assert parametrize._cache_enabled == 0 and not parametrize._cache
+    model.train()
+    nn.functional.cross_entropy(model(x), y).backward()  # a training step after it: gradients as usual
+    assert model.fc.parametrizations.weight.original1.grad is not None
+
+
 class TestValidationBeforeCoins:
     """Labels are validated for the whole batch before any coin: the same error for every seed and p."""
 
