@@ -467,34 +467,28 @@ def test_parametrize_cached_in_another_thread_beside_an_attribution():
     reference = attributor(x, y)
     with torch.no_grad():
         expected = model(x)
-    outputs = []
-    with parametrize.cached():  # this thread's block begins before the attribution and ends during it
+    outputs, block = [], parametrize.cached()
+    block.__enter__()  # this thread's cached() block begins before the attribution and ends during it
 
-        def infer():
+    def infer():
+        try:
             with torch.no_grad():
                 outputs.append(model(x))
                 outputs.append(model(x))  # (from the cache)
             return parametrize._cache.get((id(model.fc), "weight"))
+        finally:
+            block.__exit__(None, None, None)
+            outputs.append(None)
 
-        reached, release, results = threading.Event(), threading.Event(), {}
-
-        def run():
-            model.paused = (threading.get_ident(), reached, release)
-            try:
-                results["attribution"] = attributor(x, y)
-            finally:
-                reached.set()
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        assert reached.wait(30)
-        cached_weight = infer()
-    release.set()  # (after this thread's cached() block ended)
-    thread.join(30)
-    model.paused = None
+    try:
+        rel, cached_weight = _beside_a_paused_attribution(model, lambda: attributor(x, y), infer)
+    finally:
+        if outputs[-1:] != [None]:  # (the block not ended: the helper failed before infer)
+            block.__exit__(None, None, None)
+    outputs.pop()
     assert cached_weight is not None  # this thread cached its weight as usual
     assert all(torch.equal(out, expected) for out in outputs)
-    assert torch.equal(results["attribution"], reference)
+    assert torch.equal(rel, reference)
     assert parametrize._cache_enabled == 0 and not parametrize._cache
     model.train()
     nn.functional.cross_entropy(model(x), y).backward()  # a training step after it: gradients as usual
