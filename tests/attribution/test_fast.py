@@ -398,6 +398,57 @@ def test_a_failing_pre_hook_of_the_callers_gives_its_own_error_only():
             relevance(model, torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), backend="fast")
 
 
+class _SubReLU(nn.ReLU):
+    """torch's ReLU forward, another class (not a torch module: hooked as a custom activation)."""
+
+
+class _OwnReLU(nn.ReLU):
+    """An activation with a forward of its own that reads ``inplace`` (the engine switches the flag off)."""
+
+    def forward(self, x):
+        return x.relu_() if self.inplace else torch.relu(x)
+
+
+class _ReadsAfterActivation(nn.Module):
+    """``h + act(h)``: reads the convolution's output again after an activation built in place (``module_sum``: the
+    sum as a ``zennit.layer.Sum``, for stock zennit's Norm)."""
+
+    def __init__(self, act: nn.Module, module_sum: bool = False):
+        super().__init__()
+        from zennit.layer import Sum
+
+        self.conv, self.act, self.fc = nn.Conv2d(3, 4, 3, padding=1), act, nn.Linear(4 * 64, 5)
+        self.sum = Sum() if module_sum else None
+
+    def forward(self, x):
+        h = self.conv(x)
+        r = self.act(h)
+        return self.fc((h + r if self.sum is None else self.sum(torch.stack([h, r], -1))).flatten(1))
+
+
+@pytest.mark.parametrize("make", [lambda: nn.ReLU(inplace=True), lambda: nn.SiLU(inplace=True),
+                                  lambda: nn.Hardtanh(0.1, 2.0, inplace=True), lambda: _SubReLU(inplace=True),
+                                  lambda: _OwnReLU(inplace=True)],
+                         ids=["ReLU", "SiLU", "Hardtanh", "subclass", "own_forward"])
+def test_activation_built_in_place_leaves_its_input_alone(make):
+    """As zennit (whose hooks run each module on a clone of its input): the forward reads ``h`` unchanged after the
+    activation, whichever way the engine runs it out of place (torch's activations: their functional call rewritten
+    on the pass's thread; one with a forward of its own: its flag off for the pass). Against stock zennit on the
+    twin whose sum is a ``zennit.layer.Sum``; the flag is as built after."""
+    torch.manual_seed(0)
+    model = _ReadsAfterActivation(make()).double().eval()
+    twin = _ReadsAfterActivation(make(), module_sum=True).double().eval()
+    twin.load_state_dict(model.state_dict())
+    x, targets = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2])
+    oracle = zennit_oracle(twin, x, targets, paper_composite(1e-3, []))
+    with torch.no_grad():
+        built = model(x)
+    assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
+    assert model.act.inplace is True
+    with torch.no_grad():
+        assert torch.equal(model(x), built)
+
+
 def test_engine_undoes_what_it_patches_itself():
     """The engine restores in-place flags and removes its hooks in its own ``finally`` (not relying on the
     caller's state guard), also when the forward raises."""
@@ -406,7 +457,8 @@ def test_engine_undoes_what_it_patches_itself():
     from _models import Boom
 
     boom = Boom()
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), boom, nn.Flatten(), nn.Linear(144, 5)).eval()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), boom, _OwnReLU(inplace=True), nn.Flatten(),
+                          nn.Linear(144, 5)).eval()
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     one_hot = lambda logits: torch.eye(5)[[0, 1]]  # noqa: E731
     for armed in (False, True):
@@ -415,7 +467,7 @@ def test_engine_undoes_what_it_patches_itself():
             fast_relevance(model, (x,), lambda: model(x), one_hot, 1e-3)
         except RuntimeError:
             assert armed
-        assert model[1].inplace is True
+        assert model[1].inplace is True and model[3].inplace is True
         assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
