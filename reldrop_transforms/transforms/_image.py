@@ -30,9 +30,6 @@ def _check_value(value: Any) -> float | tuple[float, ...]:
     raise TypeError(f"value should be a number or a sequence of numbers (one per channel), but got {value!r}.")
 
 
-_MISSING = object()
-
-
 def _received(flat_inputs: list[Any]) -> str:
     """What a call without an image batch got instead (for its error message)."""
     kinds = ", ".join(dict.fromkeys(type(inpt).__name__ for inpt in flat_inputs))
@@ -89,9 +86,9 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         """torchvision's two-step API: ``params = t.make_params([images, labels])``, then ``t.transform(inpt, params)``
         for the images (and anything else to mask the same way). ``flat_inputs`` is read as the sample
         ``(images, labels)`` of a call ``t(images, labels)``: the image batch and the labels that ``labels_getter``
-        finds there (give the labels: torchvision's own ``forward`` hands ``make_params`` the images alone, and
-        this one, which does not, is not that). ``params["mask"]`` is ``None`` where no sample is masked, and
-        :meth:`transform` then returns its input itself."""
+        finds there, so the list must hold the labels (torchvision's base ``forward`` would pass the images alone;
+        this transform's ``forward`` does not go that way). ``params["mask"]`` is ``None`` where no sample is masked,
+        and :meth:`transform` then returns its input itself."""
         check_not_in_worker(type(self).__name__)
         if isinstance(flat_inputs, tuple):
             flat_inputs = list(flat_inputs)
@@ -175,7 +172,7 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         return {"mask": mask}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if params.get("mask", _MISSING) is _MISSING or "value" not in params:
+        if "mask" not in params or "value" not in params:
             raise ValueError(f"{type(self).__name__}.transform expects the params of make_params (a 'mask' and a "
                              f"'value'), but got the keys {sorted(params)}.")
         if params["mask"] is None:  # nothing masked
