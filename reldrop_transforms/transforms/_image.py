@@ -88,7 +88,20 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         ``(images, labels)`` of a call ``t(images, labels)``: the image batch and the labels that ``labels_getter``
         finds there, so the list must hold the labels (torchvision's base ``forward`` would pass the images alone;
         this transform's ``forward`` does not go that way). ``params["mask"]`` is ``None`` where no sample is masked,
-        and :meth:`transform` then returns its input itself."""
+        and :meth:`transform` then returns its input itself.
+
+        Example:
+            >>> from reldrop_transforms import RelevanceDropout2d
+            >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+            ...                             torch.nn.Flatten(), torch.nn.Linear(4, 10))
+            >>> t = RelevanceDropout2d(model, p=1.0)
+            >>> images, labels = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+            >>> params = t.make_params([images, labels])
+            >>> params["mask"].shape  # (B, H, W), True = dropped
+            torch.Size([8, 16, 16])
+            >>> t.transform(images, params).shape
+            torch.Size([8, 3, 16, 16])
+        """
         check_not_in_worker(type(self).__name__)
         if isinstance(flat_inputs, tuple):
             flat_inputs = list(flat_inputs)
