@@ -832,6 +832,18 @@ class TestRelevanceDropout3d:
         with pytest.raises(ValueError, match="expects point clouds with positions `pos`"):
             RelevanceDropout3d(GraphPointNet())(batch)
 
+    @pytest.mark.parametrize("batched", [False, True])
+    def test_hetero_data(self, batched):
+        from torch_geometric.data import HeteroData
+
+        data = HeteroData()
+        data["points"].pos = torch.randn(5, 3)
+        data.y = torch.tensor([0])
+        data = Batch.from_data_list([data, data]) if batched else data
+        with pytest.raises(TypeError, match=r"expects homogeneous point clouds \(a torch_geometric Data or Batch\), "
+                                            r"but got a HeteroData(Batch)?: attribute one node type"):
+            RelevanceDropout3d(GraphPointNet())(data)  # (was: "... but the HeteroData has none", of `pos`)
+
     def test_labels_length_mismatch(self):
         batch = make_batch()
         with pytest.raises(ValueError, match=r"labels of shape \(2,\) do not match a batch of 3 clouds"):
