@@ -201,3 +201,13 @@ def check_labels(labels: Any, batch_size: int, what: str = "samples") -> Tensor 
     if labels.is_complex():
         raise TypeError(f"soft labels should be real, but got dtype {labels.dtype}.")
     return labels if labels.is_floating_point() else labels.float()
+
+
+def check_homogeneous(caller: str, data: Any) -> None:
+    """Refuse a torch_geometric ``HeteroData`` (or a batch of them): several node and edge types, not one cloud's
+    points (by class name: the core does not import torch_geometric)."""
+    if any(cls.__name__ == "HeteroData" and cls.__module__.startswith("torch_geometric.")
+           for cls in type(data).__mro__):
+        raise TypeError(f"{caller} expects homogeneous point clouds (a torch_geometric Data or Batch), but got a "
+                        f"{type(data).__name__}: attribute one node type as a Data of its own (e.g. "
+                        "hetero.to_homogeneous()).")

@@ -16,7 +16,8 @@ from typing import NoReturn
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_backend, check_bool, check_dtype, check_epsilon, check_keys, check_labels, check_model
+from .._checks import (check_backend, check_bool, check_dtype, check_epsilon, check_homogeneous, check_keys,
+                       check_labels, check_model)
 from .._containers import copy_tensors
 from ._composites import check_composite, check_picklable, zennit_relevance
 from ._fast import FAST_COMPOSITES, UnsupportedModel, fast_relevance
@@ -534,6 +535,7 @@ class Attributor:
         if forward_fn is not None and not callable(forward_fn):
             raise TypeError(f"forward_fn should be callable, but got {type(forward_fn).__name__}.")
         module = unwrap_model(self.model)
+        check_homogeneous(caller, data)
         if getattr(data, "pos", None) is None:
             raise ValueError(
                 f"{caller} expects point clouds with node positions `pos`, but the {type(data).__name__} has none."

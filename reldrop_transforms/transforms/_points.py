@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.data import Batch, Data
+from torch_geometric.data import Batch
 from torch_geometric.data.data import BaseData
 from torch_geometric.transforms import BaseTransform
 
-from .._checks import check_bool, check_finite_number, check_fits, check_keys
+from .._checks import check_bool, check_finite_number, check_fits, check_homogeneous, check_keys
 from .._containers import rebuilt
 from ..attribution import check_not_in_worker
 from ..functional import (
@@ -174,10 +174,7 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
     def _call_pyg(self, sample: Any, data: BaseData, fill: str | float) -> Any:
         name = type(self).__name__
         single = not isinstance(data, Batch)
-        if not isinstance(data, Data):  # (HeteroData: several node and edge types)
-            raise TypeError(f"{name} expects homogeneous point clouds (a torch_geometric Data or Batch), but got a "
-                            f"{type(data).__name__}: attribute one node type as a Data of its own (e.g. "
-                            "hetero.to_homogeneous()).")
+        check_homogeneous(name, data)
         pos = getattr(data, "pos", None)
         if pos is None:
             raise ValueError(f"{name} expects point clouds with positions `pos`, but the {type(data).__name__} has none.")

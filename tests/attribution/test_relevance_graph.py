@@ -388,6 +388,15 @@ class TestRelevanceGraph:
         with pytest.raises(ValueError, match="expects point clouds with node positions `pos`"):
             relevance_graph(PointNetLike().double(), batch, batch.y)
 
+    def test_hetero_data(self):
+        from torch_geometric.data import HeteroData
+
+        data = HeteroData()
+        data["points"].pos = torch.randn(5, 3, dtype=torch.float64)
+        with pytest.raises(TypeError, match=r"relevance_graph expects homogeneous point clouds .* but got a HeteroData: "
+                                            r"attribute one node type as a Data of its own"):
+            relevance_graph(PointNetLike().double(), data, torch.tensor([0]))
+
     @pytest.mark.parametrize("labels", [torch.tensor([0, 1]), torch.tensor([0, 1, 2, 3]), torch.zeros(2, 4)])
     def test_labels_mismatch(self, labels):
         batch = make_batch()
