@@ -13,7 +13,13 @@ from torch_geometric.data import Batch
 from torch_geometric.data.data import BaseData
 from torch_geometric.transforms import BaseTransform
 
-from .._checks import check_bool, check_finite_number, check_fits, check_homogeneous, check_keys
+from .._checks import (
+    check_bool,
+    check_finite_number,
+    check_fits,
+    check_homogeneous,
+    check_keys,
+)
 from .._containers import rebuilt
 from ..attribution import check_not_in_worker
 from ..functional import (
