@@ -6,11 +6,14 @@ For ``"epsilon_flat"`` the backend computes the semantics of :mod:`._rules` with
   in *execution* order by a probe forward (zennit's ``SequentialMergeBatchNorm`` pairs by module order, which
   merges the wrong layers in DenseNet or in a block registered as conv, bn, relu but run as conv, relu, bn);
 - every sum of two relevance-carrying tensors runs through a fresh ``zennit.layer.Sum`` module with zennit's
-  ``Norm`` rule (as zennit's ResNet canonizer does, for any model);
+  ``Norm`` rule (as zennit's ResNet canonizer does, for any model); so do the sums of the other composites given by
+  name whose rules give ``Sum`` one (``Norm`` in all of zennit's LRP composites), not those of the gradient-based
+  ones (``guided_backprop``, ``deconvnet``, ``beta_smooth``), whose adds pass the gradient on;
 - PyG ``MeanAggregation``/``SumAggregation`` get zennit's ``Norm``, re-run with all their arguments.
 
-zennit's hooks keep one input per module, so a module with an Epsilon/Flat/Norm rule that runs more than once
-in a forward cannot be explained by it: the backend refuses it (``backend="fast"`` handles it).
+zennit's hooks keep one input per module, so a module with an Epsilon/Flat/Norm rule (any rule that keeps its
+call's values, also ``ReLUBetaSmooth``, and also in a ``Composite`` object) that runs more than once in a forward
+cannot be explained by it: the backend refuses it (``backend="fast"`` handles it).
 """
 
 from __future__ import annotations
@@ -372,6 +375,74 @@ class _NormSums(TorchFunctionMode):
         self.handles.clear()
 
 
+def _zennit_sum() -> nn.Module:
+    from zennit.layer import Sum
+
+    return Sum()
+
+
+def _rule_of(zennit_composite, name: str, module: nn.Module):
+    """The rule (a zennit hook template) that ``zennit_composite`` gives ``module`` registered as the only module of
+    its kind (``None``: none; also for a composite that has no ``module_map``)."""
+    module_map = getattr(zennit_composite, "module_map", None)
+    return module_map({}, name, module) if callable(module_map) else None
+
+
+def _keeps_values(rule) -> bool:
+    """Whether a zennit rule keeps what a call of its module computed for the backward (a ``BasicHook``: the input,
+    to re-run the module; a hook with a forward of its own, e.g. ``ReLUBetaSmooth``: the input), so that a second
+    call of the module in one forward overwrites the first one's. Pass and the gradient-modifying ReLU rules use the
+    gradients alone."""
+    from zennit.core import BasicHook, Hook
+
+    if isinstance(rule, BasicHook) or not isinstance(rule, Hook):
+        return True
+    kind = type(rule)
+    return kind.forward is not Hook.forward or kind.pre_forward is not Hook.pre_forward \
+        or kind.post_forward is not Hook.post_forward
+
+
+class _Repeats:
+    """Counts, during the zennit pass, the calls of each module whose rule keeps its call's values
+    (:func:`_keeps_values`): the rules as the registered composite gives them (after its canonizers, in
+    registration order), also for a ``Composite`` object."""
+
+    def __init__(self, model: nn.Module, zennit_composite) -> None:
+        self.calls: dict[nn.Module, int] = {}
+        self.watched: list[nn.Module] = []
+        module_map = getattr(zennit_composite, "module_map", None)
+        if callable(module_map):
+            ctx: dict = {}
+            for name, module in model.named_modules():
+                rule = module_map(ctx, name, module)
+                if rule is not None and _keeps_values(rule):
+                    self.watched.append(module)
+        self.handles: list = []
+
+    def _count(self, module: nn.Module, args) -> None:
+        self.calls[module] = self.calls.get(module, 0) + 1
+
+    def __enter__(self) -> None:
+        self.handles = [module.register_forward_pre_hook(self._count) for module in self.watched]
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+def _refuse_repeated(model: nn.Module, calls: dict, composite) -> None:
+    """An ``ExplanationError`` for the first module of ``model`` that ``calls`` counts more than once."""
+    for name, module in model.named_modules():
+        count = calls.get(module, 0)
+        if count > 1:
+            raise ExplanationError(
+                f"backend='zennit' cannot explain this {type(model).__name__}: module {name or 'model'!r} runs "
+                f"{count} times in one forward, and zennit's rules keep one input per module. "
+                + _fast_advice(composite, ", which applies the rules to every call")
+            )
+
+
 def _fast_advice(composite, more: str = "") -> str:
     """What to use where the zennit backend refuses a model: the fast engine, where it computes ``composite``."""
     if isinstance(composite, str) and composite == EPSILON_FLAT:
@@ -462,14 +533,7 @@ def zennit_relevance(
     if not custom:
         # (each call() feeds its own copies of the leaves)
         pairs, calls, dims, reweighted, shared_parameters = _probe(model, call, types)
-        shared = [(name, calls[m]) for name, m in model.named_modules() if calls.get(m, 0) > 1]
-        if shared:
-            name, count = shared[0]
-            raise ExplanationError(
-                f"backend='zennit' cannot explain this {type(model).__name__}: module {name or 'model'!r} runs "
-                f"{count} times in one forward, and zennit's rules keep one input per module. "
-                + _fast_advice(composite, ", which applies the rules to every call")
-            )
+        _refuse_repeated(model, calls, composite)
         names = {module: name for name, module in model.named_modules()}
         first = first_linear(model, types) if composite == EPSILON_FLAT else None
         if first is not None and computed_weight(first):
@@ -490,10 +554,12 @@ def zennit_relevance(
                 )
         canonizers = [_merge_batchnorm(pairs)]
     zennit_composite = make_zennit_composite(composite, leaves[0], epsilon, canonizers, types)
-    sums = None if custom else _NormSums(model, types)
+    # (by name: Norm at every sum, where the composite gives zennit's Sum a rule; gradient-based ones do not)
+    sums = None if custom or _rule_of(zennit_composite, "", _zennit_sum()) is None else _NormSums(model, types)
     try:
         with _registered(zennit_composite, model):
-            with sums if sums is not None else contextlib.nullcontext():
+            repeats = _Repeats(model, zennit_composite)
+            with sums if sums is not None else contextlib.nullcontext(), repeats:
                 try:
                     logits = call()
                 except AttributeError as error:  # zennit's hooks: a rule module's output without a graph
@@ -506,6 +572,7 @@ def zennit_relevance(
                         f"follow ({error}). " + _fast_advice(composite, ", which follows no_grad sections (and "
                                                              "checkpointing with use_reentrant=False)")
                     ) from error
+            _refuse_repeated(model, repeats.calls, composite)
             grad_output = grad_output_fn(logits)
             if not logits.requires_grad:  # the output does not depend on the inputs
                 if status is not None:
