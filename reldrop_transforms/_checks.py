@@ -172,11 +172,15 @@ def check_range(name: str, value: Sequence[float], low: float, high: float | Non
     return a, b
 
 
+# torch's unsigned integers wider than uint8 (torch >= 2.3)
+_WIDE_UNSIGNED = tuple(dtype for name in ("uint16", "uint32", "uint64") if (dtype := getattr(torch, name, None)))
+
+
 def check_labels(labels: Any, batch_size: int, what: str = "samples") -> Tensor | None:
     """Labels of a whole batch: ``None``, class indices ``(B,)`` of an integer dtype, or soft labels ``(B, K)``.
 
-    Returns them as a plain tensor (soft labels as floating point). The class range needs the model's number of
-    outputs and is checked where that is known.
+    Returns them as a plain tensor (soft labels as floating point; uint16/32/64 class indices as int64). The class
+    range needs the model's number of outputs and is checked where that is known.
     """
     if labels is None:
         return None
@@ -197,6 +201,8 @@ def check_labels(labels: Any, batch_size: int, what: str = "samples") -> Tensor 
                 f"labels of shape (B,) should be integer class indices, but got dtype {labels.dtype}. "
                 "Soft labels have shape (B, K)."
             )
+        if labels.dtype in _WIDE_UNSIGNED:  # (torch has few kernels for them: not even `<` on the CPU)
+            return labels.to(torch.int64)
         return labels
     if labels.is_complex():
         raise TypeError(f"soft labels should be real, but got dtype {labels.dtype}.")

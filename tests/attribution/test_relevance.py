@@ -296,6 +296,19 @@ class TestRelevanceErrors:
         with pytest.raises(ValueError, match=r"in \[0, 4\].*\[7\]"):
             relevance(small_cnn(), torch.randn(2, 3, 8, 8), torch.tensor([0, 7]))
 
+    @pytest.mark.parametrize("dtype", [getattr(torch, name) for name in  # (uint16/32/64: torch >= 2.3)
+                                       ("uint16", "uint32", "uint64", "int8", "int16", "int32", "uint8")
+                                       if hasattr(torch, name)])
+    def test_any_integer_dtype_of_class_indices(self, dtype):
+        """uint16/32/64 labels passed the check and then failed inside torch (``"lt_cpu" not implemented for
+        'UInt16'``, in the class-range check); every integer dtype now gives the int64 labels' relevance."""
+        torch.manual_seed(0)
+        model, x = small_cnn(), torch.randn(2, 3, 8, 8)
+        expected = relevance(model, x, torch.tensor([0, 4]))
+        assert torch.equal(relevance(model, x, torch.tensor([0, 4]).to(dtype)), expected)
+        with pytest.raises(ValueError, match=r"in \[0, 4\].*\[7\]"):
+            relevance(model, x, torch.tensor([0, 7]).to(dtype))
+
     def test_float_indices(self):
         with pytest.raises(TypeError, match="integer class indices"):
             relevance(small_cnn(), torch.randn(2, 3, 8, 8), torch.tensor([0.0, 1.0]))
