@@ -38,7 +38,8 @@ def relevance(
             ``"epsilon_gamma_box"``, or a zennit ``Composite``.
         epsilon: The Epsilon rule's stabiliser (the paper found 1e-3 best).
         backend: ``"fast"``, ``"zennit"`` or ``"auto"`` (see :class:`Attributor`).
-        dtype: Run the attribution under autocast in this dtype, ``torch.bfloat16`` or ``torch.float16``;
+        dtype: Run the attribution under autocast in this dtype, ``torch.bfloat16`` or ``torch.float16``, for a
+            float32 model (autocast lowers float32 operations only: a model in another precision is refused);
             ``None`` (default) disables autocast so that it runs in the model's own precision.
         check_finite_values: Raise a ``ValueError`` naming the samples whose relevance is NaN or infinite
             (costs one host-device synchronisation).

@@ -89,8 +89,10 @@ def check_not_in_worker(caller: str) -> None:
         )
 
 
-def check_inputs(model: nn.Module, inputs: Tensor, *, caller: str = "relevance") -> None:
-    """The inputs are a floating tensor batch on the model's device, in the model's dtype."""
+def check_inputs(model: nn.Module, inputs: Tensor, *, caller: str = "relevance",
+                 autocast: torch.dtype | None = None) -> None:
+    """The inputs are a floating tensor batch on the model's device, in the model's dtype; ``autocast`` (the
+    Attributor's ``dtype``) can lower the model's precision: it is float32 (or already ``autocast``)."""
     if not isinstance(inputs, Tensor):
         raise TypeError(f"{caller} expects the inputs as a torch.Tensor, but got {type(inputs).__name__}.")
     if not inputs.is_floating_point():
@@ -121,6 +123,14 @@ def check_inputs(model: nn.Module, inputs: Tensor, *, caller: str = "relevance")
         raise ValueError(
             f"{caller}: the inputs have dtype {inputs.dtype} but the model's parameters have {dtype}. "
             "Convert one of them so that they match."
+        )
+    if autocast is not None and dtype is not None and dtype not in (torch.float32, autocast):
+        effect = "it would change nothing" if dtype == torch.float64 else \
+            "from one half precision to the other, the model's own operations fail"
+        raise ValueError(
+            f"{caller}: dtype={autocast} runs the attribution under autocast, which lowers float32 operations only, "
+            f"but the model's parameters are {dtype} ({effect}). Use dtype=None to attribute in the model's own "
+            "precision, or keep the model in float32."
         )
 
 
@@ -259,8 +269,10 @@ class Attributor:
             or a zennit ``Composite``.
         epsilon: The Epsilon rule's stabiliser (the paper found 1e-3 best).
         backend: ``"auto"``, ``"fast"`` or ``"zennit"``.
-        dtype: Attribute under autocast in this dtype, ``torch.bfloat16`` or ``torch.float16``; ``None``
-            (default) disables autocast, so attribution runs in the model's own precision.
+        dtype: Attribute under autocast in this dtype, ``torch.bfloat16`` or ``torch.float16``, for a float32
+            model (autocast lowers float32 operations only: a model in float64 or the other half precision gets a
+            ``ValueError`` at the call); ``None`` (default) disables autocast, so attribution runs in the model's
+            own precision.
         cuda_graphs: Let :meth:`then` capture attribution and the caller's mask in one CUDA graph per input
             shape (CUDA, fast engine, ``dtype=None`` only; CPU stays eager). Keeps one graph's memory per shape.
         max_graphs: How many captured graphs are kept (least recently used evicted).
@@ -354,7 +366,7 @@ class Attributor:
         inputs on the model's device and in its dtype; labels of the batch's size and a valid dtype), before any
         random draw of the caller. Returns the labels as a plain tensor."""
         check_not_in_worker(caller)
-        check_inputs(unwrap_model(self.model), inputs, caller=caller)
+        check_inputs(unwrap_model(self.model), inputs, caller=caller, autocast=self.dtype)
         return check_labels(targets, inputs.shape[0], what)
 
     def __call__(self, inputs: Tensor, targets: Tensor | None = None, *, index: Tensor | None = None,
@@ -548,7 +560,7 @@ class Attributor:
                              f"has {sorted(k for k in names if isinstance(data[k], Tensor))}.")
         num_nodes = data.pos.shape[0]
         for key in present:
-            check_inputs(module, data[key], caller=f"{caller} ({key})")
+            check_inputs(module, data[key], caller=f"{caller} ({key})", autocast=self.dtype)
             if data[key].shape[0] != num_nodes:
                 raise ValueError(f"{caller}: `{key}` has {data[key].shape[0]} rows but `pos` has {num_nodes} nodes.")
         return present, check_labels(targets, getattr(data, "num_graphs", 1), "clouds")
@@ -729,12 +741,14 @@ class Attributor:
         def forward() -> Tensor:
             return call(*fed_copies(leaves))
 
-        with _attributing_model(module), torch.inference_mode(False), torch.enable_grad(), autocast:
+        # (autocast inside the state guard: its records and checks run in the tensors' own dtypes, as torch.cat of
+        # float16 buffers under CPU autocast to bfloat16 does not)
+        with _attributing_model(module), torch.inference_mode(False), torch.enable_grad():
             modules = tuple(module.modules())  # one walk of the tree for the checks, the guard and the engine
             _check_explainable(module, modules)
             leaves = fresh_leaves(inputs)
             if use_fast:
-                with _attribution_state(module, modules, keep_values=False):
+                with _attribution_state(module, modules, keep_values=False), autocast:
                     try:
                         rels = fast_relevance(module, leaves, forward, grad_output_fn, self.epsilon,
                                               self._rule_types(), modules, self.__dict__.setdefault("_hints", {}),
@@ -743,7 +757,7 @@ class Attributor:
                         raise ExplanationError(f"this {type(module).__name__} cannot be explained with LRP: {error}.") \
                             from None
             else:
-                with _attribution_state(module, modules, keep_values=True):
+                with _attribution_state(module, modules, keep_values=True), autocast:
                     rels = zennit_relevance(module, leaves, forward, grad_output_fn, self.composite, self.epsilon,
                                             self._rule_types(), status)
             if not status["connected"]:

@@ -20,6 +20,7 @@ from torchvision.models import resnet50, vgg11_bn
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.torchvision import ResNetCanonizer
 
+import reldrop_transforms as rt
 from reldrop_transforms.attribution import relevance
 
 from _models import small_cnn, tiny_resnet, warm_up_batchnorm
@@ -344,6 +345,27 @@ class TestAuto:
         low = relevance(model, x, targets, dtype=torch.bfloat16)
         assert low.dtype == torch.float32  # relevance comes back in the input's dtype
         assert 0 < rel_l2(low, full) < 0.2  # really ran in bfloat16, and still close
+
+    @pytest.mark.parametrize("model_dtype, dtype", [(torch.float16, torch.bfloat16), (torch.bfloat16, torch.float16),
+                                                    (torch.float64, torch.bfloat16), (torch.float64, torch.float16)])
+    @pytest.mark.parametrize("backend", ["fast", "zennit"])
+    def test_autocast_option_on_a_model_not_in_float32(self, model_dtype, dtype, backend):
+        """Autocast lowers float32 operations only. A float64 model ran in float64 all the same (the setting did
+        nothing, silently); a half model under the other half precision failed with torch's "Unexpected floating
+        ScalarType in at::autocast::prioritize" (from the state guard's own record of the buffers) or "mixed
+        dtype" (from the model's BatchNorm). Both are refused, before any random draw of a transform; a half model
+        under its own precision runs as without the option."""
+        model = warm_up_batchnorm(small_cnn()).to(model_dtype)
+        x, targets = torch.randn(2, 3, 8, 8, dtype=model_dtype), torch.tensor([0, 1])
+        with pytest.raises(ValueError, match=rf"dtype={dtype} runs the attribution under autocast, which lowers "
+                                             rf"float32 operations only, but the model's parameters are {model_dtype}"):
+            relevance(model, x, targets, backend=backend, dtype=dtype)
+        transform = rt.RelevanceDropout2d(model, p=0.0, backend=backend, dtype=dtype)  # (no sample selected)
+        with pytest.raises(ValueError, match="lowers float32 operations only"):
+            transform(x, targets)
+        if model_dtype != torch.float64:
+            same = relevance(model, x, targets, backend=backend, dtype=model_dtype)
+            assert torch.equal(same, relevance(model, x, targets, backend=backend))
 
     @pytest.mark.parametrize("stride, padding", [(2, 1), (1, 3)])
     @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
