@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -38,10 +39,16 @@ def move_to_device(batch: Any, device: torch.device | None) -> Any:
 
 
 def _moved(obj: Any, device: torch.device, non_blocking: bool) -> Any:
-    to = getattr(obj, "to", None)
-    if callable(to) and not isinstance(obj, nn.Module):  # e.g. PyG Data/Batch
-        return to(device, non_blocking=non_blocking)
-    return obj
+    """``obj.to(device)`` for an object with a ``to`` of its own (e.g. PyG Data/Batch), on a shallow copy: PyG's
+    ``to`` works in place, and the caller's object (a dataset's Data yielded as it is, a pre-built Batch) keeps its
+    tensors where they were, as a tensor does."""
+    if not callable(getattr(obj, "to", None)) or isinstance(obj, nn.Module):
+        return obj
+    try:
+        obj = copy.copy(obj)
+    except (TypeError, copy.Error):  # (an object that cannot be copied: moved as it is)
+        pass
+    return obj.to(device, non_blocking=non_blocking)
 
 
 def collate(samples: list) -> Any:

@@ -337,6 +337,21 @@ class TestMoveToDevice:
         # The original batch is untouched.
         assert x.device.type == "cpu" and batch["tuple"][0] is x
 
+    def test_pyg_objects_of_the_caller_stay_where_they_were(self):
+        """PyG's ``Data.to`` works in place: a dataset's Data yielded as it is (``batch_size=None``), a pre-built
+        Batch or a Data inside a dict had its tensors swapped for the moved ones (the caller's dataset moved to the
+        GPU). The batch handed on is a moved copy, as for tensors. ("meta" stands in for a device.)"""
+        from torch_geometric.data import Batch, Data
+
+        clouds = [Data(pos=torch.randn(5, 3), x=torch.randn(5, 2), y=torch.tensor([i])) for i in range(2)]
+        batch = Batch.from_data_list(clouds)
+        before = [(c.pos, c.x) for c in clouds] + [(batch.pos, batch.batch)]
+        moved = [move_to_device(c, "meta") for c in clouds] + [move_to_device({"cloud": batch}, "meta")["cloud"]]
+        assert all(m.pos.device.type == "meta" for m in moved)
+        assert type(moved[-1]) is type(batch) and moved[-1].num_graphs == 2 and moved[-1].batch.device.type == "meta"
+        assert [(c.pos, c.x) for c in clouds] + [(batch.pos, batch.batch)] == before  # the same tensors, on the CPU
+        assert all(t.device.type == "cpu" for pair in before for t in pair)
+
     def test_defaultdict_and_read_only_mappings(self):
         # type(batch)({...}) raised "first argument must be callable or None" for a defaultdict (default_collate's
         # output for defaultdict samples), in RelevanceLoader and RelevanceCollate alike
@@ -399,7 +414,9 @@ class TestMoveToDevice:
         graph = Movable()
         module = nn.Linear(2, 2)
         out = move_to_device([graph, module], torch.device("meta"))
-        assert out[0] is graph and [device for device, _ in graph.calls] == [torch.device("meta")]
+        # moved by its own .to, on a shallow copy (a .to that works in place leaves the caller's object alone)
+        assert type(out[0]) is Movable and out[0] is not graph
+        assert [device for device, _ in graph.calls] == [torch.device("meta")]  # (the copy shares the record)
         assert out[1] is module and module.weight.device.type == "cpu"  # modules are not batch data
 
     def test_same_device_keeps_tensor(self, device):
