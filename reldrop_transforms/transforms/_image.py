@@ -146,9 +146,10 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         name = type(self).__name__
         if image.ndim != 4:
             hint = ("Use it after the DataLoader, in a collate function, or wrap the loader with RelevanceLoader.")
-            if image.ndim == 3:  # one image (C, H, W): it is first, the batch dimension is missing
+            if image.ndim == 3:  # one image (C, H, W), or B single-channel images (B, H, W)
                 hint = ("A single image (C, H, W) has no batch dimension (the attribution runs on batches): "
-                        "add one with image[None], or " + hint[0].lower() + hint[1:])
+                        "add one with image[None]; B single-channel images (B, H, W) need their channel "
+                        "dimension: images[:, None]. Or " + hint[0].lower() + hint[1:])
             elif others and not isinstance(image, tv_tensors.Image):  # e.g. {"index": ..., "image": ...}
                 hint = ("The images are the first plain tensor of the sample (torchvision's rule): put them first, "
                         "or wrap them as tv_tensors.Image. " + hint)

@@ -127,6 +127,8 @@ class TestImageBatchTransforms:
                            r"dimension") as info:
             transform(p=1.0)(*sample)
         assert "put them first" not in str(info.value)
+        # B grey images (B, H, W) (MNIST-like tensors) were told image[None] only, which makes (1, B, H, W)
+        assert "images[:, None]" in str(info.value)
 
     def test_model_state_untouched(self, transform, model, batch):
         images, labels = batch
