@@ -287,7 +287,7 @@ def make_zennit_composite(composite, inputs: Tensor, epsilon: float, canonizers:
     kwargs = {"canonizers": canonizers}
     if "epsilon" in accepted:
         kwargs["epsilon"] = epsilon
-    if "low" in accepted and "high" in accepted:
+    if _boxed(composite):
         # Box bounds for the first layer: each sample's own value range (the batch's made a sample's relevance depend
         # on the others, and on which samples the coins selected). Fixed bounds (the data's domain, per channel
         # after Normalize): pass the zennit Composite itself, e.g. EpsilonGammaBox(low=..., high=...)
@@ -296,6 +296,15 @@ def make_zennit_composite(composite, inputs: Tensor, epsilon: float, canonizers:
         kwargs["low"] = rows.amin(1).view(shape).expand_as(inputs)
         kwargs["high"] = rows.amax(1).view(shape).expand_as(inputs)
     return cls(**kwargs)
+
+
+def _boxed(composite) -> bool:
+    """Whether the composite named ``composite`` takes box bounds (``low``, ``high``: see
+    :func:`make_zennit_composite`)."""
+    from zennit.composites import COMPOSITES
+
+    cls = COMPOSITES.get(composite) if isinstance(composite, str) else None
+    return cls is not None and {"low", "high"} <= set(inspect.signature(cls).parameters)
 
 
 def check_composite(composite) -> None:
@@ -581,6 +590,18 @@ def zennit_relevance(
             try:
                 rels = torch.autograd.grad(logits, leaves, grad_output, allow_unused=True)
             except RuntimeError as error:  # (the forward ran: zennit's rules re-run modules in the backward)
+                if not custom and _boxed(composite) and "Invalid shape" in str(error):  # zennit's ZBox bounds
+                    first = first_linear(model, types)
+                    layer = "" if first is None else \
+                        f" ({type(first).__name__} {({m: n for n, m in model.named_modules()}.get(first, ''))!r})"
+                    raise ExplanationError(
+                        f"backend='zennit' cannot apply {composite!r} to this {type(model).__name__}: the box bounds "
+                        f"by name are each sample's value range shaped like the model's input "
+                        f"{tuple(leaves[0].shape)}, and zennit's ZBox rule on the first layer{layer} needs them "
+                        "shaped like that layer's own input, which the "
+                        f"forward makes otherwise ({error}). Pass the zennit Composite with bounds of that layer's "
+                        "input shape (e.g. EpsilonGammaBox(low=..., high=...)), or use another composite."
+                    ) from error
                 raise ExplanationError(f"backend='zennit' failed to compute the relevance of this "
                                        f"{type(model).__name__} ({error}). " + _fast_advice(composite)) from error
             except KeyError as error:  # zennit's rule never received its output's gradient

@@ -122,6 +122,25 @@ class TestRelevance:
                                EpsilonGammaBox(low=low, high=high, epsilon=1e-3, canonizers=[SequentialMergeBatchNorm()]))
         torch.testing.assert_close(full, oracle, rtol=1e-10, atol=1e-12)
 
+    def test_box_bounds_that_do_not_fit_the_first_layer_are_said_so(self):
+        """A first layer that sees another shape than the model's input (``conv(x[:, :1])``): zennit's ZBox failed
+        with "Invalid shape! Target: ...; Source: ...", passed on without the layer or the reason."""
+
+        class Gray(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4, 3)
+
+            def forward(self, x):
+                return self.fc(self.conv(x[:, :1]).relu().mean((2, 3)))
+
+        model, x = Gray().double(), torch.randn(2, 3, 6, 6, dtype=torch.float64)
+        with pytest.raises(ValueError, match=r"box bounds by name are each sample's value range shaped like the "
+                           r"model's input \(2, 3, 6, 6\), and zennit's ZBox rule on the first layer \(Conv2d "
+                           r"'conv'\) needs them shaped like that layer's own input.*EpsilonGammaBox\(low=\.\.\."):
+            relevance(model, x, torch.tensor([0, 2]), composite="epsilon_gamma_box")
+        assert relevance(model, x, torch.tensor([0, 2]), composite="epsilon_plus_flat").shape == x.shape
+
     def test_predicted_class_when_no_targets(self):
         model = warm_up_batchnorm(small_cnn()).double().eval()
         x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
