@@ -560,7 +560,16 @@ class Attributor:
                              f"has {sorted(k for k in names if isinstance(data[k], Tensor))}.")
         num_nodes = data.pos.shape[0]
         for key in present:
-            check_inputs(module, data[key], caller=f"{caller} ({key})", autocast=self.dtype)
+            value = data[key]
+            if key != "pos" and not (value.is_floating_point() or value.is_complex()):
+                others = tuple(k for k in keys if k != key)
+                raise TypeError(
+                    f"{caller}: `{key}` (one of keys={keys}) holds dtype {value.dtype}, but the attributed node "
+                    f"attributes must be floating point. If `{key}` holds indices or categories (e.g. embedded by the "
+                    f"model), leave it out of the attribution with keys={others}; if it holds features, convert it "
+                    f"first with .float()."
+                )
+            check_inputs(module, value, caller=f"{caller} ({key})", autocast=self.dtype)
             if data[key].shape[0] != num_nodes:
                 raise ValueError(f"{caller}: `{key}` has {data[key].shape[0]} rows but `pos` has {num_nodes} nodes.")
         return present, check_labels(targets, getattr(data, "num_graphs", 1), "clouds")

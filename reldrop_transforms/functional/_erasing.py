@@ -250,6 +250,9 @@ def relevance_ball_mask(
     """
     low, high = check_range("radius", radius, 0.0)
     check_positive_int("top_k", top_k)
+    if isinstance(pos, Tensor) and not pos.is_floating_point():
+        raise TypeError(f"pos should be a floating-point tensor (the radius scales its bounding-box diagonal), but got "
+                        f"dtype {pos.dtype}: convert it first with pos.float().")
     if batch is None:
         check_tensor("relevance", relevance, "(B, N) (or (N,) with batch)", ndim=2)
         check_tensor("pos", pos, "(B, N, D)", ndim=3)

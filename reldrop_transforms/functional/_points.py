@@ -45,6 +45,8 @@ def keep_least_relevant(
         if mask.ndim != 2:
             raise ValueError(f"without batch, mask should have shape (B, N) (dense clouds), but got "
                              f"{tuple(mask.shape)}: give batch and num_segments for PyG-style (N,) clouds.")
+        if mask.shape[1] == 0:  # clouds without points: nothing to keep
+            return mask.clone()
         rescue = torch.zeros_like(mask).scatter_(1, relevance.argmin(1, keepdim=True), True)  # first minimum
         return mask & ~(rescue & mask.all(1, keepdim=True))
     batch, count = check_segments(batch, num_segments)
@@ -55,7 +57,9 @@ def keep_least_relevant(
     all_dropped = kept == 0
     lowest = flat_rel.new_full((count,), float("inf")).scatter_reduce(0, segment, flat_rel, "amin")
     positions = torch.arange(n, device=mask.device)
-    candidate = torch.where(flat_rel == lowest[segment], positions, torch.full_like(positions, n))
+    at_lowest = lowest[segment]  # (a NaN relevance makes its cloud's minimum NaN: its first NaN point is kept, as
+    minimal = (flat_rel == at_lowest) | (flat_rel.isnan() & at_lowest.isnan())  # argmin does in the dense form)
+    candidate = torch.where(minimal, positions, torch.full_like(positions, n))
     first = torch.full((count,), n, dtype=torch.long, device=mask.device).scatter_reduce(0, segment, candidate, "amin")
     rescue = torch.zeros(n + 1, dtype=torch.bool, device=mask.device)
     rescue[torch.where(all_dropped, first, torch.full_like(first, n))] = True
@@ -93,19 +97,30 @@ def fill_points(
         num_segments: Number of clouds with ``batch``.
 
     Shape:
-        - points: (B, N, C) dense, or (N, C) / (N,) with ``batch``.
+        - points: (B, N, C) dense, or (N, *) with ``batch`` ((N,), (N, C), a per-point (N, a, b), ...).
         - mask: (B, N) dense, or (N,) with ``batch``; bool.
         - output: same as ``points``.
     """
+    check_tensor("points", points, "(B, N, C) (or (N, *) with batch)")
+    check_bool_mask("mask", mask)
+    if points.shape[:mask.ndim] != mask.shape:
+        raise ValueError(f"mask should have the shape of the points without their channels, (B, N) for (B, N, C) "
+                         f"(or (N,) for (N, *) with batch), but got a mask of shape {tuple(mask.shape)} for points of "
+                         f"shape {tuple(points.shape)}.")
     if fill == "zero":
         fill = 0.0
     if isinstance(fill, numbers.Real) and not isinstance(fill, bool):
-        if points.ndim == mask.ndim:  # (N,) node attribute without channels
-            return torch.where(mask, torch.as_tensor(fill, dtype=points.dtype, device=points.device), points)
+        if points.ndim != mask.ndim + 1:  # (N,) without channels, or (N, *) with several (per-point frames)
+            return torch.where(_expand(mask, points), torch.as_tensor(fill, dtype=points.dtype, device=points.device),
+                               points)
         return fill_dropped(points, mask, float(fill), channel_dim=-1)
     if fill != "first":
         raise ValueError(f"fill should be 'zero', 'first' or a number, but got {fill!r} instead.")
-    if batch is None:  # each cloud's first kept point (argmax: the first of the maxima), zeros where none is kept;
+    if batch is None:
+        if mask.ndim != 2:
+            raise ValueError(f"fill='first' without batch takes dense clouds, a (B, N) mask for (B, N, C) points, but "
+                             f"got a mask of shape {tuple(mask.shape)}: give batch and num_segments for PyG-style "
+                             "(N, C) points.")  # each cloud's first kept point (argmax: the first of the maxima), zeros where none is kept;
         kept = ~mask  # in the layout of `points` (a transposed view comes back transposed, as with the other fills)
         clouds = torch.arange(mask.shape[0], device=mask.device)
         first = points[clouds, kept.to(torch.uint8).argmax(1)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -214,6 +214,7 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
             )
         labels = self._attributor.check_graph(batch, labels, keys=self.keys, forward_fn=self.forward_fn,
                                               caller=name)[1]
+        filled = self._filled_keys(batch, fill)  # (a fill that does not fit is refused before any draw)
         # the rule for p: coins first, then the draws of the whole batch
         with self._attributor.drawing():  # one batch's numbers in one piece, also when threads share the generator
             coins = sample_coins(num_graphs, self.p, device=batch.pos.device, generator=self.generator)
@@ -230,7 +231,7 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
                                                   forward_fn=self.forward_fn, caller=name, checked=True)
             if self.p < 1.0:  # (a CUDA graph attributes every cloud)
                 mask = mask & coins[batch.batch]
-        out = self._apply_pyg(batch, mask, fill)
+        out = self._apply_pyg(batch, mask, fill, filled)
         out = _single_example(data, batch, out) if single else out
         return _with_first(sample, out)
 
@@ -253,22 +254,31 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
                                      num_segments=index.numel())
         return mask
 
-    def _apply_pyg(self, batch: Batch, mask: Tensor, fill: str | float) -> Batch:
+    def _filled_keys(self, batch: Batch, fill: str | float) -> list[str]:
+        """The node attributes of ``batch`` that ``fill`` fills: every one for ``"first"``, the floating ones for
+        ``"zero"`` and a number (which must fit their dtype); none for ``"remove"``, which drops the points."""
+        if fill == "remove":
+            return []
+        keys = []
+        for key in batch.keys():
+            value = batch[key]
+            if not is_node_attribute(batch, key, value) or value.shape[0] != batch.pos.shape[0] \
+                    or (fill != "first" and not value.is_floating_point()):
+                continue
+            if not isinstance(fill, str):
+                check_fits(f"{type(self).__name__}: fill (of `{key}`)", fill, value.dtype)
+            keys.append(key)
+        return keys
+
+    def _apply_pyg(self, batch: Batch, mask: Tensor, fill: str | float, filled: Sequence[str]) -> Batch:
         if fill == "remove":
             return remove_points(batch, mask)
         out = copy.copy(batch)
         for name in ("_slice_dict", "_inc_dict"):  # bookkeeping of its own (a shallow copy shares these dicts: a
             if isinstance(getattr(batch, name, None), dict):  # later transform editing them would edit the input's)
                 setattr(out, name, dict(getattr(batch, name)))
-        for key in batch.keys():
-            value = batch[key]
-            if not is_node_attribute(batch, key, value):
-                continue
-            if value.shape[0] != mask.shape[0] or (fill != "first" and not value.is_floating_point()):
-                continue
-            if not isinstance(fill, str):  # (every batch gets here, whatever the coins)
-                check_fits(f"{type(self).__name__}: fill (of `{key}`)", fill, value.dtype)
-            out[key] = fill_points(value, mask, fill, batch=batch.batch, num_segments=batch.num_graphs)
+        for key in filled:
+            out[key] = fill_points(batch[key], mask, fill, batch=batch.batch, num_segments=batch.num_graphs)
         return out
 
 

@@ -740,3 +740,8 @@ class TestRelevanceBallMask:
         pos = torch.rand(*rel.shape, 3)
         with pytest.raises(error, match=match):
             relevance_ball_mask(rel, pos, **kwargs)
+
+    def test_integer_positions(self):
+        # gave torch's "value cannot be converted to type int64_t without overflow"
+        with pytest.raises(TypeError, match=r"pos should be a floating-point tensor .* got dtype torch.int64"):
+            relevance_ball_mask(torch.rand(2, 5), torch.randint(0, 3, (2, 5, 3)))

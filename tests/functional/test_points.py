@@ -187,6 +187,21 @@ class TestKeepLeastRelevant:
         out = keep_least_relevant(torch.ones(5, dtype=torch.bool), rel, batch=batch, num_segments=2)
         assert torch.equal(out, torch.tensor([False, False, True, True, True]))
 
+    def test_nan_relevance_still_keeps_a_point(self):
+        # "a cloud never loses all its points": with a NaN in a cloud's relevance the grouped form kept none (its
+        # minimum was NaN, which equals nothing); both forms keep the first NaN point, as argmin does
+        rel = torch.tensor([1.0, float("nan"), 2.0, float("nan"), 0.5, 3.0])
+        mask = torch.ones(6, dtype=torch.bool)
+        dense = keep_least_relevant(mask.reshape(2, 3), rel.reshape(2, 3))
+        assert torch.equal(dense, torch.tensor([[True, False, True], [False, True, True]]))
+        grouped = keep_least_relevant(mask, rel, batch=torch.arange(2).repeat_interleave(3), num_segments=2)
+        assert torch.equal(grouped, dense.reshape(-1))
+
+    def test_clouds_without_points(self):
+        # (B, 0) gave torch's "argmin(): Expected reduction dim 1 to have non-zero size"
+        out = keep_least_relevant(torch.zeros(2, 0, dtype=torch.bool), torch.zeros(2, 0))
+        assert out.shape == (2, 0) and out.dtype == torch.bool
+
     def test_grouped_num_segments_required(self):
         with pytest.raises(ValueError, match="num_segments is required"):
             keep_least_relevant(torch.ones(3, dtype=torch.bool), torch.rand(3), batch=torch.zeros(3, dtype=torch.long))
@@ -262,6 +277,33 @@ class TestFillPoints:
         mask = torch.tensor([True, False, True, False, True])
         out = fill_points(values, mask, fill, batch=batch, num_segments=2)
         assert torch.equal(out, loop_fill(values, mask, fill, batch, 2))
+
+    @pytest.mark.parametrize("fill", ["zero", "first", 7.0])
+    def test_grouped_attribute_of_several_dimensions(self, fill):
+        # a per-point (N, a, b) attribute (local frames): "zero" and numbers failed with "mask of shape (N,) does
+        # not match a batch of shape (N, a, b)"
+        batch = torch.tensor([0, 0, 0, 1, 1])
+        values = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(5))
+        mask = torch.tensor([True, False, True, False, True])
+        out = fill_points(values, mask, fill, batch=batch, num_segments=2)
+        assert torch.equal(out, loop_fill(values, mask, fill, batch, 2))
+
+    @pytest.mark.parametrize("fill", ["zero", "first", 7.0])
+    def test_bad_mask_is_refused_by_every_fill(self, fill):
+        # "first" gave torch's broadcasting error for a mask of the wrong shape and took a uint8 mask (with a
+        # deprecation warning) where "zero" refused it
+        points = torch.rand(1, 3, 2)
+        with pytest.raises(ValueError, match=r"mask should have the shape of the points without their channels.*"
+                                             r"\(1, 2\) for points of shape \(1, 3, 2\)"):
+            fill_points(points, torch.tensor([[True, False]]), fill)
+        with pytest.raises(TypeError, match="mask should be a bool tensor, but got torch.uint8"):
+            fill_points(points, torch.tensor([[1, 0, 1]], dtype=torch.uint8), fill)
+        with pytest.raises(TypeError, match="points should be a torch.Tensor"):
+            fill_points(points.tolist(), torch.zeros(1, 3, dtype=torch.bool), fill)
+
+    def test_first_without_batch_needs_dense_clouds(self):
+        with pytest.raises(ValueError, match=r"fill='first' without batch takes dense clouds.*give batch"):
+            fill_points(torch.rand(3, 2), torch.tensor([True, False, True]), "first")
 
     def test_bad_fill(self):
         with pytest.raises(ValueError, match="fill should be 'zero', 'first' or a number"):

@@ -408,9 +408,12 @@ class TestRelevanceDropout3d:
     @pytest.mark.parametrize("layout", ["dense", "pyg"])
     @pytest.mark.parametrize("p", [1.0, 0.0])
     def test_fill_that_overflows_the_dtype(self, layout, p):
-        # fill=1e5 became inf in float16 points (the next call refused them as input); the same whatever the coins
+        # fill=1e5 became inf in float16 points (the next call refused them as input); the same whatever the coins,
+        # and before any draw (on PyG batches it came after the coins, the noise and the attribution)
         model = GraphPointNet().half()
-        t = RelevanceDropout3d(model, p=p, fill=1e5, generator=seeded(0))
+        generator = seeded(0)
+        state = generator.get_state()
+        t = RelevanceDropout3d(model, p=p, fill=1e5, generator=generator)
         with pytest.raises(ValueError, match=r"fill.* 100000.0 is not finite in torch.float16"):
             if layout == "dense":
                 t(*make_points(channels=5, dtype=torch.float16))
@@ -418,6 +421,7 @@ class TestRelevanceDropout3d:
                 batch = make_batch()
                 batch.pos, batch.x = batch.pos.half(), batch.x.half()
                 t(batch)
+        assert torch.equal(generator.get_state(), state)
 
     @pytest.mark.parametrize("fill", ["zero", "remove"])
     @pytest.mark.parametrize("p", [1.0, 0.0])
@@ -911,6 +915,43 @@ class TestRelevanceDropout3d:
                                  generator=seeded(0))(batch)
         assert torch.equal(out.bbox, batch.bbox)
         assert all(out.get_example(i).bbox.shape == (2, 3) for i in range(3))
+
+    @pytest.mark.parametrize("fill", ["zero", 1.5, "first", "remove"])
+    def test_node_attribute_of_several_dimensions(self, fill):
+        # a per-point (N, 2, 3) attribute (local frames) failed with fill="zero" or a number, for every p, with
+        # "mask of shape (N,) does not match a batch of shape (N, 2, 3)"; it is filled or removed with its points
+        datas = [make_cloud(n, seed=i) for i, n in enumerate(SIZES)]
+        for i, data in enumerate(datas):
+            data.frame = torch.randn(data.num_nodes, 2, 3, generator=seeded(50 + i))
+        batch = Batch.from_data_list(datas)
+        model = GraphPointNet()
+        mask, _ = reference_graph_mask(model, batch, batch.y, alpha=0.5, beta=0.5, seed=4)
+        out = RelevanceDropout3d(model, alpha=0.5, beta=0.5, fill=fill, generator=seeded(4))(batch)
+        assert 0 < int(mask.sum()) < mask.numel()
+        for i in range(batch.num_graphs):
+            frame, drop = batch.get_example(i).frame, mask[batch.ptr[i]:batch.ptr[i + 1]]
+            if fill == "remove":
+                expected = frame[~drop]
+            else:
+                expected = frame.clone()
+                expected[drop] = frame[int((~drop).nonzero()[0, 0])] if fill == "first" else \
+                    (0.0 if fill == "zero" else fill)
+            assert torch.equal(out.get_example(i).frame, expected), i
+
+    def test_integer_features_suggest_leaving_them_out(self):
+        # integer `x` (categories a model embeds) was told to convert them, which would break such a model; the
+        # error says that keys=("pos",) leaves them out, before any draw
+        batch = make_batch()
+        batch.x = torch.randint(0, 4, (batch.num_nodes, 2))
+        generator = seeded(0)
+        state = generator.get_state()
+        with pytest.raises(TypeError, match=r"`x` \(one of keys=\('pos', 'x'\)\) holds dtype torch.int64.*"
+                                            r"keys=\('pos',\); if it holds features, convert it first"):
+            RelevanceDropout3d(GraphPointNet(), p=0.5, generator=generator)(batch)
+        assert torch.equal(generator.get_state(), state)
+        out = RelevanceDropout3d(PosBatchNet(), keys=("pos",), fill="remove",
+                                 forward_fn=lambda m, b: m(b.pos, b.batch))(batch)
+        assert out.x.dtype == torch.int64 and out.x.shape[0] == out.pos.shape[0]
 
     def test_keys(self):
         with pytest.raises(TypeError, match=r"keys should be a sequence of attribute names such as \('pos', 'x'\), "
