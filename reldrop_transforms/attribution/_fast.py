@@ -569,7 +569,8 @@ class _Forward(TorchFunctionMode):
         if kind & _DERIVES and grad:
             engine.derive(kind, args, kwargs, result, based)
         if kind & _RELU:
-            engine.relu_output = result  # (see _Engine._relu_hook)
+            engine.relu_output = result  # (see _Engine._relu_hook; a caller's hook may change it in place)
+            engine.relu_version = result._version if isinstance(result, Tensor) else None
         if kind & _COPY and grad:
             engine.note_copy(args, result)
         return result
@@ -660,6 +661,7 @@ class _Engine:
         self.out_of_place: nn.Module | None = None  # the torch activation built in place whose call runs now
         self.caller_hooked: set[nn.Module] = set()  # modules with a rule and forward hooks of the caller's (run)
         self.relu_output: Tensor | None = None  # the last relu's result (a hook may replace a module's output)
+        self.relu_version: int | None = None  # ... and its version then
         self.first_options: tuple = ((), {})  # the other arguments of the Flat layer's call being run
         # a rule module's output (and its version) before the caller's forward hooks ran (see _own_output)
         self.own_outputs: dict[nn.Module, tuple[Tensor, int]] = {}
@@ -954,7 +956,8 @@ class _Engine:
                 raise UnsupportedModel(f"the Pass rule needs an elementwise {type(module).__name__}")
             point = _Point("pass", None, 0.0)
             result = _RulePoint.apply(out.detach(), args[0], None, point)
-            if _zero_below_zero(module):  # a candidate chain z -> ReLU -> rule layer (see _settle_chains)
+            if _zero_below_zero(module) and not self._hooked(module):  # a candidate chain z -> ReLU -> rule layer
+                # (see _settle_chains; it takes `out` for the activation's own output, which a hook may change)
                 producer = self.point_of(args[0])
                 if producer is not None and producer.kind == "epsilon":
                     self.relus[id(point)] = (producer, result, type(module) is nn.ReLU)
@@ -975,7 +978,7 @@ class _Engine:
             if producer is not None and producer.alias is None and producer.uses == 0 and producer.z is not None \
                     and not _vanishes(producer.epsilon, producer.z.dtype) and producer.origin is previous \
                     and self.sequentials_running.get(parent) and producer.z.data_ptr() == args[0].data_ptr() \
-                    and previous not in self.caller_hooked and not _global_forward_hooks:  # (a hook may keep z)
+                    and not self._hooked(previous):  # (a hook may keep z)
                 self.in_place_now = module
                 return
         self.out_of_place = module
@@ -1003,7 +1006,8 @@ class _Engine:
         inp = args[0]
         with _plain():
             producer = self._relu_producer(inp)
-            if producer is None or producer.uses != 1 or out is not own or in_place and out is not inp \
+            if producer is None or producer.uses != 1 or out is not own or out._version != self.relu_version \
+                    or in_place and out is not inp \
                     or out.shape != inp.shape or _vanishes(producer.epsilon, out.dtype):
                 if in_place:  # e.g. a forward hook of the caller's read or replaced the ReLU output
                     raise _Misjudged
@@ -1022,6 +1026,12 @@ class _Engine:
                 self.relus[id(point)] = (producer, result, True)
             self._register(point, result)
             return None if in_place else result
+
+    def _hooked(self, module: nn.Module) -> bool:
+        """Whether forward hooks of the caller's run after ``module`` (its own or process-wide ones): they may
+        change its output, in place or by returning another, so that the output the engine's hook sees is not the
+        module's own."""
+        return module in self.caller_hooked or bool(_global_forward_hooks)
 
     def _after_flat(self, tensor: Tensor) -> bool:
         """Whether ``tensor`` derives from the result of an earlier call of the first layer (``a(relu(a(x)))``): that

@@ -5,8 +5,9 @@ computation as zennit's re-run hooks, so in float64 the residual is rounding onl
 resnet18/resnet50/vgg11_bn/small CNN); we assert 1e-9. The oracle is stock zennit on an exact twin of the model
 (BatchNorm eps folded into running_var, see test_relevance.exact_twin): zennit 0.5.1's own merging leaves the
 merged BatchNorm dividing by sqrt(1 + eps), a systematic deviation of 1e-6 (small CNN) to 6e-3 (resnet18).
-In float32 the agreement is 5e-7 (small CNN) to 1.5e-4 (resnet18): epsilon = 1e-3 amplifies rounding where a
-layer's output is near zero.
+In float32 the agreement is 5e-7 (small CNN) to 1.5e-4 (resnet18) on one Intel Xeon, 1.2e-3 (resnet18) on one AMD
+EPYC: epsilon = 1e-3 amplifies rounding where a layer's output is near zero. test_float32 holds the engine to the
+float64 answer instead (measured on that EPYC: 3.9e-4 from it, where zennit in float32 is 1.5e-3 from it).
 """
 
 
@@ -102,8 +103,14 @@ class TestFastAgainstZennit:
         x = torch.randn(shape)
         targets = torch.arange(shape[0]) % 5
         fast = relevance(model, x, targets, backend="fast")
-        oracle = zennit_oracle(model, x, targets, paper_composite(1e-3, [canonizer()]))
-        assert rel_l2(fast, oracle) <= 1e-3
+        zennit32 = zennit_oracle(model, x, targets, paper_composite(1e-3, [canonizer()]))
+        truth = zennit_oracle(copy.deepcopy(model).double(), x.double(), targets,
+                              paper_composite(1e-3, [canonizer()]))
+        # float32 rounding, amplified by epsilon where a layer's output is near zero, depends on the CPU's kernels
+        # (against zennit in float32: 1.5e-4 on one Intel Xeon, 1.2e-3 on one AMD EPYC for resnet18): the fast
+        # engine in float32 is held to the float64 answer, no farther from it than zennit in float32 is
+        assert rel_l2(fast.double(), truth) <= max(1.5 * rel_l2(zennit32.double(), truth), 1e-6)
+        assert rel_l2(fast.double(), truth) <= 5e-3
 
 
 class _ConvLinear(nn.Module):
@@ -644,6 +651,57 @@ class TestBatchNormsOwnOutput:
         model = Net().double().eval()
         with pytest.raises(ValueError, match=message):
             relevance(model, torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 2, 1]), backend="fast")
+
+
+class TestHookChangingAnActivationOutput:
+    """A forward hook that changes the output of a ReLU (or another activation that is 0 wherever its input is)
+    after a rule layer: the fused chain z -> ReLU -> rule layer took the hooked output for the activation's own, so
+    that relevance was 0.33-1.0 relative L2 off, silently (found by a peer probe). zennit gives the hooked module
+    Pass, as it does a subclass computing the hooked function: the twin."""
+
+    HOOKS = {"times_two": lambda out: out * 2, "plus": lambda out: out + 0.1,
+             "clamp": lambda out: out.clamp(max=0.2), "in_place": lambda out: (out.add_(0.1), None)[1]}
+
+    @staticmethod
+    def _equivalent(act, hook):
+        class Hooked(type(act)):  # (its forward hooks' result, for zennit a module of the activation's type;
+            def forward(self, x):  # out of place: ReLU's own backward reads its output, zennit's Pass does not)
+                out = super().forward(x).clone()
+                changed = hook(out)
+                return out if changed is None else changed
+
+        twin = Hooked()
+        twin.__dict__.update({k: v for k, v in act.__dict__.items() if not k.startswith("_")})
+        return twin
+
+    @pytest.mark.parametrize("hook", list(HOOKS))
+    @pytest.mark.parametrize("act", [lambda: nn.ReLU(), lambda: nn.ReLU(inplace=True), lambda: nn.ReLU6(),
+                                     lambda: nn.Hardtanh(0.0, 2.0)], ids=["relu", "relu_inplace", "relu6",
+                                                                          "hardtanh"])
+    @pytest.mark.parametrize("how", ["module", "prepend", "global"])
+    def test_matches_zennit_on_the_equivalent_model(self, hook, act, how):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 8), act(), nn.Linear(8, 3)).double().eval()
+        x, targets = torch.randn(4, 12, dtype=torch.float64), torch.tensor([0, 2, 1, 1])
+        twin = copy.deepcopy(model)
+        twin[3] = self._equivalent(model[3], self.HOOKS[hook])
+        changes = self.HOOKS[hook]
+
+        def hooked(module, args, out):
+            return changes(out) if module is model[3] else None
+
+        if how == "global":
+            handle = torch.nn.modules.module.register_module_forward_hook(hooked)
+        else:
+            handle = model[3].register_forward_hook(hooked, prepend=how == "prepend")
+        try:
+            with torch.no_grad():
+                assert torch.equal(model(x), twin(x))
+            fast = relevance(model, x, targets, backend="fast")
+        finally:
+            handle.remove()
+        oracle = zennit_oracle(twin, x, targets, paper_composite(1e-3, [SequentialMergeBatchNorm()]))
+        assert rel_l2(fast, oracle) <= 1e-9
 
 
 class _AliasChange(nn.Module):
