@@ -414,25 +414,42 @@ def _keeps_values(rule) -> bool:
 class _Repeats:
     """Counts, during the zennit pass, the calls of each module whose rule keeps its call's values
     (:func:`_keeps_values`): the rules as the registered composite gives them (after its canonizers, in
-    registration order), also for a ``Composite`` object."""
+    registration order), also for a ``Composite`` object. Refuses, before zennit's hooks see it, a call of a module
+    with a rule whose positional arguments are not all tensors (``ConvTranspose2d(x, output_size)``): zennit's
+    hooks clone every one of them."""
 
-    def __init__(self, model: nn.Module, zennit_composite) -> None:
+    def __init__(self, model: nn.Module, zennit_composite, composite) -> None:
+        self.model, self.composite = model, composite  # (composite: as the caller named it, for the advice)
         self.calls: dict[nn.Module, int] = {}
         self.watched: list[nn.Module] = []
+        self.ruled: dict[nn.Module, str] = {}
         module_map = getattr(zennit_composite, "module_map", None)
         if callable(module_map):
             ctx: dict = {}
             for name, module in model.named_modules():
                 rule = module_map(ctx, name, module)
-                if rule is not None and _keeps_values(rule):
-                    self.watched.append(module)
+                if rule is not None:
+                    self.ruled.setdefault(module, name)
+                    if _keeps_values(rule):
+                        self.watched.append(module)
         self.handles: list = []
 
     def _count(self, module: nn.Module, args) -> None:
         self.calls[module] = self.calls.get(module, 0) + 1
 
+    def _check_args(self, module: nn.Module, args) -> None:
+        other = next((arg for arg in args if not isinstance(arg, Tensor)), None)
+        if other is not None and args and isinstance(args[0], Tensor) and args[0].requires_grad:
+            raise ExplanationError(
+                f"backend='zennit' cannot explain this {type(self.model).__name__}: module "
+                f"{self.ruled[module] or 'model'!r} ({type(module).__name__}) is called with a positional argument "
+                f"that is not a tensor ({type(other).__name__}), and zennit's rule hooks take every positional "
+                "argument for a tensor. " + _fast_advice(self.composite, ", which takes the call as it is")
+            )
+
     def __enter__(self) -> None:
-        self.handles = [module.register_forward_pre_hook(self._count) for module in self.watched]
+        self.handles = [module.register_forward_pre_hook(self._check_args, prepend=True) for module in self.ruled]
+        self.handles += [module.register_forward_pre_hook(self._count) for module in self.watched]
 
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
@@ -573,7 +590,7 @@ def zennit_relevance(
     sums = None if custom or _rule_of(zennit_composite, "", _zennit_sum()) is None else _NormSums(model, types)
     try:
         with _registered(zennit_composite, model):
-            repeats = _Repeats(model, zennit_composite)
+            repeats = _Repeats(model, zennit_composite, composite)
             with sums if sums is not None else contextlib.nullcontext(), repeats:
                 try:
                     logits = call()

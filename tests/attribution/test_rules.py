@@ -198,9 +198,15 @@ class TestOperationsBetweenLayers:
         assert torch.equal(model(x), twin(x))
         oracle = zennit_oracle(twin, x, targets, paper_composite(1e-3, []))
         assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
-        if not positional:  # (zennit's hooks clone every input: a list there is an AttributeError inside zennit)
+        if not positional:
             with pytest.raises(ValueError, match="backend='zennit' failed to compute the relevance of this UpFirst"):
                 relevance(model, x, targets, backend="zennit")
+        else:  # zennit's hooks clone every positional input: a list there was an AttributeError inside zennit
+            with pytest.raises(ValueError, match=r"backend='zennit' cannot explain this UpFirst: module 'up' "
+                                                 r"\(ConvTranspose2d\) is called with a positional argument that is "
+                                                 r"not a tensor \(list\).*Use backend='fast'"):
+                relevance(model, x, targets, backend="zennit")
+        assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
 
     def test_first_layer_with_a_forward_of_its_own(self):
         """A subclass whose forward masks its weight: Flat sets the layer's own parameters to ones and runs its
