@@ -188,3 +188,44 @@ class RecordNonBlocking:
 
     def __exit__(self, *exc):
         return self._mode.__exit__(*exc)
+
+
+def assert_setting_waits_for_the_call(t, setting: str, value, sample: tuple, module: nn.Module):
+    """Call ``t(*sample)`` in a thread held inside ``module``'s forward, set ``t.<setting> = value`` from another
+    thread meanwhile, and assert that the assignment waits for the call to end and that the call drew nothing from
+    the global RNG; returns the call's output."""
+    import threading
+
+    inside, release, out = threading.Event(), threading.Event(), {}
+
+    def hold(mod, args, result):
+        if threading.current_thread() is caller:
+            inside.set()
+            assert release.wait(60)
+
+    def call():
+        out["result"] = t(*sample)
+
+    def assign():
+        setattr(t, setting, value)
+        out["assigned"] = True
+
+    handle = module.register_forward_hook(hold)
+    try:
+        global_rng = torch.get_rng_state()
+        caller = threading.Thread(target=call)
+        caller.start()
+        assert inside.wait(60)
+        setter = threading.Thread(target=assign)
+        setter.start()
+        setter.join(0.5)
+        assert setter.is_alive() and "assigned" not in out  # waiting for the call
+        release.set()
+        caller.join(60)
+        setter.join(60)
+    finally:
+        release.set()
+        handle.remove()
+    assert torch.equal(torch.get_rng_state(), global_rng)
+    assert out.get("assigned") and getattr(t, setting) == value
+    return out["result"]

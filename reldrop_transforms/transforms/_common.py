@@ -73,7 +73,17 @@ class RelevanceSettings:
         if name == "model":  # nn.Module.__setattr__ would register a module as a submodule, past the property
             object.__setattr__(self, name, value)
             return
+        if not name.startswith("_") and name != "training" and "_attributor" in self.__dict__:
+            with self.calling():  # a setting changed in another thread (a schedule) takes effect between calls
+                super().__setattr__(name, value)
+            return
         super().__setattr__(name, value)
+
+    def calling(self):
+        """The lock a call holds from its settings check to its mask (the attribution lock, reentrant), so that a
+        call reads each setting once: a setting assigned in another thread meanwhile (``t.alpha = 0.2`` from a
+        schedule while a prefetcher calls ``t``) waits for the call to end."""
+        return self._attributor.drawing()
 
     def _labels_from(self, sample: Any) -> Tensor | None:
         """The labels ``labels_getter`` finds in ``sample`` (``None`` without a getter); the attributor's

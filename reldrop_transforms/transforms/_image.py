@@ -113,7 +113,11 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
 
     def _params(self, sample: Any, flat_inputs: list[Any], needs_transform: list[bool]) -> dict[str, Any]:
         """Check the call, then the mask of the batch among ``flat_inputs`` and the fill value (``mask`` ``None``:
-        nothing masked)."""
+        nothing masked); the settings as they are when it starts (:meth:`calling`)."""
+        with self.calling():
+            return self._params_now(sample, flat_inputs, needs_transform)
+
+    def _params_now(self, sample: Any, flat_inputs: list[Any], needs_transform: list[bool]) -> dict[str, Any]:
         self.check_settings()  # (as set now: before any coin)
         name = type(self).__name__
         if any(isinstance(inpt, PIL.Image.Image) for inpt in flat_inputs):

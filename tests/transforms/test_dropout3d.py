@@ -23,7 +23,8 @@ from reldrop_transforms.attribution import relevance, relevance_graph
 from reldrop_transforms.functional import keep_least_relevant, normalize_relevance, relevance_dropout_mask
 
 from helpers import POINT_NUM_CLASSES as NUM_CLASSES
-from helpers import DensePointNet, GraphPointNet, assert_dense_points_zeroed, assert_same_state, snapshot
+from helpers import (DensePointNet, GraphPointNet, assert_dense_points_zeroed, assert_same_state,
+                     assert_setting_waits_for_the_call, snapshot)
 
 SIZES = (5, 9, 12)
 
@@ -1023,3 +1024,21 @@ class TestRelevanceDropout3d:
     def test_not_points(self):
         with pytest.raises(TypeError, match="expects a dense batch"):
             RelevanceDropout3d(GraphPointNet())([1, 2, 3])
+
+
+@pytest.mark.parametrize("layout", ["dense", "pyg"])
+def test_a_setting_changed_in_another_thread_waits_for_the_call(layout):
+    """``t.alpha`` set from another thread while a call is inside its attribution waits for the call to end (it
+    was read again after the draws: alpha = 0.3's noise from the global RNG where the call had drawn none)."""
+    model = DensePointNet() if layout == "dense" else GraphPointNet()
+    sample = make_points() if layout == "dense" else (make_batch(),)
+
+    def make():
+        return RelevanceDropout3d(model, p=1.0, alpha=0.0, generator=seeded(3))
+
+    expected = make()(*sample)
+    out = assert_setting_waits_for_the_call(make(), "alpha", 0.3, sample, next(model.children()))
+    if layout == "dense":
+        assert torch.equal(out[0], expected[0])
+    else:
+        assert torch.equal(out.pos, expected.pos) and torch.equal(out.x, expected.x)

@@ -17,7 +17,7 @@ from torchvision import tv_tensors
 
 from reldrop_transforms import RelevanceDropout2d, RelevanceErasing2d
 
-from helpers import assert_same_state, seeded_transform, snapshot
+from helpers import assert_same_state, assert_setting_waits_for_the_call, seeded_transform, snapshot
 
 # Keyword arguments under which a transform's masks differ between seeds on the tiny model (none: the defaults).
 MASK_KWARGS = {RelevanceErasing2d: {"top_k": 4}}
@@ -347,3 +347,23 @@ def test_two_threads_sharing_a_generator_draw_in_turn(make):
             assert any(torch.equal(out["a"], x) and torch.equal(out["b"], y) for x, y in (a_first, b_first))
     finally:
         sys.setswitchinterval(interval)
+
+
+
+@pytest.mark.parametrize("make, setting, value", [
+    (lambda model, g: RelevanceDropout2d(model, p=1.0, alpha=0.0, generator=g), "alpha", 0.3),
+    (lambda model, g: RelevanceErasing2d(model, p=1.0, num_patches=1, generator=g), "num_patches", 3),
+], ids=["dropout", "erasing"])
+def test_a_setting_changed_in_another_thread_waits_for_the_call(make, setting, value):
+    """A schedule thread setting ``t.alpha`` / ``t.num_patches`` while a prefetcher is inside ``t(...)``: the call
+    read the setting again after its draws, so that it drew alpha = 0.3's noise from the global RNG (its own
+    draws were alpha = 0's: none), or failed with "size draws should have shape (6, 3, 10, 2), but got (6, 1, 10,
+    2)" (found by a peer probe: 680 errors in 1228 calls). The assignment now waits for the call to end."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                          nn.Linear(16, 5))
+    sample = (torch.randn(6, 3, 10, 10), torch.tensor([0, 1, 2, 3, 4, 0]))
+    expected = make(model, torch.Generator().manual_seed(3))(*sample)[0]
+    out = assert_setting_waits_for_the_call(make(model, torch.Generator().manual_seed(3)), setting, value, sample,
+                                            model[0])
+    assert torch.equal(out[0], expected)  # the call's own settings throughout
