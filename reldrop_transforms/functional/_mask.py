@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -11,6 +12,7 @@ from .._checks import (
     as_integer,
     check_bool_mask,
     check_count,
+    check_finite_number,
     check_generator,
     check_segments,
     check_tensor,
@@ -113,6 +115,10 @@ def uniform_like(reference: Tensor, generator: torch.Generator | None = None) ->
     CPU generator drives a CUDA batch reproducibly (at the price of a copy: give a generator on the batch's
     device for speed).
     """
+    check_tensor("reference", reference)
+    if not reference.is_floating_point():
+        raise TypeError(f"uniform_like draws floating-point noise: reference should be a floating-point tensor, but got "
+                        f"dtype {reference.dtype}.")
     generator = check_generator(generator)
     device = reference.device if generator is None else generator.device
     noise = torch.rand(reference.shape, generator=generator, device=device, dtype=reference.dtype)
@@ -227,6 +233,13 @@ def fill_dropped(inpt: Tensor, mask: Tensor, value: float | Sequence[float] | Te
             f"expected {tuple(expected)} (the batch without dimension {channel_dim})."
         )
     channels = inpt.shape[channel_dim]
+    if not isinstance(value, Tensor):
+        values = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (value,)
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
+            raise TypeError(f"value should be a number or a sequence of {channels} numbers (one per channel), but got "
+                            f"{value!r:.80}.")
+        for v in values:
+            check_finite_number("value", float(v))
     fill = torch.as_tensor(value, dtype=inpt.dtype, device=inpt.device)
     if fill.ndim > 1 or (fill.ndim == 1 and fill.numel() not in (1, channels)):
         raise ValueError(

@@ -8,7 +8,7 @@ import numbers
 import torch
 from torch import Tensor
 
-from .._checks import check_bool_mask, check_segments, check_tensor
+from .._checks import check_bool_mask, check_finite_number, check_segments, check_tensor
 from ._mask import fill_dropped
 
 __all__ = ["keep_least_relevant", "fill_points", "FILLS", "remove_points", "is_node_attribute"]
@@ -110,6 +110,7 @@ def fill_points(
     if fill == "zero":
         fill = 0.0
     if isinstance(fill, numbers.Real) and not isinstance(fill, bool):
+        check_finite_number("fill", float(fill))
         if points.ndim != mask.ndim + 1:  # (N,) without channels, or (N, *) with several (per-point frames)
             return torch.where(_expand(mask, points), torch.as_tensor(fill, dtype=points.dtype, device=points.device),
                                points)

@@ -136,7 +136,8 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
             raise ValueError(f"{name} expects exactly one image batch per call, but found {len(images)}"
                              f"{_received(flat_inputs) if not images else ''}.")
         image = images[0]
-        value = self._check_image(image, others=sum(isinstance(inpt, Tensor) for inpt in flat_inputs) > 1)
+        value = self._check_image(image, others=any(isinstance(inpt, Tensor) and inpt is not image and inpt.ndim == 4
+                                                    for inpt in flat_inputs))
         labels = self._attributor.check_batch(image.as_subclass(Tensor), self._labels_from(sample), caller=name,
                                               what="images")
         if image.shape[0] == 0:
@@ -146,7 +147,8 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
         return params
 
     def _check_image(self, image: Tensor, others: bool = False) -> float | tuple[float, ...]:
-        """Check the batch and the fill value for it; returns the value (as set: also one set after construction)."""
+        """Check the batch and the fill value for it; returns the value (as set: also one set after construction).
+        ``others``: the sample holds another tensor shaped like an image batch (B, C, H, W), taken for something else."""
         name = type(self).__name__
         if image.ndim != 4:
             hint = ("Use it after the DataLoader, in a collate function, or wrap the loader with RelevanceLoader.")

@@ -9,6 +9,7 @@ import torch
 
 from reldrop_transforms.functional import (
     fill_dropped,
+    fill_points,
     normalize_relevance,
     relevance_dropout_mask,
     sample_coins,
@@ -183,6 +184,12 @@ class TestUniformLike:
             with RecordNonBlocking() as record:
                 uniform_like(reference, torch.Generator().manual_seed(0))
             assert record.flags == [not blocking]
+
+    @pytest.mark.parametrize("reference", [torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.bool), [0.0]])
+    def test_reference_must_be_a_floating_tensor(self, reference):
+        # an integer one gave torch's '"check_uniform_bounds" not implemented for 'Long''
+        with pytest.raises(TypeError, match="reference should be a"):
+            uniform_like(reference)
 
     def test_cpu_generator_drives_any_device(self, device):
         ref = torch.empty(3, 4, device=device)
@@ -415,6 +422,22 @@ class TestFillDropped:
     def test_wrong_value_length(self, value):
         with pytest.raises(ValueError, match="one per channel"):
             fill_dropped(torch.randn(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.bool), value)
+
+    @pytest.mark.parametrize("value", ["a", None, [0.1, "b", 0.3], {"r": 1}, True])
+    def test_value_that_is_not_numbers(self, value):
+        # gave torch's "new(): invalid data type 'str'" / "must be real number, not NoneType"
+        with pytest.raises(TypeError, match=r"value should be a number or a sequence of 3 numbers \(one per channel\), "
+                                            r"but got"):
+            fill_dropped(torch.randn(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.bool), value)
+
+    @pytest.mark.parametrize("value", [float("nan"), float("inf"), (0.0, float("-inf"), 1.0)])
+    def test_value_that_is_not_finite(self, value):
+        # was written into the batch, which the transforms (and the next attribution) refuse as input
+        with pytest.raises(ValueError, match="value should be a finite number"):
+            fill_dropped(torch.randn(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.bool), value)
+        with pytest.raises(ValueError, match="fill should be a finite number"):
+            fill_points(torch.randn(5, 2, 3), torch.zeros(5, dtype=torch.bool), float("nan"),
+                        batch=torch.zeros(5, dtype=torch.long), num_segments=1)
 
 
 class TestSampleCoins:

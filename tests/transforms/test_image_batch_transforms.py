@@ -118,6 +118,14 @@ class TestImageBatchTransforms:
         out = transform(p=1.0)({"index": torch.arange(4), "image": tv_tensors.Image(images), "labels": labels})
         assert isinstance(out["image"], tv_tensors.Image)
 
+    @pytest.mark.parametrize("shape", ["flat", "5d"])
+    def test_images_first_but_of_another_rank_are_not_told_to_put_them_first(self, transform, batch, shape):
+        # flattened or 5-d images, first in the sample with their labels, were told to put them first
+        images, labels = batch
+        with pytest.raises(ValueError, match=r"expects a batch of shape \(B, C, H, W\), but got") as info:
+            transform(p=1.0)(images.flatten(1) if shape == "flat" else images[:, None], labels)
+        assert "put them first" not in str(info.value)
+
     @pytest.mark.parametrize("with_label", [True, False])
     def test_a_single_image_is_told_to_add_the_batch_dimension(self, transform, batch, with_label):
         # a (C, H, W) image with its label was told to put the images first, though they were first
