@@ -575,6 +575,13 @@ def zennit_relevance(
                 "spectral_norm hook), and zennit's Flat sets the layer's own weight Parameter to ones, which it does "
                 "not read. Use backend='fast' (or 'auto')."
             )
+        if first is not None and getattr(first, "bias", None) is not None and computed_weight(first, "bias"):
+            raise ExplanationError(
+                f"backend='zennit' cannot apply Flat to the first layer, {type(first).__name__} "
+                f"{names.get(first, '')!r}: its bias is not a Parameter of its own (a parametrization, or a plain "
+                "tensor attribute), and zennit's Flat zeroes the layer's own bias Parameter only, so that the bias "
+                "would stay in Flat's counts. Use backend='fast' (or 'auto')."
+            )
         for linear, batch_norm in pairs:
             problem = _merge_problem(linear, batch_norm, dims.get(linear), linear in reweighted,
                                      shared_parameters.get(linear))

@@ -389,7 +389,7 @@ def _flat_input_relevance(module: nn.Module, inp: Tensor, rel: Tensor, options: 
     # computed, through a stand-in with an all-one weight of its own (see _all_one_stand_in)
     from torch.nn.utils.stateless import _reparametrize_module
 
-    stand_in = _all_one_stand_in(module, inp) if computed_weight(module) else None
+    stand_in = _all_one_stand_in(module, inp) if computed_weight(module) or computed_weight(module, "bias") else None
     target = module if stand_in is None else stand_in
     params = {name: (torch.zeros_like(p) if name == "bias" else torch.ones_like(p))
               for name, p in target.named_parameters(recurse=False)}
@@ -405,8 +405,8 @@ _LINEAR_BASES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
 
 
 def _all_one_stand_in(module: nn.Module, inp: Tensor) -> nn.Module | None:
-    """For Flat on a ``Linear``/``Conv``/``ConvTranspose`` whose weight is computed (a parametrization such as
-    ``parametrizations.weight_norm``, or a ``weight_norm`` hook): the same layer (its class's own forward, strides,
+    """For Flat on a ``Linear``/``Conv``/``ConvTranspose`` whose weight (or bias) is computed (a parametrization
+    such as ``parametrizations.weight_norm``, or a ``weight_norm`` hook): the same layer (its class's own forward, strides,
     padding, groups) with an all-one weight Parameter of the computed weight's shape and no bias, sharing nothing
     that the layer's forward would change. ``None`` for a subclass with a forward of its own (as zennit then)."""
     base = next((cls for cls in _LINEAR_BASES if isinstance(module, cls) and type(module).forward is cls.forward),
@@ -418,6 +418,7 @@ def _all_one_stand_in(module: nn.Module, inp: Tensor) -> nn.Module | None:
     stand_in = base.__new__(base)
     state = dict(module.__dict__)
     state.pop("weight", None)  # (a weight_norm hook's plain attribute)
+    state.pop("bias", None)  # (a bias held as a plain tensor attribute)
     state["_parameters"] = {"weight": nn.Parameter(inp.new_ones(shape), requires_grad=False), "bias": None}
     state["_buffers"] = {}
     state["_modules"] = {}  # (the parametrizations)

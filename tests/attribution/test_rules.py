@@ -237,6 +237,41 @@ class TestOperationsBetweenLayers:
                                              r"weight is computed"):
             relevance(model, x, targets, backend="zennit")
 
+    @pytest.mark.parametrize("how", ["parametrized", "tensor_attribute"])
+    @pytest.mark.parametrize("layer", ["conv", "linear"])
+    def test_first_layer_whose_bias_is_not_a_parameter_of_its_own(self, how, layer):
+        """Flat has no bias. A parametrized first-layer bias stayed in Flat's counts on both backends (2.0e-2
+        relative L2 from Flat); a bias held as a plain tensor attribute stayed in zennit's (5e-3; the fast engine
+        left it out). Found by a peer probe. The fast engine computes Flat: compared against stock zennit on the
+        twin whose bias is a Parameter; backend='zennit' refuses."""
+        from torch.nn.utils import parametrize
+
+        class Affine(nn.Module):
+            def forward(self, value):
+                return value * 2 + 0.5
+
+        torch.manual_seed(0)
+        shape = (3, 6, 6) if layer == "conv" else (6,)
+        first = nn.Conv2d(3, 6, 3) if layer == "conv" else nn.Linear(6, 6)
+        model = nn.Sequential(first, *head_for(shape)).double().eval()
+        twin = copy.deepcopy(model)
+        if how == "parametrized":
+            parametrize.register_parametrization(model[0], "bias", Affine())
+        else:
+            bias = model[0].bias.detach().clone()
+            del model[0].bias
+            model[0].bias = bias
+        with torch.no_grad():
+            twin[0].bias.copy_(model[0].bias)
+        x, targets = torch.randn(3, *shape, dtype=torch.float64), torch.tensor([0, 3, 4])
+        torch.testing.assert_close(model(x), twin(x), rtol=1e-12, atol=1e-12)
+        oracle = zennit_oracle(twin, x, targets, paper_composite(1e-3, []))
+        assert rel_l2(relevance(model, x, targets, backend="fast"), oracle) <= 1e-9
+        assert rel_l2(relevance(model, x, targets), oracle) <= 1e-9  # auto
+        with pytest.raises(ValueError, match=r"backend='zennit' cannot apply Flat to the first layer, .* '0': its "
+                                             r"bias is not a Parameter of its own"):
+            relevance(model, x, targets, backend="zennit")
+
     def test_no_grad_section_running_layers(self):
         """Layers run under ``torch.no_grad()`` on a relevance-carrying tensor inside the forward (a gate computed
         without gradients): nothing they compute carries relevance, so the gate is a constant. Compared against
