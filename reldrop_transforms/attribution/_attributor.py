@@ -120,10 +120,14 @@ def check_inputs(model: nn.Module, inputs: Tensor, *, caller: str = "relevance",
         )
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     if dtype is not None and inputs.dtype != dtype:
-        raise ValueError(
-            f"{caller}: the inputs have dtype {inputs.dtype} but the model's parameters have {dtype}. "
-            "Convert one of them so that they match."
-        )
+        dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}  # (a model of mixed precision
+        if inputs.dtype not in dtypes:  # takes the dtype of one of its parts: its own forward tells which)
+            have = dtype if len(dtypes) == 1 else " or ".join(sorted(str(d) for d in dtypes))
+            raise ValueError(
+                f"{caller}: the inputs have dtype {inputs.dtype} but the model's parameters have {have}. "
+                "Convert one of them so that they match."
+            )
+        dtype = inputs.dtype
     if autocast is not None and dtype is not None and dtype not in (torch.float32, autocast):
         effect = "it would change nothing" if dtype == torch.float64 else \
             "from one half precision to the other, the model's own operations fail"

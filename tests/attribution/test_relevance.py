@@ -285,6 +285,27 @@ class TestRelevanceErrors:
         with pytest.raises(ValueError, match="dtype torch.float64 but the model"):
             relevance(small_cnn(), torch.zeros(1, 3, 8, 8, dtype=torch.float64))
 
+    def test_model_of_mixed_precision(self):
+        # a float32 stem after a float64 head in registration order was refused for float32 inputs, which its
+        # forward takes (found by a peer probe): any dtype of the model's parameters is taken
+        class Mixed(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(144, 3).double()
+                self.conv = nn.Conv2d(3, 4, 3)
+
+            def forward(self, x):
+                return self.fc(torch.relu(self.conv(x)).flatten(1).double())
+
+        torch.manual_seed(0)
+        model, x, targets = Mixed().eval(), torch.randn(2, 3, 8, 8), torch.tensor([0, 2])
+        fast = relevance(model, x, targets, backend="fast")
+        assert fast.dtype == torch.float32 and fast.abs().sum() > 0
+        assert torch.allclose(fast, relevance(model, x, targets, backend="zennit"), rtol=1e-5, atol=1e-7)
+        with pytest.raises(ValueError, match=r"dtype torch.float16 but the model's parameters have torch.float32 or "
+                                             r"torch.float64"):
+            relevance(model, x.half(), targets)
+
     def test_other_device(self):
         with pytest.raises(ValueError, match="the inputs are on meta but the model is on cpu"):
             relevance(small_cnn(), torch.zeros(1, 3, 8, 8, device="meta"))
