@@ -174,6 +174,9 @@ def relevance_dropout_mask(
     rn = normalize_relevance(relevance, batch=batch, num_segments=num_segments)
     if noise is not None and check_tensor("noise", noise, "like relevance").shape != rn.shape:
         raise ValueError(f"noise of shape {tuple(noise.shape)} does not match relevance of shape {tuple(rn.shape)}.")
+    if noise is not None and not noise.is_floating_point():
+        raise TypeError(f"noise should hold U[0, 1) values in a floating-point tensor (e.g. from uniform_like), but got "
+                        f"dtype {noise.dtype}.")
     score = (1.0 - alpha) * rn
     if alpha > 0.0:
         score = score + alpha * (uniform_like(rn, generator) if noise is None else noise.to(rn.dtype))

@@ -149,6 +149,14 @@ class TestRelevanceDropoutMaskGrouped:
             relevance_dropout_mask(torch.rand(5), 0.5, 0.5, noise=torch.rand(4),
                                    batch=torch.zeros(5, dtype=torch.long), num_segments=1)
 
+    def test_integer_noise(self):
+        # integer noise was taken as is (every U = 0 or 1)
+        with pytest.raises(TypeError, match="noise should hold U\\[0, 1\\) values in a floating-point tensor"):
+            relevance_dropout_mask(torch.rand(5), 0.5, 0.5, noise=torch.ones(5, dtype=torch.long),
+                                   batch=torch.zeros(5, dtype=torch.long), num_segments=1)
+        with pytest.raises(TypeError, match="noise should hold"):
+            relevance_dropout_mask(torch.rand(2, 5), 0.5, 0.5, noise=torch.zeros(2, 5, dtype=torch.bool))
+
 
 class TestKeepLeastRelevant:
     def test_dense_matches_loop(self):
