@@ -653,14 +653,15 @@ class TestBatchNormsOwnOutput:
             relevance(model, torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 2, 1]), backend="fast")
 
 
+_ACTIVATION_HOOKS = {"times_two": lambda out: out * 2, "plus": lambda out: out + 0.1,
+                     "clamp": lambda out: out.clamp(max=0.2), "in_place": lambda out: (out.add_(0.1), None)[1]}
+
+
 class TestHookChangingAnActivationOutput:
     """A forward hook that changes the output of a ReLU (or another activation that is 0 wherever its input is)
     after a rule layer: the fused chain z -> ReLU -> rule layer took the hooked output for the activation's own, so
     that relevance was 0.33-1.0 relative L2 off, silently (found by a peer probe). zennit gives the hooked module
     Pass, as it does a subclass computing the hooked function: the twin."""
-
-    HOOKS = {"times_two": lambda out: out * 2, "plus": lambda out: out + 0.1,
-             "clamp": lambda out: out.clamp(max=0.2), "in_place": lambda out: (out.add_(0.1), None)[1]}
 
     @staticmethod
     def _equivalent(act, hook):
@@ -674,7 +675,7 @@ class TestHookChangingAnActivationOutput:
         twin.__dict__.update({k: v for k, v in act.__dict__.items() if not k.startswith("_")})
         return twin
 
-    @pytest.mark.parametrize("hook", list(HOOKS))
+    @pytest.mark.parametrize("hook", list(_ACTIVATION_HOOKS))
     @pytest.mark.parametrize("act", [lambda: nn.ReLU(), lambda: nn.ReLU(inplace=True), lambda: nn.ReLU6(),
                                      lambda: nn.Hardtanh(0.0, 2.0)], ids=["relu", "relu_inplace", "relu6",
                                                                           "hardtanh"])
@@ -684,8 +685,8 @@ class TestHookChangingAnActivationOutput:
         model = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 8), act(), nn.Linear(8, 3)).double().eval()
         x, targets = torch.randn(4, 12, dtype=torch.float64), torch.tensor([0, 2, 1, 1])
         twin = copy.deepcopy(model)
-        twin[3] = self._equivalent(model[3], self.HOOKS[hook])
-        changes = self.HOOKS[hook]
+        twin[3] = self._equivalent(model[3], _ACTIVATION_HOOKS[hook])
+        changes = _ACTIVATION_HOOKS[hook]
 
         def hooked(module, args, out):
             return changes(out) if module is model[3] else None
