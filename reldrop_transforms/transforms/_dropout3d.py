@@ -48,7 +48,7 @@ class RelevanceDropout3d(DropoutSettings, RelevancePointTransform):
             dict sample (whose points are its first tensor or ``Data``/``Batch`` other than the labels), or
             ``data.y`` for PyG input; a callable ``labels_getter(inputs)``; or ``None`` for the predicted class.
         forward_fn: ``forward_fn(model, batch) -> logits`` for PyG models with other call signatures (default
-            ``model(batch)``); it receives the unwrapped module.
+            ``model(batch)``); it receives the unwrapped module. PyG input only: a dense batch with it raises.
         generator: Source of the coins and the mask noise.
         channels_first: Dense input is ``(B, C, N)`` instead of ``(B, N, C)``.
         keys: The PyG node attributes that are attributed (and whose relevance is summed per point).

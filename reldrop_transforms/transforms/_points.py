@@ -149,6 +149,13 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
             )
         if fill == "remove":
             raise ValueError(f"{name}: fill='remove' needs PyG batches; dense batches keep N points per cloud.")
+        if self.forward_fn is not None:
+            raise ValueError(
+                f"{name}: forward_fn adapts the call of PyG models, forward_fn(model, batch); a dense batch is fed to "
+                "the model itself, model(points). Wrap the model in an nn.Module whose forward adapts the call (e.g. "
+                "one that transposes (B, N, C) to (B, C, N), or pass channels_first=True with (B, C, N) batches), "
+                "and leave forward_fn=None."
+            )
         batch_size = points.shape[0]
         labels = self._labels(sample)
         num_points = points.shape[2 if self.channels_first else 1]

@@ -595,6 +595,23 @@ class TestRelevanceDropout3d:
         assert collated.y.shape == (2,) and collated.num_nodes == out.num_nodes + 10
         assert data.num_nodes == 10 and data.y.shape == ()
 
+    @pytest.mark.parametrize("cls", [RelevanceDropout3d, RelevanceErasing3d])
+    @pytest.mark.parametrize("p", [1.0, 0.0])
+    def test_forward_fn_on_a_dense_batch_is_refused(self, cls, p):
+        # forward_fn was silently not called on a dense batch: model(points) ran instead (found by a peer probe)
+        calls = []
+
+        def forward_fn(model, points):
+            calls.append(points)
+            return model(points)
+
+        generator = seeded(0)
+        state = generator.get_state()
+        with pytest.raises(ValueError, match=r"forward_fn adapts the call of PyG models.*a dense batch is fed to the "
+                                             r"model itself"):
+            cls(DensePointNet(), p=p, forward_fn=forward_fn, generator=generator)(*make_points())
+        assert not calls and torch.equal(generator.get_state(), state)
+
     def test_pyg_forward_fn(self):
         model = PosBatchNet()
         batch = make_batch(seed=5, features=0)
