@@ -237,7 +237,8 @@ def remove_points(batch, drop: Tensor):
             taken[key] = idx
         elif is_node_attribute(batch, key, value) and value.shape[dim] == keep.shape[0]:
             out[key] = value.index_select(dim, kept_nodes)
-            slices[key] = ptr
+            if key in slices:  # (a key set after collation stays without them, as PyG's separate skips it)
+                slices[key] = ptr
             done.add(key)
             taken[key] = kept_nodes
     for key in list(batch.keys()):  # edge-level companions (edge_attr, ...) follow their index

@@ -409,6 +409,24 @@ class TestRemovePoints:
         for i, data in enumerate(datas):
             assert_same_data(batch.get_example(i), data)
 
+    def test_node_attribute_set_after_collation(self):
+        # batch.feat = ... after collation: its rows were filtered and given slices but no increments, so that the
+        # result's get_example / to_data_list / index_select raised KeyError('feat') (found by a peer probe). As
+        # on the input, PyG's separate leaves it out of the examples
+        datas = [make_cloud(n, seed=i) for i, n in enumerate([5, 8, 6])]
+        batch = Batch.from_data_list(datas)
+        batch.feat = batch.pos.norm(dim=1, keepdim=True)
+        drop = torch.zeros(batch.num_nodes, dtype=torch.bool)
+        drop[[0, 3, 6, 12, 18]] = True
+        out = remove_points(batch, drop)
+        assert torch.equal(out.feat, batch.feat[~drop])
+        listed = out.to_data_list()
+        for i, data in enumerate(datas):
+            expected = filter_by_hand(data, ~drop[batch.ptr[i]:batch.ptr[i + 1]])
+            assert_same_data(out.get_example(i), expected)
+            assert_same_data(listed[i], expected)
+        assert len(out.index_select([0, 2])) == 2
+
     def test_nothing_dropped_is_identity(self):
         datas = [make_cloud(n, seed=i) for i, n in enumerate([6, 7])]
         batch = Batch.from_data_list(datas)
