@@ -772,6 +772,13 @@ class _Engine:
     def _keep_aliased(self, tensor: Tensor) -> None:
         """Points whose values share ``tensor``'s storage (``tensor`` is an alias autograd does not connect to them:
         ``y.detach()``, ``y.data``) keep a copy before it changes in place; a Norm sum's operands too."""
+        if tensor.layout != torch.strided:  # a sparse tensor: its values may alias a point's (to_torch_coo_tensor's,
+            values = tensor._values() if tensor.layout == torch.sparse_coo else tensor.values()  # CSR's...)
+            if values.layout != torch.strided:
+                return
+            tensor = values
+        if tensor.is_meta:
+            return
         address = tensor.untyped_storage().data_ptr()
         for point in self.storages.get(address, ()):
             if point.kind in ("flat", "pass", "through", "select"):
