@@ -33,8 +33,9 @@ _log = logging.getLogger("reldrop_transforms")
 
 # One lock for every attribution in the process: a pass changes flags of the modules and parameters it runs
 # through (eval mode, requires_grad, an activation's inplace), and two models may share submodules or parameters
-# (a backbone under two heads, tied weights), so passes take turns whatever model they attribute. Re-entrant, so
-# that a forward_fn may itself attribute.
+# (a backbone under two heads, tied weights), so passes take turns whatever model they attribute. Re-entrant: a
+# transform holds it from its settings check to its mask, around its attribution (never one inside another: see
+# _attributing_model).
 _LOCK = threading.RLock()
 
 # What a model's own forward raises on a batch it cannot take (shapes, dtypes, indices).
@@ -56,7 +57,7 @@ def model_lock(model: nn.Module) -> threading.RLock:
 
 
 class _Attributing(threading.local):
-    depth = 0  # attributions running in this thread (a forward_fn may attribute again)
+    depth = 0  # attributions running in this thread (0 or 1: see _attributing_model)
 
 
 _attributing = _Attributing()
@@ -64,8 +65,16 @@ _attributing = _Attributing()
 
 @contextlib.contextmanager
 def _attributing_model(module: nn.Module) -> Iterator[None]:
-    """The attribution lock, and this thread's count of running attributions (see :meth:`Attributor.__getstate__`)."""
+    """The attribution lock, and this thread's count of running attributions (see :meth:`Attributor.__getstate__`).
+    An attribution never starts inside another one (from a ``forward_fn``, a hook or a forward that the outer pass
+    runs): the model is hooked for that pass, and the inner one's results would be the outer engine's."""
     with model_lock(module):
+        if _attributing.depth:
+            raise ExplanationError(
+                "an attribution cannot start inside another one (from a forward_fn, a hook or a model's forward that "
+                "an attribution runs): the models are in eval mode and hooked for the running pass. Attribute before "
+                "or after it."
+            )
         _attributing.depth += 1
         try:
             yield

@@ -306,6 +306,44 @@ class TestCopiesDuringAttribution:
         assert_same_state(before, model)
 
 
+@pytest.mark.parametrize("backend", ["fast", "zennit"])
+@pytest.mark.parametrize("where", ["hook", "forward_fn"])
+def test_an_attribution_inside_another_is_refused(backend, where):
+    """An attribution started inside another one's forward (a forward_fn, a hook): the lock let it in, and its
+    relevance came out of the outer pass's hooks, 11 relative L2 off (found by a peer probe); zennit said
+    "BatchNorm1d runs after different layers". Now refused, state kept."""
+    from torch_geometric.data import Batch, Data
+
+    from reldrop_transforms.attribution import relevance_graph
+    from reldrop_transforms.models import PointNet
+
+    torch.manual_seed(0)
+    model = PointNet(in_channels=3, num_classes=4).eval()
+    g = torch.Generator().manual_seed(3)
+    batch = Batch.from_data_list([Data(pos=torch.randn(20, 3, generator=g), y=torch.tensor([i % 4]))
+                                  for i in range(3)])
+    expected = relevance_graph(model, batch, batch.y, backend=backend)["pos"]
+
+    def inner(*args):
+        relevance_graph(model, batch, batch.y, backend=backend)
+
+    def forward_fn(module, data):
+        inner()
+        return module(data)
+
+    before = snapshot(model)
+    handle = next(model.children()).register_forward_hook(inner) if where == "hook" else None
+    try:
+        with pytest.raises(ValueError, match="an attribution cannot start inside another one"):
+            relevance_graph(model, batch, batch.y, backend=backend, forward_fn=forward_fn if where == "forward_fn"
+                            else None)
+    finally:
+        if handle is not None:
+            handle.remove()
+    assert_same_state(before, model)
+    assert torch.equal(relevance_graph(model, batch, batch.y, backend=backend)["pos"], expected)
+
+
 def test_training_under_model_lock_beside_a_prefetcher_thread():
     """The documented way to train while another thread attributes the same model: the training steps hold
     ``model_lock``; the trained weights equal those of a copy trained alone, bit for bit."""
