@@ -608,8 +608,9 @@ def zennit_relevance(
                         f"backend='zennit' cannot explain this {type(model).__name__}: a module with a rule ran "
                         "with gradients disabled on an input that carries relevance (torch.no_grad inside the "
                         "forward, or torch.utils.checkpoint with use_reentrant=True), which zennit's hooks cannot "
-                        f"follow ({error}). " + _fast_advice(composite, ", which follows no_grad sections (and "
-                                                             "checkpointing with use_reentrant=False)")
+                        f"follow ({error}). A checkpoint: use use_reentrant=False (neither backend runs a "
+                        "reentrant checkpoint's backward inside torch.autograd.grad). A no_grad section: "
+                        + _fast_advice(composite, ", which follows it")
                     ) from error
             _refuse_repeated(model, repeats.calls, composite)
             grad_output = grad_output_fn(logits)

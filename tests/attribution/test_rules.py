@@ -403,7 +403,8 @@ class TestOperationsBetweenLayers:
             relevance(model, x, targets, backend="fast")
         # (the zennit backend's probe runs the forward without gradients, where torch warns)
         with pytest.warns(UserWarning, match="None of the inputs have requires_grad"), \
-                pytest.raises(ValueError, match=r"backend='zennit' cannot explain this Checkpointed"):
+                pytest.raises(ValueError, match=r"backend='zennit' cannot explain this Checkpointed.*A checkpoint: use "
+                                                r"use_reentrant=False"):
             relevance(model, x, targets, backend="zennit")
 
     @pytest.mark.parametrize("how", ["detach", "no_grad", "numpy"])
