@@ -565,7 +565,6 @@ def zennit_relevance(
     if not custom:
         # (each call() feeds its own copies of the leaves)
         pairs, calls, dims, reweighted, shared_parameters = _probe(model, call, types)
-        _refuse_repeated(model, calls, composite)
         names = {module: name for name, module in model.named_modules()}
         first = first_linear(model, types) if composite == EPSILON_FLAT else None
         if first is not None and computed_weight(first):
@@ -593,6 +592,10 @@ def zennit_relevance(
                 )
         canonizers = [_merge_batchnorm(pairs)]
     zennit_composite = make_zennit_composite(composite, leaves[0], epsilon, canonizers, types)
+    if not custom:  # (before zennit's pass: a module whose rule keeps its call's values may run once; the
+        _refuse_repeated(model, {module: count for module, count in calls.items()  # gradient-based rules may repeat)
+                                 if (rule := _rule_of(zennit_composite, names.get(module, ""), module)) is not None
+                                 and _keeps_values(rule)}, composite)
     # (by name: Norm at every sum, where the composite gives zennit's Sum a rule; gradient-based ones do not)
     sums = None if custom or _rule_of(zennit_composite, "", _zennit_sum()) is None else _NormSums(model, types)
     try:

@@ -1151,6 +1151,22 @@ class TestModuleCalledTwice:
             relevance(model, torch.randn(2, 3, 8, 8, dtype=torch.float64), composite=EpsilonPlusFlat(),
                       backend="zennit")
 
+    @pytest.mark.parametrize("composite", ["guided_backprop", "deconvnet"])
+    def test_gradient_based_composites_by_name_allow_a_layer_called_twice(self, composite):
+        """Under guided_backprop / deconvnet a conv has no rule (the gradient passes): the check before zennit's
+        pass refused a conv called twice for these by name ("'conv2' runs 2 times"), where their Composite objects
+        ran (found by a peer probe). Against stock zennit on the unrolled model."""
+        from zennit.composites import COMPOSITES
+
+        torch.manual_seed(0)
+        model = Shared().double()
+        x, targets = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1])
+        oracle = zennit_oracle(Unrolled(model).double(), x, targets, COMPOSITES[composite]())
+        assert oracle.abs().sum() > 0
+        assert rel_l2(relevance(model, x, targets, composite=composite, backend="zennit"), oracle) <= 1e-12
+        assert rel_l2(relevance(model, x, targets, composite=COMPOSITES[composite](), backend="zennit"),
+                      oracle) <= 1e-12
+
     @pytest.mark.parametrize("composite", ["beta_smooth", "beta_smooth object"])
     def test_a_relu_rule_that_keeps_its_input_refuses_a_relu_called_twice(self, composite):
         """zennit's ``ReLUBetaSmooth`` keeps its module's input for the backward: with one ``nn.ReLU`` called twice
