@@ -48,7 +48,12 @@ def _moved(obj: Any, device: torch.device, non_blocking: bool) -> Any:
         obj = copy.copy(obj)
     except (TypeError, copy.Error):  # (an object that cannot be copied: moved as it is)
         pass
-    return obj.to(device, non_blocking=non_blocking)
+    try:
+        return obj.to(device, non_blocking=non_blocking)
+    except TypeError as error:  # a class of the user's whose to() takes the device alone
+        if "non_blocking" not in str(error):
+            raise
+        return obj.to(device)
 
 
 def collate(samples: list) -> Any:
@@ -122,6 +127,24 @@ class RelevanceCollate(_DeviceResolver):
         return self.transform(batch)
 
 
+class _Transformed:
+    """The iterator of a :class:`RelevanceLoader`: each batch of ``batches`` moved and transformed. Not a generator,
+    so that it stays usable after a batch raised (a loop that skips a bad batch goes on with the next, as with the
+    wrapped DataLoader's own iterator)."""
+
+    __slots__ = ("batches", "owner")
+
+    def __init__(self, batches: Iterator[Any], owner: RelevanceLoader) -> None:
+        self.batches, self.owner = batches, owner
+
+    def __iter__(self) -> _Transformed:
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self.batches)
+        return self.owner.transform(move_to_device(batch, self.owner.target_device()))
+
+
 class RelevanceLoader(_DeviceResolver):
     """Wrap a DataLoader: each batch is moved to the model's device and transformed in the main process.
 
@@ -151,8 +174,7 @@ class RelevanceLoader(_DeviceResolver):
         self.loader = loader
 
     def __iter__(self) -> Iterator[Any]:
-        for batch in self.loader:
-            yield self.transform(move_to_device(batch, self.target_device()))
+        return _Transformed(iter(self.loader), self)
 
     def __len__(self) -> int:
         return len(self.loader)

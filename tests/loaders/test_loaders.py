@@ -286,6 +286,36 @@ class TestRelevanceLoader:
         assert next(iterator)[0].device.type == "meta"
 
 
+    @pytest.mark.parametrize("num_workers", [0, 2])
+    def test_a_batch_that_raises_does_not_end_the_epoch(self, make_model, data, num_workers):
+        # the iterator was a generator: after the transform raised on one batch, the next next() ended the epoch
+        # (7 of 8 batches expected by a loop that skips the bad one, 1 given; found by a peer probe)
+        calls = []
+
+        def transform(batch):
+            calls.append(len(calls))
+            if len(calls) == 2:
+                raise ValueError("a bad batch")
+            return batch
+
+        images, labels = data
+        transform.model = make_model()
+        loader = RelevanceLoader(DataLoader(TensorDataset(images, labels), batch_size=2, num_workers=num_workers),
+                                 transform)
+        iterator, seen, errors = iter(loader), [], 0
+        while True:
+            try:
+                seen.append(next(iterator))
+            except ValueError:
+                errors += 1
+            except StopIteration:
+                break
+        batches = len(loader)
+        assert errors == 1 and len(seen) == batches - 1
+        assert torch.equal(torch.cat([labels_batch for _, labels_batch in seen]),
+                           torch.cat([labels[:2], labels[4:]]))
+
+
 class Movable:
     """An object with its own ``to`` (as PyG's Data): records each call's device and non_blocking flag."""
 
@@ -418,6 +448,20 @@ class TestMoveToDevice:
         assert type(out[0]) is Movable and out[0] is not graph
         assert [device for device, _ in graph.calls] == [torch.device("meta")]  # (the copy shares the record)
         assert out[1] is module and module.weight.device.type == "cpu"  # modules are not batch data
+
+    def test_objects_whose_to_takes_the_device_alone(self):
+        # a user's batch class with `def to(self, device)` got "unexpected keyword argument 'non_blocking'"
+        class DeviceOnly:
+            def __init__(self):
+                self.devices = []
+
+            def to(self, device):
+                self.devices.append(device)
+                return self
+
+        batch = DeviceOnly()
+        out = move_to_device([batch], torch.device("meta"))
+        assert out[0].devices == [torch.device("meta")]
 
     def test_same_device_keeps_tensor(self, device):
         x = torch.ones(2, device=device)
