@@ -103,6 +103,13 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         if not inputs:
             raise TypeError(f"{type(self).__name__} expects points (and labels), but got no input.")
         sample = inputs if len(inputs) > 1 else inputs[0]
+        if isinstance(sample, (tuple, list)) and len(sample) > 1 and all(isinstance(d, BaseData) for d in sample[:2]):
+            raise ValueError(
+                f"{type(self).__name__} got a {type(sample).__name__} of {len(sample)} PyG "
+                f"{type(sample[0]).__name__} objects (as PyG's DataListLoader yields for DataParallel), but masks one "
+                "batch per call: batch the clouds into one Batch, Batch.from_data_list(clouds), or load them with "
+                "torch_geometric.loader.DataLoader."
+            )
         first = inputs[0] if len(inputs) > 1 else (sample[0] if isinstance(sample, (tuple, list)) else sample)
         if isinstance(first, Mapping):  # a dict sample, {"points": ..., "labels": ...}
             first = first[_points_key(type(self).__name__, first)]

@@ -595,6 +595,18 @@ class TestRelevanceDropout3d:
         assert collated.y.shape == (2,) and collated.num_nodes == out.num_nodes + 10
         assert data.num_nodes == 10 and data.y.shape == ()
 
+    @pytest.mark.parametrize("getter", ["default", None])
+    @pytest.mark.parametrize("as_args", [False, True])
+    def test_a_list_of_data_is_refused(self, getter, as_args):
+        # PyG's DataListLoader yields lists of Data: only the first cloud was masked (labels_getter=None), or the
+        # second was taken for the labels ("the labels should be a torch.Tensor, but got Data"; found by a peer
+        # probe)
+        clouds = [make_cloud(n, seed=i) for i, n in enumerate(SIZES)]
+        t = RelevanceDropout3d(GraphPointNet(), labels_getter=getter, generator=seeded(0))
+        with pytest.raises(ValueError, match=r"got a (list|tuple) of 3 PyG Data objects .*DataListLoader.*"
+                                             r"Batch.from_data_list\(clouds\)"):
+            t(*clouds) if as_args else t(clouds)
+
     @pytest.mark.parametrize("cls", [RelevanceDropout3d, RelevanceErasing3d])
     @pytest.mark.parametrize("p", [1.0, 0.0])
     def test_forward_fn_on_a_dense_batch_is_refused(self, cls, p):
