@@ -226,17 +226,27 @@ class DownloadOnRequest:
     LAYOUT = ""
     DATASET = "dataset"
 
-    def __init__(self, *args, download: bool = False, **kwargs) -> None:
+    def __init__(self, root, *args, download: bool = False, **kwargs) -> None:
         self.allow_download = bool(download)  # read by download(), which PyG calls from its __init__
-        super().__init__(*args, **kwargs)
+        existing = Path(os.path.abspath(os.path.expanduser(str(root))))
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        self.existing_ancestor = existing  # (PyG makes root and its parents before calling download())
+        super().__init__(root, *args, **kwargs)
 
     def download(self) -> None:
         if not self.allow_download:
             missing = [path for path in self.raw_paths if not os.path.exists(path)]
-            try:  # the empty raw folder PyG made just before calling this: left, it reads as a class folder of the
-                os.rmdir(self.raw_dir)  # dataset (--data-root pointed at DATA/raw left DATA/raw/raw behind)
-            except OSError:  # (not empty, or not there: left as it is)
-                pass
+            # the empty folders PyG made just before calling this: the raw folder (left, it reads as a class folder
+            # of the dataset: --data-root pointed at DATA/raw left DATA/raw/raw behind), then the root and its
+            # parents that did not exist before; what is not empty stays
+            folder = Path(os.path.abspath(self.raw_dir))
+            while folder != self.existing_ancestor and self.existing_ancestor in folder.parents:
+                try:
+                    os.rmdir(folder)
+                except OSError:  # (not empty, or not there: left as it is)
+                    break
+                folder = folder.parent
             raise missing_files_error(self.DATASET, Path(self.root), missing, self.LAYOUT)
         super().download()
 

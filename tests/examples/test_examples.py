@@ -399,6 +399,12 @@ class TestTrainModelNet:
                 train_modelnet.main(["--data-root", str(tmp_path), *MODELNET_FAST])
         assert downloads == []
 
+    def test_a_data_root_that_does_not_exist_is_not_made(self, tmp_path):
+        # PyG made the root and its parents before the clear error (found by a peer probe)
+        with pytest.raises(FileNotFoundError, match="Expected layout"):
+            train_modelnet.main(["--data-root", str(tmp_path / "nope" / "ModelNet10"), *MODELNET_FAST])
+        assert list(tmp_path.iterdir()) == []
+
     def test_a_wrong_data_root_leaves_the_dataset_as_it_was(self, modelnet_root, tmp_path):
         """--data-root pointed at DATA/raw (the class folders' parent): PyG made DATA/raw/raw before the clear error,
         and the corrected run then counted it as an eleventh class folder."""
@@ -472,6 +478,17 @@ class TestTrainShapeNet:
         with pytest.raises(FileNotFoundError, match=r"(?s)02691156.*Expected layout.*--download"):
             train_shapenet.main(["--data-root", str(tmp_path), "--model", "tiny", *FAST])
         assert downloads == []
+
+    def test_a_data_root_that_does_not_exist_is_not_made(self, tmp_path):
+        # PyG made the root (and its parents) before the clear error: "leaves --data-root as it was" did not hold
+        # (found by a peer probe); an existing root with files stays
+        with pytest.raises(FileNotFoundError, match="Expected layout"):
+            train_shapenet.main(["--data-root", str(tmp_path / "a" / "ShapeNet"), "--model", "tiny", *FAST])
+        assert list(tmp_path.iterdir()) == []
+        (tmp_path / "kept.txt").write_text("x")
+        with pytest.raises(FileNotFoundError, match="Expected layout"):
+            train_shapenet.main(["--data-root", str(tmp_path), "--model", "tiny", *FAST])
+        assert [p.name for p in tmp_path.iterdir()] == ["kept.txt"]
 
     def test_download_only_when_asked(self, tmp_path, downloads):
         with pytest.raises(DownloadCalled):
