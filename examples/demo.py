@@ -635,7 +635,7 @@ def format_table(exp: Experiment, summary: dict[str, dict[str, list[float]]]) ->
     key, header, _ = RELEVANCE_COLUMN[exp.modality]
     headers = ["method", "test acc (%)", "final train acc (%)", "s / epoch", "occlusion AUC (%)", header]
     if exp.modality == "points":
-        headers.append("points dropped, first / last epoch (%)")
+        headers.append("points dropped, untrained / trained model (%)")
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for method, s in summary.items():
         cells = [method, mean_sd(s["test"]), mean_sd(s["train"]), mean_sd(s["seconds"], 1.0, 2), mean_sd(s["auc"]),
