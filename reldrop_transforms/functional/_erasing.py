@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .._checks import (
+    check_bool_mask,
     check_count,
     check_positive_int,
     check_range,
@@ -93,6 +94,8 @@ def relevant_centres(
     check_positive_int("num_patches", num_patches)
     batch_size, height, width = relevance.shape
     flat = relevance.reshape(batch_size, height * width)  # not -1: an empty batch is allowed
+    if flat.dtype == torch.bool:  # (argmax and topk take no bool: ranked as 0 / 1, as normalize_relevance does)
+        flat = flat.to(torch.float32)
     if draws is None:
         draws = uniform_like(torch.empty(batch_size, num_patches, 2, device=relevance.device), generator)
     _check_draws("centre draws", draws, (batch_size, num_patches, 2))
@@ -112,8 +115,10 @@ def _top_indices(flat: Tensor, k: int) -> Tensor:
     :func:`relevance_ball_mask` ranks points; ``topk`` leaves the order of ties unspecified, and it differs between
     devices), without sorting the rows: the ``k``-th largest value, every index above it and the first indices
     equal to it."""
-    if k == 1:  # (argmax returns the first maximum)
+    if k == 1:  # (argmax returns the first maximum; a NaN ranks above every number, as in topk)
         return flat.argmax(1, keepdim=True)
+    if flat.is_floating_point():  # NaN as the largest value, as argmax and topk rank it (NaN equals nothing: the
+        flat = torch.where(flat.isnan(), torch.inf, flat)  # comparisons below would choose fewer than k)
     kth = flat.topk(k, dim=1).values[:, -1:]
     above = flat > kth
     ties = flat == kth
@@ -154,6 +159,8 @@ def box_mask(height: int, width: int, centres: Tensor, sizes: Tensor, valid: Ten
     if broadcast is None or broadcast[-1] != 2 or centres.shape[-1] != 2 or sizes.shape[-1] != 2:
         raise ValueError(f"centres and sizes should both have shape (B, P, 2), but got {tuple(centres.shape)} and "
                          f"{tuple(sizes.shape)}.")
+    if valid is not None:
+        check_bool_mask("valid", valid)
     if valid is not None and _broadcast(check_tensor("valid", valid, "(B, P)").shape, broadcast[:2]) != broadcast[:2]:
         raise ValueError(f"valid should have shape (B, P) = {tuple(broadcast[:2])}, but got {tuple(valid.shape)}.")
     top = centres[..., 0] - sizes[..., 0] // 2
@@ -221,6 +228,7 @@ def ball_draws(num_clouds: int, *, dtype: torch.dtype = torch.float32, generator
     """The uniform numbers :func:`relevance_ball_mask` draws: ``(num_clouds, 3)`` (centre rank, radius, spare), in
     ``dtype`` or float32, whichever is wider (bfloat16's 8 bits of mantissa left half of 1000 top-k ranks
     unreachable)."""
+    check_count("num_clouds", num_clouds)
     device = torch.device("cpu") if device is None else torch.device(device)
     dtype = noise_dtype(dtype)
     return uniform_like(torch.empty(num_clouds, 3, device=device, dtype=dtype), generator)

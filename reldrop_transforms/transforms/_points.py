@@ -35,6 +35,12 @@ from ._labels import labels_key
 __all__ = ["RelevancePointTransform"]
 
 
+def _check_forward_fn(forward_fn: Any) -> Callable | None:
+    if forward_fn is not None and not callable(forward_fn):
+        raise TypeError(f"forward_fn should be callable, but got {type(forward_fn).__name__}.")
+    return forward_fn
+
+
 def _check_fill(fill: Any) -> str | float:
     if isinstance(fill, str) and fill in FILLS:
         return fill
@@ -67,16 +73,16 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
     ) -> None:
         self._set_up(model, p=p, composite=composite, epsilon=epsilon, backend=backend, labels_getter=labels_getter,
                      generator=generator, dtype=dtype, cuda_graphs=cuda_graphs)
-        if forward_fn is not None and not callable(forward_fn):
-            raise TypeError(f"forward_fn should be callable, but got {type(forward_fn).__name__}.")
         self.fill = _check_fill(fill)
-        self.forward_fn = forward_fn
+        self.forward_fn = _check_forward_fn(forward_fn)
         self.channels_first = check_bool("channels_first", channels_first)
         self.keys = check_keys(keys)
 
     def check_settings(self) -> None:
         super().check_settings()
         self.channels_first = check_bool("channels_first", self.channels_first)  # ("False" would count as true)
+        self.forward_fn = _check_forward_fn(self.forward_fn)  # (also where a dense batch reads neither)
+        self.keys = check_keys(self.keys)
 
     def draw(self, num_clouds: int, pos: Tensor) -> tuple[Tensor, ...]:
         """The random tensors of the masks of ``num_clouds`` clouds: one row per cloud, or per point of ``pos``

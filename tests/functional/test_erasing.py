@@ -375,6 +375,48 @@ class TestRelevantCentres:
 # -- box_mask -----------------------------------------------------------------------------------------------------
 
 
+class TestKernelInputs:
+    """Inputs the transforms never pass (they refuse non-finite relevance first) but a direct caller may (found by
+    a peer probe)."""
+
+    @pytest.mark.parametrize("top_k", [1, 3])
+    def test_nan_relevance_ranks_first(self, top_k):
+        # top_k > 1 gathered a padding index ("index 64 is out of bounds"): NaN equals nothing, so fewer than k
+        # pixels were chosen. Now ranked above every number, as argmax (top_k = 1) and topk rank it
+        rel = torch.rand(2, 8, 8, generator=seeded(0))
+        rel[0, 3, 3] = float("nan")
+        draws = torch.rand(2, 20, 2, generator=seeded(1))
+        centres = relevant_centres(rel, top_k, 20, draws=draws)
+        assert centres.shape == (2, 20, 2)
+        flat = rel[0].flatten().nan_to_num(nan=0.0)
+        allowed = {(3, 3)} | {divmod(int(i), 8) for i in flat.topk(top_k - 1).indices} if top_k > 1 else {(3, 3)}
+        assert {tuple(c) for c in centres[0].tolist()} <= allowed
+        assert (3, 3) in {tuple(c) for c in centres[0].tolist()}
+        assert torch.equal(centres[1], relevant_centres(rel[1:], top_k, 20, draws=draws[1:])[0])
+
+    @pytest.mark.parametrize("top_k", [1, 2])
+    def test_bool_relevance_is_ranked_as_numbers(self, top_k):
+        # argmax / topk refused bool ("does not support bool"), where normalize_relevance and the ball mask take it
+        rel = torch.rand(2, 4, 4, generator=seeded(2)) > 0.5
+        rel[:, 0, 0] = False  # (not flat)
+        rel[:, 0, 1] = True
+        assert torch.equal(relevant_centres(rel, top_k, 5, generator=seeded(3)),
+                           relevant_centres(rel.float(), top_k, 5, generator=seeded(3)))
+
+    @pytest.mark.parametrize("num_clouds, error", [(-1, ValueError), (2.0, TypeError), (True, TypeError),
+                                                   (None, TypeError)])
+    def test_ball_draws_count(self, num_clouds, error):
+        # gave torch's "negative dimension" / "empty() takes 1 positional argument"
+        with pytest.raises(error, match="num_clouds should be an integer >= 0"):
+            ball_draws(num_clouds)
+
+    @pytest.mark.parametrize("valid", [torch.tensor([[2]]), torch.tensor([[1.0]])])
+    def test_box_mask_valid_is_bool(self, valid):
+        # an integer 2 gave an empty mask silently (2 & True == 0), a float torch's "bitwise_and_cpu"
+        with pytest.raises(TypeError, match="valid should be a bool tensor"):
+            box_mask(4, 4, torch.tensor([[[1, 1]]]), torch.tensor([[[2, 2]]]), valid)
+
+
 class TestBoxMask:
     @pytest.mark.parametrize("patches, with_valid, seed", [(1, False, 0), (1, True, 1), (3, True, 2), (4, False, 3)])
     def test_matches_loop(self, patches, with_valid, seed):

@@ -467,6 +467,8 @@ class TestRelevanceDropout3d:
         bad = ({"alpha": (-0.1, ValueError), "beta": (2.0, ValueError), "p": (1.5, ValueError)}
                if cls is RelevanceDropout3d else
                {"radius": ((0.3, 0.1), ValueError), "top_k": (0, ValueError), "p": (-1.0, ValueError)})
+        # keys and forward_fn too, also on dense batches, which read neither (found by a peer probe: accepted there)
+        bad.update(keys=("pos", TypeError), forward_fn=(5, TypeError))
         for name, (value, error) in bad.items():
             t = cls(model, p=p, generator=seeded(0))
             setattr(t, name, value)
