@@ -190,10 +190,11 @@ class RecordNonBlocking:
         return self._mode.__exit__(*exc)
 
 
-def assert_setting_waits_for_the_call(t, setting: str, value, sample: tuple, module: nn.Module):
+def assert_setting_applies_from_the_next_call(t, setting: str, value, sample: tuple, module: nn.Module):
     """Call ``t(*sample)`` in a thread held inside ``module``'s forward, set ``t.<setting> = value`` from another
-    thread meanwhile, and assert that the assignment waits for the call to end and that the call drew nothing from
-    the global RNG; returns the call's output."""
+    thread meanwhile, and assert that the assignment does not wait for the call (no lock: nothing to deadlock on),
+    that the call drew nothing from the global RNG, and that the setting is ``value`` afterwards; returns the call's
+    output (the caller compares it with the output of the settings before)."""
     import threading
 
     inside, release, out = threading.Event(), threading.Event(), {}
@@ -206,26 +207,21 @@ def assert_setting_waits_for_the_call(t, setting: str, value, sample: tuple, mod
     def call():
         out["result"] = t(*sample)
 
-    def assign():
-        setattr(t, setting, value)
-        out["assigned"] = True
-
     handle = module.register_forward_hook(hold)
     try:
         global_rng = torch.get_rng_state()
-        caller = threading.Thread(target=call)
+        caller = threading.Thread(target=call, daemon=True)
         caller.start()
         assert inside.wait(60)
-        setter = threading.Thread(target=assign)
+        setter = threading.Thread(target=setattr, args=(t, setting, value), daemon=True)
         setter.start()
-        setter.join(0.5)
-        assert setter.is_alive() and "assigned" not in out  # waiting for the call
+        setter.join(10)
+        assert not setter.is_alive()  # set at once, while the call is inside its attribution
         release.set()
         caller.join(60)
-        setter.join(60)
     finally:
         release.set()
         handle.remove()
     assert torch.equal(torch.get_rng_state(), global_rng)
-    assert out.get("assigned") and getattr(t, setting) == value
+    assert getattr(t, setting) == value
     return out["result"]

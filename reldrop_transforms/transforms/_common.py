@@ -73,17 +73,17 @@ class RelevanceSettings:
         if name == "model":  # nn.Module.__setattr__ would register a module as a submodule, past the property
             object.__setattr__(self, name, value)
             return
-        if not name.startswith("_") and name != "training" and "_attributor" in self.__dict__:
-            with self.calling():  # a setting changed in another thread (a schedule) takes effect between calls
-                super().__setattr__(name, value)
-            return
         super().__setattr__(name, value)
 
-    def calling(self):
-        """The lock a call holds from its settings check to its mask (the attribution lock, reentrant), so that a
-        call reads each setting once: a setting assigned in another thread meanwhile (``t.alpha = 0.2`` from a
-        schedule while a prefetcher calls ``t``) waits for the call to end."""
-        return self._attributor.drawing()
+    def for_this_call(self):
+        """A shallow copy of the transform with its settings as they are now, on which one call runs: a setting
+        assigned meanwhile (``t.alpha = 0.2`` from a schedule thread while a prefetcher calls ``t``) applies from
+        the next call, and the call reads each setting once (it read them again after its draws: the noise of one
+        ``alpha``, the mask of another). It shares everything else (the model's ``Attributor``, the generator); no
+        lock is held, so a call that waits for another thread (a ``labels_getter``) cannot deadlock a setter."""
+        view = object.__new__(type(self))
+        object.__setattr__(view, "__dict__", dict(self.__dict__))  # (one C-level copy: never half of a change)
+        return view
 
     def _labels_from(self, sample: Any) -> Tensor | None:
         """The labels ``labels_getter`` finds in ``sample`` (``None`` without a getter); the attributor's

@@ -113,9 +113,8 @@ class RelevanceImageTransform(RelevanceSettings, Transform):
 
     def _params(self, sample: Any, flat_inputs: list[Any], needs_transform: list[bool]) -> dict[str, Any]:
         """Check the call, then the mask of the batch among ``flat_inputs`` and the fill value (``mask`` ``None``:
-        nothing masked); the settings as they are when it starts (:meth:`calling`)."""
-        with self.calling():
-            return self._params_now(sample, flat_inputs, needs_transform)
+        nothing masked); the settings as they are when it starts (:meth:`for_this_call`)."""
+        return self.for_this_call()._params_now(sample, flat_inputs, needs_transform)
 
     def _params_now(self, sample: Any, flat_inputs: list[Any], needs_transform: list[bool]) -> dict[str, Any]:
         self.check_settings()  # (as set now: before any coin)

@@ -119,13 +119,13 @@ class RelevancePointTransform(RelevanceSettings, BaseTransform):
         first = inputs[0] if len(inputs) > 1 else (sample[0] if isinstance(sample, (tuple, list)) else sample)
         if isinstance(first, Mapping):  # a dict sample, {"points": ..., "labels": ...}
             first = first[_points_key(type(self).__name__, first)]
-        with self.calling():  # (the settings as they are when the call starts)
-            self.check_settings()  # (as set now, also after construction: before any coin)
-            fill = _check_fill(self.fill)
-            if isinstance(first, BaseData):
-                return self._call_pyg(sample, first, fill)
-            if isinstance(first, Tensor):
-                return self._call_dense(sample, first, fill)
+        call = self.for_this_call()  # (the settings as they are when the call starts)
+        call.check_settings()  # (as set now, also after construction: before any coin)
+        fill = _check_fill(call.fill)
+        if isinstance(first, BaseData):
+            return call._call_pyg(sample, first, fill)
+        if isinstance(first, Tensor):
+            return call._call_dense(sample, first, fill)
         raise TypeError(
             f"{type(self).__name__} expects a dense batch (B, N, C) or a torch_geometric Data/Batch, "
             f"but got {type(first).__name__}."

@@ -24,7 +24,7 @@ from reldrop_transforms.functional import keep_least_relevant, normalize_relevan
 
 from helpers import POINT_NUM_CLASSES as NUM_CLASSES
 from helpers import (DensePointNet, GraphPointNet, assert_dense_points_zeroed, assert_same_state,
-                     assert_setting_waits_for_the_call, snapshot)
+                     assert_setting_applies_from_the_next_call, snapshot)
 
 SIZES = (5, 9, 12)
 
@@ -1058,8 +1058,8 @@ class TestRelevanceDropout3d:
 
 
 @pytest.mark.parametrize("layout", ["dense", "pyg"])
-def test_a_setting_changed_in_another_thread_waits_for_the_call(layout):
-    """``t.alpha`` set from another thread while a call is inside its attribution waits for the call to end (it
+def test_a_setting_changed_in_another_thread_applies_from_the_next_call(layout):
+    """``t.alpha`` set from another thread while a call is inside its attribution applies from the next call (it
     was read again after the draws: alpha = 0.3's noise from the global RNG where the call had drawn none)."""
     model = DensePointNet() if layout == "dense" else GraphPointNet()
     sample = make_points() if layout == "dense" else (make_batch(),)
@@ -1068,7 +1068,7 @@ def test_a_setting_changed_in_another_thread_waits_for_the_call(layout):
         return RelevanceDropout3d(model, p=1.0, alpha=0.0, generator=seeded(3))
 
     expected = make()(*sample)
-    out = assert_setting_waits_for_the_call(make(), "alpha", 0.3, sample, next(model.children()))
+    out = assert_setting_applies_from_the_next_call(make(), "alpha", 0.3, sample, next(model.children()))
     if layout == "dense":
         assert torch.equal(out[0], expected[0])
     else:

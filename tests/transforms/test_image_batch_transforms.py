@@ -17,7 +17,7 @@ from torchvision import tv_tensors
 
 from reldrop_transforms import RelevanceDropout2d, RelevanceErasing2d
 
-from helpers import assert_same_state, assert_setting_waits_for_the_call, seeded_transform, snapshot
+from helpers import assert_same_state, assert_setting_applies_from_the_next_call, seeded_transform, snapshot
 
 # Keyword arguments under which a transform's masks differ between seeds on the tiny model (none: the defaults).
 MASK_KWARGS = {RelevanceErasing2d: {"top_k": 4}}
@@ -362,16 +362,61 @@ def test_two_threads_sharing_a_generator_draw_in_turn(make):
     (lambda model, g: RelevanceDropout2d(model, p=1.0, alpha=0.0, generator=g), "alpha", 0.3),
     (lambda model, g: RelevanceErasing2d(model, p=1.0, num_patches=1, generator=g), "num_patches", 3),
 ], ids=["dropout", "erasing"])
-def test_a_setting_changed_in_another_thread_waits_for_the_call(make, setting, value):
+def test_a_setting_changed_in_another_thread_applies_from_the_next_call(make, setting, value):
     """A schedule thread setting ``t.alpha`` / ``t.num_patches`` while a prefetcher is inside ``t(...)``: the call
     read the setting again after its draws, so that it drew alpha = 0.3's noise from the global RNG (its own
     draws were alpha = 0's: none), or failed with "size draws should have shape (6, 3, 10, 2), but got (6, 1, 10,
-    2)" (found by a peer probe: 680 errors in 1228 calls). The assignment now waits for the call to end."""
+    2)" (found by a peer probe: 680 errors in 1228 calls). A call now runs on its own copy of the settings, and the
+    assignment applies from the next call (without a lock, which deadlocked a setter waited for under it)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
                           nn.Linear(16, 5))
     sample = (torch.randn(6, 3, 10, 10), torch.tensor([0, 1, 2, 3, 4, 0]))
     expected = make(model, torch.Generator().manual_seed(3))(*sample)[0]
-    out = assert_setting_waits_for_the_call(make(model, torch.Generator().manual_seed(3)), setting, value, sample,
-                                            model[0])
+    t = make(model, torch.Generator().manual_seed(3))
+    out = assert_setting_applies_from_the_next_call(t, setting, value, sample, model[0])
     assert torch.equal(out[0], expected)  # the call's own settings throughout
+    later = make(model, torch.Generator().manual_seed(3))
+    later(*sample)
+    setattr(later, setting, value)
+    assert torch.equal(t(*sample)[0], later(*sample)[0])  # the next call: the new value
+
+
+def test_no_deadlock_with_waits_across_threads():
+    """Two waits across threads that a lock held over the whole call (an earlier fix of the settings race) turned
+    into hangs (found by a peer review): a training step under model_lock that has another thread set a setting
+    and waits for it; a labels_getter that waits for a thread taking model_lock (a teacher's pseudo-labels)."""
+    import threading
+
+    from reldrop_transforms.attribution import model_lock
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                          nn.Linear(16, 5))
+    images = torch.randn(4, 3, 8, 8)
+    t = RelevanceDropout2d(model, p=1.0, generator=torch.Generator().manual_seed(0))
+    with model_lock(model):  # a training step that hands a schedule's update to another thread
+        setter = threading.Thread(target=setattr, args=(t, "alpha", 0.2), daemon=True)
+        setter.start()
+        setter.join(10)
+        assert not setter.is_alive() and t.alpha == 0.2
+
+    def teacher_labels(sample):
+        labels = {}
+
+        def teach():
+            with model_lock(model), torch.no_grad():
+                labels["y"] = model(sample[0]).argmax(1)
+
+        worker = threading.Thread(target=teach, daemon=True)
+        worker.start()
+        worker.join(10)
+        assert not worker.is_alive()
+        return labels["y"]
+
+    t.labels_getter = teacher_labels
+    out = {}
+    caller = threading.Thread(target=lambda: out.setdefault("images", t(images, torch.zeros(4))[0]), daemon=True)
+    caller.start()
+    caller.join(30)
+    assert not caller.is_alive() and out["images"].shape == images.shape
