@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import torch
@@ -236,12 +235,15 @@ def fill_dropped(inpt: Tensor, mask: Tensor, value: float | Sequence[float] | Te
             f"expected {tuple(expected)} (the batch without dimension {channel_dim})."
         )
     channels = inpt.shape[channel_dim]
-    if not isinstance(value, Tensor):
-        values = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (value,)
-        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
+    if not isinstance(value, Tensor):  # numbers, sequences of them, numpy arrays (a tensor: as it is, no sync)
+        try:
+            host = torch.as_tensor(value) if not isinstance(value, str) else None
+        except (TypeError, ValueError, RuntimeError):
+            host = None
+        if host is None or host.dtype == torch.bool or host.is_complex():
             raise TypeError(f"value should be a number or a sequence of {channels} numbers (one per channel), but got "
                             f"{value!r:.80}.")
-        for v in values:
+        for v in host.reshape(-1).tolist():
             check_finite_number("value", float(v))
     fill = torch.as_tensor(value, dtype=inpt.dtype, device=inpt.device)
     if fill.ndim > 1 or (fill.ndim == 1 and fill.numel() not in (1, channels)):

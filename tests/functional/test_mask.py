@@ -430,6 +430,17 @@ class TestFillDropped:
                                             r"but got"):
             fill_dropped(torch.randn(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.bool), value)
 
+    def test_value_as_numpy_or_zero_d_tensors(self):
+        # a stricter check refused these, which filled correctly before (found by a peer review)
+        import numpy as np
+
+        x, mask = torch.randn(2, 3, 4, 4), torch.ones(2, 4, 4, dtype=torch.bool)
+        for value, channels in ((np.array([0.1, 0.2, 0.3]), [0.1, 0.2, 0.3]), (np.array(0.5), [0.5] * 3),
+                                (np.float32(0.25), [0.25] * 3),
+                                ([torch.tensor(0.1), torch.tensor(0.2), torch.tensor(0.3)], [0.1, 0.2, 0.3])):
+            out = fill_dropped(x, mask, value)
+            assert torch.equal(out, torch.tensor(channels).view(1, 3, 1, 1).expand_as(x))
+
     @pytest.mark.parametrize("value", [float("nan"), float("inf"), (0.0, float("-inf"), 1.0)])
     def test_value_that_is_not_finite(self, value):
         # was written into the batch, which the transforms (and the next attribution) refuse as input
