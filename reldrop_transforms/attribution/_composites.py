@@ -577,7 +577,7 @@ def zennit_relevance(
         if first is not None and getattr(first, "bias", None) is not None and computed_weight(first, "bias"):
             raise ExplanationError(
                 f"backend='zennit' cannot apply Flat to the first layer, {type(first).__name__} "
-                f"{names.get(first, '')!r}: its bias is not a Parameter of its own (a parametrization, or a plain "
+                f"{names.get(first, '')!r}: its bias is not a Parameter of its own (a parametrization, a buffer or a plain "
                 "tensor attribute), and zennit's Flat zeroes the layer's own bias Parameter only, so that the bias "
                 "would stay in Flat's counts. Use backend='fast' (or 'auto')."
             )

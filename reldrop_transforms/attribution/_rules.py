@@ -94,12 +94,13 @@ def transformed_input_problem(module: nn.Module, tensor) -> str | None:
 
 
 def computed_weight(module: nn.Module, name: str = "weight") -> bool:
-    """Whether ``module.weight`` (or its ``name``, e.g. ``"bias"``) is computed rather than a Parameter of its own: a
-    ``torch.nn.utils.parametrize`` parametrization, or the hook-based ``weight_norm`` / ``spectral_norm`` (which set
-    a plain tensor attribute before each forward). Nothing is computed to tell."""
+    """Whether ``module.weight`` (or its ``name``, e.g. ``"bias"``) is not a Parameter of its own: computed by a
+    ``torch.nn.utils.parametrize`` parametrization or the hook-based ``weight_norm`` / ``spectral_norm`` (which set
+    a plain tensor attribute before each forward), or held as a buffer. Nothing is computed to tell."""
     from torch.nn.utils import parametrize
 
-    return parametrize.is_parametrized(module, name) or isinstance(module.__dict__.get(name), Tensor)
+    return parametrize.is_parametrized(module, name) or isinstance(module.__dict__.get(name), Tensor) \
+        or module._buffers.get(name) is not None  # (a frozen layer's tensor held as a buffer)
 
 
 class RuleTypes:

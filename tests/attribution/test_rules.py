@@ -265,8 +265,8 @@ class TestOperationsBetweenLayers:
                                              r"weight is computed"):
             relevance(model, x, targets, backend="zennit")
 
-    @pytest.mark.parametrize("how", ["parametrized", "tensor_attribute"])
-    @pytest.mark.parametrize("layer", ["conv", "linear"])
+    @pytest.mark.parametrize("how", ["parametrized", "tensor_attribute", "buffer"])
+    @pytest.mark.parametrize("layer", ["conv", "grouped_conv", "linear"])
     def test_first_layer_whose_bias_is_not_a_parameter_of_its_own(self, how, layer):
         """Flat has no bias. A parametrized first-layer bias stayed in Flat's counts on both backends (2.0e-2
         relative L2 from Flat); a bias held as a plain tensor attribute stayed in zennit's (5e-3; the fast engine
@@ -279,8 +279,9 @@ class TestOperationsBetweenLayers:
                 return value * 2 + 0.5
 
         torch.manual_seed(0)
-        shape = (3, 6, 6) if layer == "conv" else (6,)
-        first = nn.Conv2d(3, 6, 3) if layer == "conv" else nn.Linear(6, 6)
+        shape = (6,) if layer == "linear" else (3, 6, 6) if layer == "conv" else (4, 6, 6)
+        first = nn.Linear(6, 6) if layer == "linear" else nn.Conv2d(3, 6, 3) if layer == "conv" else \
+            nn.Conv2d(4, 6, 3, groups=2)  # (a buffer bias stayed in the counts of a grouped conv: 0.22 off)
         model = nn.Sequential(first, *head_for(shape)).double().eval()
         twin = copy.deepcopy(model)
         if how == "parametrized":
@@ -288,7 +289,10 @@ class TestOperationsBetweenLayers:
         else:
             bias = model[0].bias.detach().clone()
             del model[0].bias
-            model[0].bias = bias
+            if how == "buffer":
+                model[0].register_buffer("bias", bias)
+            else:
+                model[0].bias = bias
         with torch.no_grad():
             twin[0].bias.copy_(model[0].bias)
         x, targets = torch.randn(3, *shape, dtype=torch.float64), torch.tensor([0, 3, 4])
