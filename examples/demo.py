@@ -217,7 +217,7 @@ class Run:
     train_acc: list[float] = field(default_factory=list)  # per epoch, on the (augmented) batches as trained
     test_acc: list[float] = field(default_factory=list)  # per epoch, eval mode
     epoch_seconds: list[float] = field(default_factory=list)
-    dropped: list[float] = field(default_factory=list)  # fraction of inputs changed by the augmentation, per epoch
+    dropped: list[float] = field(default_factory=list)  # share of points dropped: the untrained, then the trained model
     curve: list[float] = field(default_factory=list)  # occlusion curve (accuracy per entry of FRACTIONS)
     object_share: float = float("nan")
     spread: float = float("nan")  # share of the inputs that hold half of the absolute relevance (digits)
