@@ -80,7 +80,8 @@ class RelevanceSettings:
         assigned meanwhile (``t.alpha = 0.2`` from a schedule thread while a prefetcher calls ``t``) applies from
         the next call, and the call reads each setting once (it read them again after its draws: the noise of one
         ``alpha``, the mask of another). It shares everything else (the model's ``Attributor``, the generator); no
-        lock is held, so a call that waits for another thread (a ``labels_getter``) cannot deadlock a setter."""
+        lock is held, so a call that waits for another thread (a ``labels_getter``) cannot deadlock a setter.
+        (What a subclass's method rebinds on ``self`` during a call lands on the copy.)"""
         view = object.__new__(type(self))
         object.__setattr__(view, "__dict__", dict(self.__dict__))  # (one C-level copy: never half of a change)
         return view
