@@ -34,7 +34,7 @@ _log = logging.getLogger("reldrop_transforms")
 # One lock for every attribution in the process: a pass changes flags of the modules and parameters it runs
 # through (eval mode, requires_grad, an activation's inplace), and two models may share submodules or parameters
 # (a backbone under two heads, tied weights), so passes take turns whatever model they attribute. Re-entrant: a
-# transform holds it from its settings check to its mask, around its attribution (never one inside another: see
+# transform holds it around one batch's draws and then its attribution (never one attribution inside another: see
 # _attributing_model).
 _LOCK = threading.RLock()
 

@@ -510,8 +510,10 @@ def _merge_problem(linear: nn.Module, batch_norm: nn.Module, out_ndim: int | Non
     if computed_weight(linear):
         return ("the layer's weight is computed (a parametrization, or a weight_norm / spectral_norm hook), and "
                 "zennit's MergeBatchNorm writes into a weight Parameter")
-    computed = [f"the {owner}'s {name}" for owner, module in (("layer", linear), ("BatchNorm", batch_norm))
-                for name in ("bias", "weight")[:1 + (owner == "BatchNorm")] if computed_weight(module, name)]
+    computed = [f"the {owner}'s {name}" for owner, module, name in (("layer", linear, "bias"),
+                                                                    ("BatchNorm", batch_norm, "bias"),
+                                                                    ("BatchNorm", batch_norm, "weight"))
+                if computed_weight(module, name)]
     if computed:
         return (f"{' and '.join(computed)} {'is' if len(computed) == 1 else 'are'} computed (a parametrization), and "
                 "zennit's MergeBatchNorm reads and writes the Parameters themselves, which the forward does not use "

@@ -159,9 +159,7 @@ def box_mask(height: int, width: int, centres: Tensor, sizes: Tensor, valid: Ten
     if broadcast is None or broadcast[-1] != 2 or centres.shape[-1] != 2 or sizes.shape[-1] != 2:
         raise ValueError(f"centres and sizes should both have shape (B, P, 2), but got {tuple(centres.shape)} and "
                          f"{tuple(sizes.shape)}.")
-    if valid is not None:
-        check_bool_mask("valid", valid)
-    if valid is not None and _broadcast(check_tensor("valid", valid, "(B, P)").shape, broadcast[:2]) != broadcast[:2]:
+    if valid is not None and _broadcast(check_bool_mask("valid", valid).shape, broadcast[:2]) != broadcast[:2]:
         raise ValueError(f"valid should have shape (B, P) = {tuple(broadcast[:2])}, but got {tuple(valid.shape)}.")
     top = centres[..., 0] - sizes[..., 0] // 2
     left = centres[..., 1] - sizes[..., 1] // 2

@@ -245,6 +245,7 @@ def fill_dropped(inpt: Tensor, mask: Tensor, value: float | Sequence[float] | Te
                             f"{value!r:.80}.")
         for v in host.reshape(-1).tolist():
             check_finite_number("value", float(v))
+    # (from `value` itself, not `host`: Python floats go straight to the batch's dtype, not through float32)
     fill = torch.as_tensor(value, dtype=inpt.dtype, device=inpt.device)
     if fill.ndim > 1 or (fill.ndim == 1 and fill.numel() not in (1, channels)):
         raise ValueError(

@@ -121,7 +121,8 @@ def fill_points(
         if mask.ndim != 2:
             raise ValueError(f"fill='first' without batch takes dense clouds, a (B, N) mask for (B, N, C) points, but "
                              f"got a mask of shape {tuple(mask.shape)}: give batch and num_segments for PyG-style "
-                             "(N, C) points.")  # each cloud's first kept point (argmax: the first of the maxima), zeros where none is kept;
+                             "(N, C) points.")
+        # each cloud's first kept point (argmax: the first of the maxima), zeros where none is kept;
         kept = ~mask  # in the layout of `points` (a transposed view comes back transposed, as with the other fills)
         clouds = torch.arange(mask.shape[0], device=mask.device)
         first = points[clouds, kept.to(torch.uint8).argmax(1)]
